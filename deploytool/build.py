@@ -1,0 +1,44 @@
+"""Build a Relax module for a target into a shared library."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .errors import DeploytoolError
+from .targets import TargetSpec
+
+
+def check_compiler(cxx: str) -> None:
+    """Raise a clear error when the C++ compiler a target needs is not installed."""
+    if shutil.which(cxx) is None:
+        package = "g++-aarch64-linux-gnu" if "aarch64" in cxx else "g++"
+        raise DeploytoolError(f"the C++ compiler {cxx} is not installed",
+                              f"Install it (apt-get install {package})")
+
+
+def build_library(mod, target: TargetSpec, path: Path) -> None:
+    """Compile ``mod`` for ``target`` and write it to ``path`` (a .so with the weights inside).
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The Relax module.
+    target : TargetSpec
+        A resolved target.
+    path : Path
+        The shared library to write.
+    """
+    import tvm
+    from tvm.support import cc
+
+    check_compiler(target.cxx)
+    try:
+        executable = tvm.compile(mod, target=target.tvm_target())
+    except Exception as err:
+        lines = str(err).strip().splitlines()
+        raise DeploytoolError(f"TVM could not build the model for {target.name} "
+                              f"({lines[-1] if lines else err})",
+                              "Report it with the model attached") from err
+    fcompile = cc.cross_compiler(target.cxx) if target.cxx != "g++" else None
+    executable.export_library(str(path), fcompile=fcompile)

@@ -1,0 +1,76 @@
+"""Build the package's native parts (C API library, runner) with the target's C++ compiler."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .build import check_compiler
+from .errors import DeploytoolError
+from .targets import TargetSpec
+
+RUNTIME_SRC = Path(__file__).resolve().parent / "runtime"
+HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp")
+CACHE_DIR = Path(os.environ.get("DEPLOYTOOL_CACHE", Path.home() / ".cache" / "deploytool"))
+
+
+def tvm_runtime_libraries(target: TargetSpec) -> list[Path]:
+    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` for the target's architecture."""
+    import tvm
+    import tvm_ffi
+
+    if target.arch != "x86_64":
+        raise DeploytoolError(f"no TVM runtime for {target.arch} is available",
+                              "Compile for an x86_64 target")
+    return [Path(tvm.__file__).parent / "lib" / "libtvm_runtime.so",
+            Path(tvm_ffi.__file__).parent / "lib" / "libtvm_ffi.so"]
+
+
+def ffi_include_dir() -> Path:
+    import tvm_ffi
+
+    return Path(tvm_ffi.__file__).parent / "include"
+
+
+def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
+    """Run the compiler, reusing a cached result for identical sources, flags and compiler."""
+    package_dir = str(output.parent.parent)
+    digest = hashlib.sha256(" ".join([target.cxx, *args]).replace(package_dir, "").encode())
+    for source in sources:
+        digest.update(source.read_bytes())
+    cached = CACHE_DIR / "native" / digest.hexdigest()[:24] / output.name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        scratch = cached.with_suffix(f".tmp{os.getpid()}")
+        proc = subprocess.run([target.cxx, *args, "-o", str(scratch)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise DeploytoolError(f"{target.cxx} failed to build {output.name}: "
+                                  f"{proc.stderr.strip()[-2000:]}",
+                                  "Check the compiler installation")
+        os.replace(scratch, cached)
+    shutil.copy2(cached, output)
+
+
+def build_native(target: TargetSpec, package_dir: Path) -> None:
+    """Write ``lib/`` (TVM runtime, C API), ``include/`` and ``bin/deploytool-run``."""
+    check_compiler(target.cxx)
+    lib, include, bin_dir = (package_dir / d for d in ("lib", "include", "bin"))
+    for folder in (lib, include, bin_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for library in tvm_runtime_libraries(target):
+        shutil.copy2(library, lib / library.name)
+    for header in HEADERS:
+        shutil.copy2(RUNTIME_SRC / header, include / header)
+    api_source = RUNTIME_SRC / "deploytool.cc"
+    _compile(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
+                      f"-I{include}", f"-I{ffi_include_dir()}", f"-L{lib}", "-ltvm_ffi",
+                      "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"],
+             lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS)])
+    runner = RUNTIME_SRC / "runner.cc"
+    _compile(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
+                      "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
+             bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])

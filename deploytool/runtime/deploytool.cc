@@ -1,0 +1,306 @@
+// deploytool C API over the TVM runtime: reads manifest.json, checks the machine, runs the Relax VM.
+#include "deploytool.h"
+
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ffi = tvm::ffi;
+
+namespace {
+
+thread_local std::string g_last_error;
+
+int Fail(int code, const std::string& message) {
+  g_last_error = message;
+  return code;
+}
+
+struct TensorSpec {
+  std::string name;
+  std::string dtype;
+  DLDataType dl_dtype;
+  std::vector<int64_t> shape;
+  size_t nbytes;
+};
+
+// Wraps caller memory as a tensor without copying; the caller keeps ownership.
+struct BorrowedAlloc {
+  void* data;
+  void AllocData(DLTensor* tensor) { tensor->data = data; }
+  void FreeData(DLTensor*) {}
+};
+
+// Owns 64-byte aligned memory, which TVM kernels may assume for their arguments.
+struct AlignedAlloc {
+  void AllocData(DLTensor* tensor) {
+    size_t bytes = ffi::GetDataSize(*tensor);
+    tensor->data = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  }
+  void FreeData(DLTensor* tensor) { std::free(tensor->data); }
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::string();
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// CPU feature flags of this machine as /proc/cpuinfo names them ("avx2", "asimd", ...).
+std::set<std::string> MachineCpuFlags() {
+  std::ifstream in("/proc/cpuinfo");
+  std::set<std::string> flags;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') + 1));
+    std::string word;
+    while (words >> word) flags.insert(word);
+    break;
+  }
+  return flags;
+}
+
+const char* MachineArch() {
+#if defined(__x86_64__)
+  return "x86_64";
+#elif defined(__aarch64__)
+  return "aarch64";
+#else
+  return "unknown";
+#endif
+}
+
+ffi::json::Object AsObject(const ffi::Any& value, const char* what) {
+  auto object = value.try_cast<ffi::json::Object>();
+  if (!object.has_value()) throw std::runtime_error(std::string(what) + " is not a JSON object");
+  return *object;
+}
+
+ffi::Any Field(const ffi::json::Object& object, const char* key) {
+  auto value = object.Get(ffi::String(key));
+  if (!value.has_value()) throw std::runtime_error(std::string("missing field '") + key + "'");
+  return *value;
+}
+
+std::vector<TensorSpec> ParseTensorSpecs(const ffi::Any& value) {
+  std::vector<TensorSpec> specs;
+  for (const ffi::Any& item : value.cast<ffi::json::Array>()) {
+    ffi::json::Object object = AsObject(item, "a tensor entry");
+    TensorSpec spec;
+    spec.name = Field(object, "name").cast<ffi::String>();
+    spec.dtype = Field(object, "dtype").cast<ffi::String>();
+    spec.dl_dtype = ffi::StringToDLDataType(spec.dtype);
+    size_t count = 1;
+    for (const ffi::Any& dim : Field(object, "shape").cast<ffi::json::Array>()) {
+      auto extent = dim.try_cast<int64_t>();
+      if (!extent.has_value()) throw std::runtime_error("tensor '" + spec.name + "' has a symbolic shape");
+      spec.shape.push_back(*extent);
+      count *= static_cast<size_t>(*extent);
+    }
+    if (spec.shape.size() > DT_MAX_NDIM) throw std::runtime_error("tensor '" + spec.name + "' has too many dimensions");
+    spec.nbytes = count * ((spec.dl_dtype.bits * spec.dl_dtype.lanes + 7) / 8);
+    specs.push_back(spec);
+  }
+  return specs;
+}
+
+bool ParseDevice(const char* text, DLDevice* device) {
+  std::string spec = text ? text : "cpu";
+  std::string kind = spec.substr(0, spec.find(':'));
+  int index = 0;
+  if (spec.find(':') != std::string::npos) {
+    char* end = nullptr;
+    std::string number = spec.substr(spec.find(':') + 1);
+    long parsed = std::strtol(number.c_str(), &end, 10);
+    if (number.empty() || *end != '\0' || parsed < 0 || parsed > INT_MAX) return false;
+    index = static_cast<int>(parsed);
+  }
+  if (kind == "cpu") {
+    *device = DLDevice{kDLCPU, index};
+    return true;
+  }
+  return false;
+}
+
+void FillInfo(const TensorSpec& spec, dt_tensor_info* out) {
+  out->name = spec.name.c_str();
+  out->dtype = spec.dtype.c_str();
+  out->ndim = static_cast<int>(spec.shape.size());
+  for (size_t i = 0; i < spec.shape.size(); ++i) out->shape[i] = spec.shape[i];
+  out->nbytes = spec.nbytes;
+}
+
+}  // namespace
+
+struct dt_model {
+  std::string dir;
+  DLDevice device;
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  std::optional<ffi::Module> library;  // keeps model.so loaded while the VM runs
+  std::optional<ffi::Module> vm;
+  std::optional<ffi::Function> main;
+  std::vector<ffi::Tensor> staging;  // aligned copies for inputs whose memory is not 64-byte aligned
+  std::mutex lock;
+};
+
+extern "C" {
+
+const char* dt_last_error(void) { return g_last_error.c_str(); }
+
+int dt_load(const char* package_dir, const char* device, dt_model** out) {
+  if (package_dir == nullptr || out == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_load: null argument");
+  *out = nullptr;
+  DLDevice dl_device;
+  if (!ParseDevice(device, &dl_device)) {
+    return Fail(DT_ERR_ARGUMENT, std::string("unknown device '") + device + "'. Use cpu or cpu:N");
+  }
+  char resolved[PATH_MAX];
+  if (realpath(package_dir, resolved) == nullptr) {
+    return Fail(DT_ERR_PACKAGE, std::string("package folder not found: ") + package_dir);
+  }
+  std::string dir = resolved;
+  std::string manifest_text = ReadFile(dir + "/manifest.json");
+  if (manifest_text.empty()) {
+    return Fail(DT_ERR_PACKAGE, "not a deploytool package: " + dir + "/manifest.json is missing or empty");
+  }
+  auto model = std::make_unique<dt_model>();
+  model->dir = dir;
+  model->device = dl_device;
+  std::vector<std::string> required;
+  std::string arch;
+  try {
+    ffi::String parse_error;
+    ffi::json::Object manifest = AsObject(ffi::json::Parse(manifest_text, &parse_error), "manifest.json");
+    model->inputs = ParseTensorSpecs(Field(manifest, "inputs"));
+    model->outputs = ParseTensorSpecs(Field(manifest, "outputs"));
+    ffi::json::Object runtime = AsObject(Field(manifest, "runtime"), "runtime");
+    arch = std::string(Field(runtime, "arch").cast<ffi::String>());
+    for (const ffi::Any& feature : Field(runtime, "cpu_features").cast<ffi::json::Array>()) {
+      required.push_back(std::string(feature.cast<ffi::String>()));
+    }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: manifest.json in " + dir + ": " + error.what());
+  }
+  if (arch != MachineArch()) {
+    return Fail(DT_ERR_PLATFORM, "the package was compiled for " + arch + " but this machine is " +
+                                     MachineArch() + ". Compile it for this machine's target");
+  }
+  std::set<std::string> flags = MachineCpuFlags();
+  std::string missing;
+  for (const std::string& feature : required) {
+    if (!flags.count(feature)) missing += (missing.empty() ? "" : " ") + feature;
+  }
+  if (!missing.empty()) {
+    return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
+                                     "). Compile for a more portable target, e.g. x86_64-avx2");
+  }
+  try {
+    ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
+    auto load = library->GetFunction("vm_load_executable");
+    if (!load.has_value()) throw std::runtime_error("model.so is not a Relax VM executable");
+    ffi::Module vm = (*load)().cast<ffi::Module>();
+    auto init = vm->GetFunction("vm_initialization");
+    const int pooled_allocator = 2;
+    (*init)(static_cast<int>(dl_device.device_type), dl_device.device_id, pooled_allocator,
+            static_cast<int>(kDLCPU), 0, pooled_allocator);
+    auto main = vm->GetFunction("main");
+    if (!main.has_value()) throw std::runtime_error("model.so has no 'main' function");
+    model->library = library;
+    model->vm = vm;
+    model->main = *main;
+    for (const TensorSpec& spec : model->inputs) {
+      model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape),
+                                                        spec.dl_dtype, dl_device));
+    }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, "cannot load " + dir + "/model.so: " + error.what());
+  }
+  *out = model.release();
+  return DT_OK;
+}
+
+void dt_free(dt_model* model) { delete model; }
+
+int dt_num_inputs(const dt_model* model) { return model ? static_cast<int>(model->inputs.size()) : -1; }
+int dt_num_outputs(const dt_model* model) { return model ? static_cast<int>(model->outputs.size()) : -1; }
+
+int dt_input_info(const dt_model* model, int index, dt_tensor_info* out) {
+  if (!model || !out || index < 0 || index >= static_cast<int>(model->inputs.size())) {
+    return Fail(DT_ERR_ARGUMENT, "dt_input_info: no input " + std::to_string(index));
+  }
+  FillInfo(model->inputs[index], out);
+  return DT_OK;
+}
+
+int dt_output_info(const dt_model* model, int index, dt_tensor_info* out) {
+  if (!model || !out || index < 0 || index >= static_cast<int>(model->outputs.size())) {
+    return Fail(DT_ERR_ARGUMENT, "dt_output_info: no output " + std::to_string(index));
+  }
+  FillInfo(model->outputs[index], out);
+  return DT_OK;
+}
+
+int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
+  if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run: null argument");
+  std::lock_guard<std::mutex> guard(model->lock);
+  try {
+    std::vector<ffi::Tensor> args;
+    args.reserve(model->inputs.size());
+    for (size_t i = 0; i < model->inputs.size(); ++i) {
+      const TensorSpec& spec = model->inputs[i];
+      void* data = const_cast<void*>(inputs[i]);
+      if (data == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: input '" + spec.name + "' is null");
+      if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
+        args.push_back(ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(spec.shape),
+                                                spec.dl_dtype, model->device));
+      } else {
+        std::memcpy(model->staging[i].data_ptr(), data, spec.nbytes);
+        args.push_back(model->staging[i]);
+      }
+    }
+    std::vector<ffi::AnyView> packed(args.begin(), args.end());
+    ffi::Any result;
+    model->main->CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
+    std::vector<ffi::Tensor> results;
+    if (auto tensor = result.try_cast<ffi::Tensor>()) {
+      results.push_back(*tensor);
+    } else {
+      for (const ffi::Any& item : result.cast<ffi::Array<ffi::Any>>()) results.push_back(item.cast<ffi::Tensor>());
+    }
+    if (results.size() != model->outputs.size()) {
+      return Fail(DT_ERR_RUN, "the model returned " + std::to_string(results.size()) + " outputs, the manifest lists " +
+                                  std::to_string(model->outputs.size()));
+    }
+    for (size_t i = 0; i < results.size(); ++i) {
+      const TensorSpec& spec = model->outputs[i];
+      if (ffi::GetDataSize(results[i]) != spec.nbytes) {
+        return Fail(DT_ERR_RUN, "output '" + spec.name + "' has a different size than the manifest says");
+      }
+      if (outputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: output '" + spec.name + "' is null");
+      std::memcpy(outputs[i], results[i].data_ptr(), spec.nbytes);
+    }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
+  }
+  return DT_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,56 @@
+/* deploytool C API: load a deploytool package and run it, with no Python.
+ *
+ * Every function returning int returns DT_OK (0) on success or a DT_ERR_* code;
+ * dt_last_error() then describes the failure (per thread).
+ * A dt_model may be shared by threads: runs on one model are serialised by a lock.
+ * For parallel throughput, load one model per thread.
+ */
+#ifndef DEPLOYTOOL_H_
+#define DEPLOYTOOL_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DT_OK 0
+#define DT_ERR_ARGUMENT 1  /* bad argument: null pointer, index out of range, bad device */
+#define DT_ERR_PACKAGE 2   /* not a package, or an unreadable or corrupted one */
+#define DT_ERR_PLATFORM 3  /* this machine cannot run the package (CPU features, architecture) */
+#define DT_ERR_RUN 4       /* the model failed while running */
+
+#define DT_MAX_NDIM 8
+
+typedef struct dt_model dt_model;
+
+typedef struct {
+  const char* name;
+  const char* dtype; /* "float32", "int64", ... */
+  int ndim;
+  int64_t shape[DT_MAX_NDIM];
+  size_t nbytes;     /* size of the tensor's data in bytes */
+} dt_tensor_info;
+
+/* The message of the last failed call on this thread ("" if none). */
+const char* dt_last_error(void);
+
+/* Load the package in folder `package_dir` onto `device` ("cpu", "cpu:0"; NULL means "cpu"). */
+int dt_load(const char* package_dir, const char* device, dt_model** out);
+void dt_free(dt_model* model);
+
+int dt_num_inputs(const dt_model* model);
+int dt_num_outputs(const dt_model* model);
+int dt_input_info(const dt_model* model, int index, dt_tensor_info* out);
+int dt_output_info(const dt_model* model, int index, dt_tensor_info* out);
+
+/* Run the model. inputs[i] points to the data of input i (row-major, dt_input_info's nbytes);
+ * outputs[i] to a caller-owned buffer of dt_output_info's nbytes, which receives output i. */
+int dt_run(dt_model* model, const void* const* inputs, void* const* outputs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DEPLOYTOOL_H_ */

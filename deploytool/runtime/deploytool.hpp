@@ -1,0 +1,74 @@
+// deploytool C++ API: a thin RAII wrapper over the C API in deploytool.h.
+#ifndef DEPLOYTOOL_HPP_
+#define DEPLOYTOOL_HPP_
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "deploytool.h"
+
+namespace deploytool {
+
+class Error : public std::runtime_error {
+ public:
+  Error(int code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  int code() const { return code_; }
+
+ private:
+  int code_;
+};
+
+struct TensorInfo {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  size_t nbytes;
+};
+
+class Model {
+ public:
+  explicit Model(const std::string& package_dir, const std::string& device = "cpu") {
+    Check(dt_load(package_dir.c_str(), device.c_str(), &handle_));
+  }
+  ~Model() { dt_free(handle_); }
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+  Model(Model&& other) noexcept : handle_(other.handle_) { other.handle_ = nullptr; }
+
+  std::vector<TensorInfo> inputs() const { return Infos(dt_num_inputs(handle_), dt_input_info); }
+  std::vector<TensorInfo> outputs() const { return Infos(dt_num_outputs(handle_), dt_output_info); }
+
+  // inputs[i] and outputs[i] point to buffers of inputs()[i].nbytes and outputs()[i].nbytes.
+  void run(const std::vector<const void*>& inputs, const std::vector<void*>& outputs) {
+    if (inputs.size() != static_cast<size_t>(dt_num_inputs(handle_)) ||
+        outputs.size() != static_cast<size_t>(dt_num_outputs(handle_))) {
+      throw Error(DT_ERR_ARGUMENT, "run: wrong number of input or output buffers");
+    }
+    Check(dt_run(handle_, inputs.data(), outputs.data()));
+  }
+
+  dt_model* handle() { return handle_; }
+
+ private:
+  static void Check(int code) {
+    if (code != DT_OK) throw Error(code, dt_last_error());
+  }
+  std::vector<TensorInfo> Infos(int count, int (*query)(const dt_model*, int, dt_tensor_info*)) const {
+    std::vector<TensorInfo> infos;
+    for (int i = 0; i < count; ++i) {
+      dt_tensor_info info;
+      Check(query(handle_, i, &info));
+      infos.push_back({info.name, info.dtype, std::vector<int64_t>(info.shape, info.shape + info.ndim),
+                       info.nbytes});
+    }
+    return infos;
+  }
+
+  dt_model* handle_ = nullptr;
+};
+
+}  // namespace deploytool
+
+#endif  // DEPLOYTOOL_HPP_

@@ -1,0 +1,147 @@
+"""Targets as data: the JSON files in targets/, resolved into TargetSpec objects."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import DeploytoolError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+# LLVM feature name -> /proc/cpuinfo flag, for the instruction sets a kernel may depend on.
+CPU_FLAGS = {
+    "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma",
+    "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512cd": "avx512cd",
+    "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+    "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
+    "avxvnni": "avx_vnni", "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
+    "i8mm": "i8mm", "sve": "sve", "bf16": "bf16",
+}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A compilation target: the TVM target dict plus how to build and run for it."""
+
+    name: str
+    target: dict
+    arch: str
+    cxx: str = "g++"
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cpu(self) -> str | None:
+        return self.target.get("mcpu")
+
+    def resolved(self) -> TargetSpec:
+        """Replace ``mcpu: native`` by this machine's CPU name."""
+        if self.cpu != "native":
+            return self
+        import tvm
+
+        cpu = tvm.target.codegen.llvm_get_system_cpu()
+        return replace(self, target={**self.target, "mcpu": cpu})
+
+    def tvm_target(self):
+        """The ``tvm.target.Target``; raises DeploytoolError if TVM rejects the dict."""
+        import tvm
+
+        try:
+            return tvm.target.Target(self.target)
+        except Exception as err:  # TVM raises several error types for a bad dict
+            raise DeploytoolError(
+                f"target '{self.name}' is not a valid TVM target ({str(err).splitlines()[-1]})",
+                "Fix its \"target\" dict",
+            ) from err
+
+    def cpu_features(self) -> list[str]:
+        """The /proc/cpuinfo flags a machine needs to run code built for this target."""
+        import tvm
+
+        if self.target.get("kind") != "llvm":
+            return []
+        features = tvm.target.codegen.llvm_get_cpu_features(self.resolved().tvm_target())
+        return sorted(CPU_FLAGS[f] for f in features if f in CPU_FLAGS)
+
+    def runs_here(self) -> bool:
+        """Whether this machine can run code built for this target."""
+        if self.arch != platform.machine():
+            return False
+        return set(self.cpu_features()) <= machine_cpu_flags()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "target": self.target,
+                "arch": self.arch, "cxx": self.cxx, **self.extra}
+
+
+def machine_cpu_flags() -> set[str]:
+    """This machine's CPU flags as /proc/cpuinfo lists them."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def list_targets() -> list[TargetSpec]:
+    """Every target in targets/, sorted by name."""
+    return [_from_file(path) for path in sorted(TARGETS_DIR.glob("*.json"))]
+
+
+def load_target(spec: str) -> TargetSpec:
+    """Resolve ``--target``: a name in targets/, a path to a JSON file, or inline JSON.
+
+    Parameters
+    ----------
+    spec : str
+        The value given to ``--target``.
+
+    Returns
+    -------
+    TargetSpec
+    """
+    if spec.lstrip().startswith("{"):
+        return _from_dict(_parse(spec, "inline target"), "inline")
+    path = Path(spec)
+    if path.suffix == ".json" or "/" in spec:
+        if not path.is_file():
+            raise DeploytoolError(f"target file {spec} not found", "Check the path")
+        return _from_file(path)
+    named = TARGETS_DIR / f"{spec}.json"
+    if not named.is_file():
+        names = ", ".join(t.name for t in list_targets())
+        raise DeploytoolError(f"unknown target '{spec}'",
+                              f"Use one of {names}, a path to a JSON file, or inline JSON")
+    return _from_file(named)
+
+
+def _parse(text: str, what: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DeploytoolError(f"{what} is not valid JSON ({err})", "Fix the JSON") from err
+    if not isinstance(data, dict):
+        raise DeploytoolError(f"{what} is not a JSON object", 'Write {"target": {...}, ...}')
+    return data
+
+
+def _from_file(path: Path) -> TargetSpec:
+    return _from_dict(_parse(path.read_text(), f"target file {path}"), path.stem)
+
+
+def _from_dict(data: dict, name: str) -> TargetSpec:
+    target = data.get("target")
+    if not isinstance(target, dict) or "kind" not in target:
+        raise DeploytoolError(f"target '{name}' has no \"target\" dict with a \"kind\"",
+                              'Add "target": {"kind": "llvm", "mtriple": ..., "mcpu": ...}')
+    known = {"target", "arch", "cxx", "description", "name"}
+    arch = data.get("arch") or str(target.get("mtriple", "x86_64")).split("-")[0]
+    spec = TargetSpec(name=data.get("name", name), target=target, arch=arch,
+                      cxx=data.get("cxx", "g++"), description=data.get("description", ""),
+                      extra={k: v for k, v in data.items() if k not in known})
+    if spec.cpu != "native":
+        spec.tvm_target()
+    return spec
