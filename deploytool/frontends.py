@@ -201,7 +201,8 @@ def _export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
         raise DeploytoolError(f"export to ONNX failed ({_last_line(err)})",
                               "Rewrite the unsupported part of the model, or pass an .onnx file "
                               "exported another way") from err
-    output_specs = [TensorSpec(n, tuple(o.shape), str(o.dtype)) for n, o in zip(names, outputs)]
+    output_specs = [TensorSpec(n, tuple(o.shape), str(o.dtype))
+                    for n, o in zip(names, outputs, strict=True)]
     return OnnxModel(onnx.load_from_string(buffer.getvalue()), model.inputs, output_specs)
 
 

@@ -114,7 +114,8 @@ Outputs:
 
 ## Use it from C++
 
-    g++ -std=c++17 examples/cpp/main.cc -Iinclude -Llib -ldeploytool -Wl,-rpath,'$ORIGIN/lib' -o example
+    g++ -std=c++17 examples/cpp/main.cc -Iinclude -Llib -ldeploytool \\
+        -Wl,-rpath,'$ORIGIN/lib' -o example
     ./example .
 
 or with CMake: `cmake -S examples/cpp -B build && cmake --build build && build/example .`
@@ -123,7 +124,8 @@ The C API is `include/deploytool.h`; `include/deploytool.hpp` wraps it in a RAII
 
 ```cpp
 deploytool::Model model("path/to/package");          // throws deploytool::Error
-model.run({{input.data()}}, {{output.data()}});      // buffers of inputs()[i].nbytes / outputs()[i].nbytes
+// buffers of inputs()[i].nbytes and outputs()[i].nbytes bytes
+model.run({{input.data()}}, {{output.data()}});
 ```
 
 A model may be shared by threads (runs are serialised); load one per thread for parallel runs.
