@@ -17,7 +17,7 @@ def check_compiler(cxx: str) -> None:
                               f"Install it (apt-get install {package})")
 
 
-def build_library(mod, target: TargetSpec, path: Path) -> None:
+def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
     """Compile ``mod`` for ``target`` and write it to ``path`` (a .so with the weights inside).
 
     Parameters
@@ -28,13 +28,16 @@ def build_library(mod, target: TargetSpec, path: Path) -> None:
         A resolved target.
     path : Path
         The shared library to write.
+    pipeline : tvm.transform.Pass, optional
+        The Relax pipeline (tuning.build_pipeline for CPU targets); None means TVM's default.
     """
     import tvm
     from tvm.support import cc
 
     check_compiler(target.cxx)
     try:
-        executable = tvm.compile(mod, target=target.tvm_target())
+        executable = tvm.compile(mod, target=target.tvm_target(),
+                                 relax_pipeline=pipeline or "default")
     except Exception as err:
         lines = str(err).strip().splitlines()
         raise DeploytoolError(f"TVM could not build the model for {target.name} "

@@ -25,6 +25,7 @@ from .package import (
 )
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
+from .tuning import TuneSettings, schedule_build, tune_module
 
 Log = Callable[[str], None]
 
@@ -39,6 +40,8 @@ class CompileOptions:
     output: Path | None = None
     force: bool = False
     archive: bool = False
+    tune: bool = False
+    tuning: TuneSettings = field(default_factory=TuneSettings)
 
     def output_dir(self) -> Path:
         return self.output or Path("artifacts") / self.model.stem
@@ -100,8 +103,16 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
         with timer.stage("import"):
             mod = import_relax(onnx_model)
+        tuned = None
+        if options.tune:
+            with timer.stage("tune"):
+                tuned = tune_module(mod, target, options.tuning, log)
+                log(tuned.table())
         with timer.stage("build"):
-            build_library(mod, target, scratch / "model.so")
+            pipeline, tuning = schedule_build(target, options.tuning, tuned)
+            build_library(mod, target, scratch / "model.so", pipeline)
+            if tuning:
+                log(f"  schedules  {tuning.summary()}")
         with timer.stage("package"):
             build_native(target, scratch)
             manifest = {
@@ -116,12 +127,13 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                             "device": "cpu"},
                 "versions": _versions(),
                 "compile_options": {**asdict(options), "model": str(options.model),
+                                    "tuning": options.tuning.to_dict(),
                                     "output": str(destination),
                                     "inputs": [str(s) for s in onnx_model.inputs]},
                 "stage_seconds": timer.seconds,
                 "files": file_digests(scratch),
                 "validation": None,
-                "tuning": None,
+                "tuning": tuning.to_dict() if tuning else None,
                 "benchmarks": None,
             }
             package = Package(scratch, manifest)

@@ -1,0 +1,585 @@
+"""Auto-tuning with MetaSchedule, the tuning database, and the default schedules used without it."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import DeploytoolError
+from .targets import TargetSpec
+
+Log = Callable[[str], None]
+
+TUNING_ROOT = Path("artifacts") / "tuning"
+DEFAULT_TRIALS_PER_TASK = 64
+# The schedule given to kernels the database does not cover: one sample of MetaSchedule's own
+# design space for the target (multi-level tiling, parallel, vectorize, unroll), with a fixed seed
+# so that builds are reproducible.
+DEFAULT_SCHEDULE = "metaschedule-design-space-sample"
+DEFAULT_SCHEDULE_SEED = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The database
+
+
+def default_db_dir(target: TargetSpec) -> Path:
+    """``artifacts/tuning/<target name>-<resolved cpu>``: records only apply to the CPU they came
+    from."""
+    resolved = target.resolved()
+    cpu = resolved.cpu or resolved.target.get("arch") or resolved.target.get("kind")
+    return TUNING_ROOT / f"{target.name}-{cpu}"
+
+
+def _db_files(db_dir: Path) -> tuple[Path, Path]:
+    return db_dir / "database_workload.json", db_dir / "database_tuning_record.json"
+
+
+def check_database(db_dir: Path) -> None:
+    """Raise a clear error when a database file is not the JSON-lines MetaSchedule writes."""
+    for path in _db_files(db_dir):
+        if not path.exists():
+            continue
+        if path.is_dir():
+            raise DeploytoolError(f"tuning database file {path} is a folder",
+                                  "Remove it or pass another --db")
+        text = path.read_text(errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DeploytoolError(
+                    f"tuning database {db_dir} is corrupt ({path.name} line {number}: {err.msg})",
+                    f"Delete {path} (or the line) and tune again, or pass another --db") from err
+
+
+def open_database(db_dir: Path, create: bool = False):
+    """Open the MetaSchedule JSON database in ``db_dir``.
+
+    Parameters
+    ----------
+    db_dir : Path
+        The folder holding ``database_workload.json`` and ``database_tuning_record.json``.
+    create : bool
+        Create the folder and empty files if they do not exist.
+
+    Returns
+    -------
+    tvm.s_tir.meta_schedule.database.JSONDatabase or None
+        None when the folder holds no database and ``create`` is False.
+    """
+    workload, records = _db_files(db_dir)
+    if not create and not (workload.exists() and records.exists()):
+        return None
+    if db_dir.exists() and not db_dir.is_dir():
+        raise DeploytoolError(f"tuning database {db_dir} is not a folder",
+                              "Pass a folder with --db")
+    check_database(db_dir)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    ms = _meta_schedule()
+    try:
+        return ms.database.JSONDatabase(work_dir=str(db_dir), module_equality="structural")
+    except Exception as err:  # TVM raises its own error types for a record it cannot read
+        last = (str(err).strip().splitlines() or [repr(err)])[-1]
+        raise DeploytoolError(f"tuning database {db_dir} cannot be read ({last})",
+                              "Delete it and tune again, or pass another --db") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# TVM helpers
+
+
+def _meta_schedule():
+    """Import MetaSchedule, working around a slow import of its tensor intrinsics.
+
+    ``tvm.s_tir.tensor_intrin`` (imported by every TuneContext) parses about a hundred TVMScript
+    functions, and each parse calls ``inspect.stack()``, which resolves the source file of every
+    frame: about 100 s on a loaded machine. A stack without that lookup takes a few seconds.
+    """
+    import inspect
+    import linecache
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" not in sys.modules:
+        def light_stack(context: int = 1):
+            frame, frames = sys._getframe(1), []
+            while frame is not None:
+                code = frame.f_code
+                line = linecache.getline(code.co_filename, frame.f_lineno)
+                frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno,
+                                                code.co_name, [line] if line else None, 0))
+                frame = frame.f_back
+            return frames
+
+        original, inspect.stack = inspect.stack, light_stack
+        try:
+            import tvm.s_tir.tensor_intrin  # noqa: F401
+        finally:
+            inspect.stack = original
+    from tvm.s_tir import meta_schedule
+
+    return meta_schedule
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def tuning_target(target: TargetSpec):
+    """The ``tvm.target.Target`` MetaSchedule needs: the build target plus ``num-cores``."""
+    import tvm
+
+    resolved = target.resolved()
+    cores = resolved.target.get("num-cores") or (physical_cores() if resolved.runs_here() else 4)
+    return tvm.target.Target({**resolved.target, "num-cores": int(cores)})
+
+
+def _cpu_pipeline():
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    return pipeline
+
+
+def fuse(mod, target):
+    """Legalize and fuse ``mod`` as the build does, so that tuning tasks match build kernels."""
+    import tvm
+
+    cpu = _cpu_pipeline()
+    with target:
+        return tvm.transform.Sequential(cpu.library_dispatch_passes(target)
+                                        + cpu.legalize_passes(target))(mod)
+
+
+def _is_scheduled(func) -> bool:
+    return bool(func.attrs is not None and "tirx.is_scheduled" in func.attrs
+                and func.attrs["tirx.is_scheduled"])
+
+
+def _prim_funcs(mod):
+    import tvm
+
+    return [(gv, f) for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def sample_default_schedule(func, target, seed: int = DEFAULT_SCHEDULE_SEED):
+    """Schedule one kernel with a sample of MetaSchedule's design space for ``target``.
+
+    Returns the scheduled PrimFunc, or None when no schedule applies (the kernel then stays as
+    TVM lowers it).
+    """
+    import tvm
+
+    ms = _meta_schedule()
+    context = ms.TuneContext(mod=tvm.IRModule({"main": func}), target=target,
+                             space_generator="post-order-apply", search_strategy="replay-trace",
+                             task_name="default", rand_state=seed, num_threads=1)
+    try:
+        spaces = context.generate_design_space()
+    except Exception:  # a kernel MetaSchedule cannot analyse keeps TVM's plain lowering
+        return None
+    if not spaces:
+        return None
+    schedule = spaces[0]
+    if not all(postproc.apply(schedule) for postproc in context.space_generator.postprocs):
+        return None
+    return schedule.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+@dataclass
+class SchedulePlan:
+    """How the kernels of one build were scheduled: from the database, or by default."""
+
+    database: str | None
+    tasks: int = 0
+    from_database: int = 0
+    default: int = 0
+    unscheduled: int = 0
+    default_schedule: str = DEFAULT_SCHEDULE
+    trials_run: int | None = None
+    tune_seconds: float | None = None
+
+    def summary(self) -> str:
+        where = f" from {self.database}" if self.database else " (no tuning database)"
+        return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
+                f"default schedule, {self.unscheduled} unscheduled")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None = None,
+                   default_schedules: bool = True):
+    """The Relax pipeline for an llvm target: fuse, apply the database, schedule the rest.
+
+    Parameters
+    ----------
+    target : TargetSpec
+    database : JSONDatabase, optional
+        Tuning records to apply; None means none.
+    plan : SchedulePlan, optional
+        Filled in with what was scheduled how, when the pipeline runs.
+    default_schedules : bool
+        Give kernels not in the database the default schedule (False leaves them unscheduled).
+
+    Returns
+    -------
+    tvm.transform.Pass
+    """
+    import tvm
+    from tvm import relax
+
+    tvm_target = tuning_target(target)
+    plan = plan if plan is not None else SchedulePlan(None)
+    cpu = _cpu_pipeline()
+
+    @tvm.transform.module_pass(opt_level=0, name="DeploytoolPipeline")
+    def pipeline(mod, _ctx):
+        mod = fuse(mod, tvm_target)
+        plan.tasks = len(_prim_funcs(mod))
+        with tvm_target:
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            plan.from_database = sum(_is_scheduled(f) for _, f in _prim_funcs(mod))
+            if default_schedules:
+                for gv, func in _prim_funcs(mod):
+                    if not _is_scheduled(func):
+                        scheduled = sample_default_schedule(func, tvm_target)
+                        if scheduled is not None:
+                            mod[gv] = scheduled
+                            plan.default += 1
+            plan.unscheduled = plan.tasks - plan.from_database - plan.default
+            return tvm.transform.Sequential(cpu.dataflow_lower_passes(tvm_target)
+                                            + cpu.finalize_passes(tvm_target))(mod)
+
+    return pipeline
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning
+
+
+@dataclass
+class TuneSettings:
+    """How long to tune; None means the default."""
+
+    trials: int | None = None
+    time_budget: float | None = None  # seconds
+    db: Path | None = None
+    seed: int | None = 0
+
+    def resolved_db(self, target: TargetSpec) -> Path:
+        return self.db or default_db_dir(target)
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class TaskResult:
+    """One tuned kernel: how often the model runs it and how fast the best record is."""
+
+    name: str
+    weight: int
+    flop: float
+    trials: int
+    best_us: float | None
+
+    @property
+    def gflops(self) -> float | None:
+        return self.flop / self.best_us / 1e3 if self.best_us else None
+
+
+@dataclass
+class TuneResult:
+    """What a tuning run produced."""
+
+    db: Path
+    tasks: list[TaskResult] = field(default_factory=list)
+    trials: int = 0
+    seconds: float = 0.0
+    stopped: str | None = None  # "interrupted", "time budget", or None when the trials ran out
+
+    def table(self) -> str:
+        total = sum(t.weight * t.best_us for t in self.tasks if t.best_us) or 1.0
+        rows = [f"{'kernel':<44} {'x':>2} {'MFLOP':>8} {'trials':>6} {'best us':>9} "
+                f"{'GFLOP/s':>8} {'share':>6}"]
+        for t in sorted(self.tasks, key=lambda t: -(t.weight * (t.best_us or 0))):
+            best = f"{t.best_us:9.1f}" if t.best_us else f"{'-':>9}"
+            gflops = f"{t.gflops:8.1f}" if t.gflops else f"{'-':>8}"
+            share = f"{100 * t.weight * t.best_us / total:5.1f}%" if t.best_us else f"{'-':>6}"
+            rows.append(f"{t.name[:44]:<44} {t.weight:>2} {t.flop / 1e6:8.2f} {t.trials:>6} "
+                        f"{best} {gflops} {share}")
+        rows.append(f"sum of best kernel times x weight: {total:.1f} us")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        return {"database": str(self.db), "trials": self.trials,
+                "seconds": round(self.seconds, 1), "stopped": self.stopped,
+                "tasks": [{**asdict(t), "gflops": t.gflops} for t in self.tasks]}
+
+
+class _Stop:
+    """A Ctrl-C or a time budget asks the tuner to stop after the batch being measured."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.reason: str | None = None
+
+    def check(self) -> str | None:
+        if self.reason is None and self.deadline is not None and time.monotonic() > self.deadline:
+            self.reason = "time budget"
+        return self.reason
+
+
+@contextmanager
+def _first_sigint_stops(stop: _Stop, log: Log):
+    """The first Ctrl-C stops tuning after the current batch; the second aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum, _frame):
+        if stop.reason == "interrupted":
+            raise KeyboardInterrupt
+        stop.reason = "interrupted"
+        log("interrupted: stopping after the current batch (Ctrl-C again to abort); "
+            "records measured so far are saved")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress_callback(stop: _Stop, start: float, total_trials: int, names: list[str],
+                       flops: list[float], log: Log):
+    ms = _meta_schedule()
+    from tvm.s_tir.meta_schedule.utils import derived_object
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            self.trials = 0
+            self.best: dict[int, float] = {}
+
+        def apply(self, task_scheduler, task_id, candidates, builder_results, runner_results):
+            self.trials += len(runner_results)
+            times = [sum(r.run_secs) / len(r.run_secs) for r in runner_results
+                     if r.error_msg is None and r.run_secs]
+            if times:
+                best = min(float(t) for t in times)
+                self.best[task_id] = min(self.best.get(task_id, math.inf), best)
+            failed = len(runner_results) - len(times)
+            elapsed = time.monotonic() - start
+            left = ""
+            if stop.deadline is not None:
+                left = f", {max(0.0, stop.deadline - time.monotonic()) / 60:.1f} min left"
+            best_us = self.best.get(task_id)
+            best_text = "no valid trial yet"
+            if best_us is not None:
+                best_text = (f"best {best_us * 1e6:.1f} us "
+                             f"({flops[task_id] / best_us / 1e9:.1f} GFLOP/s)")
+            log(f"  [{elapsed:6.0f} s] task {task_id + 1}/{len(names)} {names[task_id][:36]}: "
+                f"{best_text}{f', {failed} failed' if failed else ''}; "
+                f"{self.trials}/{total_trials} trials{left}")
+            if stop.check():
+                for i, task in enumerate(task_scheduler.tasks_):
+                    if not task.is_terminated:
+                        task_scheduler.terminate_task(i)
+
+    return Progress()
+
+
+def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
+                log: Log | None = None) -> TuneResult:
+    """Tune every kernel of a Relax module with MetaSchedule; records go to the database.
+
+    Trials are built and run in separate processes with a time-out (MetaSchedule's LocalBuilder
+    and LocalRunner), so a kernel that crashes or hangs costs one trial. Records are written to
+    the database as they are measured: an interrupted run keeps them.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The Relax module (as imported).
+    target : TargetSpec
+    settings : TuneSettings, optional
+    log : callable, optional
+        Receives progress lines.
+
+    Returns
+    -------
+    TuneResult
+    """
+    settings = settings or TuneSettings()
+    log = log or (lambda _line: None)
+    if target.target.get("kind") != "llvm":
+        raise DeploytoolError(f"tuning supports llvm (CPU) targets, not {target.target['kind']}",
+                              "Tune a CPU target")
+    ms = _meta_schedule()
+    tvm_target = tuning_target(target)
+    db_dir = settings.resolved_db(target)
+    database = open_database(db_dir, create=True)
+    fused = fuse(mod, tvm_target)
+    extracted = ms.relax_integration.extract_tasks(fused, tvm_target)
+    extracted = [t for t in extracted if not _is_scheduled(t.dispatched[0]["main"])]
+    if not extracted:
+        raise DeploytoolError("the model has no kernels to tune", "Compile it without --tune")
+    trials = settings.trials or DEFAULT_TRIALS_PER_TASK * len(extracted)
+    per_task = max(1, math.ceil(2 * trials / len(extracted)))
+    per_iter = max(1, min(64, per_task))
+    names = [t.task_name for t in extracted]
+    flops = [_flop(t.dispatched[0]) for t in extracted]
+    log(f"tuning {len(extracted)} kernels, {trials} trials (at most {per_task} per kernel)"
+        f"{f', time budget {settings.time_budget / 60:.1f} min' if settings.time_budget else ''}"
+        f", database {db_dir}")
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted, work_dir=str(db_dir / "logs"), space="post-order-apply",
+        strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=min(2048, max(64, 16 * per_task)),
+            init_min_unmeasured=min(50, max(8, 4 * per_task))),
+        num_threads=tvm_target.attrs["num-cores"], seed=settings.seed)
+    start = time.monotonic()
+    stop = _Stop(start + settings.time_budget if settings.time_budget else None)
+    progress = _progress_callback(stop, start, trials, names, flops, log)
+    callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [progress]
+    cores = int(tvm_target.attrs["num-cores"])
+    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=60)
+    runner = ms.runner.LocalRunner(
+        timeout_sec=30, evaluator_config=ms.runner.EvaluatorConfig(
+            number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False))
+    with _first_sigint_stops(stop, log):
+        try:
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
+                          max_trials_global=trials, max_trials_per_task=per_task,
+                          num_trials_per_iter=per_iter, builder=builder, runner=runner,
+                          database=database, cost_model="xgb", measure_callbacks=callbacks,
+                          task_scheduler="gradient")
+        except Exception as err:
+            if "KeyboardInterrupt" in str(err) or stop.reason == "interrupted":
+                raise KeyboardInterrupt from err
+            raise
+    result = TuneResult(db=db_dir, trials=progress.trials,
+                        seconds=time.monotonic() - start, stopped=stop.reason)
+    for task, name, flop, weight in zip(extracted, names, flops, weights, strict=True):
+        result.tasks.append(TaskResult(name=name, weight=int(weight), flop=flop,
+                                       trials=_count(database, task.dispatched[0]),
+                                       best_us=_best_us(database, task.dispatched[0])))
+    return result
+
+
+def _flop(mod) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(mod))
+    except Exception:  # not every kernel can be analysed; its GFLOP/s is then unknown
+        return 0.0
+
+
+def _records(database, mod) -> list:
+    if not database.has_workload(mod):
+        return []
+    workload = database.commit_workload(mod)
+    return [r for r in database.get_top_k(workload, 10 ** 6) if r.run_secs]
+
+
+def _count(database, mod) -> int:
+    return len(_records(database, mod))
+
+
+def _best_us(database, mod) -> float | None:
+    records = _records(database, mod)
+    if not records:
+        return None
+    return min(sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in records) * 1e6
+
+
+def schedule_build(target: TargetSpec, settings: TuneSettings | None = None,
+                   tuned: TuneResult | None = None):
+    """The pipeline and plan for a build: the database's records, default schedules for the rest.
+
+    Parameters
+    ----------
+    target : TargetSpec
+    settings : TuneSettings, optional
+        Where the database is (``settings.db``; None means :func:`default_db_dir`).
+    tuned : TuneResult, optional
+        The tuning run made for this build, recorded in the plan.
+
+    Returns
+    -------
+    (tvm.transform.Pass or None, SchedulePlan or None)
+        (None, None) for targets other than llvm, which keep TVM's default pipeline.
+    """
+    if target.target.get("kind") != "llvm":
+        return None, None
+    settings = settings or TuneSettings()
+    db_dir = settings.resolved_db(target)
+    database = open_database(db_dir)
+    plan = SchedulePlan(database=str(db_dir) if database is not None else None)
+    if tuned is not None:
+        plan.trials_run, plan.tune_seconds = tuned.trials, round(tuned.seconds, 1)
+    return build_pipeline(target, database, plan), plan
+
+
+# ---------------------------------------------------------------------------------------------
+# From a model file
+
+
+@dataclass
+class TuneOptions:
+    """Every option of ``deploytool tune``, resolved; None means the default."""
+
+    model: Path
+    target: str = "cpu"
+    inputs: list | None = None
+    settings: TuneSettings = field(default_factory=TuneSettings)
+
+    def display(self, target: TargetSpec) -> str:
+        inputs = ", ".join(map(str, self.inputs)) if self.inputs else "from the model file"
+        s = self.settings
+        budget = f"{s.time_budget / 60:.1f} min" if s.time_budget else "none"
+        return (f"model        {self.model}\ntarget       {self.target}\ninputs       {inputs}\n"
+                f"trials       {s.trials or f'{DEFAULT_TRIALS_PER_TASK} per kernel'}\n"
+                f"time budget  {budget}\ndatabase     {s.resolved_db(target)}")
+
+
+def tune_model(options: TuneOptions, log: Log | None = None) -> TuneResult:
+    """Load a model file, import it and tune it (see :func:`tune_module`)."""
+    from .frontends import load_model, to_onnx
+    from .importer import import_relax
+    from .targets import load_target
+
+    target = load_target(options.target)
+    source = load_model(options.model, options.inputs)
+    mod = import_relax(to_onnx(source))
+    return tune_module(mod, target, options.settings, log)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``20m``, ``1.5h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise DeploytoolError(f"'{text}' is not a duration", "Write e.g. 90s, 20m or 1.5h")
+    return seconds
