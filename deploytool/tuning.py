@@ -98,36 +98,53 @@ def open_database(db_dir: Path, create: bool = False):
 # TVM helpers
 
 
-def _meta_schedule():
-    """Import MetaSchedule, working around a slow import of its tensor intrinsics.
+def _import_tensor_intrin_quickly() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` without its slow stack inspection.
 
-    ``tvm.s_tir.tensor_intrin`` (imported by every TuneContext) parses about a hundred TVMScript
-    functions, and each parse calls ``inspect.stack()``, which resolves the source file of every
-    frame: about 100 s on a loaded machine. A stack without that lookup takes a few seconds.
+    The module parses about a hundred TVMScript functions and each parse calls
+    ``inspect.stack()``, which looks up the source file of every frame: about 100 s on a loaded
+    2-core machine, a few seconds with this light stack. MetaSchedule imports it in every
+    TuneContext and in every build worker (where it exceeded the build time-out). Self-contained,
+    so that it can run as the build workers' initializer.
     """
     import inspect
     import linecache
     import sys
 
-    if "tvm.s_tir.tensor_intrin" not in sys.modules:
-        def light_stack(context: int = 1):
-            frame, frames = sys._getframe(1), []
-            while frame is not None:
-                code = frame.f_code
-                line = linecache.getline(code.co_filename, frame.f_lineno)
-                frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno,
-                                                code.co_name, [line] if line else None, 0))
-                frame = frame.f_back
-            return frames
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
 
-        original, inspect.stack = inspect.stack, light_stack
-        try:
-            import tvm.s_tir.tensor_intrin  # noqa: F401
-        finally:
-            inspect.stack = original
+    def light_stack(context: int = 1):
+        frame, frames = sys._getframe(1), []
+        while frame is not None:
+            code = frame.f_code
+            line = linecache.getline(code.co_filename, frame.f_lineno)
+            frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno,
+                                            code.co_name, [line] if line else None, 0))
+            frame = frame.f_back
+        return frames
+
+    original, inspect.stack = inspect.stack, light_stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = original
+
+
+def _meta_schedule():
+    """Import MetaSchedule (after its tensor intrinsics, see _import_tensor_intrin_quickly)."""
+    _import_tensor_intrin_quickly()
     from tvm.s_tir import meta_schedule
 
     return meta_schedule
+
+
+def _worker_initializer():
+    """The build workers' initializer, pickled by value (workers may not import deploytool)."""
+    import types
+
+    code = _import_tensor_intrin_quickly.__code__
+    return types.FunctionType(code, {"__builtins__": __builtins__})
 
 
 def physical_cores() -> int:
@@ -367,7 +384,7 @@ def _first_sigint_stops(stop: _Stop, log: Log):
 def _progress_callback(stop: _Stop, start: float, total_trials: int, names: list[str],
                        flops: list[float], log: Log):
     ms = _meta_schedule()
-    from tvm.s_tir.meta_schedule.utils import derived_object
+    from tvm.ir.utils import derived_object
 
     @derived_object
     class Progress(ms.measure_callback.PyMeasureCallback):
@@ -440,12 +457,16 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
         raise DeploytoolError("the model has no kernels to tune", "Compile it without --tune")
     trials = settings.trials or DEFAULT_TRIALS_PER_TASK * len(extracted)
     per_task = max(1, math.ceil(2 * trials / len(extracted)))
-    per_iter = max(1, min(64, per_task))
+    per_iter = max(1, min(64, math.ceil(trials / len(extracted))))  # every kernel gets a batch
     names = [t.task_name for t in extracted]
     flops = [_flop(t.dispatched[0]) for t in extracted]
     log(f"tuning {len(extracted)} kernels, {trials} trials (at most {per_task} per kernel)"
         f"{f', time budget {settings.time_budget / 60:.1f} min' if settings.time_budget else ''}"
         f", database {db_dir}")
+    import logging
+
+    # MetaSchedule's own log goes to files in the database's logs/; the console gets our lines.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted, work_dir=str(db_dir / "logs"), space="post-order-apply",
         strategy=ms.search_strategy.EvolutionarySearch(
@@ -457,7 +478,8 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     progress = _progress_callback(stop, start, trials, names, flops, log)
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [progress]
     cores = int(tvm_target.attrs["num-cores"])
-    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=60)
+    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=120,
+                                      initializer=_worker_initializer())
     runner = ms.runner.LocalRunner(
         timeout_sec=30, evaluator_config=ms.runner.EvaluatorConfig(
             number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False))
