@@ -98,19 +98,23 @@ def open_database(db_dir: Path, create: bool = False):
 # TVM helpers
 
 
-def _import_tensor_intrin_quickly() -> None:
+def _import_tensor_intrin_quickly(worker: bool = False) -> None:
     """Import ``tvm.s_tir.tensor_intrin`` without its slow stack inspection.
 
     The module parses about a hundred TVMScript functions and each parse calls
     ``inspect.stack()``, which looks up the source file of every frame: about 100 s on a loaded
     2-core machine, a few seconds with this light stack. MetaSchedule imports it in every
     TuneContext and in every build worker (where it exceeded the build time-out). Self-contained,
-    so that it can run as the build workers' initializer.
+    so that it can run as the build workers' initializer (``worker=True``: a worker also ignores
+    Ctrl-C, which the tuning process handles).
     """
     import inspect
     import linecache
+    import signal
     import sys
 
+    if worker:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return
 
@@ -139,12 +143,19 @@ def _meta_schedule():
     return meta_schedule
 
 
-def _worker_initializer():
-    """The build workers' initializer, pickled by value (workers may not import deploytool)."""
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_initializer(function, *defaults):
+    """A copy of ``function`` with no module, so that the pool pickles it by value: its workers
+    may not be able to import this deploytool."""
     import types
 
-    code = _import_tensor_intrin_quickly.__code__
-    return types.FunctionType(code, {"__builtins__": __builtins__})
+    return types.FunctionType(function.__code__, {"__builtins__": __builtins__},
+                              function.__name__, defaults or None)
 
 
 def physical_cores() -> int:
@@ -347,6 +358,14 @@ class TuneResult:
                 "tasks": [{**asdict(t), "gflops": t.gflops} for t in self.tasks]}
 
 
+STOP_MARK = "deploytool stops tuning"
+
+
+class StopTuning(Exception):
+    """Raised inside MetaSchedule's loop to end a tuning run early (not a user error); it comes
+    back through TVM's FFI as a RuntimeError carrying STOP_MARK."""
+
+
 class _Stop:
     """A Ctrl-C or a time budget asks the tuner to stop after the batch being measured."""
 
@@ -413,9 +432,9 @@ def _progress_callback(stop: _Stop, start: float, total_trials: int, names: list
                 f"{best_text}{f', {failed} failed' if failed else ''}; "
                 f"{self.trials}/{total_trials} trials{left}")
             if stop.check():
-                for i, task in enumerate(task_scheduler.tasks_):
-                    if not task.is_terminated:
-                        task_scheduler.terminate_task(i)
+                # This batch's records are already in the database (the default callbacks,
+                # which commit them, run before this one); leave the tuner by an exception.
+                raise StopTuning(f"{STOP_MARK} ({stop.reason})")
 
     return Progress()
 
@@ -457,7 +476,8 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
         raise DeploytoolError("the model has no kernels to tune", "Compile it without --tune")
     trials = settings.trials or DEFAULT_TRIALS_PER_TASK * len(extracted)
     per_task = max(1, math.ceil(2 * trials / len(extracted)))
-    per_iter = max(1, min(64, math.ceil(trials / len(extracted))))  # every kernel gets a batch
+    # Every kernel gets a batch; batches of at most 16 so that Ctrl-C and the budget act quickly.
+    per_iter = max(1, min(16, math.ceil(trials / len(extracted))))
     names = [t.task_name for t in extracted]
     flops = [_flop(t.dispatched[0]) for t in extracted]
     log(f"tuning {len(extracted)} kernels, {trials} trials (at most {per_task} per kernel)"
@@ -478,10 +498,12 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     progress = _progress_callback(stop, start, trials, names, flops, log)
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [progress]
     cores = int(tvm_target.attrs["num-cores"])
-    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=120,
-                                      initializer=_worker_initializer())
+    builder = ms.builder.LocalBuilder(
+        max_workers=cores, timeout_sec=120,
+        initializer=_worker_initializer(_import_tensor_intrin_quickly, True))
     runner = ms.runner.LocalRunner(
-        timeout_sec=30, evaluator_config=ms.runner.EvaluatorConfig(
+        timeout_sec=30, initializer=_worker_initializer(_ignore_sigint),
+        evaluator_config=ms.runner.EvaluatorConfig(
             number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False))
     with _first_sigint_stops(stop, log):
         try:
@@ -491,9 +513,8 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
                           database=database, cost_model="xgb", measure_callbacks=callbacks,
                           task_scheduler="gradient")
         except Exception as err:
-            if "KeyboardInterrupt" in str(err) or stop.reason == "interrupted":
-                raise KeyboardInterrupt from err
-            raise
+            if stop.reason is None or STOP_MARK not in str(err):
+                raise
     result = TuneResult(db=db_dir, trials=progress.trials,
                         seconds=time.monotonic() - start, stopped=stop.reason)
     for task, name, flop, weight in zip(extracted, names, flops, weights, strict=True):

@@ -1,0 +1,184 @@
+"""Tuning: records land in the database, compiles reuse them, Ctrl-C keeps them, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deploytool.cli import main
+from deploytool.errors import DeploytoolError
+from deploytool.examples import cnn, mlp, save_torchscript
+from deploytool.tuning import (
+    TuneOptions,
+    TuneSettings,
+    default_db_dir,
+    open_database,
+    parse_duration,
+    tune_model,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _records(db: Path) -> list[dict]:
+    path = db / "database_tuning_record.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    import torch
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    paths = {}
+    for name, build in (("mlp", mlp), ("cnn", cnn)):
+        model, inputs = build()
+        paths[name] = save_torchscript(model, inputs, folder / f"{name}.pt")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tuned(models, tmp_path_factory):
+    """The MLP tuned with 6 trials (2 per kernel) into a fresh database."""
+    db = tmp_path_factory.mktemp("tuning") / "db"
+    lines: list[str] = []
+    result = tune_model(TuneOptions(model=models["mlp"], settings=TuneSettings(trials=6, db=db)),
+                        log=lines.append)
+    return db, result, lines
+
+
+def _compile(args: list[str]) -> tuple[int, str]:
+    outcome = CliRunner().invoke(main, ["compile", *args])
+    return outcome.exit_code, outcome.output
+
+
+def _run_package(package: Path, model_path: Path, tmp: Path) -> float:
+    """Run the package's native runner on a seeded input; the largest error to TorchScript."""
+    import torch
+
+    manifest = json.loads((package / "manifest.json").read_text())
+    spec = manifest["inputs"][0]
+    x = np.random.default_rng(1).uniform(-1, 1, spec["shape"]).astype(np.float32)
+    np.save(tmp / "x.npy", x)
+    out = tmp / "out"
+    out.mkdir(exist_ok=True)
+    subprocess.run([str(package / "bin" / "deploytool-run"), "--input", f"{spec['name']}=x.npy",
+                    "--output-dir", str(out)], cwd=tmp, check=True, env={"PATH": "/usr/bin:/bin"},
+                   capture_output=True)
+    got = np.load(out / f"{manifest['outputs'][0]['name']}.npy")
+    expected = torch.jit.load(str(model_path))(torch.from_numpy(x)).detach().numpy()
+    return float(np.abs(got - expected).max())
+
+
+@pytest.mark.slow
+def test_tuning_writes_records_for_every_kernel(tuned):
+    db, result, lines = tuned
+    records = _records(db)
+    assert len(records) == result.trials >= 6
+    assert len(result.tasks) == 3  # three Linear layers, each fused with its bias (and ReLU)
+    assert all(task.trials >= 1 and task.best_us for task in result.tasks)
+    assert any("trials" in line and "best" in line for line in lines)  # progress was shown
+    assert "GFLOP/s" in result.table()
+
+
+@pytest.mark.slow
+def test_compile_reuses_the_database_and_still_matches_torchscript(tuned, models, tmp_path):
+    db, _, _ = tuned
+    before = len(_records(db))
+    packages = []
+    for name in ("a", "b"):
+        code, output = _compile([str(models["mlp"]), "--db", str(db), "-o", str(tmp_path / name)])
+        assert code == 0, output
+        assert "3/3 kernels tuned" in output
+        packages.append(tmp_path / name)
+    assert len(_records(db)) == before  # reuse: no new trials
+    first, second = (json.loads((p / "manifest.json").read_text()) for p in packages)
+    assert first["tuning"]["from_database"] == 3 and first["tuning"]["default"] == 0
+    assert first["files"]["model.so"] == second["files"]["model.so"]  # the same kernels
+    assert _run_package(packages[0], models["mlp"], tmp_path) < 1e-5
+
+
+@pytest.mark.slow
+def test_untuned_compile_uses_default_schedules_and_matches(models, tmp_path):
+    code, output = _compile([str(models["cnn"]), "--db", str(tmp_path / "none"),
+                             "-o", str(tmp_path / "cnn")])
+    assert code == 0, output
+    plan = json.loads((tmp_path / "cnn" / "manifest.json").read_text())["tuning"]
+    assert plan["from_database"] == 0 and plan["database"] is None
+    assert plan["default"] >= 1 and plan["default"] + plan["unscheduled"] == plan["tasks"]
+    assert _run_package(tmp_path / "cnn", models["cnn"], tmp_path) < 1e-5
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_a_usable_database(models, tmp_path):
+    db = tmp_path / "db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploytool", "tune", str(models["mlp"]), "--trials", "90",
+         "--db", str(db)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        records = db / "database_tuning_record.json"
+        while time.monotonic() < deadline and process.poll() is None:
+            if records.exists() and records.read_text().strip():
+                break
+            time.sleep(1)
+        assert process.poll() is None, "tuning ended before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert "stopped: interrupted" in output
+    kept = len(_records(db))
+    assert 1 <= kept < 90
+    code, output = _compile([str(models["mlp"]), "--db", str(db), "-o", str(tmp_path / "pkg")])
+    assert code == 0, output
+    tuned = json.loads((tmp_path / "pkg" / "manifest.json").read_text())["tuning"]
+    assert tuned["from_database"] >= 1
+    assert _run_package(tmp_path / "pkg", models["mlp"], tmp_path) < 1e-5
+
+
+def test_a_corrupt_database_is_a_clear_error(models, tmp_path):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "database_workload.json").write_text("")
+    (db / "database_tuning_record.json").write_text('[0, [["Sample\n')
+    with pytest.raises(DeploytoolError, match="corrupt.*line 1"):
+        open_database(db)
+    code, output = _compile([str(models["mlp"]), "--db", str(db), "-o", str(tmp_path / "pkg")])
+    assert code == 1
+    assert output.startswith("Error: tuning database") and "Traceback" not in output
+    assert not (tmp_path / "pkg").exists()
+    outcome = CliRunner().invoke(main, ["tune", str(models["mlp"]), "--db", str(db)])
+    assert outcome.exit_code == 1 and "is corrupt" in outcome.output
+
+
+def test_durations_and_bad_budget():
+    assert parse_duration("90") == 90
+    assert parse_duration("20m") == 1200
+    assert parse_duration("1.5h") == 5400
+    with pytest.raises(DeploytoolError):
+        parse_duration("soon")
+    outcome = CliRunner().invoke(main, ["tune", "x.pt", "--time-budget", "0m"])
+    assert outcome.exit_code == 2 and "is not a duration" in outcome.output
+
+
+def test_default_database_is_keyed_by_target_and_cpu():
+    from deploytool.targets import load_target
+
+    path = default_db_dir(load_target("x86_64-avx2"))
+    assert path == Path("artifacts/tuning/x86_64-avx2-haswell")
