@@ -92,7 +92,11 @@ def compile(model, target, inputs, output, force, archive, tune, trials, time_bu
 @click.option("--input", "-i", "inputs", multiple=True, callback=_input_specs,
               metavar="NAME:SHAPE:DTYPE", help="An input, e.g. x:1x512:float32 (repeatable).")
 @_tuning_options
-def tune(model, target, inputs, trials, time_budget, db):
+@click.option("--rpc-tracker", metavar="HOST:PORT",
+              help="Measure trials on boards registered with this TVM RPC tracker.")
+@click.option("--rpc-key", metavar="KEY", help="The boards' key at the tracker.")
+@click.option("--rpc", metavar="HOST:PORT", help="Measure trials on this single TVM RPC server.")
+def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, rpc):
     """Tune every kernel of MODEL with MetaSchedule into the tuning database.
 
     Trials run in separate processes with a time-out. Ctrl-C stops after the current batch and
@@ -103,7 +107,9 @@ def tune(model, target, inputs, trials, time_budget, db):
     from .tuning import TuneOptions, TuneSettings, tune_model
 
     options = TuneOptions(model=model, target=target, inputs=inputs,
-                          settings=TuneSettings(trials=trials, time_budget=time_budget, db=db))
+                          settings=TuneSettings(trials=trials, time_budget=time_budget, db=db,
+                                                rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+                                                rpc=rpc))
     click.echo(options.display(load_target(target)))
     result = tune_model(options, log=click.echo)
     click.echo(result.table())

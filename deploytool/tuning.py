@@ -306,6 +306,9 @@ class TuneSettings:
     time_budget: float | None = None  # seconds
     db: Path | None = None
     seed: int | None = 0
+    rpc_tracker: str | None = None  # HOST:PORT of a TVM RPC tracker
+    rpc_key: str | None = None  # the device key the boards registered with the tracker
+    rpc: str | None = None  # HOST:PORT of a single TVM RPC server
 
     def resolved_db(self, target: TargetSpec) -> Path:
         return self.db or default_db_dir(target)
@@ -466,6 +469,7 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
         raise DeploytoolError(f"tuning supports llvm (CPU) targets, not {target.target['kind']}",
                               "Tune a CPU target")
     ms = _meta_schedule()
+    runner = make_runner(target, settings)
     tvm_target = tuning_target(target)
     db_dir = settings.resolved_db(target)
     database = open_database(db_dir, create=True)
@@ -499,12 +503,8 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [progress]
     cores = int(tvm_target.attrs["num-cores"])
     builder = ms.builder.LocalBuilder(
-        max_workers=cores, timeout_sec=120,
+        max_workers=cores, timeout_sec=120, f_export=_exporter(target.cxx),
         initializer=_worker_initializer(_import_tensor_intrin_quickly, True))
-    runner = ms.runner.LocalRunner(
-        timeout_sec=30, initializer=_worker_initializer(_ignore_sigint),
-        evaluator_config=ms.runner.EvaluatorConfig(
-            number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False))
     with _first_sigint_stops(stop, log):
         try:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
@@ -522,6 +522,74 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
                                        trials=_count(database, task.dispatched[0]),
                                        best_us=_best_us(database, task.dispatched[0])))
     return result
+
+
+def _exporter(cxx: str):
+    """The builder's export function: None (MetaSchedule's own) for g++, else cross-compiling."""
+    if cxx == "g++":
+        return None
+
+    def export(module):  # pickled by value into the build workers
+        import os
+        import tempfile
+
+        from tvm.support import cc
+
+        path = os.path.join(tempfile.mkdtemp(), "tuning.so")
+        module.export_library(path, fcompile=cc.cross_compiler(cxx))
+        return path
+
+    return export
+
+
+def _host_port(text: str, option: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise DeploytoolError(f"{option} takes HOST:PORT, got '{text}'",
+                              f"Write e.g. {option} 127.0.0.1:9190")
+    return host, int(port)
+
+
+def make_runner(target: TargetSpec, settings: TuneSettings):
+    """The MetaSchedule runner that measures trials: local, or remote through TVM RPC.
+
+    Local trials run in a separate process with a 30 s time-out (LocalRunner); RPC trials run on
+    the board that the tracker (or the single server) hands out, with the same time-out.
+    """
+    ms = _meta_schedule()
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50,
+                                          enable_cpu_cache_flush=False)
+    if settings.rpc_tracker and settings.rpc:
+        raise DeploytoolError("--rpc-tracker and --rpc were both given", "Pass one of them")
+    if settings.rpc_tracker:
+        if not settings.rpc_key:
+            raise DeploytoolError("--rpc-tracker needs --rpc-key",
+                                  "Pass the key the boards registered with, e.g. --rpc-key rpi4")
+        host, port = _host_port(settings.rpc_tracker, "--rpc-tracker")
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port,
+                                     tracker_key=settings.rpc_key, session_timeout_sec=30)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                                   initializer=_worker_initializer(_ignore_sigint))
+    if settings.rpc:
+        host, port = _host_port(settings.rpc, "--rpc")
+
+        def connect_server(_config):  # pickled by value into the runner's worker
+            from tvm import rpc
+
+            return rpc.connect(host, port, session_timeout=30)
+
+        config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key="direct",
+                                     session_timeout_sec=30)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                                   f_create_session=connect_server,
+                                   initializer=_worker_initializer(_ignore_sigint))
+    if not target.runs_here():
+        raise DeploytoolError(
+            f"this machine cannot measure kernels built for {target.name} ({target.arch})",
+            "Tune on the board over TVM RPC: --rpc-tracker HOST:PORT --rpc-key KEY, or "
+            "--rpc HOST:PORT")
+    return ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator,
+                                 initializer=_worker_initializer(_ignore_sigint))
 
 
 def _flop(mod) -> float:
@@ -596,9 +664,15 @@ class TuneOptions:
         inputs = ", ".join(map(str, self.inputs)) if self.inputs else "from the model file"
         s = self.settings
         budget = f"{s.time_budget / 60:.1f} min" if s.time_budget else "none"
+        where = "here, in a separate process per trial"
+        if s.rpc_tracker:
+            where = f"over RPC on a '{s.rpc_key}' board from tracker {s.rpc_tracker}"
+        elif s.rpc:
+            where = f"over RPC on server {s.rpc}"
         return (f"model        {self.model}\ntarget       {self.target}\ninputs       {inputs}\n"
                 f"trials       {s.trials or f'{DEFAULT_TRIALS_PER_TASK} per kernel'}\n"
-                f"time budget  {budget}\ndatabase     {s.resolved_db(target)}")
+                f"time budget  {budget}\ndatabase     {s.resolved_db(target)}\n"
+                f"measured     {where}")
 
 
 def tune_model(options: TuneOptions, log: Log | None = None) -> TuneResult:

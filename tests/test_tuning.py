@@ -161,7 +161,9 @@ def test_a_corrupt_database_is_a_clear_error(models, tmp_path):
         open_database(db)
     code, output = _compile([str(models["mlp"]), "--db", str(db), "-o", str(tmp_path / "pkg")])
     assert code == 1
-    assert output.startswith("Error: tuning database") and "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("Error: tuning database") and "is corrupt" in last
+    assert "Traceback" not in output
     assert not (tmp_path / "pkg").exists()
     outcome = CliRunner().invoke(main, ["tune", str(models["mlp"]), "--db", str(db)])
     assert outcome.exit_code == 1 and "is corrupt" in outcome.output
@@ -182,3 +184,45 @@ def test_default_database_is_keyed_by_target_and_cpu():
 
     path = default_db_dir(load_target("x86_64-avx2"))
     assert path == Path("artifacts/tuning/x86_64-avx2-haswell")
+
+
+@pytest.mark.slow
+def test_trials_measured_over_rpc_land_in_the_database(models, tmp_path):
+    """A tracker and a server on loopback (the server measures this x86 machine): the plumbing."""
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=9190, port_end=9290, silent=True)
+    server = None
+    try:
+        server = rpc.Server(host="127.0.0.1", port=9300, port_end=9400, key="loopback",
+                            tracker_addr=("127.0.0.1", tracker.port), silent=True)
+        deadline = time.monotonic() + 30  # the server registers with the tracker
+        while time.monotonic() < deadline:
+            summary = rpc.connect_tracker("127.0.0.1", tracker.port).summary()
+            if any(s["key"].startswith("server:loopback") for s in summary["server_info"]):
+                break
+            time.sleep(0.5)
+        db = tmp_path / "db"
+        outcome = CliRunner().invoke(main, [
+            "tune", str(models["mlp"]), "--trials", "3", "--db", str(db),
+            "--rpc-tracker", f"127.0.0.1:{tracker.port}", "--rpc-key", "loopback"])
+        assert outcome.exit_code == 0, outcome.output
+        assert "over RPC" in outcome.output
+        measured = [r for r in _records(db) if r[1][1]]  # records with run times
+        assert len(measured) >= 1
+    finally:
+        if server is not None:
+            server.terminate()
+        tracker.terminate()
+
+
+def test_wrong_rpc_combinations_fail_clearly(models):
+    outcome = CliRunner().invoke(main, ["tune", str(models["mlp"]), "--rpc-tracker", "h:1"])
+    assert outcome.exit_code == 1 and "--rpc-tracker needs --rpc-key" in outcome.output
+    arm = json.dumps({"target": {"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                                 "mattr": ["+neon"]}, "arch": "aarch64",
+                      "cxx": "aarch64-linux-gnu-g++"})
+    outcome = CliRunner().invoke(main, ["tune", str(models["mlp"]), "--target", arm])
+    assert outcome.exit_code == 1
+    assert "cannot measure kernels built for" in outcome.output and "--rpc" in outcome.output
