@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -391,7 +392,10 @@ def _first_sigint_stops(stop: _Stop, log: Log):
 
     def handler(_signum, _frame):
         if stop.reason == "interrupted":
-            raise KeyboardInterrupt
+            # Raising here would unwind through MetaSchedule's C++ loop (it crashed); the records
+            # are already on disk, one append per measured batch.
+            log("aborted")
+            os._exit(130)
         stop.reason = "interrupted"
         log("interrupted: stopping after the current batch (Ctrl-C again to abort); "
             "records measured so far are saved")
@@ -490,7 +494,13 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     import logging
 
     # MetaSchedule's own log goes to files in the database's logs/; the console gets our lines.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    # Its logging set-up fails when run twice in a process with an unnamed handler attached, so
+    # start it from a clean logger each time.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
+    ms_logger.setLevel(logging.WARNING)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted, work_dir=str(db_dir / "logs"), space="post-order-apply",
         strategy=ms.search_strategy.EvolutionarySearch(
@@ -511,7 +521,10 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
                           max_trials_global=trials, max_trials_per_task=per_task,
                           num_trials_per_iter=per_iter, builder=builder, runner=runner,
                           database=database, cost_model="xgb", measure_callbacks=callbacks,
-                          task_scheduler="gradient")
+                          # Round-robin joins each batch before the next, so its records land
+                          # (and Ctrl-C or the budget act) batch by batch; the gradient scheduler
+                          # only joins after a first batch of every kernel, minutes on a CNN.
+                          task_scheduler="round-robin")
         except Exception as err:
             if stop.reason is None or STOP_MARK not in str(err):
                 raise

@@ -17,14 +17,7 @@ from click.testing import CliRunner
 from deploytool.cli import main
 from deploytool.errors import DeploytoolError
 from deploytool.examples import cnn, mlp, save_torchscript
-from deploytool.tuning import (
-    TuneOptions,
-    TuneSettings,
-    default_db_dir,
-    open_database,
-    parse_duration,
-    tune_model,
-)
+from deploytool.tuning import default_db_dir, open_database, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,19 +40,19 @@ def models(tmp_path_factory):
     return paths
 
 
-@pytest.fixture(scope="module")
-def tuned(models, tmp_path_factory):
-    """The MLP tuned with 6 trials (2 per kernel) into a fresh database."""
-    db = tmp_path_factory.mktemp("tuning") / "db"
-    lines: list[str] = []
-    result = tune_model(TuneOptions(model=models["mlp"], settings=TuneSettings(trials=6, db=db)),
-                        log=lines.append)
-    return db, result, lines
-
-
 def _compile(args: list[str]) -> tuple[int, str]:
     outcome = CliRunner().invoke(main, ["compile", *args])
     return outcome.exit_code, outcome.output
+
+
+@pytest.fixture(scope="module")
+def tuned(models, tmp_path_factory):
+    """`compile --tune` of the MLP with 6 trials (2 per kernel) into a fresh database."""
+    folder = tmp_path_factory.mktemp("tuning")
+    code, output = _compile([str(models["mlp"]), "--tune", "--trials", "6", "--db",
+                             str(folder / "db"), "-o", str(folder / "pkg")])
+    assert code == 0, output
+    return folder / "db", output, folder / "pkg"
 
 
 def _run_package(package: Path, model_path: Path, tmp: Path) -> float:
@@ -82,13 +75,15 @@ def _run_package(package: Path, model_path: Path, tmp: Path) -> float:
 
 @pytest.mark.slow
 def test_tuning_writes_records_for_every_kernel(tuned):
-    db, result, lines = tuned
+    db, output, package = tuned
     records = _records(db)
-    assert len(records) == result.trials >= 6
-    assert len(result.tasks) == 3  # three Linear layers, each fused with its bias (and ReLU)
-    assert all(task.trials >= 1 and task.best_us for task in result.tasks)
-    assert any("trials" in line and "best" in line for line in lines)  # progress was shown
-    assert "GFLOP/s" in result.table()
+    plan = json.loads((package / "manifest.json").read_text())["tuning"]
+    assert len(records) == plan["trials_run"] >= 6
+    workloads = (db / "database_workload.json").read_text().splitlines()
+    assert len(workloads) == 3  # three Linear layers, each fused with its bias (and ReLU)
+    assert {record[0] for record in records} == {0, 1, 2}  # every kernel was measured
+    assert plan["from_database"] == plan["tasks"] == 3
+    assert "trials" in output and "best" in output and "GFLOP/s" in output  # progress, table
 
 
 @pytest.mark.slow
