@@ -230,6 +230,7 @@ class BenchResult:
     machine: dict
     threads: int
     backends: list[BackendResult]
+    schedule: list[str] = field(default_factory=list)  # "round:backend" in the order they ran
     inputs: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def get(self, name: str) -> BackendResult:
@@ -248,6 +249,7 @@ class BenchResult:
                          "per_round": {"warmup_ms": warmup_ms, "min_iters": min_iters,
                                        "min_seconds": min_seconds},
                          "inputs": f"seeded random, numpy default_rng({self.options.seed})"},
+            "schedule": self.schedule,
             "ratio_is": "p50 latency / package p50 latency (lower is faster)",
             "backends": {b.name: {**b.to_dict(latencies), "ratio_p50": self.ratio(b.name)}
                          for b in self.backends},
@@ -408,6 +410,7 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     names = [PACKAGE, *options.compare]
     reports: dict[str, list[dict]] = {name: [] for name in names}
+    schedule = []
     with tempfile.TemporaryDirectory(prefix="deploytool-bench-") as tmp:
         workdir = Path(tmp)
         arrays = sample_inputs(package.inputs, options.seed)
@@ -421,12 +424,13 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
                 report = _run_round(BACKENDS[name], job, options.round_settings(), workdir,
                                     f"{name}-{r}", outputs=r == 0)
                 reports[name].append(report)
+                schedule.append(f"{r + 1}:{name}")
                 log(f"  round {r + 1}/{options.rounds}  {name:<12} p50 "
                     f"{format_ms(report['stats']['p50_ms']):>10}  ({report['iterations']} runs)")
     results = [_combine(name, reports[name]) for name in names]
     for result in results[1:]:
         result.max_abs_diff = _max_abs_diff(result.outputs, results[0].outputs)
-    result = BenchResult(options, date, machine, threads, results, arrays)
+    result = BenchResult(options, date, machine, threads, results, schedule, arrays)
     if options.save:
         package.manifest["benchmarks"] = result.to_dict()
         package.save_manifest()
