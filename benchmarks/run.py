@@ -121,7 +121,8 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         "# Benchmarks: package vs ONNX Runtime vs TorchScript",
         "",
         f"Machine: {machine['cpu']}, {machine['arch']}, {machine['cores']} cores "
-        f"({machine['usable_cpus']} usable), {threads} threads for every backend. "
+        f"({machine['usable_cpus']} usable), {threads} thread{'s' if threads != 1 else ''} for "
+        "every backend. "
         f"Load average {machine['load_average_1min']} at the start, {end_load:.2f} at the end. "
         f"{date}.",
         f"Versions: TVM {tvm.__version__}, ONNX Runtime {onnxruntime.__version__}, "
