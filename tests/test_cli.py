@@ -3,7 +3,6 @@
 import json
 import textwrap
 
-import pytest
 import torch
 from click.testing import CliRunner
 

@@ -9,8 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import copy_package, run_clean, run_package
+
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.frontends import sample_inputs
 

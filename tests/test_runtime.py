@@ -1,9 +1,9 @@
 """The C API and runner on their own: refusing packages this machine cannot run, bad files."""
 
 import json
+from pathlib import Path
 
 import numpy as np
-
 from conftest import copy_package, run_clean
 
 
@@ -63,46 +63,14 @@ def test_unknown_device(mlp_package):
     assert proc.returncode == 1 and "unknown device 'tpu:0'" in proc.stderr
 
 
-C_PROGRAM = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include "deploytool.h"
-
-/* Runs input 0 from an aligned and from an unaligned buffer; prints both outputs' max difference. */
-int main(int argc, char** argv) {
-  dt_model* model;
-  if (dt_load(argv[1], "cpu", &model) != DT_OK) { fprintf(stderr, "%s\n", dt_last_error()); return 1; }
-  dt_tensor_info in, out;
-  dt_input_info(model, 0, &in);
-  dt_output_info(model, 0, &out);
-  char* aligned = aligned_alloc(64, (in.nbytes + 127) / 64 * 64);
-  char* raw = malloc(in.nbytes + 64);
-  char* unaligned = raw + (((uintptr_t)raw % 64) ? 0 : 4);
-  float* x = (float*)aligned;
-  for (size_t i = 0; i < in.nbytes / 4; ++i) x[i] = (float)((i * 37) % 11) / 11.0f - 0.5f;
-  memcpy(unaligned, aligned, in.nbytes);
-  float* y1 = malloc(out.nbytes);
-  float* y2 = malloc(out.nbytes);
-  const void* ins1[] = {aligned};
-  const void* ins2[] = {unaligned};
-  void* outs1[] = {y1};
-  void* outs2[] = {y2};
-  if (dt_run(model, ins1, outs1) || dt_run(model, ins2, outs2)) { fprintf(stderr, "%s\n", dt_last_error()); return 1; }
-  printf("%d %s %s %d\n", memcmp(y1, y2, out.nbytes), in.name, out.dtype, dt_input_info(model, 5, &in));
-  printf("%s\n", dt_last_error());
-  dt_free(model);
-  return 0;
-}
-"""
 
 
 def test_c_api_from_plain_c_with_aligned_and_unaligned_inputs(mlp_package, tmp_path):
     import subprocess
 
-    (tmp_path / "check.c").write_text(C_PROGRAM)
     pkg = mlp_package.path
-    build = subprocess.run(["gcc", "-std=c11", "check.c", f"-I{pkg}/include", f"-L{pkg}/lib",
+    source = Path(__file__).parent / "c" / "api_check.c"
+    build = subprocess.run(["gcc", "-std=c11", str(source), f"-I{pkg}/include", f"-L{pkg}/lib",
                             "-ldeploytool", f"-Wl,-rpath,{pkg}/lib", "-o", "check"],
                            cwd=tmp_path, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
