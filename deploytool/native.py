@@ -13,7 +13,7 @@ from .errors import DeploytoolError
 from .targets import TargetSpec
 
 RUNTIME_SRC = Path(__file__).resolve().parent / "runtime"
-HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp")
+HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp", "sha256.hpp")
 CACHE_DIR = Path(os.environ.get("DEPLOYTOOL_CACHE", Path.home() / ".cache" / "deploytool"))
 
 
