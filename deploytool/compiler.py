@@ -139,6 +139,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             package = Package(scratch, manifest)
             manifest["self_test"] = _write_test_vectors(package, source, options.validation)
             manifest["files"] = file_digests(scratch)
+            manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
             package.save_manifest()
             write_examples(scratch, manifest)
         _validate(package, target, source, options, timer, log)

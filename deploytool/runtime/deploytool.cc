@@ -207,6 +207,7 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   model->device = dl_device;
   std::vector<std::string> required;
   std::string arch;
+  int64_t model_size = -1;
   try {
     ffi::String parse_error;
     ffi::json::Object manifest = AsObject(ffi::json::Parse(manifest_text, &parse_error), "manifest.json");
@@ -218,6 +219,7 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     for (const ffi::Any& feature : Field(runtime, "cpu_features").cast<ffi::json::Array>()) {
       required.push_back(std::string(feature.cast<ffi::String>()));
     }
+    model_size = Field(AsObject(Field(manifest, "file_sizes"), "file_sizes"), "model.so").cast<int64_t>();
   } catch (const std::exception& error) {
     return Fail(DT_ERR_PACKAGE, "corrupted package: manifest.json in " + dir + ": " + error.what());
   }
@@ -233,6 +235,12 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   if (!missing.empty()) {
     return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
                                      "). Compile for a more portable target, e.g. x86_64-avx2");
+  }
+  // dlopen of a truncated library can die of SIGBUS, so check the size first (dt_verify checks content).
+  std::ifstream library_file(dir + "/model.so", std::ios::binary | std::ios::ate);
+  if (!library_file || static_cast<int64_t>(library_file.tellg()) != model_size) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + dir + "/model.so is missing or has the wrong size"
+                                " (truncated?). Copy the package again");
   }
   try {
     ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
