@@ -109,6 +109,7 @@ Outputs:
 
 ## Run it
 
+    bin/deploytool-run --self-test               # check this package on this machine first
     bin/deploytool-run --repeat 100              # seeded random inputs, prints the timings
     bin/deploytool-run --input {manifest['inputs'][0]['name']}=x.npy --output-dir out/
 
