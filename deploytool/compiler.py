@@ -25,7 +25,7 @@ from .package import (
     write_examples,
     write_test_vectors,
 )
-from .runners import can_run
+from .runners import can_run_target
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
 from .validate import (
@@ -167,7 +167,7 @@ def _validate(package: Package, target: TargetSpec, source, options: CompileOpti
         log("  validation skipped (--no-validate): the package is not validated")
         record_validation(package, None, "skipped")
         return
-    if not (can_run(target.arch) and target.runs_here()):
+    if not can_run_target(target):
         log(f"  validation pending: this machine cannot run {target.name} code; run "
             "bin/deploytool-run --self-test on the deployment machine")
         record_validation(package, None, "pending")

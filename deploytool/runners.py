@@ -33,3 +33,11 @@ def can_run(arch: str) -> bool:
     except DeploytoolError:
         return False
     return True
+
+
+def can_run_target(target) -> bool:
+    """Whether this machine can run code built for ``target`` (a TargetSpec): natively when the
+    architecture matches and the CPU has the features, or through an emulator otherwise."""
+    if target.arch == platform.machine():
+        return target.runs_here()
+    return can_run(target.arch)
