@@ -17,7 +17,8 @@ CPU_FLAGS = {
     "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512cd": "avx512cd",
     "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
     "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
-    "avxvnni": "avx_vnni", "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
+    "avxvnni": "avx_vnni", "sse4a": "sse4a", "fma4": "fma4", "xop": "xop",
+    "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
     "i8mm": "i8mm", "sve": "sve", "bf16": "bf16",
 }
 

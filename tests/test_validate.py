@@ -188,3 +188,22 @@ def test_input_ranges_and_integer_inputs():
     np.testing.assert_array_equal(again[1], x)
     with pytest.raises(DeploytoolError, match="empty integer range"):
         make_inputs(specs, seed=1, ranges={"ids": (5, 5)})
+
+
+def test_a_cpu_this_machine_lacks_leaves_validation_pending(mlp_pt, tmp_path):
+    """AMD Piledriver code (FMA4, XOP) is built, not validated, and refused at load here."""
+    target = json.dumps({"target": {"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                    "mcpu": "bdver2"}})
+    out = tmp_path / "pkg"
+    result = invoke("compile", mlp_pt, "--target", target, "-o", out)
+    if "fma4" in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has FMA4")
+    assert result.exit_code == 0, result.output
+    assert "validation pending" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["validation"] == {"status": "pending"}
+    assert {"fma4", "xop"} <= set(manifest["runtime"]["cpu_features"])
+    proc = run_clean([out / "bin" / "deploytool-run", "--self-test"])
+    assert proc.returncode == 1
+    assert "this CPU lacks features the package was compiled for" in proc.stderr
+    assert "fma4" in proc.stderr and "Illegal" not in proc.stderr
