@@ -46,12 +46,15 @@ def main():
               help="Package folder [default: artifacts/<model name>].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--archive", is_flag=True, help="Also write <output>.tar.gz.")
-def compile(model, target, inputs, output, force, archive):
+@click.option("--runtime-dir", type=click.Path(path_type=Path),
+              help="libtvm_runtime.so and libtvm_ffi.so for the target (or their wheels) "
+                   "[default: installed / fetched once into the cache].")
+def compile(model, target, inputs, output, force, archive, runtime_dir):
     """Compile MODEL (TorchScript .pt or .onnx) into a package for TARGET."""
     from .compiler import CompileOptions, compile_model
 
     options = CompileOptions(model=model, target=target, inputs=inputs, output=output,
-                             force=force, archive=archive)
+                             force=force, archive=archive, runtime_dir=runtime_dir)
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
     click.echo(f"package written to {package.path}" + (" (and .tar.gz)" if archive else ""))

@@ -19,6 +19,8 @@ CPU_FLAGS = {
     "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
     "avxvnni": "avx_vnni", "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
     "i8mm": "i8mm", "sve": "sve", "bf16": "bf16",
+    # aarch64: only what generated kernels may use (not aes/sha2/crc: a Raspberry Pi 4 lacks them)
+    "fp-armv8": "fp", "rdm": "asimdrdm", "fp16fml": "asimdfhm", "sve2": "sve2",
 }
 
 

@@ -19,6 +19,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
+
 namespace ffi = tvm::ffi;
 
 namespace {
@@ -64,6 +68,29 @@ std::string ReadFile(const std::string& path) {
 
 // CPU feature flags of this machine as /proc/cpuinfo names them ("avx2", "asimd", ...).
 std::set<std::string> MachineCpuFlags() {
+#if defined(__aarch64__)
+  // On aarch64, /proc/cpuinfo's Features are the kernel's hwcaps, named in this bit order
+  // (<bits/hwcap.h>). Reading them directly is also right under qemu-user, which shows the
+  // host's /proc/cpuinfo but gives the program the emulated CPU's hwcaps.
+  static const char* const kHwcap[] = {
+      "fp",    "asimd", "evtstrm", "aes",      "pmull",  "sha1",   "sha2",  "crc32", "atomics",
+      "fphp",  "asimdhp", "cpuid", "asimdrdm", "jscvt",  "fcma",   "lrcpc", "dcpop", "sha3",
+      "sm3",   "sm4",   "asimddp", "sha512",   "sve",    "asimdfhm", "dit", "uscat", "ilrcpc",
+      "flagm", "ssbs",  "sb",      "paca",     "pacg"};
+  static const char* const kHwcap2[] = {
+      "dcpodp", "sve2",    "sveaes",   "svepmull", "svebitperm", "svesha3", "svesm4",
+      "flagm2", "frint",   "svei8mm",  "svef32mm", "svef64mm",   "svebf16", "i8mm",
+      "bf16",   "dgh",     "rng",      "bti",      "mte"};
+  std::set<std::string> hwcaps;
+  unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  for (size_t bit = 0; bit < sizeof(kHwcap) / sizeof(kHwcap[0]); ++bit) {
+    if (hwcap & (1UL << bit)) hwcaps.insert(kHwcap[bit]);
+  }
+  for (size_t bit = 0; bit < sizeof(kHwcap2) / sizeof(kHwcap2[0]); ++bit) {
+    if (hwcap2 & (1UL << bit)) hwcaps.insert(kHwcap2[bit]);
+  }
+  if (!hwcaps.empty()) return hwcaps;
+#endif
   std::ifstream in("/proc/cpuinfo");
   std::set<std::string> flags;
   std::string line;
