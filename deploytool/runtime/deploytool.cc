@@ -237,7 +237,8 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   }
   if (!missing.empty()) {
     return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
-                                     "). Compile for a more portable target, e.g. x86_64-avx2");
+                                     "). Compile for a more portable target, e.g. " +
+                                     (std::strcmp(MachineArch(), "aarch64") == 0 ? "arm64" : "x86_64-avx2"));
   }
   try {
     ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
