@@ -186,6 +186,7 @@ def test_every_binary_is_aarch64(arm_packages):
         assert set(elves.values()) == {"aarch64"}, elves
         assert package.manifest["runtime"]["arch"] == "aarch64"
         assert "asimd" in package.manifest["runtime"]["cpu_features"]
+        assert "qemu-aarch64-static bin/deploytool-run" in (package.path / "README.md").read_text()
 
 
 @pytest.mark.cross
