@@ -89,13 +89,16 @@ def _validation(atol, rtol, tols, seed, ranges, **extra):
               help="Package folder [default: artifacts/<model name>].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--archive", is_flag=True, help="Also write <output>.tar.gz.")
+@click.option("--runtime-dir", type=click.Path(path_type=Path),
+              help="libtvm_runtime.so and libtvm_ffi.so for the target (or their wheels) "
+                   "[default: installed / fetched once into the cache].")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Check the package against ONNX Runtime and TorchScript.")
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep a package that fails validation (marked as not validated).")
 @validation_options
-def compile(model, target, inputs, output, force, archive, validate, allow_mismatch, atol, rtol,
-            tols, seed, ranges):
+def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
+            atol, rtol, tols, seed, ranges):
     """Compile MODEL (TorchScript .pt or .onnx) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
@@ -104,7 +107,8 @@ def compile(model, target, inputs, output, force, archive, validate, allow_misma
     from .compiler import CompileOptions, compile_model
 
     options = CompileOptions(model=model, target=target, inputs=inputs, output=output,
-                             force=force, archive=archive, validate=validate,
+                             force=force, archive=archive, runtime_dir=runtime_dir,
+                             validate=validate,
                              allow_mismatch=allow_mismatch,
                              validation=_validation(atol, rtol, tols, seed, ranges))
     click.echo(options.display())

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .build import build_library
+from .build import build_library, check_compiler
 from .errors import DeploytoolError
 from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
-from .native import build_native
+from .native import build_native, tvm_runtime_libraries
 from .package import (
     FORMAT_VERSION,
     Package,
@@ -49,6 +49,7 @@ class CompileOptions:
     output: Path | None = None
     force: bool = False
     archive: bool = False
+    runtime_dir: Path | None = None
     validate: bool = True
     allow_mismatch: bool = False
     validation: ValidationOptions = field(default_factory=ValidationOptions)
@@ -59,7 +60,8 @@ class CompileOptions:
     def display(self) -> str:
         inputs = ", ".join(map(str, self.inputs)) if self.inputs else "from the model file"
         return (f"model   {self.model}\ntarget  {self.target}\ninputs  {inputs}\n"
-                f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}")
+                f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}"
+                + (f"\nruntime {self.runtime_dir}" if self.runtime_dir else ""))
 
 
 @dataclass
@@ -105,6 +107,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     timer = StageTimer(log)
     target: TargetSpec = load_target(options.target).resolved()
     destination = options.output_dir()
+    check_compiler(target.cxx)  # the toolchain and runtime libraries first, before any heavy work
+    runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
     with atomic_folder(destination, options.force) as scratch:
         with timer.stage("load"):
             source = load_model(options.model, options.inputs)
@@ -116,7 +120,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
         with timer.stage("build"):
             build_library(mod, target, scratch / "model.so")
         with timer.stage("package"):
-            build_native(target, scratch)
+            build_native(target, scratch, runtime_libraries)
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -130,7 +134,9 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 "versions": _versions(),
                 "compile_options": {**asdict(options), "model": str(options.model),
                                     "output": str(destination),
-                                    "inputs": [str(s) for s in onnx_model.inputs]},
+                                    "inputs": [str(s) for s in onnx_model.inputs],
+                                    "runtime_dir": (str(options.runtime_dir)
+                                                    if options.runtime_dir else None)},
                 "stage_seconds": timer.seconds,
                 "validation": None,
                 "tuning": None,

@@ -112,7 +112,7 @@ Outputs:
     bin/deploytool-run --self-test               # check this package on this machine first
     bin/deploytool-run --repeat 100              # seeded random inputs, prints the timings
     bin/deploytool-run --input {manifest['inputs'][0]['name']}=x.npy --output-dir out/
-
+{_emulation_note(manifest['runtime']['arch'])}
 ## Use it from C++
 
     g++ -std=c++17 examples/cpp/main.cc -Iinclude -Llib -ldeploytool \\
@@ -131,6 +131,18 @@ model.run({{input.data()}}, {{output.data()}});
 
 A model may be shared by threads (runs are serialised); load one per thread for parallel runs.
 """)
+
+
+def _emulation_note(arch: str) -> str:
+    """For a cross-compiled package: how to run it on an x86-64 machine, for the package README."""
+    if arch != "aarch64":
+        return ""
+    return """
+On an x86-64 Linux machine, run it under emulation (apt-get install qemu-user-static
+g++-aarch64-linux-gnu; the second provides the aarch64 libc and libstdc++):
+
+    QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64-static bin/deploytool-run --repeat 10
+"""
 
 
 def file_digests(package_dir: Path) -> dict[str, str]:

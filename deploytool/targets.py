@@ -20,6 +20,8 @@ CPU_FLAGS = {
     "avxvnni": "avx_vnni", "sse4a": "sse4a", "fma4": "fma4", "xop": "xop",
     "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
     "i8mm": "i8mm", "sve": "sve", "bf16": "bf16",
+    # aarch64: only what generated kernels may use (not aes/sha2/crc: a Raspberry Pi 4 lacks them)
+    "fp-armv8": "fp", "rdm": "asimdrdm", "fp16fml": "asimdfhm", "sve2": "sve2",
 }
 
 

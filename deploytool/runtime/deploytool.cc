@@ -22,6 +22,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
+
 namespace ffi = tvm::ffi;
 
 namespace {
@@ -67,6 +71,29 @@ std::string ReadFile(const std::string& path) {
 
 // CPU feature flags of this machine as /proc/cpuinfo names them ("avx2", "asimd", ...).
 std::set<std::string> MachineCpuFlags() {
+#if defined(__aarch64__)
+  // On aarch64, /proc/cpuinfo's Features are the kernel's hwcaps, named in this bit order
+  // (<bits/hwcap.h>). Reading them directly is also right under qemu-user, which shows the
+  // host's /proc/cpuinfo but gives the program the emulated CPU's hwcaps.
+  static const char* const kHwcap[] = {
+      "fp",    "asimd", "evtstrm", "aes",      "pmull",  "sha1",   "sha2",  "crc32", "atomics",
+      "fphp",  "asimdhp", "cpuid", "asimdrdm", "jscvt",  "fcma",   "lrcpc", "dcpop", "sha3",
+      "sm3",   "sm4",   "asimddp", "sha512",   "sve",    "asimdfhm", "dit", "uscat", "ilrcpc",
+      "flagm", "ssbs",  "sb",      "paca",     "pacg"};
+  static const char* const kHwcap2[] = {
+      "dcpodp", "sve2",    "sveaes",   "svepmull", "svebitperm", "svesha3", "svesm4",
+      "flagm2", "frint",   "svei8mm",  "svef32mm", "svef64mm",   "svebf16", "i8mm",
+      "bf16",   "dgh",     "rng",      "bti",      "mte"};
+  std::set<std::string> hwcaps;
+  unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  for (size_t bit = 0; bit < sizeof(kHwcap) / sizeof(kHwcap[0]); ++bit) {
+    if (hwcap & (1UL << bit)) hwcaps.insert(kHwcap[bit]);
+  }
+  for (size_t bit = 0; bit < sizeof(kHwcap2) / sizeof(kHwcap2[0]); ++bit) {
+    if (hwcap2 & (1UL << bit)) hwcaps.insert(kHwcap2[bit]);
+  }
+  if (!hwcaps.empty()) return hwcaps;
+#endif
   std::ifstream in("/proc/cpuinfo");
   std::set<std::string> flags;
   std::string line;
@@ -234,7 +261,8 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   }
   if (!missing.empty()) {
     return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
-                                     "). Compile for a more portable target, e.g. x86_64-avx2");
+                                     "). Compile for a more portable target, e.g. " +
+                                     (std::strcmp(MachineArch(), "aarch64") == 0 ? "arm64" : "x86_64-avx2"));
   }
   // dlopen of a truncated library can die of SIGBUS, so check the size first (dt_verify checks content).
   std::ifstream library_file(dir + "/model.so", std::ios::binary | std::ios::ate);
