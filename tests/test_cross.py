@@ -250,3 +250,18 @@ def test_compile_with_runtime_dir(arm_packages, tmp_path):
     assert manifest["compile_options"]["runtime_dir"] == str(runtime)
     assert manifest["target"]["resolved_cpu"] == "cortex-a72"
     run_and_compare(tmp_path / "pi4", source, tmp_path, use_default_package=False)
+
+
+@pytest.mark.cross
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
+    """compile ran the aarch64 runner under qemu against ONNX Runtime and TorchScript."""
+    package, _ = arm_packages[name]
+    validation = package.manifest["validation"]
+    assert validation["status"] == "passed"
+    assert validation["references"] == ["onnxruntime", "torchscript"]
+    prefix, env = runner_command("aarch64")
+    proc = subprocess.run([*prefix, str(package.runner), "--self-test"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", **env}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "self-test PASSED" in proc.stdout
