@@ -95,6 +95,7 @@ def _javac_version(javac: Path) -> str | None:
 
 
 def java_sources() -> list[Path]:
+    """The ai.deploytool sources that go into the jar."""
     return sorted(JAVA_SRC.rglob("*.java"))
 
 
