@@ -139,21 +139,23 @@ def c_api_message(package_dir: Path, runner: Path) -> str:
     return proc.stderr[len("error: "):].strip()
 
 
-@pytest.mark.parametrize("damage", ["missing", "manifest", "model.so"])
+@pytest.mark.parametrize("damage", ["missing", "manifest", "truncated", "not-elf"])
 def test_bad_package_raises_the_c_api_message(jdk, packages, tmp_path, damage):
     good, _ = packages["mlp"]
     java = build_example(jdk, good)
     bad = tmp_path / "bad"
     if damage != "missing":
         shutil.copytree(good, bad)
+        model_so = (good / "model.so").read_bytes()
         if damage == "manifest":
             (bad / "manifest.json").write_text('{"format_version": 1, "inputs": [')
-        else:
-            # not an ELF file (a truncated ELF file crashes dlopen itself, in C++ as in Java)
-            (bad / "model.so").write_bytes(b"not a shared library\n" * 200)
+        elif damage == "truncated":
+            (bad / "model.so").write_bytes(model_so[:4096])
+        else:  # the right size, but not a shared library
+            (bad / "model.so").write_bytes(b"x" * len(model_so))
     expected = c_api_message(bad, good / "bin" / "deploytool-run")
     wanted = {"missing": "package folder not found", "manifest": "corrupted package",
-              "model.so": "cannot load"}[damage]
+              "truncated": "corrupted package", "not-elf": "cannot load"}[damage]
     assert expected.startswith(wanted)
     # the example, run from the good package, is pointed at the bad one
     java_line = [arg if arg != "." else str(bad) for arg in java]
