@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from deploytool.aarch64_runtime import elf_arch
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
@@ -208,6 +209,23 @@ def test_api_conversions_errors_and_close(jdk, packages, harness):
     assert lines[-1] == "all passed"
 
 
+@pytest.mark.cross
+def test_arm_package_gets_an_aarch64_jni_library(jdk, packages, tmp_path):
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("needs aarch64-linux-gnu-g++ (apt-get install g++-aarch64-linux-gnu)")
+    model = write_example("mlp", tmp_path / "mlp.pt")
+    try:
+        package = compile_model(CompileOptions(model=model, target="arm64", output=tmp_path / "arm",
+                                               validate=False, java=True))
+    except DeploytoolError as err:
+        if "could not download" in str(err):
+            pytest.skip(f"the aarch64 TVM runtime is not cached and cannot be fetched: {err}")
+        raise
+    assert elf_arch(package.path / "lib" / "libdeploytool_jni.so") == "aarch64"
+    x86_jar = (packages["mlp"][0] / "java" / "deploytool.jar").read_bytes()
+    assert (package.path / "java" / "deploytool.jar").read_bytes() == x86_jar
+
+
 @pytest.fixture
 def no_jdk(monkeypatch, tmp_path):
     """An environment with no JDK: JAVA_HOME points at an empty folder, PATH has no javac."""
@@ -238,6 +256,7 @@ def test_build_java_without_jdk(no_jdk, tmp_path):
 
 
 def test_cli_java_without_jdk_fails_before_writing(no_jdk, tmp_path):
+    (no_jdk / "g++").symlink_to(shutil.which("g++", path="/usr/bin:/bin"))  # compile checks it
     model = write_example("mlp", tmp_path / "mlp.pt")
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["compile", str(model), "--java", "-o", str(out)])
