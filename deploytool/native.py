@@ -63,6 +63,9 @@ def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Pa
     shutil.copy2(cached, output)
 
 
+compile_cached = _compile  # the public name, for other modules that build package parts (java.py)
+
+
 def build_native(target: TargetSpec, package_dir: Path,
                  runtime_libraries: list[Path] | None = None) -> None:
     """Write ``lib/`` (TVM runtime, C API), ``include/`` and ``bin/deploytool-run``."""
