@@ -43,7 +43,7 @@ def ffi_include_dir() -> Path:
     return Path(tvm_ffi.__file__).parent / "include"
 
 
-def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
+def compile_cached(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
     """Run the compiler, reusing a cached result for identical sources, flags and compiler."""
     package_dir = str(output.parent.parent)
     digest = hashlib.sha256(" ".join([target.cxx, *args]).replace(package_dir, "").encode())
@@ -63,7 +63,6 @@ def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Pa
     shutil.copy2(cached, output)
 
 
-compile_cached = _compile  # the public name, for other modules that build package parts (java.py)
 
 
 def build_native(target: TargetSpec, package_dir: Path,
@@ -78,11 +77,11 @@ def build_native(target: TargetSpec, package_dir: Path,
     for header in HEADERS:
         shutil.copy2(RUNTIME_SRC / header, include / header)
     api_source = RUNTIME_SRC / "deploytool.cc"
-    _compile(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
+    compile_cached(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
                       f"-I{include}", f"-I{ffi_include_dir()}", f"-L{lib}", "-ltvm_ffi",
                       "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"],
              lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS)])
     runner = RUNTIME_SRC / "runner.cc"
-    _compile(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
+    compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
                       "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
              bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])
