@@ -283,6 +283,10 @@ def check_runs_here(package: Package) -> None:
                               f"{platform.machine()} machine cannot run it",
                               "Benchmark it on a matching machine, or compile it with "
                               "--target cpu")
+    if arch != platform.machine():
+        raise DeploytoolError(f"package {package.path} is built for {arch}: here it would run "
+                              f"only under emulation, whose timings say nothing about a {arch} "
+                              "machine", f"Run deploytool bench on a {arch} machine")
     missing = sorted(set(runtime.get("cpu_features") or []) - machine_cpu_flags())
     if missing:
         raise DeploytoolError(f"package {package.path} needs CPU features this machine lacks "

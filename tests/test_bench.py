@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import copy_package
 
 from deploytool import bench_worker
 from deploytool.bench import (
@@ -144,6 +145,18 @@ def test_cli_refuses_a_package_for_another_architecture(tmp_path):
         in result.output
 
 
+def test_cli_refuses_to_time_an_emulated_package(tmp_path):
+    foreign = "aarch64" if platform.machine() != "aarch64" else "x86_64"
+    package = _fake_package(tmp_path / "p", runtime={
+        "arch": foreign, "cpu_features": [], "device": "cpu"})
+    result = _cli(str(package))
+    assert result.exit_code == 1
+    # Refused whether or not qemu could run it here.
+    assert f"is built for {foreign}" in result.output
+    assert f"Run deploytool bench on a {foreign} machine" in result.output \
+        or "cannot run it" in result.output
+
+
 def test_cli_refuses_a_folder_that_is_not_a_package(tmp_path):
     result = _cli(str(tmp_path))
     assert result.exit_code == 1
@@ -179,21 +192,15 @@ def test_a_failing_runner_is_reported_with_its_command(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
-@pytest.fixture(scope="module")
-def mlp_package(tmp_path_factory):
-    """The example MLP as TorchScript, compiled for this CPU."""
-    from deploytool.compiler import CompileOptions, compile_model
-    from deploytool.examples import write_example
-
-    root = tmp_path_factory.mktemp("bench")
-    model = write_example("mlp", root / "mlp.pt")
-    package = compile_model(CompileOptions(model=model, output=root / "mlp"))
-    return package.path, model
+@pytest.fixture
+def mlp_copy(mlp_package, mlp_pt, tmp_path):
+    """A copy of the session's MLP package (bench writes its manifest) and its TorchScript file."""
+    return copy_package(mlp_package.path, tmp_path / "mlp"), mlp_pt
 
 
 @pytest.mark.slow
-def test_runner_timing_loop_writes_its_latencies_and_stats(mlp_package, tmp_path):
-    package, _ = mlp_package
+def test_runner_timing_loop_writes_its_latencies_and_stats(mlp_copy, tmp_path):
+    package, _ = mlp_copy
     out = tmp_path / "run.json"
     proc = subprocess.run(
         [str(package / "bin" / "deploytool-run"), "--threads", "1", "--warmup-ms", "20",
@@ -220,8 +227,8 @@ def test_runner_timing_loop_writes_its_latencies_and_stats(mlp_package, tmp_path
 
 
 @pytest.mark.slow
-def test_runner_refuses_zero_iterations(mlp_package):
-    package, _ = mlp_package
+def test_runner_refuses_zero_iterations(mlp_copy):
+    package, _ = mlp_copy
     proc = subprocess.run([str(package / "bin" / "deploytool-run"), "--min-iters", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
@@ -229,10 +236,10 @@ def test_runner_refuses_zero_iterations(mlp_package):
 
 
 @pytest.mark.slow
-def test_compare_runs_every_backend_on_identical_inputs(mlp_package, tmp_path):
+def test_compare_runs_every_backend_on_identical_inputs(mlp_copy, tmp_path):
     import torch
 
-    package, model = mlp_package
+    package, model = mlp_copy
     out = tmp_path / "bench.json"
     options = BenchOptions(package=package, model=model,
                            compare=("onnxruntime", "torchscript"), warmup_ms=10, min_iters=6,
@@ -278,8 +285,8 @@ def test_compare_runs_every_backend_on_identical_inputs(mlp_package, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_bench_prints_the_table(mlp_package, tmp_path):
-    package, model = mlp_package
+def test_cli_bench_prints_the_table(mlp_copy, tmp_path):
+    package, _ = mlp_copy
     result = _cli(str(package), "--min-iters", "3", "--min-seconds", "0", "--warmup-ms", "0",
                   "--rounds", "1", "--threads", "1", "--json", str(tmp_path / "b.json"))
     assert result.exit_code == 0, result.output

@@ -22,10 +22,12 @@ namespace {
 
 const char* kUsage =
     "usage: deploytool-run [PACKAGE] [--device cpu] [--input NAME=FILE.npy]... [--seed N]\n"
-    "                      [--output-dir DIR] [--repeat N] [--threads N]\n"
+    "                      [--output-dir DIR] [--repeat N] [--verify] [--self-test] [--threads N]\n"
     "                      [--warmup-ms MS] [--min-iters N] [--min-seconds S] [--json FILE]\n"
     "PACKAGE defaults to the package this program belongs to. Inputs not given are seeded random\n"
     "(floats in [-1, 1), integers in [0, 10)).\n"
+    "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
+    "--self-test  verify, then run the package's test vectors against its reference outputs\n"
     "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
     "--min-iters (50), --min-seconds (3) or --json runs a benchmark: warm-up, then timed runs until\n"
     "both minimums are met; --json writes every latency, the statistics and the peak RSS.\n";
@@ -193,6 +195,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> input_files;
   uint64_t seed = 0;
   long repeat = 0;
+  bool verify = false, self_test = false;
   BenchOptions bench;
   long rss_before_load_kb = PeakRssKb();
   for (int i = 1; i < argc; ++i) {
@@ -223,6 +226,10 @@ int main(int argc, char** argv) {
       output_dir = value();
     } else if (arg == "--repeat") {
       repeat = std::strtol(value().c_str(), nullptr, 10);
+    } else if (arg == "--verify") {
+      verify = true;
+    } else if (arg == "--self-test") {
+      self_test = true;
     } else if (arg == "--threads") {
       std::string threads = std::to_string(ParseCount(arg, value()));
       setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read when TVM starts its thread pool
@@ -249,6 +256,30 @@ int main(int argc, char** argv) {
     }
   }
   if (package.empty()) package = OwnPackage();
+  if (verify || self_test) {
+    if (dt_verify(package.c_str()) != DT_OK) {
+      std::fprintf(stderr, "error: %s\n", dt_last_error());
+      return 1;
+    }
+    std::printf("verify: model.so and test vectors match manifest.json\n");
+  }
+  if (self_test) {
+    try {
+      deploytool::Model model(package, device);
+      std::vector<char> report(1 << 16);
+      int code = dt_self_test(model.handle(), report.data(), report.size());
+      std::printf("%s", report.data());
+      if (code != DT_OK) {
+        std::fprintf(stderr, "error: %s\n", dt_last_error());
+        return 1;
+      }
+      return 0;
+    } catch (const std::exception& error) {
+      std::fprintf(stderr, "error: %s\n", error.what());
+      return 1;
+    }
+  }
+  if (verify) return 0;
   try {
     auto start = std::chrono::steady_clock::now();
     deploytool::Model model(package, device);
