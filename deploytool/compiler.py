@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .build import build_library
+from .cuda import check_toolchain, is_cuda, readme_section, runtime_manifest
 from .frontends import load_model, to_onnx
 from .importer import import_relax
 from .native import build_native
@@ -91,6 +92,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     log = log or (lambda _line: None)
     timer = StageTimer(log)
     target: TargetSpec = load_target(options.target).resolved()
+    if is_cuda(target):
+        check_toolchain(target)  # nvcc and the CUDA runtime, before any heavy work
     destination = options.output_dir()
     with atomic_folder(destination, options.force) as scratch:
         with timer.stage("load"):
@@ -113,7 +116,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 "outputs": [s.to_dict() for s in onnx_model.outputs],
                 "target": {**target.to_dict(), "resolved_cpu": target.cpu},
                 "runtime": {"arch": target.arch, "cpu_features": target.cpu_features(),
-                            "device": "cpu"},
+                            **runtime_manifest(target)},
                 "versions": _versions(),
                 "compile_options": {**asdict(options), "model": str(options.model),
                                     "output": str(destination),
@@ -127,6 +130,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             package = Package(scratch, manifest)
             package.save_manifest()
             write_examples(scratch, manifest)
+            with open(scratch / "README.md", "a") as readme:
+                readme.write(readme_section(manifest))
     package = Package(destination, manifest)
     if options.archive:
         write_archive(destination)

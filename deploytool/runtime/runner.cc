@@ -18,10 +18,10 @@
 namespace {
 
 const char* kUsage =
-    "usage: deploytool-run [PACKAGE] [--device cpu] [--input NAME=FILE.npy]... [--seed N]\n"
+    "usage: deploytool-run [PACKAGE] [--device cpu|cuda:N] [--input NAME=FILE.npy]... [--seed N]\n"
     "                      [--output-dir DIR] [--repeat N]\n"
-    "PACKAGE defaults to the package this program belongs to. Inputs not given are seeded random\n"
-    "(floats in [-1, 1), integers in [0, 10)).\n";
+    "PACKAGE defaults to the package this program belongs to, --device to its own device (cpu,\n"
+    "cuda:0). Inputs not given are seeded random (floats in [-1, 1), integers in [0, 10)).\n";
 
 double Millis(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
@@ -71,7 +71,7 @@ void FillRandom(const deploytool::TensorInfo& info, std::mt19937_64& rng, std::v
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string package, device = "cpu", output_dir;
+  std::string package, device, output_dir;  // "" device: the package's
   std::map<std::string, std::string> input_files;
   uint64_t seed = 0;
   long repeat = 0;
