@@ -150,8 +150,9 @@ def _from_dict(data: dict, name: str) -> TargetSpec:
         raise DeploytoolError(f"target '{name}' has no \"target\" dict with a \"kind\"",
                               'Add "target": {"kind": "llvm", "mtriple": ..., "mcpu": ...}')
     known = {"target", "arch", "cxx", "description", "name"}
-    host = target.get("host") if isinstance(target.get("host"), dict) else {}
-    arch = data.get("arch") or str(target.get("mtriple", host.get("mtriple", "x86_64"))).split("-")[0]
+    host = target.get("host") if isinstance(target.get("host"), dict) else {}  # a GPU's CPU
+    triple = target.get("mtriple", host.get("mtriple", "x86_64"))
+    arch = data.get("arch") or str(triple).split("-")[0]
     spec = TargetSpec(name=data.get("name", name), target=target, arch=arch,
                       cxx=data.get("cxx", "g++"), description=data.get("description", ""),
                       extra={k: v for k, v in data.items() if k not in known})
