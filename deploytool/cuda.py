@@ -17,6 +17,7 @@ from .targets import TargetSpec
 
 # The NVIDIA driver a CUDA major.minor release needs at least (CUDA release notes, Linux x86_64).
 MIN_DRIVER = {"12.0": "525.60.13", "13.0": "580.65.06"}
+DEFAULT_CUDA_HOME = Path("/usr/local/cuda")
 NAMED_TARGETS = ("cuda-sm80 (A100), cuda-sm86 (A10, RTX 30), cuda-sm89 (L4, RTX 40), "
                  "cuda-sm90 (H100, H200)")
 
@@ -58,12 +59,12 @@ def find_nvcc() -> Path:
                   if os.environ.get(v)]
     on_path = shutil.which("nvcc")
     candidates += [Path(on_path)] if on_path else []
-    candidates.append(Path("/usr/local/cuda/bin/nvcc"))
+    candidates.append(DEFAULT_CUDA_HOME / "bin" / "nvcc")
     for nvcc in candidates:
         if nvcc.is_file() and os.access(nvcc, os.X_OK):
             return nvcc
     raise DeploytoolError("nvcc (the CUDA compiler) was not found in $CUDA_HOME/bin, on PATH or "
-                          "in /usr/local/cuda/bin",
+                          f"in {DEFAULT_CUDA_HOME / 'bin'}",
                           "Install the CUDA toolkit, or set CUDA_HOME to its folder")
 
 
@@ -89,6 +90,15 @@ def detect_gpu_arch() -> str:
     raise DeploytoolError("target 'cuda' means this machine's GPU, but no NVIDIA GPU was found "
                           "(nvidia-smi " + ("found no GPU" if smi else "is not installed") + ")",
                           f"Name the GPU's architecture instead: {NAMED_TARGETS}")
+
+
+def gpu_present() -> bool:
+    """Whether nvidia-smi sees an NVIDIA GPU on this machine."""
+    try:
+        detect_gpu_arch()
+    except DeploytoolError:
+        return False
+    return True
 
 
 def sm_number(arch: str) -> str:
@@ -137,7 +147,7 @@ def find_cudart(soname: str, nvcc: Path | None = None) -> Path:
         folders += [Path(p) / "lib" for p in pip_cudart.__path__]
     except ImportError:
         pass
-    folders += [Path("/usr/local/cuda/lib64"), Path("/usr/lib/x86_64-linux-gnu")]
+    folders += [DEFAULT_CUDA_HOME / "lib64", Path("/usr/lib/x86_64-linux-gnu")]
     for folder in folders:
         if (folder / soname).is_file():
             return (folder / soname).resolve()

@@ -83,6 +83,11 @@ class TargetSpec:
         """Whether this machine can run code built for this target."""
         if self.arch != platform.machine():
             return False
+        if self.device == "cuda":
+            from .cuda import gpu_present
+
+            if not gpu_present():
+                return False
         return set(self.cpu_features()) <= machine_cpu_flags()
 
     def to_dict(self) -> dict:
