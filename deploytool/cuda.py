@@ -260,6 +260,7 @@ def kernel_compiler(target: TargetSpec) -> Iterator[None]:
     enable_cuda_codegen(nvcc)
     arch = target.target["arch"]
     errors: list[str] = []
+    compiled: list[int] = []
 
     def compile_kernels(code: str) -> bytes:
         with tempfile.TemporaryDirectory(prefix="deploytool-nvcc-") as scratch:
@@ -268,8 +269,10 @@ def kernel_compiler(target: TargetSpec) -> Iterator[None]:
             proc = subprocess.run(nvcc_command(nvcc, arch, source, output), capture_output=True,
                                   text=True)
             if proc.returncode != 0:
-                errors.append((proc.stderr or proc.stdout).strip()[-2000:])
+                lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no message"]
+                errors.append(next((ln for ln in lines if "error" in ln), lines[-1]).strip())
                 raise RuntimeError("nvcc failed")
+            compiled.append(output.stat().st_size)
             return bytearray(output.read_bytes())
 
     name = "tvm_callback_cuda_compile"
@@ -279,12 +282,15 @@ def kernel_compiler(target: TargetSpec) -> Iterator[None]:
         yield
     except Exception as err:
         if errors:
-            raise DeploytoolError(f"nvcc failed to compile the kernels for {arch}: {errors[-1]}",
+            raise DeploytoolError(f"nvcc failed to compile the kernels for {arch} ({errors[-1]})",
                                   "Check the CUDA toolkit, or report it with the model") from err
         raise
     finally:
         if previous is not None:
             tvm_ffi.register_global_func(name, previous, override=True)
+    if not compiled:  # every operator went to the host CPU: a "GPU" package that is not one
+        raise DeploytoolError(f"TVM put no kernel of the model on the GPU ({arch})",
+                              "Build with a pipeline that schedules GPU kernels (DLight)")
 
 
 def runtime_libraries(target: TargetSpec) -> list[Path]:

@@ -132,6 +132,48 @@ def test_jetson_orin_fails_clearly_for_now(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# --- building (no GPU needed) --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlp_relax(tmp_path_factory):
+    from deploytool.frontends import load_model, to_onnx
+    from deploytool.importer import import_relax
+
+    module, inputs = mlp()
+    path = save_torchscript(module, inputs, tmp_path_factory.mktemp("relax") / "mlp.pt")
+    return import_relax(to_onnx(load_model(path, None)))
+
+
+@needs_nvcc
+def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypatch, tmp_path):
+    import tvm
+    import tvm_ffi
+
+    from deploytool import build
+
+    before = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    monkeypatch.setitem(build.DEFAULT_PIPELINES, "cuda",
+                        lambda target: tvm.relax.get_pipeline("default_build"))
+    with pytest.raises(DeploytoolError, match="no kernel of the model on the GPU"):
+        build.build_library(mlp_relax, load_target("cuda-sm80"), tmp_path / "model.so")
+    after = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    assert (before is None) == (after is None)  # TVM's callback put back
+
+
+@needs_nvcc
+def test_nvcc_failure_is_one_clear_line(mlp_relax, monkeypatch, tmp_path):
+    from deploytool import build
+
+    real = cuda.nvcc_command
+    monkeypatch.setattr(cuda, "nvcc_command",
+                        lambda *args: [*real(*args)[:-1], "--no-such-flag", real(*args)[-1]])
+    with pytest.raises(DeploytoolError) as raised:
+        build.build_library(mlp_relax, load_target("cuda-sm80"), tmp_path / "model.so")
+    assert str(raised.value).startswith("nvcc failed to compile the kernels for sm_80 (")
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "model.so").exists()
+
+
 # --- compiled packages (no GPU needed) -----------------------------------------------------------
 
 @needs_nvcc
