@@ -337,8 +337,12 @@ def readme_section(manifest: dict) -> str:
 ## GPU
 
 Compiled for NVIDIA `{cuda['arch']}` ({', '.join(cuda['kernels'])}, nvcc {cuda['nvcc']}).
-The deployment machine needs {cuda['needs']}. Everything else is in `lib/`: the CUDA runtime
-`{cuda['cuda_runtime'].split()[0]}` and TVM's `libtvm_runtime_cuda.so`.
+The deployment machine needs:
+
+- {cuda['needs']}.
+
+Everything else is in `lib/`: the CUDA runtime `{cuda['cuda_runtime'].split()[0]}` and TVM's
+`libtvm_runtime_cuda.so`.
 
     bin/deploytool-run --device cuda:0 --repeat 100
 
