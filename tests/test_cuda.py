@@ -292,6 +292,73 @@ def test_c_api_header_compiles_as_c_and_load_fails_cleanly(packages, tmp_path):
         assert "NVIDIA" in proc.stdout
 
 
+CPU_DLPACK_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "deploytool_dlpack.h"
+
+int main(int argc, char** argv) {
+  dt_model* model;
+  if (dt_load(argv[1], NULL, &model)) { printf("load: %s\n", dt_last_error()); return 1; }
+  dt_tensor_info in, out;
+  dt_input_info(model, 0, &in);
+  dt_output_info(model, 0, &out);
+  float* block = aligned_alloc(64, in.nbytes + 64);
+  float* x = block + 1; /* not 64-byte aligned: the model copies it */
+  for (size_t i = 0; i < in.nbytes / 4; ++i) x[i] = (float)((i % 17) / 8.0 - 1.0);
+  float* y = malloc(out.nbytes);
+  const void* inputs[1] = {x};
+  void* outputs[1] = {y};
+  if (dt_run(model, inputs, outputs)) { printf("run: %s\n", dt_last_error()); return 1; }
+  DLTensor tensor = {block, {kDLCPU, 0}, in.ndim, {kDLFloat, 32, 1}, in.shape, NULL, 4};
+  const DLTensor* dl_inputs[1] = {&tensor};
+  DLManagedTensorVersioned* result[1] = {NULL};
+  if (dt_run_dlpack(model, dl_inputs, result)) {
+    printf("dlpack: %s\n", dt_last_error());
+    return 1;
+  }
+  const DLTensor* r = &result[0]->dl_tensor;
+  int same = r->device.device_type == kDLCPU && r->ndim == out.ndim &&
+             memcmp(r->shape, out.shape, sizeof(int64_t) * out.ndim) == 0 &&
+             memcmp((char*)r->data + r->byte_offset, y, out.nbytes) == 0;
+  printf("same=%d\n", same);
+  result[0]->deleter(result[0]);
+  int64_t wrong_shape[8] = {2, 512};
+  tensor.shape = wrong_shape;
+  int code = dt_run_dlpack(model, dl_inputs, result);
+  printf("wrong shape: %d %s\n", code, dt_last_error());
+  tensor.shape = in.shape;
+  tensor.device.device_type = kDLCUDA;
+  code = dt_run_dlpack(model, dl_inputs, result);
+  printf("wrong device: %d %s\n", code, dt_last_error());
+  dt_free(model);
+  free(block);
+  free(y);
+  return 0;
+}
+"""
+
+
+def test_dlpack_entry_point_on_a_cpu_package(tmp_path):
+    """dt_run_dlpack is device-generic: on a CPU package it runs here, and must match dt_run."""
+    module, inputs = mlp()
+    source = save_torchscript(module, inputs, tmp_path / "mlp.pt")
+    package = compile_model(CompileOptions(model=source, target="x86_64-avx2",
+                                           output=tmp_path / "pkg")).path
+    (tmp_path / "main.c").write_text(CPU_DLPACK_PROGRAM)
+    subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", str(tmp_path / "main.c"),
+                    f"-I{package / 'include'}", f"-L{package / 'lib'}", "-ldeploytool",
+                    f"-Wl,-rpath,{package / 'lib'}", "-o", str(tmp_path / "main")], check=True)
+    proc = subprocess.run([str(tmp_path / "main"), str(package)], capture_output=True, text=True,
+                          env=clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "same=1" in proc.stdout
+    assert "wrong shape: 1 dt_run_dlpack: input 'x' does not have the dtype and shape" \
+        in proc.stdout
+    assert "wrong device: 1 dt_run_dlpack: input 'x' is on another device" in proc.stdout
+
+
 # --- on a GPU ------------------------------------------------------------------------------------
 
 DLPACK_PROGRAM = r"""

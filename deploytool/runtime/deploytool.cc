@@ -155,6 +155,11 @@ ffi::Function Global(const char* name) {
   return *function;
 }
 
+// Makes `device` the calling thread's current GPU, on which TVM launches the kernels.
+void SelectDevice(DLDevice device) {
+  Global("__tvm_set_device")(static_cast<int>(device.device_type), device.device_id);
+}
+
 // Loads the package's lib/libtvm_runtime_cuda.so (which registers TVM's CUDA device and kernel
 // loader) and checks that the GPU exists and can run the package's kernels.
 int PrepareCuda(const std::string& dir, DLDevice device, const std::string& package_arch) {
@@ -307,6 +312,7 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     if (code != DT_OK) return code;
   }
   try {
+    if (dl_device.device_type != kDLCPU) SelectDevice(dl_device);
     ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
     auto load = library->GetFunction("vm_load_executable");
     if (!load.has_value()) throw std::runtime_error("model.so is not a Relax VM executable");
@@ -363,6 +369,7 @@ int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
   std::lock_guard<std::mutex> guard(model->lock);
   try {
     bool on_cpu = model->device.device_type == kDLCPU;
+    if (!on_cpu) SelectDevice(model->device);
     std::vector<ffi::Tensor> args;
     args.reserve(model->inputs.size());
     for (size_t i = 0; i < model->inputs.size(); ++i) {
@@ -408,6 +415,7 @@ int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTenso
   if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: null argument");
   std::lock_guard<std::mutex> guard(model->lock);
   try {
+    if (model->device.device_type != kDLCPU) SelectDevice(model->device);
     std::vector<ffi::Tensor> args;
     for (size_t i = 0; i < model->inputs.size(); ++i) {
       const TensorSpec& spec = model->inputs[i];
@@ -429,7 +437,7 @@ int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTenso
       if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
         args.push_back(borrowed);
       } else {  // kernels may assume aligned arguments: copy on the device
-        Global("runtime.TVMTensorCopyFromTo")(borrowed, model->staging[i], nullptr);
+        Global("runtime.TVMTensorCopyFromTo")(borrowed, model->staging[i]);
         args.push_back(model->staging[i]);
       }
     }
