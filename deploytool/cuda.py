@@ -169,7 +169,8 @@ def check_toolchain(target: TargetSpec) -> Path:
         raise DeploytoolError(
             f"target '{target.name}' needs TVM's CUDA runtime built for {target.arch} (against the "
             "board's CUDA, e.g. JetPack), which deploytool does not provide yet",
-            f"Compile for a GPU in an x86_64 machine: {NAMED_TARGETS}")
+            f"Compile for a GPU in an x86_64 machine ({NAMED_TARGETS}), or for the board's CPU "
+            "(jetson-orin-cpu)")
     nvcc = find_nvcc()
     find_cudart(cudart_soname(), nvcc)
     return nvcc

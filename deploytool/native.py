@@ -4,28 +4,36 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
 
+from . import aarch64_runtime
 from .build import check_compiler
 from .cuda import runtime_libraries as device_runtime_libraries
 from .errors import DeploytoolError
 from .targets import TargetSpec
 
 RUNTIME_SRC = Path(__file__).resolve().parent / "runtime"
-HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp")
+HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp", "sha256.hpp")
 CACHE_DIR = Path(os.environ.get("DEPLOYTOOL_CACHE", Path.home() / ".cache" / "deploytool"))
 
 
-def tvm_runtime_libraries(target: TargetSpec) -> list[Path]:
-    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` for the target's architecture."""
+def tvm_runtime_libraries(target: TargetSpec, runtime_dir: Path | None = None,
+                          log=None) -> list[Path]:
+    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` for the target's architecture.
+
+    From ``runtime_dir`` when given, else the installed wheels for this machine's architecture,
+    else (aarch64) the pinned aarch64 wheels, fetched once into the cache.
+    """
     import tvm
     import tvm_ffi
 
-    if target.arch != "x86_64":
-        raise DeploytoolError(f"no TVM runtime for {target.arch} is available",
-                              "Compile for an x86_64 target")
+    if runtime_dir is not None:
+        return aarch64_runtime.libraries_in_dir(Path(runtime_dir), target.arch)
+    if target.arch != platform.machine():
+        return aarch64_runtime.cached_runtime(target.arch, log)
     return [Path(tvm.__file__).parent / "lib" / "libtvm_runtime.so",
             Path(tvm_ffi.__file__).parent / "lib" / "libtvm_ffi.so"]
 
@@ -56,13 +64,14 @@ def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Pa
     shutil.copy2(cached, output)
 
 
-def build_native(target: TargetSpec, package_dir: Path) -> None:
+def build_native(target: TargetSpec, package_dir: Path,
+                 runtime_libraries: list[Path] | None = None) -> None:
     """Write ``lib/`` (TVM runtime, C API), ``include/`` and ``bin/deploytool-run``."""
     check_compiler(target.cxx)
     lib, include, bin_dir = (package_dir / d for d in ("lib", "include", "bin"))
     for folder in (lib, include, bin_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    for library in tvm_runtime_libraries(target):
+    for library in runtime_libraries or tvm_runtime_libraries(target):
         shutil.copy2(library, lib / library.name)
     for library in device_runtime_libraries(target):  # CUDA: libtvm_runtime_cuda, libcudart
         shutil.copy2(library, lib / library.name)

@@ -288,7 +288,7 @@ def test_c_api_header_compiles_as_c_and_load_fails_cleanly(packages, tmp_path):
     if HAS_GPU:
         assert "code=0" in proc.stdout and "device=2:0" in proc.stdout  # kDLCUDA
     else:
-        assert "code=5" in proc.stdout  # DT_ERR_DEVICE
+        assert "code=6" in proc.stdout  # DT_ERR_DEVICE
         assert "NVIDIA" in proc.stdout
 
 
@@ -430,6 +430,26 @@ def test_gpu_package_matches_pytorch(packages, model, tmp_path):
     with torch.no_grad():
         want = module.eval()(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("target", ["cuda", "cuda-sm80"])
+def test_gpu_self_test_passes(packages, target):
+    """The package's own test vectors (computed at compile time) on the GPU, no Python."""
+    package = packages("cnn", target)
+    proc = subprocess.run([str(package / "bin" / "deploytool-run"), "--self-test"],
+                          capture_output=True, text=True, env=clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "self-test PASSED" in proc.stdout
+
+
+@needs_nvcc
+@needs_no_gpu
+def test_compile_without_gpu_leaves_validation_pending(packages):
+    manifest = json.loads((packages("mlp", "cuda-sm80") / "manifest.json").read_text())
+    assert manifest["validation"]["status"] == "pending"
+    assert manifest["self_test"], "test vectors for the GPU machine's --self-test"
 
 
 @pytest.mark.gpu
