@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import DeploytoolError
+from .frontends import sha256_of
 
 # e_machine values of the ELF header (elf.h) for the architectures deploytool builds for.
 ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
@@ -79,14 +79,6 @@ def cache_dir(arch: str = "aarch64") -> Path:
             f"tvm-{versions['apache-tvm']}_ffi-{versions['apache-tvm-ffi']}")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def libraries_in_dir(directory: Path, arch: str) -> list[Path]:
     """``libtvm_runtime.so`` and ``libtvm_ffi.so`` for ``arch`` from a folder the user gives.
 
@@ -130,7 +122,7 @@ def _unpack_from_wheels(wheels: list[Path], name: str, member: str, arch: str) -
     for wheel in wheels:
         if f"_{arch}" not in wheel.name:
             continue
-        target = cache_root() / "runtime" / arch / "from-wheel" / sha256_file(wheel)[:24] / name
+        target = cache_root() / "runtime" / arch / "from-wheel" / sha256_of(wheel)[:24] / name
         if not target.is_file():
             _extract(wheel, member, target)
         return target
@@ -186,7 +178,7 @@ def _verify(folder: Path, libraries: list[Path], arch: str) -> None:
     try:
         recorded = json.loads((folder / SOURCES).read_text())["sha256"]
         for path in libraries:
-            if sha256_file(path) != recorded[path.name]:
+            if sha256_of(path) != recorded[path.name]:
                 raise ValueError(f"{path.name} does not match its recorded sha256")
             check_elf_arch(path, arch)
     except (OSError, ValueError, KeyError, DeploytoolError) as err:
@@ -233,7 +225,7 @@ def _download(scratch: Path, arch: str, requirements: list[str]) -> None:
                                   "Pass --runtime-dir with the libraries")
         _extract(wheel, member, scratch / name)
         check_elf_arch(scratch / name, arch)
-        record["wheels"][wheel.name] = sha256_file(wheel)
-        record["sha256"][name] = sha256_file(scratch / name)
+        record["wheels"][wheel.name] = sha256_of(wheel)
+        record["sha256"][name] = sha256_of(scratch / name)
     shutil.rmtree(scratch / "wheels")
     (scratch / SOURCES).write_text(json.dumps(record, indent=2) + "\n")

@@ -97,8 +97,11 @@ def _validation(atol, rtol, tols, seed, ranges, **extra):
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep a package that fails validation (marked as not validated).")
 @validation_options
+@click.option("--java/--no-java", default=None,
+              help="Build the Java binding (java/deploytool.jar, JNI library) or leave it out "
+                   "[default: when a JDK is found].")
 def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
-            atol, rtol, tols, seed, ranges):
+            atol, rtol, tols, seed, ranges, java):
     """Compile MODEL (TorchScript .pt or .onnx) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
@@ -110,7 +113,7 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
                              force=force, archive=archive, runtime_dir=runtime_dir,
                              validate=validate,
                              allow_mismatch=allow_mismatch,
-                             validation=_validation(atol, rtol, tols, seed, ranges))
+                             validation=_validation(atol, rtol, tols, seed, ranges), java=java)
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
     click.echo(f"package written to {package.path}" + (" (and .tar.gz)" if archive else ""))

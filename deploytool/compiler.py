@@ -16,6 +16,7 @@ from .cuda import check_toolchain, is_cuda, readme_section, runtime_manifest
 from .errors import DeploytoolError
 from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
+from .java import build_java, find_jdk
 from .native import build_native, tvm_runtime_libraries
 from .package import (
     FORMAT_VERSION,
@@ -54,6 +55,7 @@ class CompileOptions:
     validate: bool = True
     allow_mismatch: bool = False
     validation: ValidationOptions = field(default_factory=ValidationOptions)
+    java: bool | None = None  # None: build the Java binding when a JDK is present
 
     def output_dir(self) -> Path:
         return self.output or Path("artifacts") / self.model.stem
@@ -112,6 +114,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     destination = options.output_dir()
     check_compiler(target.cxx)  # the toolchain and runtime libraries first, before any heavy work
     runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
+    if options.java:
+        find_jdk()  # fail before the long stages when --java was asked for and there is no JDK
     with atomic_folder(destination, options.force) as scratch:
         with timer.stage("load"):
             source = load_model(options.model, options.inputs)
@@ -124,6 +128,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             build_library(mod, target, scratch / "model.so")
         with timer.stage("package"):
             build_native(target, scratch, runtime_libraries)
+            java = build_java(target, scratch, options.java, log)
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -144,6 +149,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 "validation": None,
                 "tuning": None,
                 "benchmarks": None,
+                "java": java,
             }
             package = Package(scratch, manifest)
             manifest["self_test"] = _write_test_vectors(package, source, options.validation)

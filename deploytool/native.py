@@ -44,7 +44,7 @@ def ffi_include_dir() -> Path:
     return Path(tvm_ffi.__file__).parent / "include"
 
 
-def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
+def compile_cached(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
     """Run the compiler, reusing a cached result for identical sources, flags and compiler."""
     package_dir = str(output.parent.parent)
     digest = hashlib.sha256(" ".join([target.cxx, *args]).replace(package_dir, "").encode())
@@ -64,6 +64,8 @@ def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Pa
     shutil.copy2(cached, output)
 
 
+
+
 def build_native(target: TargetSpec, package_dir: Path,
                  runtime_libraries: list[Path] | None = None) -> None:
     """Write ``lib/`` (TVM runtime, C API), ``include/`` and ``bin/deploytool-run``."""
@@ -81,12 +83,12 @@ def build_native(target: TargetSpec, package_dir: Path,
     (include / "dlpack").mkdir(exist_ok=True)
     shutil.copy2(ffi_include_dir() / "dlpack" / "dlpack.h", include / "dlpack" / "dlpack.h")
     api_source = RUNTIME_SRC / "deploytool.cc"
-    _compile(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
+    compile_cached(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
                       f"-I{include}", f"-I{ffi_include_dir()}", f"-L{lib}", "-ltvm_ffi",
                       "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"],
              lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS),
                                         RUNTIME_SRC / "deploytool_dlpack.h"])
     runner = RUNTIME_SRC / "runner.cc"
-    _compile(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
+    compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
                       "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
              bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import DeploytoolError
 from .frontends import sha256_of
+from .java import readme_section as java_readme_section
 from .native import RUNTIME_SRC
 from .tensors import TensorSpec
 
@@ -130,7 +131,7 @@ model.run({{input.data()}}, {{output.data()}});
 ```
 
 A model may be shared by threads (runs are serialised); load one per thread for parallel runs.
-""")
+""" + java_readme_section(manifest))
 
 
 def _emulation_note(arch: str) -> str:

@@ -20,6 +20,7 @@ from deploytool.aarch64_runtime import (
     libraries_in_dir,
 )
 from deploytool.errors import DeploytoolError
+from deploytool.frontends import sha256_of
 
 WHEEL_NAMES = {
     "apache-tvm": "apache_tvm-{v}-py3-none-manylinux_2_28_aarch64.whl",
@@ -144,7 +145,7 @@ def test_a_damaged_cache_entry_is_refused(empty_cache):
 def test_a_good_cache_entry_is_used_without_fetching(empty_cache, monkeypatch):
     folder = cache_dir("aarch64")
     libraries = [fake_elf(folder / name, 183) for name in aarch64_runtime.LIBRARIES]
-    record = {"sha256": {p.name: aarch64_runtime.sha256_file(p) for p in libraries}}
+    record = {"sha256": {p.name: sha256_of(p) for p in libraries}}
     (folder / aarch64_runtime.SOURCES).write_text(json.dumps(record))
     monkeypatch.setattr(aarch64_runtime, "_fetch", lambda *a: pytest.fail("fetched again"))
     assert cached_runtime("aarch64") == libraries

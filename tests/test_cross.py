@@ -191,14 +191,15 @@ def test_every_binary_is_aarch64(arm_packages):
 
 @pytest.mark.cross
 def test_runtime_comes_from_the_checked_cache(arm_packages):
-    from deploytool.aarch64_runtime import SOURCES, cache_dir, sha256_file
+    from deploytool.aarch64_runtime import SOURCES, cache_dir
+    from deploytool.frontends import sha256_of
 
     record = json.loads((cache_dir("aarch64") / SOURCES).read_text())
     assert all(req.split("==")[0] in ("apache-tvm", "apache-tvm-ffi")
                for req in record["requirements"])
     package, _ = arm_packages["mlp"]
     for name in ("libtvm_runtime.so", "libtvm_ffi.so"):
-        assert sha256_file(package.path / "lib" / name) == record["sha256"][name]
+        assert sha256_of(package.path / "lib" / name) == record["sha256"][name]
 
 
 @pytest.mark.cross
