@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .build import build_library, check_compiler
+from .cuda import check_toolchain, is_cuda, readme_section, runtime_manifest
 from .errors import DeploytoolError
 from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
@@ -108,6 +109,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     log = log or (lambda _line: None)
     timer = StageTimer(log)
     target: TargetSpec = load_target(options.target).resolved()
+    if is_cuda(target):
+        check_toolchain(target)  # nvcc and the CUDA runtime, before any heavy work
     destination = options.output_dir()
     check_compiler(target.cxx)  # the toolchain and runtime libraries first, before any heavy work
     runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
@@ -135,7 +138,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 "outputs": [s.to_dict() for s in onnx_model.outputs],
                 "target": {**target.to_dict(), "resolved_cpu": target.cpu},
                 "runtime": {"arch": target.arch, "cpu_features": target.cpu_features(),
-                            "device": "cpu"},
+                            **runtime_manifest(target)},
                 "versions": _versions(),
                 "compile_options": {**asdict(options), "model": str(options.model),
                                     "output": str(destination),
@@ -154,6 +157,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
             package.save_manifest()
             write_examples(scratch, manifest)
+            with open(scratch / "README.md", "a") as readme:
+                readme.write(readme_section(manifest))
         _validate(package, target, source, options, timer, log)
     package = Package(destination, package.manifest)
     if options.archive:

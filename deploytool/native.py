@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import aarch64_runtime
 from .build import check_compiler
+from .cuda import runtime_libraries as device_runtime_libraries
 from .errors import DeploytoolError
 from .targets import TargetSpec
 
@@ -74,13 +75,19 @@ def build_native(target: TargetSpec, package_dir: Path,
         folder.mkdir(parents=True, exist_ok=True)
     for library in runtime_libraries or tvm_runtime_libraries(target):
         shutil.copy2(library, lib / library.name)
+    for library in device_runtime_libraries(target):  # CUDA: libtvm_runtime_cuda, libcudart
+        shutil.copy2(library, lib / library.name)
     for header in HEADERS:
         shutil.copy2(RUNTIME_SRC / header, include / header)
+    shutil.copy2(RUNTIME_SRC / "deploytool_dlpack.h", include / "deploytool_dlpack.h")
+    (include / "dlpack").mkdir(exist_ok=True)
+    shutil.copy2(ffi_include_dir() / "dlpack" / "dlpack.h", include / "dlpack" / "dlpack.h")
     api_source = RUNTIME_SRC / "deploytool.cc"
     compile_cached(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
                       f"-I{include}", f"-I{ffi_include_dir()}", f"-L{lib}", "-ltvm_ffi",
                       "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"],
-             lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS)])
+             lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS),
+                                        RUNTIME_SRC / "deploytool_dlpack.h"])
     runner = RUNTIME_SRC / "runner.cc"
     compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
                       "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],

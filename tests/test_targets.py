@@ -1,5 +1,6 @@
 import json
 import platform
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,8 @@ def test_every_target_file_builds_a_tvm_target():
     names = {t.name for t in list_targets()}
     assert {"cpu", "x86_64-avx2", "x86_64-avx512"} <= names
     for spec in list_targets():
+        if spec.target.get("arch") == "native":  # 'cuda': this machine's GPU, an error without one
+            spec = replace(spec, target={**spec.target, "arch": "sm_80"})
         assert spec.resolved().tvm_target() is not None
 
 

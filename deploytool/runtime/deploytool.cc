@@ -1,8 +1,10 @@
 // deploytool C API over the TVM runtime: reads manifest.json, checks the machine, runs the Relax VM.
 #include "deploytool.h"
+#include "deploytool_dlpack.h"
 #include "npy.hpp"
 #include "sha256.hpp"
 
+#include <dlfcn.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
@@ -183,7 +185,62 @@ bool ParseDevice(const char* text, DLDevice* device) {
     *device = DLDevice{kDLCPU, index};
     return true;
   }
+  if (kind == "cuda") {
+    *device = DLDevice{kDLCUDA, index};
+    return true;
+  }
   return false;
+}
+
+std::string DeviceText(DLDevice device) {
+  return std::string(device.device_type == kDLCUDA ? "cuda:" : "cpu:") + std::to_string(device.device_id);
+}
+
+ffi::Function Global(const char* name) {
+  auto function = ffi::Function::GetGlobal(name);
+  if (!function.has_value()) throw std::runtime_error(std::string("the TVM runtime lacks ") + name);
+  return *function;
+}
+
+// Makes `device` the calling thread's current GPU, on which TVM launches the kernels.
+void SelectDevice(DLDevice device) {
+  Global("__tvm_set_device")(static_cast<int>(device.device_type), device.device_id);
+}
+
+// Loads the package's lib/libtvm_runtime_cuda.so (which registers TVM's CUDA device and kernel
+// loader) and checks that the GPU exists and can run the package's kernels.
+int PrepareCuda(const std::string& dir, DLDevice device, const std::string& package_arch) {
+  std::string library = dir + "/lib/libtvm_runtime_cuda.so";
+  if (dlopen(library.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    std::string error = dlerror();
+    if (error.find("libcuda.so") != std::string::npos) {
+      return Fail(DT_ERR_DEVICE, "cannot use CUDA on this machine: the NVIDIA driver (libcuda.so.1) is not "
+                                 "installed (" + error + "). Run the package on a machine with an NVIDIA GPU "
+                                 "and driver, or compile it for a CPU target");
+    }
+    return Fail(DT_ERR_PACKAGE, "cannot load " + library + ": " + error);
+  }
+  try {
+    ffi::Function attr = Global("runtime.GetDeviceAttr");
+    const int kExist = 0, kComputeVersion = 4;
+    ffi::Any exist = attr(static_cast<int>(kDLCUDA), device.device_id, kExist);
+    if (!exist.try_cast<int64_t>().value_or(0)) {
+      return Fail(DT_ERR_DEVICE, "no CUDA GPU " + DeviceText(device) + " on this machine (the NVIDIA driver "
+                                 "found none). Run the package on a machine with an NVIDIA GPU, or pick "
+                                 "another device index");
+    }
+    std::string version = attr(static_cast<int>(kDLCUDA), device.device_id, kComputeVersion).cast<ffi::String>();
+    int major = 0, minor = 0;
+    int package_sm = package_arch.rfind("sm_", 0) == 0 ? std::atoi(package_arch.c_str() + 3) : 0;
+    if (std::sscanf(version.c_str(), "%d.%d", &major, &minor) == 2 && major * 10 + minor < package_sm) {
+      return Fail(DT_ERR_DEVICE, "the package was compiled for " + package_arch + " but GPU " + DeviceText(device) +
+                                     " has compute capability " + version +
+                                     ". Compile it for this GPU (--target cuda)");
+    }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_DEVICE, "cannot use GPU " + DeviceText(device) + ": " + error.what());
+  }
+  return DT_OK;
 }
 
 void FillInfo(const TensorSpec& spec, dt_tensor_info* out) {
@@ -209,6 +266,28 @@ struct dt_model {
   std::mutex lock;
 };
 
+// Calls main on args and checks the results against the manifest. Caller holds model->lock.
+static int Invoke(dt_model* model, const std::vector<ffi::Tensor>& args, std::vector<ffi::Tensor>* results) {
+  std::vector<ffi::AnyView> packed(args.begin(), args.end());
+  ffi::Any result;
+  model->main->CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
+  if (auto tensor = result.try_cast<ffi::Tensor>()) {
+    results->push_back(*tensor);
+  } else {
+    for (const ffi::Any& item : result.cast<ffi::Array<ffi::Any>>()) results->push_back(item.cast<ffi::Tensor>());
+  }
+  if (results->size() != model->outputs.size()) {
+    return Fail(DT_ERR_RUN, "the model returned " + std::to_string(results->size()) + " outputs, the manifest lists " +
+                                std::to_string(model->outputs.size()));
+  }
+  for (size_t i = 0; i < results->size(); ++i) {
+    if (ffi::GetDataSize((*results)[i]) != model->outputs[i].nbytes) {
+      return Fail(DT_ERR_RUN, "output '" + model->outputs[i].name + "' has a different size than the manifest says");
+    }
+  }
+  return DT_OK;
+}
+
 extern "C" {
 
 const char* dt_last_error(void) { return g_last_error.c_str(); }
@@ -216,9 +295,10 @@ const char* dt_last_error(void) { return g_last_error.c_str(); }
 int dt_load(const char* package_dir, const char* device, dt_model** out) {
   if (package_dir == nullptr || out == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_load: null argument");
   *out = nullptr;
-  DLDevice dl_device;
-  if (!ParseDevice(device, &dl_device)) {
-    return Fail(DT_ERR_ARGUMENT, std::string("unknown device '") + device + "'. Use cpu or cpu:N");
+  DLDevice dl_device{kDLCPU, 0};
+  bool package_device = device == nullptr || device[0] == '\0';  // the manifest's runtime.device
+  if (!package_device && !ParseDevice(device, &dl_device)) {
+    return Fail(DT_ERR_ARGUMENT, std::string("unknown device '") + device + "'. Use cpu, cpu:N, cuda or cuda:N");
   }
   char resolved[PATH_MAX];
   if (realpath(package_dir, resolved) == nullptr) {
@@ -233,7 +313,7 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   model->dir = dir;
   model->device = dl_device;
   std::vector<std::string> required;
-  std::string arch;
+  std::string arch, runtime_device = "cpu", cuda_arch;
   int64_t model_size = -1;
   try {
     ffi::String parse_error;
@@ -245,6 +325,10 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     arch = std::string(Field(runtime, "arch").cast<ffi::String>());
     for (const ffi::Any& feature : Field(runtime, "cpu_features").cast<ffi::json::Array>()) {
       required.push_back(std::string(feature.cast<ffi::String>()));
+    }
+    if (auto value = runtime.Get(ffi::String("device"))) runtime_device = std::string(value->cast<ffi::String>());
+    if (auto cuda = runtime.Get(ffi::String("cuda"))) {
+      cuda_arch = std::string(Field(AsObject(*cuda, "runtime.cuda"), "arch").cast<ffi::String>());
     }
     model_size = Field(AsObject(Field(manifest, "file_sizes"), "file_sizes"), "model.so").cast<int64_t>();
   } catch (const std::exception& error) {
@@ -270,7 +354,23 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     return Fail(DT_ERR_PACKAGE, "corrupted package: " + dir + "/model.so is missing or has the wrong size"
                                 " (truncated?). Copy the package again");
   }
+  if (package_device && !ParseDevice(runtime_device.c_str(), &dl_device)) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: unknown runtime.device '" + runtime_device + "' in manifest.json");
+  }
+  model->device = dl_device;
+  bool package_on_cuda = runtime_device == "cuda";
+  if (package_on_cuda != (dl_device.device_type == kDLCUDA)) {
+    return Fail(DT_ERR_ARGUMENT, "the package was compiled for " + runtime_device + ", not for device '" +
+                                     std::string(device) + "'. " +
+                                     (package_on_cuda ? "Load it with device cuda or cuda:N"
+                                                      : "Load it with device cpu, or compile it for a CUDA target"));
+  }
+  if (package_on_cuda) {
+    int code = PrepareCuda(dir, dl_device, cuda_arch);
+    if (code != DT_OK) return code;
+  }
   try {
+    if (dl_device.device_type != kDLCPU) SelectDevice(dl_device);
     ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
     auto load = library->GetFunction("vm_load_executable");
     if (!load.has_value()) throw std::runtime_error("model.so is not a Relax VM executable");
@@ -285,8 +385,14 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     model->vm = vm;
     model->main = *main;
     for (const TensorSpec& spec : model->inputs) {
-      model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape),
-                                                        spec.dl_dtype, dl_device));
+      if (dl_device.device_type == kDLCPU) {
+        model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape),
+                                                          spec.dl_dtype, dl_device));
+      } else {  // device memory, through TVM's device API
+        model->staging.push_back(Global("runtime.TVMTensorAllocWithScope")(ffi::Shape(spec.shape), spec.dl_dtype,
+                                                                          dl_device, nullptr)
+                                     .cast<ffi::Tensor>());
+      }
     }
   } catch (const std::exception& error) {
     return Fail(DT_ERR_PACKAGE, "cannot load " + dir + "/model.so: " + error.what());
@@ -320,13 +426,18 @@ int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
   if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run: null argument");
   std::lock_guard<std::mutex> guard(model->lock);
   try {
+    bool on_cpu = model->device.device_type == kDLCPU;
+    if (!on_cpu) SelectDevice(model->device);
     std::vector<ffi::Tensor> args;
     args.reserve(model->inputs.size());
     for (size_t i = 0; i < model->inputs.size(); ++i) {
       const TensorSpec& spec = model->inputs[i];
       void* data = const_cast<void*>(inputs[i]);
       if (data == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: input '" + spec.name + "' is null");
-      if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
+      if (!on_cpu) {  // host -> device (synchronous)
+        Global("runtime.TVMTensorCopyFromBytes")(model->staging[i], data, spec.nbytes);
+        args.push_back(model->staging[i]);
+      } else if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
         args.push_back(ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(spec.shape),
                                                 spec.dl_dtype, model->device));
       } else {
@@ -334,27 +445,67 @@ int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
         args.push_back(model->staging[i]);
       }
     }
-    std::vector<ffi::AnyView> packed(args.begin(), args.end());
-    ffi::Any result;
-    model->main->CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
     std::vector<ffi::Tensor> results;
-    if (auto tensor = result.try_cast<ffi::Tensor>()) {
-      results.push_back(*tensor);
-    } else {
-      for (const ffi::Any& item : result.cast<ffi::Array<ffi::Any>>()) results.push_back(item.cast<ffi::Tensor>());
-    }
-    if (results.size() != model->outputs.size()) {
-      return Fail(DT_ERR_RUN, "the model returned " + std::to_string(results.size()) + " outputs, the manifest lists " +
-                                  std::to_string(model->outputs.size()));
-    }
+    int code = Invoke(model, args, &results);
+    if (code != DT_OK) return code;
     for (size_t i = 0; i < results.size(); ++i) {
       const TensorSpec& spec = model->outputs[i];
-      if (ffi::GetDataSize(results[i]) != spec.nbytes) {
-        return Fail(DT_ERR_RUN, "output '" + spec.name + "' has a different size than the manifest says");
-      }
       if (outputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: output '" + spec.name + "' is null");
-      std::memcpy(outputs[i], results[i].data_ptr(), spec.nbytes);
+      if (on_cpu) {
+        std::memcpy(outputs[i], results[i].data_ptr(), spec.nbytes);
+      } else {  // device -> host, waits for the kernels
+        Global("runtime.TVMTensorCopyToBytes")(results[i], outputs[i], spec.nbytes);
+      }
     }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
+  }
+  return DT_OK;
+}
+
+int dt_device(const dt_model* model, DLDevice* out) {
+  if (!model || !out) return Fail(DT_ERR_ARGUMENT, "dt_device: null argument");
+  *out = model->device;
+  return DT_OK;
+}
+
+int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTensorVersioned** outputs) {
+  if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: null argument");
+  std::lock_guard<std::mutex> guard(model->lock);
+  try {
+    if (model->device.device_type != kDLCPU) SelectDevice(model->device);
+    std::vector<ffi::Tensor> args;
+    for (size_t i = 0; i < model->inputs.size(); ++i) {
+      const TensorSpec& spec = model->inputs[i];
+      const DLTensor* tensor = inputs[i];
+      std::string what = "dt_run_dlpack: input '" + spec.name + "' ";
+      if (tensor == nullptr || tensor->data == nullptr) return Fail(DT_ERR_ARGUMENT, what + "is null");
+      if (tensor->device.device_type != model->device.device_type || tensor->device.device_id != model->device.device_id) {
+        return Fail(DT_ERR_ARGUMENT, what + "is on another device than the model (" + DeviceText(model->device) + ")");
+      }
+      if (tensor->dtype.code != spec.dl_dtype.code || tensor->dtype.bits != spec.dl_dtype.bits ||
+          tensor->dtype.lanes != spec.dl_dtype.lanes ||
+          std::vector<int64_t>(tensor->shape, tensor->shape + tensor->ndim) != spec.shape) {
+        return Fail(DT_ERR_ARGUMENT, what + "does not have the dtype and shape dt_input_info gives (" + spec.dtype + ")");
+      }
+      if (!ffi::IsContiguous(*tensor)) return Fail(DT_ERR_ARGUMENT, what + "is not contiguous (row-major)");
+      void* data = static_cast<char*>(tensor->data) + tensor->byte_offset;
+      ffi::Tensor borrowed = ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(spec.shape),
+                                                      spec.dl_dtype, model->device);
+      if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
+        args.push_back(borrowed);
+      } else {  // kernels may assume aligned arguments: copy on the device
+        Global("runtime.TVMTensorCopyFromTo")(borrowed, model->staging[i]);
+        args.push_back(model->staging[i]);
+      }
+    }
+    std::vector<ffi::Tensor> results;
+    int code = Invoke(model, args, &results);
+    if (code != DT_OK) return code;
+    if (model->device.device_type != kDLCPU) {
+      Global("runtime.Device_StreamSync")(model->device, static_cast<int64_t>(0));
+    }
+    for (size_t i = 0; i < results.size(); ++i) outputs[i] = results[i].ToDLPackVersioned();
   } catch (const std::exception& error) {
     return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
   }

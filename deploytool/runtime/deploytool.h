@@ -21,6 +21,7 @@ extern "C" {
 #define DT_ERR_PLATFORM 3  /* this machine cannot run the package (CPU features, architecture) */
 #define DT_ERR_RUN 4       /* the model failed while running */
 #define DT_ERR_MISMATCH 5  /* the self-test's outputs differ from the reference outputs */
+#define DT_ERR_DEVICE 6    /* the device is missing or unusable (no GPU, no NVIDIA driver) */
 
 #define DT_MAX_NDIM 8
 
@@ -37,7 +38,8 @@ typedef struct {
 /* The message of the last failed call on this thread ("" if none). */
 const char* dt_last_error(void);
 
-/* Load the package in folder `package_dir` onto `device` ("cpu", "cpu:0"; NULL means "cpu"). */
+/* Load the package in folder `package_dir` onto `device`: "cpu", "cpu:0", or for a package
+ * compiled for CUDA "cuda", "cuda:N". NULL or "" means the package's own device (cpu, cuda:0). */
 int dt_load(const char* package_dir, const char* device, dt_model** out);
 void dt_free(dt_model* model);
 
@@ -47,7 +49,9 @@ int dt_input_info(const dt_model* model, int index, dt_tensor_info* out);
 int dt_output_info(const dt_model* model, int index, dt_tensor_info* out);
 
 /* Run the model. inputs[i] points to the data of input i (row-major, dt_input_info's nbytes);
- * outputs[i] to a caller-owned buffer of dt_output_info's nbytes, which receives output i. */
+ * outputs[i] to a caller-owned buffer of dt_output_info's nbytes, which receives output i.
+ * Buffers are host memory on every device: a GPU model copies them over and back.
+ * To keep data on the GPU, see dt_run_dlpack in deploytool_dlpack.h. */
 int dt_run(dt_model* model, const void* const* inputs, void* const* outputs);
 
 /* Check the sha256 of model.so and the test vectors against manifest.json: DT_ERR_PACKAGE names a

@@ -29,7 +29,8 @@ struct TensorInfo {
 
 class Model {
  public:
-  explicit Model(const std::string& package_dir, const std::string& device = "cpu") {
+  // device: "cpu", "cuda:N"; "" means the package's own device (cpu, or cuda:0 for a CUDA package)
+  explicit Model(const std::string& package_dir, const std::string& device = "") {
     Check(dt_load(package_dir.c_str(), device.c_str(), &handle_));
   }
   ~Model() { dt_free(handle_); }

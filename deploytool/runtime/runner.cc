@@ -21,11 +21,11 @@
 namespace {
 
 const char* kUsage =
-    "usage: deploytool-run [PACKAGE] [--device cpu] [--input NAME=FILE.npy]... [--seed N]\n"
+    "usage: deploytool-run [PACKAGE] [--device cpu|cuda:N] [--input NAME=FILE.npy]... [--seed N]\n"
     "                      [--output-dir DIR] [--repeat N] [--verify] [--self-test] [--threads N]\n"
     "                      [--warmup-ms MS] [--min-iters N] [--min-seconds S] [--json FILE]\n"
-    "PACKAGE defaults to the package this program belongs to. Inputs not given are seeded random\n"
-    "(floats in [-1, 1), integers in [0, 10)).\n"
+    "PACKAGE defaults to the package this program belongs to, --device to its own device (cpu,\n"
+    "cuda:0). Inputs not given are seeded random (floats in [-1, 1), integers in [0, 10)).\n"
     "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
     "--self-test  verify, then run the package's test vectors against its reference outputs\n"
     "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
@@ -191,7 +191,7 @@ void WriteJson(const std::string& path, const std::string& package, const char* 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string package, device = "cpu", output_dir;
+  std::string package, device, output_dir;  // "" device: the package's
   std::map<std::string, std::string> input_files;
   uint64_t seed = 0;
   long repeat = 0;

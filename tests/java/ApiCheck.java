@@ -245,7 +245,7 @@ public final class ApiCheck {
           "1 the model has no input named 'nope'. Its inputs are [" + in.name() + "]");
     });
     check("unknown device", () -> expect(thrown(() -> Model.load(pkg, "gpu")),
-        "1 unknown device 'gpu'. Use cpu or cpu:N"));
+        "1 unknown device 'gpu'. Use cpu, cpu:N, cuda or cuda:N"));
     check("close while threads run", () -> {
       List<Thread> workers = new ArrayList<>();
       List<String> endings = java.util.Collections.synchronizedList(new ArrayList<>());

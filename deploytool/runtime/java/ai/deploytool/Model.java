@@ -40,13 +40,14 @@ public final class Model implements AutoCloseable {
     this.outputs = Collections.unmodifiableList(Arrays.asList(NativeApi.infos(handle, true)));
   }
 
-  /** Loads the package in folder {@code packageDir} onto the CPU. */
+  /** Loads the package in folder {@code packageDir} onto its own device (CPU, or cuda:0). */
   public static Model load(Path packageDir) {
-    return load(packageDir, "cpu");
+    return load(packageDir, "");
   }
 
   /**
-   * Loads the package in folder {@code packageDir} onto {@code device} ("cpu", "cpu:0").
+   * Loads the package in folder {@code packageDir} onto {@code device} ("cpu", "cpu:0", "cuda:N";
+   * "" means the package's own device).
    *
    * @throws DeploytoolException with the C API's message when the folder is not a package, is
    *     corrupted, or was compiled for features this machine lacks
