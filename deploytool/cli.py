@@ -47,7 +47,7 @@ def main():
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--archive", is_flag=True, help="Also write <output>.tar.gz.")
 def compile(model, target, inputs, output, force, archive):
-    """Compile MODEL (TorchScript .pt or .onnx) into a package for TARGET."""
+    """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET."""
     from .compiler import CompileOptions, compile_model
 
     options = CompileOptions(model=model, target=target, inputs=inputs, output=output,
