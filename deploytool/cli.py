@@ -36,6 +36,49 @@ def main():
     """deploytool: compile PyTorch models into Python-free packages with Apache TVM."""
 
 
+def _triples(option: str, values, kinds) -> dict:
+    """Parse NAME:A:B options (--tol NAME:ATOL:RTOL, --range NAME:LO:HI)."""
+    parsed = {}
+    for value in values:
+        name, _, rest = value.partition(":")
+        parts = rest.split(":")
+        try:
+            if not name or len(parts) != 2:
+                raise ValueError
+            parsed[name] = tuple(kind(p) for kind, p in zip(kinds, parts, strict=True))
+        except ValueError:
+            raise click.BadParameter(f"'{value}' is not NAME:NUMBER:NUMBER",
+                                     param_hint=option) from None
+    return parsed
+
+
+def validation_options(func):
+    """The options shared by compile and validate."""
+    options = [
+        click.option("--atol", type=float, default=1e-5, show_default=True,
+                     help="Absolute tolerance."),
+        click.option("--rtol", type=float, default=1e-3, show_default=True,
+                     help="Relative tolerance: pass if |out - ref| <= atol + rtol * |ref|."),
+        click.option("--tol", "tols", multiple=True, metavar="OUTPUT:ATOL:RTOL",
+                     help="Tolerance for one output (repeatable)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the random inputs."),
+        click.option("--range", "ranges", multiple=True, metavar="INPUT:LO:HI",
+                     help="Value range of one input's random data, HI excluded (repeatable)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _validation(atol, rtol, tols, seed, ranges, **extra):
+    from .validate import ValidationOptions
+
+    return ValidationOptions(atol=atol, rtol=rtol, seed=seed,
+                             tolerances=_triples("--tol", tols, (float, float)),
+                             ranges=_triples("--range", ranges, (float, float)), **extra)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="cpu", show_default=True,
@@ -46,15 +89,67 @@ def main():
               help="Package folder [default: artifacts/<model name>].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--archive", is_flag=True, help="Also write <output>.tar.gz.")
-def compile(model, target, inputs, output, force, archive):
-    """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET."""
+@click.option("--runtime-dir", type=click.Path(path_type=Path),
+              help="libtvm_runtime.so and libtvm_ffi.so for the target (or their wheels) "
+                   "[default: installed / fetched once into the cache].")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Check the package against ONNX Runtime and TorchScript.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Keep a package that fails validation (marked as not validated).")
+@validation_options
+@click.option("--java/--no-java", default=None,
+              help="Build the Java binding (java/deploytool.jar, JNI library) or leave it out "
+                   "[default: when a JDK is found].")
+def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
+            atol, rtol, tols, seed, ranges, java):
+    """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
+
+    The package is validated against ONNX Runtime and the original model when this machine can
+    run the target; a failing validation fails the compile unless --allow-mismatch is given.
+    """
     from .compiler import CompileOptions, compile_model
 
     options = CompileOptions(model=model, target=target, inputs=inputs, output=output,
-                             force=force, archive=archive)
+                             force=force, archive=archive, runtime_dir=runtime_dir,
+                             validate=validate,
+                             allow_mismatch=allow_mismatch,
+                             validation=_validation(atol, rtol, tols, seed, ranges), java=java)
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
     click.echo(f"package written to {package.path}" + (" (and .tar.gz)" if archive else ""))
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path),
+              help="The TorchScript model [default: the compiled file, if unchanged].")
+@validation_options
+@click.option("--inputs", "inputs_dir", type=click.Path(path_type=Path),
+              help="A folder of <input name>.npy files to use instead of random data.")
+@click.option("--samples", type=int, default=1, show_default=True,
+              help="Number of random input samples (seeds SEED, SEED+1, ...).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the report as JSON.")
+def validate(package, model, atol, rtol, tols, seed, ranges, inputs_dir, samples, json_path):
+    """Run PACKAGE (natively), ONNX Runtime and TorchScript on the same inputs and compare.
+
+    Exit 0 only if every output of every sample is within tolerance of every reference.
+    """
+    from .package import load_package
+    from .validate import record_validation, validate_package, write_report_json
+
+    if model is not None and not model.is_file():
+        raise DeploytoolError(f"model file {model} not found", "Check the --model path")
+    pkg = load_package(package)
+    options = _validation(atol, rtol, tols, seed, ranges, model=model, samples=samples,
+                          inputs_dir=inputs_dir)
+    report = validate_package(pkg, options)
+    click.echo(report.format())
+    if json_path:
+        write_report_json(report, json_path)
+    record_validation(pkg, report, "passed" if report.passed else "failed")
+    if not report.passed:
+        raise DeploytoolError("validation FAILED", "See the report above")
 
 
 @main.command()

@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .build import build_library
-from .frontends import load_model, to_onnx
+from .build import build_library, check_compiler
+from .errors import DeploytoolError
+from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
-from .native import build_native
+from .java import build_java, find_jdk
+from .native import build_native, tvm_runtime_libraries
 from .package import (
     FORMAT_VERSION,
     Package,
@@ -22,9 +24,18 @@ from .package import (
     file_digests,
     write_archive,
     write_examples,
+    write_test_vectors,
 )
+from .runners import can_run_target
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
+from .validate import (
+    ValidationOptions,
+    make_inputs,
+    onnxruntime_backend,
+    record_validation,
+    validate_package,
+)
 
 Log = Callable[[str], None]
 
@@ -39,6 +50,11 @@ class CompileOptions:
     output: Path | None = None
     force: bool = False
     archive: bool = False
+    runtime_dir: Path | None = None
+    validate: bool = True
+    allow_mismatch: bool = False
+    validation: ValidationOptions = field(default_factory=ValidationOptions)
+    java: bool | None = None  # None: build the Java binding when a JDK is present
 
     def output_dir(self) -> Path:
         return self.output or Path("artifacts") / self.model.stem
@@ -46,7 +62,8 @@ class CompileOptions:
     def display(self) -> str:
         inputs = ", ".join(map(str, self.inputs)) if self.inputs else "from the model file"
         return (f"model   {self.model}\ntarget  {self.target}\ninputs  {inputs}\n"
-                f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}")
+                f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}"
+                + (f"\nruntime {self.runtime_dir}" if self.runtime_dir else ""))
 
 
 @dataclass
@@ -92,6 +109,10 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     timer = StageTimer(log)
     target: TargetSpec = load_target(options.target).resolved()
     destination = options.output_dir()
+    check_compiler(target.cxx)  # the toolchain and runtime libraries first, before any heavy work
+    runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
+    if options.java:
+        find_jdk()  # fail before the long stages when --java was asked for and there is no JDK
     with atomic_folder(destination, options.force) as scratch:
         with timer.stage("load"):
             source = load_model(options.model, options.inputs)
@@ -106,7 +127,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
         with timer.stage("build"):
             build_library(mod, target, scratch / "model.so")
         with timer.stage("package"):
-            build_native(target, scratch)
+            build_native(target, scratch, runtime_libraries)
+            java = build_java(target, scratch, options.java, log)
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -121,17 +143,67 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 "versions": _versions(),
                 "compile_options": {**asdict(options), "model": str(options.model),
                                     "output": str(destination),
-                                    "inputs": [str(s) for s in onnx_model.inputs]},
+                                    "inputs": [str(s) for s in onnx_model.inputs],
+                                    "runtime_dir": (str(options.runtime_dir)
+                                                    if options.runtime_dir else None)},
                 "stage_seconds": timer.seconds,
-                "files": file_digests(scratch),
                 "validation": None,
                 "tuning": None,
                 "benchmarks": None,
+                "java": java,
             }
             package = Package(scratch, manifest)
+            manifest["self_test"] = _write_test_vectors(package, source, options.validation)
+            manifest["files"] = file_digests(scratch)
+            manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
             package.save_manifest()
             write_examples(scratch, manifest)
-    package = Package(destination, manifest)
+        _validate(package, target, source, options, timer, log)
+    package = Package(destination, package.manifest)
     if options.archive:
         write_archive(destination)
     return package
+
+
+def _write_test_vectors(package: Package, source, validation: ValidationOptions) -> dict:
+    """The package's own test vectors: seeded inputs and the original model's outputs."""
+    arrays = make_inputs(package.inputs, validation.seed, validation.ranges)
+    if source.format == "torchscript":
+        reference, outputs = "torchscript", run_torchscript(source.module, arrays)
+    elif source.format == "torch.export":
+        from .exported import run_exported
+
+        reference, outputs = "torch.export", run_exported(source.module, arrays)
+    else:
+        reference, outputs = "onnxruntime", onnxruntime_backend(package)(arrays)
+    return write_test_vectors(package.path, package.inputs, package.outputs, arrays, outputs,
+                              reference, validation.atol, validation.rtol)
+
+
+def _validate(package: Package, target: TargetSpec, source, options: CompileOptions,
+              timer: StageTimer, log: Log) -> None:
+    """Validate against the references when this machine can run the target; record the result."""
+    if not options.validate:
+        log("  validation skipped (--no-validate): the package is not validated")
+        record_validation(package, None, "skipped")
+        return
+    if not can_run_target(target):
+        log(f"  validation pending: this machine cannot run {target.name} code; run "
+            "bin/deploytool-run --self-test on the deployment machine")
+        record_validation(package, None, "pending")
+        return
+    validation = options.validation
+    if source.format == "torchscript" and validation.model is None:
+        validation = ValidationOptions(**{**validation.__dict__, "model": source.path})
+    with timer.stage("validate"):
+        report = validate_package(package, validation)
+    for line in report.format().splitlines():
+        log("    " + line)
+    record_validation(package, report, "passed" if report.passed else "failed")
+    if not report.passed and not options.allow_mismatch:
+        worst = max((c for c in report.comparisons if not c.passed), key=lambda c: c.min_atol)
+        raise DeploytoolError(
+            f"validation FAILED: output '{worst.output}' differs from {worst.reference} by up to "
+            f"{worst.max_abs_error:.3g} (atol {worst.atol:g}, rtol {worst.rtol:g})",
+            "Pass --allow-mismatch to keep the package marked as not validated, or adjust the "
+            "tolerance with --atol/--rtol if the difference is acceptable")

@@ -91,7 +91,6 @@ PROGRAM_FIXES: dict[str, Callable] = {"negative select index": fix_negative_sele
 
 def prepare_exported(model: SourceModel) -> OnnxModel:
     """Decompose the program, apply :data:`PROGRAM_FIXES`, and find its output specs."""
-    import torch
 
     try:
         program = model.module.run_decompositions()
@@ -103,15 +102,23 @@ def prepare_exported(model: SourceModel) -> OnnxModel:
         count = fix(program)
         if count:
             notes.append(f"applied torch.export fix '{name}' to {count} node(s)")
-    arrays = sample_inputs(model.inputs)
-    with torch.no_grad():
-        result = program.module()(*[torch.from_numpy(a) for a in arrays])
-    flat = list(result) if isinstance(result, list | tuple) else [result]
+    flat = run_exported(program, sample_inputs(model.inputs))
     names = ["output"] if len(flat) == 1 else [f"output{i}" for i in range(len(flat))]
-    outputs = [TensorSpec(n, tuple(t.shape), str(t.dtype).split(".")[-1])
+    outputs = [TensorSpec(n, tuple(t.shape), str(t.dtype))
                for n, t in zip(names, flat, strict=True)]
     return OnnxModel(None, model.inputs, outputs, notes, route="torch.export -> relax",
                      program=program)
+
+
+def run_exported(program, arrays) -> list:
+    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as numpy arrays."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        result = program.module()(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    flat = list(result) if isinstance(result, list | tuple) else [result]
+    return [t.detach().numpy() for t in flat]
 
 
 def import_exported(model: OnnxModel):

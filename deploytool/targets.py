@@ -17,8 +17,11 @@ CPU_FLAGS = {
     "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512cd": "avx512cd",
     "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
     "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
-    "avxvnni": "avx_vnni", "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
+    "avxvnni": "avx_vnni", "sse4a": "sse4a", "fma4": "fma4", "xop": "xop",
+    "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
     "i8mm": "i8mm", "sve": "sve", "bf16": "bf16",
+    # aarch64: only what generated kernels may use (not aes/sha2/crc: a Raspberry Pi 4 lacks them)
+    "fp-armv8": "fp", "rdm": "asimdrdm", "fp16fml": "asimdfhm", "sve2": "sve2",
 }
 
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from deploytool import exported
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
+from deploytool.errors import DeploytoolError
 from deploytool.examples import save_torchscript
 from deploytool.frontends import run_torchscript, sample_inputs
 from deploytool.package import load_package
@@ -90,7 +91,8 @@ def assert_close(got: list[np.ndarray], want: list[np.ndarray], what: str) -> No
                          ids=[f"{n}.{f}" for n, f, _ in CASES])
 def test_zoo_model_compiles_and_matches(name, fmt, kwargs, tmp_path):
     model, inputs, path = build(name, fmt, kwargs, tmp_path)
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg"))
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg", java=False))
+    assert package.manifest["validation"]["status"] == "passed"  # deploytool's own check
     assert package.manifest["model"]["route"] == (
         "torch.export -> relax" if fmt == "pt2" else "torchscript -> onnx -> relax")
     if fmt == "pt" and name in ("gru", "lstm"):  # converted by deploytool, and noted
@@ -117,7 +119,7 @@ def test_zoo_model_compiles_and_matches(name, fmt, kwargs, tmp_path):
 def test_scripted_transformer_fails_at_export_with_a_workaround(tmp_path):
     _, _, path = build("transformer", "pt", {}, tmp_path)
     out = tmp_path / "pkg"
-    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(out)])
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(out), "--no-java"])
     assert result.exit_code == 1
     message = result.output.strip().splitlines()[-1]
     assert message.startswith("Error: ")
@@ -132,7 +134,7 @@ def test_scripted_transformer_fails_at_export_with_a_workaround(tmp_path):
 def test_data_dependent_loop_fails_at_import_with_a_workaround(tmp_path):
     _, _, path = build("dynamic_loop", "pt", {}, tmp_path)
     out = tmp_path / "pkg"
-    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(out)])
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(out), "--no-java"])
     assert result.exit_code == 1
     message = result.output.strip().splitlines()[-1]
     assert "operator(s) Loop" in message and "stage import" in message
@@ -142,16 +144,24 @@ def test_data_dependent_loop_fails_at_import_with_a_workaround(tmp_path):
 
 def test_wrong_numbers_from_torch_export_lstm_are_detected(tmp_path, monkeypatch):
     """Without deploytool's fix, TVM compiles the .pt2 LSTM model to wrong numbers (the
-    ``y[:, -1]`` select reads out of bounds); comparing with torch eager catches it."""
+    ``y[:, -1]`` select reads out of bounds); validation against torch.export catches it."""
     model, inputs, path = build("lstm", "pt2", {}, tmp_path)
+    monkeypatch.setattr(exported, "PROGRAM_FIXES", {})
+    with pytest.raises(DeploytoolError, match="validation FAILED: output 'output' differs from "
+                                              "torch.export"):
+        compile_model(CompileOptions(model=path, output=tmp_path / "refused", java=False))
+    assert not (tmp_path / "refused").exists()
+    broken = compile_model(CompileOptions(model=path, output=tmp_path / "broken", java=False,
+                                          allow_mismatch=True))
+    assert broken.manifest["validation"]["status"] == "failed"
     arrays = sample_inputs(inputs, seed=1)
     want = eager(model, arrays)
-    monkeypatch.setattr(exported, "PROGRAM_FIXES", {})
-    broken = compile_model(CompileOptions(model=path, output=tmp_path / "broken"))
     got = run_package(broken.path, arrays, tmp_path / "run-broken")
     assert not np.allclose(got[0], want[0], rtol=1e-4, atol=1e-4), "discrepancy not detected"
     monkeypatch.undo()
-    fixed = compile_model(CompileOptions(model=path, output=tmp_path / "fixed"))
+    fixed = compile_model(CompileOptions(model=path, output=tmp_path / "fixed", java=False))
+    assert fixed.manifest["validation"]["status"] == "passed"
+    assert fixed.manifest["validation"]["references"] == ["torch.export"]
     assert fixed.manifest["model"]["notes"] == [
         "applied torch.export fix 'negative select index' to 1 node(s)"]
     assert_close(run_package(fixed.path, arrays, tmp_path / "run-fixed"), want, "fixed lstm")

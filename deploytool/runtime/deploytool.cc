@@ -1,5 +1,7 @@
 // deploytool C API over the TVM runtime: reads manifest.json, checks the machine, runs the Relax VM.
 #include "deploytool.h"
+#include "npy.hpp"
+#include "sha256.hpp"
 
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
@@ -8,6 +10,7 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <cmath>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +21,10 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
 
 namespace ffi = tvm::ffi;
 
@@ -64,6 +71,29 @@ std::string ReadFile(const std::string& path) {
 
 // CPU feature flags of this machine as /proc/cpuinfo names them ("avx2", "asimd", ...).
 std::set<std::string> MachineCpuFlags() {
+#if defined(__aarch64__)
+  // On aarch64, /proc/cpuinfo's Features are the kernel's hwcaps, named in this bit order
+  // (<bits/hwcap.h>). Reading them directly is also right under qemu-user, which shows the
+  // host's /proc/cpuinfo but gives the program the emulated CPU's hwcaps.
+  static const char* const kHwcap[] = {
+      "fp",    "asimd", "evtstrm", "aes",      "pmull",  "sha1",   "sha2",  "crc32", "atomics",
+      "fphp",  "asimdhp", "cpuid", "asimdrdm", "jscvt",  "fcma",   "lrcpc", "dcpop", "sha3",
+      "sm3",   "sm4",   "asimddp", "sha512",   "sve",    "asimdfhm", "dit", "uscat", "ilrcpc",
+      "flagm", "ssbs",  "sb",      "paca",     "pacg"};
+  static const char* const kHwcap2[] = {
+      "dcpodp", "sve2",    "sveaes",   "svepmull", "svebitperm", "svesha3", "svesm4",
+      "flagm2", "frint",   "svei8mm",  "svef32mm", "svef64mm",   "svebf16", "i8mm",
+      "bf16",   "dgh",     "rng",      "bti",      "mte"};
+  std::set<std::string> hwcaps;
+  unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  for (size_t bit = 0; bit < sizeof(kHwcap) / sizeof(kHwcap[0]); ++bit) {
+    if (hwcap & (1UL << bit)) hwcaps.insert(kHwcap[bit]);
+  }
+  for (size_t bit = 0; bit < sizeof(kHwcap2) / sizeof(kHwcap2[0]); ++bit) {
+    if (hwcap2 & (1UL << bit)) hwcaps.insert(kHwcap2[bit]);
+  }
+  if (!hwcaps.empty()) return hwcaps;
+#endif
   std::ifstream in("/proc/cpuinfo");
   std::set<std::string> flags;
   std::string line;
@@ -97,6 +127,23 @@ ffi::Any Field(const ffi::json::Object& object, const char* key) {
   auto value = object.Get(ffi::String(key));
   if (!value.has_value()) throw std::runtime_error(std::string("missing field '") + key + "'");
   return *value;
+}
+
+ffi::json::Object ReadManifest(const std::string& dir) {
+  std::string text = ReadFile(dir + "/manifest.json");
+  if (text.empty()) throw std::runtime_error("not a deploytool package: " + dir + "/manifest.json is missing or empty");
+  ffi::String parse_error;
+  return AsObject(ffi::json::Parse(text, &parse_error), "manifest.json");
+}
+
+double ValueAt(const char* data, const std::string& dtype, size_t i) {
+  if (dtype == "float32") return reinterpret_cast<const float*>(data)[i];
+  if (dtype == "float64") return reinterpret_cast<const double*>(data)[i];
+  if (dtype == "int64") return static_cast<double>(reinterpret_cast<const int64_t*>(data)[i]);
+  if (dtype == "int32") return reinterpret_cast<const int32_t*>(data)[i];
+  if (dtype == "int8") return reinterpret_cast<const int8_t*>(data)[i];
+  if (dtype == "uint8" || dtype == "bool") return reinterpret_cast<const uint8_t*>(data)[i];
+  throw std::runtime_error("the self-test cannot compare dtype " + dtype);
 }
 
 std::vector<TensorSpec> ParseTensorSpecs(const ffi::Any& value) {
@@ -151,6 +198,7 @@ void FillInfo(const TensorSpec& spec, dt_tensor_info* out) {
 
 struct dt_model {
   std::string dir;
+  std::optional<ffi::json::Object> manifest;
   DLDevice device;
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
@@ -186,9 +234,11 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   model->device = dl_device;
   std::vector<std::string> required;
   std::string arch;
+  int64_t model_size = -1;
   try {
     ffi::String parse_error;
     ffi::json::Object manifest = AsObject(ffi::json::Parse(manifest_text, &parse_error), "manifest.json");
+    model->manifest = manifest;
     model->inputs = ParseTensorSpecs(Field(manifest, "inputs"));
     model->outputs = ParseTensorSpecs(Field(manifest, "outputs"));
     ffi::json::Object runtime = AsObject(Field(manifest, "runtime"), "runtime");
@@ -196,6 +246,7 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     for (const ffi::Any& feature : Field(runtime, "cpu_features").cast<ffi::json::Array>()) {
       required.push_back(std::string(feature.cast<ffi::String>()));
     }
+    model_size = Field(AsObject(Field(manifest, "file_sizes"), "file_sizes"), "model.so").cast<int64_t>();
   } catch (const std::exception& error) {
     return Fail(DT_ERR_PACKAGE, "corrupted package: manifest.json in " + dir + ": " + error.what());
   }
@@ -210,7 +261,14 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   }
   if (!missing.empty()) {
     return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
-                                     "). Compile for a more portable target, e.g. x86_64-avx2");
+                                     "). Compile for a more portable target, e.g. " +
+                                     (std::strcmp(MachineArch(), "aarch64") == 0 ? "arm64" : "x86_64-avx2"));
+  }
+  // dlopen of a truncated library can die of SIGBUS, so check the size first (dt_verify checks content).
+  std::ifstream library_file(dir + "/model.so", std::ios::binary | std::ios::ate);
+  if (!library_file || static_cast<int64_t>(library_file.tellg()) != model_size) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + dir + "/model.so is missing or has the wrong size"
+                                " (truncated?). Copy the package again");
   }
   try {
     ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
@@ -300,6 +358,103 @@ int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
   } catch (const std::exception& error) {
     return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
   }
+  return DT_OK;
+}
+
+int dt_verify(const char* package_dir) {
+  if (package_dir == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_verify: null argument");
+  std::string dir = package_dir;
+  try {
+    ffi::json::Object files = AsObject(Field(ReadManifest(dir), "files"), "files");
+    for (const auto& entry : files) {
+      std::string name = std::string(entry.first.cast<ffi::String>());
+      std::string expected = std::string(entry.second.cast<ffi::String>());
+      std::string actual = sha256::OfFile(dir + "/" + name);
+      if (actual.empty()) return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " is missing");
+      if (actual != expected) {
+        return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " does not match its sha256 in manifest.json"
+                                    " (truncated or modified). Copy the package again");
+      }
+    }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, std::string("corrupted package: ") + error.what());
+  }
+  return DT_OK;
+}
+
+int dt_self_test(dt_model* model, char* report, size_t report_size) {
+  if (!model) return Fail(DT_ERR_ARGUMENT, "dt_self_test: null model");
+  std::string text, failures;
+  try {
+    auto self_test = model->manifest->Get(ffi::String("self_test"));
+    if (!self_test.has_value() || self_test->type_index() == ffi::TypeIndex::kTVMFFINone) {
+      return Fail(DT_ERR_PACKAGE, "the package carries no test vectors. Compile it again with deploytool");
+    }
+    ffi::json::Object test = AsObject(*self_test, "self_test");
+    double atol = Field(test, "atol").cast<double>(), rtol = Field(test, "rtol").cast<double>();
+    auto files = [&](const char* key) {
+      std::vector<std::string> paths;
+      for (const ffi::Any& item : Field(test, key).cast<ffi::json::Array>()) {
+        paths.push_back(model->dir + "/" + std::string(Field(AsObject(item, key), "file").cast<ffi::String>()));
+      }
+      return paths;
+    };
+    std::vector<std::string> input_files = files("inputs"), output_files = files("outputs");
+    if (input_files.size() != model->inputs.size() || output_files.size() != model->outputs.size()) {
+      throw std::runtime_error("self_test lists a different number of tensors than the model has");
+    }
+    std::vector<npy::Array> inputs, expected;
+    std::vector<const void*> in;
+    for (const auto& path : input_files) {
+      inputs.push_back(npy::Load(path));
+      in.push_back(inputs.back().data.data());
+    }
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (inputs[i].data.size() != model->inputs[i].nbytes) throw std::runtime_error(input_files[i] + " has the wrong size");
+    }
+    std::vector<std::vector<char>> outputs;
+    std::vector<void*> out;
+    for (const auto& spec : model->outputs) outputs.emplace_back(spec.nbytes);
+    for (auto& buffer : outputs) out.push_back(buffer.data());
+    int code = dt_run(model, in.data(), out.data());
+    if (code != DT_OK) return code;
+    for (size_t o = 0; o < outputs.size(); ++o) {
+      const TensorSpec& spec = model->outputs[o];
+      npy::Array reference = npy::Load(output_files[o]);
+      if (reference.data.size() != spec.nbytes) throw std::runtime_error(output_files[o] + " has the wrong size");
+      size_t count = spec.nbytes / ((spec.dl_dtype.bits + 7) / 8);
+      double worst = 0, worst_excess = -1;
+      size_t worst_at = 0;
+      bool passed = true;
+      for (size_t i = 0; i < count; ++i) {
+        double a = ValueAt(outputs[o].data(), spec.dtype, i), r = ValueAt(reference.data.data(), spec.dtype, i);
+        double diff = (std::isinf(a) && a == r) ? 0.0 : std::fabs(a - r);
+        if (std::isnan(diff)) diff = INFINITY;
+        double excess = diff - rtol * (std::isfinite(r) ? std::fabs(r) : 0.0);
+        if (std::isnan(a) || std::isnan(r) || !(excess <= atol)) passed = false;
+        if (diff > worst || std::isnan(a) || std::isnan(r)) worst = std::isnan(a) || std::isnan(r) ? NAN : diff;
+        if (excess > worst_excess) {
+          worst_excess = excess;
+          worst_at = i;
+        }
+      }
+      char line[512];
+      std::snprintf(line, sizeof(line), "%s: max abs error %.3g (worst at flat index %zu) %s\n", spec.name.c_str(),
+                    worst, worst_at, passed ? "PASSED" : "FAILED");
+      text += line;
+      if (!passed) failures += (failures.empty() ? "" : ", ") + spec.name;
+    }
+    char rule[128];
+    std::snprintf(rule, sizeof(rule), "self-test %s (atol %g, rtol %g)\n", failures.empty() ? "PASSED" : "FAILED", atol,
+                  rtol);
+    text += rule;
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, std::string("the self-test could not run: ") + error.what());
+  }
+  if (report != nullptr && report_size > 0) {
+    std::snprintf(report, report_size, "%s", text.c_str());
+  }
+  if (!failures.empty()) return Fail(DT_ERR_MISMATCH, "self-test FAILED for output(s) " + failures);
   return DT_OK;
 }
 

@@ -20,6 +20,7 @@ extern "C" {
 #define DT_ERR_PACKAGE 2   /* not a package, or an unreadable or corrupted one */
 #define DT_ERR_PLATFORM 3  /* this machine cannot run the package (CPU features, architecture) */
 #define DT_ERR_RUN 4       /* the model failed while running */
+#define DT_ERR_MISMATCH 5  /* the self-test's outputs differ from the reference outputs */
 
 #define DT_MAX_NDIM 8
 
@@ -48,6 +49,15 @@ int dt_output_info(const dt_model* model, int index, dt_tensor_info* out);
 /* Run the model. inputs[i] points to the data of input i (row-major, dt_input_info's nbytes);
  * outputs[i] to a caller-owned buffer of dt_output_info's nbytes, which receives output i. */
 int dt_run(dt_model* model, const void* const* inputs, void* const* outputs);
+
+/* Check the sha256 of model.so and the test vectors against manifest.json: DT_ERR_PACKAGE names a
+ * corrupted or truncated file. Call it before dt_load on a package that was copied around. */
+int dt_verify(const char* package_dir);
+
+/* Run the package's own test vectors (inputs and reference outputs computed when it was compiled)
+ * and compare under |out - ref| <= atol + rtol * |ref|. DT_OK if all pass, DT_ERR_MISMATCH if not.
+ * If report is not NULL, a line per output (max abs error, PASSED/FAILED) is written to it. */
+int dt_self_test(dt_model* model, char* report, size_t report_size);
 
 #ifdef __cplusplus
 }

@@ -19,9 +19,11 @@ namespace {
 
 const char* kUsage =
     "usage: deploytool-run [PACKAGE] [--device cpu] [--input NAME=FILE.npy]... [--seed N]\n"
-    "                      [--output-dir DIR] [--repeat N]\n"
+    "                      [--output-dir DIR] [--repeat N] [--verify] [--self-test]\n"
     "PACKAGE defaults to the package this program belongs to. Inputs not given are seeded random\n"
-    "(floats in [-1, 1), integers in [0, 10)).\n";
+    "(floats in [-1, 1), integers in [0, 10)).\n"
+    "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
+    "--self-test  verify, then run the package's test vectors against its reference outputs\n";
 
 double Millis(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
@@ -75,6 +77,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> input_files;
   uint64_t seed = 0;
   long repeat = 0;
+  bool verify = false, self_test = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -103,6 +106,10 @@ int main(int argc, char** argv) {
       output_dir = value();
     } else if (arg == "--repeat") {
       repeat = std::strtol(value().c_str(), nullptr, 10);
+    } else if (arg == "--verify") {
+      verify = true;
+    } else if (arg == "--self-test") {
+      self_test = true;
     } else if (!arg.empty() && arg[0] == '-') {
       std::fprintf(stderr, "error: unknown option %s\n%s", arg.c_str(), kUsage);
       return 2;
@@ -114,6 +121,30 @@ int main(int argc, char** argv) {
     }
   }
   if (package.empty()) package = OwnPackage();
+  if (verify || self_test) {
+    if (dt_verify(package.c_str()) != DT_OK) {
+      std::fprintf(stderr, "error: %s\n", dt_last_error());
+      return 1;
+    }
+    std::printf("verify: model.so and test vectors match manifest.json\n");
+  }
+  if (self_test) {
+    try {
+      deploytool::Model model(package, device);
+      std::vector<char> report(1 << 16);
+      int code = dt_self_test(model.handle(), report.data(), report.size());
+      std::printf("%s", report.data());
+      if (code != DT_OK) {
+        std::fprintf(stderr, "error: %s\n", dt_last_error());
+        return 1;
+      }
+      return 0;
+    } catch (const std::exception& error) {
+      std::fprintf(stderr, "error: %s\n", error.what());
+      return 1;
+    }
+  }
+  if (verify) return 0;
   try {
     auto start = std::chrono::steady_clock::now();
     deploytool::Model model(package, device);
