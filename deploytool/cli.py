@@ -179,3 +179,38 @@ def example(name, output):
 
     path = write_example(name, output or Path(f"{name}.pt"))
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path),
+              help="The TorchScript file the package was compiled from, for --compare "
+                   "torchscript [default: the path its manifest records, if still there].")
+@click.option("--compare", default="", metavar="BACKEND,...",
+              help="Also run these on the same inputs: onnxruntime, torchscript.")
+@click.option("--warmup-ms", type=float, default=200, show_default=True,
+              help="Warm-up per round before the timed runs.")
+@click.option("--min-iters", type=int, default=50, show_default=True,
+              help="Timed runs at least, all rounds together.")
+@click.option("--min-seconds", type=float, default=3, show_default=True,
+              help="Timed seconds at least, all rounds together.")
+@click.option("--threads", type=int, help="Threads of every backend [default: the CPUs usable].")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Interleaved rounds, each a fresh process per backend.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the results, with every latency, to this JSON file.")
+def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, rounds,
+          json_path):
+    """Measure PACKAGE's latency and memory through its native runner (no Python in the loop),
+    optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest."""
+    from .bench import BenchOptions, bench_package, format_table, parse_compare
+
+    options = BenchOptions(package=package, model=model, compare=parse_compare(compare),
+                           warmup_ms=warmup_ms, min_iters=min_iters, min_seconds=min_seconds,
+                           threads=threads, rounds=rounds, json=json_path)
+    options.check()
+    click.echo(options.display())
+    result = bench_package(options, log=click.echo)
+    click.echo("\n" + format_table(result))
+    click.echo(f"\nstored in {result.options.package / 'manifest.json'} (benchmarks)"
+               + (f" and {json_path}" if json_path else ""))

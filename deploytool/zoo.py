@@ -9,6 +9,25 @@ from .examples import cnn, mlp
 from .tensors import TensorSpec
 
 
+def _calibrated(model, inputs: list[TensorSpec]):
+    """He-initialise the convolutions and set the batch-norm statistics from random batches, as
+    training would. With PyTorch's default init and identity statistics, a deep random network's
+    output ignores its input (MobileNetV2's varied by 1e-9), which would make validation vacuous."""
+    import torch
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, *inputs[0].shape[1:]))
+    return model.eval(), inputs
+
+
 def resnet18(num_classes: int = 1000, size: int = 224):
     """ResNet-18 in plain torch (the torchvision architecture, random weights)."""
     from torch import nn
@@ -36,7 +55,7 @@ def resnet18(num_classes: int = 1000, size: int = 224):
         layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))]
+    return _calibrated(nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))])
 
 
 def mobilenet_v2(num_classes: int = 1000, size: int = 224):
@@ -71,7 +90,7 @@ def mobilenet_v2(num_classes: int = 1000, size: int = 224):
             cin = cout
     layers += conv_bn(cin, 1280, 1, 1)
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, num_classes)]
-    return nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))]
+    return _calibrated(nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))])
 
 
 def transformer(vocab: int = 100, width: int = 32, heads: int = 4, layers: int = 2,
