@@ -102,7 +102,7 @@ def _validation(atol, rtol, tols, seed, ranges, **extra):
                    "[default: when a JDK is found].")
 def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
             atol, rtol, tols, seed, ranges, java):
-    """Compile MODEL (TorchScript .pt or .onnx) into a package for TARGET.
+    """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
     run the target; a failing validation fails the compile unless --allow-mismatch is given.

@@ -1,4 +1,4 @@
-"""compile_model: TorchScript or ONNX -> ONNX -> Relax -> target library -> package."""
+"""compile_model: TorchScript, ONNX or torch.export -> Relax -> target library -> package."""
 
 from __future__ import annotations
 
@@ -121,9 +121,12 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             source = load_model(options.model, options.inputs)
         with timer.stage("export"):
             onnx_model = to_onnx(source)
-            (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
+            if onnx_model.proto is not None:  # None on the torch.export route
+                (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
         with timer.stage("import"):
             mod = import_relax(onnx_model)
+        for note in onnx_model.notes:
+            log(f"  note: {note}")
         with timer.stage("build"):
             build_library(mod, target, scratch / "model.so")
         with timer.stage("package"):
@@ -133,7 +136,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 "format_version": FORMAT_VERSION,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "model": {"name": source.name, "file": source.path.name, "sha256": source.sha256,
-                          "format": source.format, "route": f"{source.format} -> onnx -> relax"},
+                          "format": source.format, "route": onnx_model.route,
+                          "notes": onnx_model.notes},
                 "inputs": [s.to_dict() for s in onnx_model.inputs],
                 "outputs": [s.to_dict() for s in onnx_model.outputs],
                 "target": {**target.to_dict(), "resolved_cpu": target.cpu},
@@ -171,6 +175,10 @@ def _write_test_vectors(package: Package, source, validation: ValidationOptions)
     arrays = make_inputs(package.inputs, validation.seed, validation.ranges)
     if source.format == "torchscript":
         reference, outputs = "torchscript", run_torchscript(source.module, arrays)
+    elif source.format == "torch.export":
+        from .exported import run_exported
+
+        reference, outputs = "torch.export", run_exported(source.module, arrays)
     else:
         reference, outputs = "onnxruntime", onnxruntime_backend(package)(arrays)
     return write_test_vectors(package.path, package.inputs, package.outputs, arrays, outputs,

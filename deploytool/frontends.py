@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,8 @@ class OnnxModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     notes: list[str] = field(default_factory=list)
+    route: str = ""  # how the model got here, e.g. "torchscript -> onnx -> relax"
+    program: Any = None  # a torch.export ExportedProgram, imported without ONNX (proto is None)
 
 
 def sha256_of(path: Path) -> str:
@@ -84,7 +90,7 @@ def load_model(path: str | Path, inputs: list[TensorSpec] | None = None) -> Sour
     path = Path(path)
     if not path.is_file():
         raise DeploytoolError(f"model file {path} not found", "Check the path")
-    loader = FRONTENDS["onnx" if path.suffix == ".onnx" else "torchscript"]
+    loader = FRONTENDS[SUFFIXES.get(path.suffix, "torchscript")]
     return loader(path, inputs)
 
 
@@ -159,7 +165,11 @@ def to_onnx(model: SourceModel, opset: int = 17) -> OnnxModel:
 
         inferred = onnx.shape_inference.infer_shapes(model.module)
         outputs = [_value_spec(v, model.path) for v in inferred.graph.output]
-        return OnnxModel(model.module, model.inputs, outputs)
+        return OnnxModel(model.module, model.inputs, outputs, route="onnx -> relax")
+    if model.format == "torch.export":
+        from .exported import prepare_exported
+
+        return prepare_exported(model)
     return _export_torchscript(model, opset)
 
 
@@ -190,20 +200,45 @@ def _export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
             f"the model rejected inputs {', '.join(map(str, model.inputs))} "
             f"({_last_line(err)})", "Pass the shapes the model expects with --input") from err
     names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
+    args = tuple(torch.from_numpy(a) for a in arrays)
+    notes: list[str] = []
+
+    def export(module) -> bytes:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), _output_silenced():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.module, tuple(torch.from_numpy(a) for a in arrays), buffer,
-                              dynamo=False, opset_version=opset,
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
                               input_names=[s.name for s in model.inputs], output_names=names)
+        return buffer.getvalue()
+
+    try:
+        exported = export(model.module)
     except Exception as err:
-        raise DeploytoolError(f"export to ONNX failed ({_last_line(err)})",
-                              "Rewrite the unsupported part of the model, or pass an .onnx file "
-                              "exported another way") from err
+        from .fallbacks import export_with_fallbacks
+
+        exported = export_with_fallbacks(model.module, args, export, err, notes)
     output_specs = [TensorSpec(n, tuple(o.shape), str(o.dtype))
                     for n, o in zip(names, outputs, strict=True)]
-    return OnnxModel(onnx.load_from_string(buffer.getvalue()), model.inputs, output_specs)
+    return OnnxModel(onnx.load_from_string(exported), model.inputs, output_specs, notes,
+                     route="torchscript -> onnx -> relax")
+
+
+@contextmanager
+def _output_silenced():
+    """Hide what C++ code prints (the ONNX exporter dumps whole graphs when it fails)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def _last_line(err: Exception) -> str:
@@ -211,7 +246,16 @@ def _last_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def _load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
+    from .exported import load_exported
+
+    return load_exported(path, inputs)
+
+
 FRONTENDS: dict[str, Callable[[Path, list[TensorSpec] | None], SourceModel]] = {
     "torchscript": _load_torchscript,
     "onnx": _load_onnx,
+    "torch.export": _load_exported,
 }
+# Model file suffix -> frontend; any other suffix is read as TorchScript.
+SUFFIXES = {".onnx": "onnx", ".pt2": "torch.export"}

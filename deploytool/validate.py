@@ -191,6 +191,17 @@ def _torchscript_model(package: Package, options: ValidationOptions, notes: list
     return None
 
 
+def _exported_program(package: Package, notes: list[str]):
+    """The torch.export program a .pt2 package was compiled from, if it is still there."""
+    if package.manifest["model"]["format"] != "torch.export":
+        return None
+    compiled = Path(package.manifest["compile_options"]["model"])
+    if compiled.is_file() and sha256_of(compiled) == package.manifest["model"]["sha256"]:
+        return load_model(compiled).module
+    notes.append(f"torch.export reference skipped: the compiled model file is not at {compiled}")
+    return None
+
+
 def validate_package(package: Package, options: ValidationOptions | None = None,
                      native: Callable[[Package, Arrays], Arrays] | None = None
                      ) -> ValidationReport:
@@ -216,10 +227,17 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
         raise DeploytoolError(f"--tol names unknown output(s) {', '.join(sorted(unknown))}",
                               f"Use one of {', '.join(s.name for s in package.outputs)}")
     notes: list[str] = []
-    references = {"onnxruntime": onnxruntime_backend(package)}
+    references = {}
+    if (package.path / "model.onnx").is_file():  # not on the torch.export route
+        references["onnxruntime"] = onnxruntime_backend(package)
     model = _torchscript_model(package, options, notes)
     if model is not None:
         references["torchscript"] = torchscript_backend(package, model)
+    program = _exported_program(package, notes)
+    if program is not None:
+        from .exported import run_exported
+
+        references["torch.export"] = lambda arrays: run_exported(program, arrays)
     if options.inputs_dir is not None:
         samples = [read_inputs_dir(options.inputs_dir, package.inputs)]
     else:
