@@ -65,16 +65,29 @@ def validation_options(func):
                      help="Seed of the random inputs."),
         click.option("--range", "ranges", multiple=True, metavar="INPUT:LO:HI",
                      help="Value range of one input's random data, HI excluded (repeatable)."),
+        click.option("--batch-sizes", callback=_sizes, metavar="N,N,...",
+                     help="Sizes to validate a package with symbolic dimensions at "
+                          "[default: 1, 2 and the upper bound]."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _validation(atol, rtol, tols, seed, ranges, **extra):
+def _sizes(ctx, param, value):
+    try:
+        sizes = tuple(int(v) for v in value.split(",")) if value else ()
+    except ValueError:
+        sizes = (0,)
+    if any(s < 1 for s in sizes):
+        raise click.BadParameter(f"'{value}' is not positive sizes joined by commas (1,4,32)")
+    return sizes
+
+
+def _validation(atol, rtol, tols, seed, ranges, batch_sizes=(), **extra):
     from .validate import ValidationOptions
 
-    return ValidationOptions(atol=atol, rtol=rtol, seed=seed,
+    return ValidationOptions(atol=atol, rtol=rtol, seed=seed, batch_sizes=batch_sizes,
                              tolerances=_triples("--tol", tols, (float, float)),
                              ranges=_triples("--range", ranges, (float, float)), **extra)
 
@@ -101,7 +114,7 @@ def _validation(atol, rtol, tols, seed, ranges, **extra):
               help="Build the Java binding (java/deploytool.jar, JNI library) or leave it out "
                    "[default: when a JDK is found].")
 def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
-            atol, rtol, tols, seed, ranges, java):
+            atol, rtol, tols, seed, ranges, batch_sizes, java):
     """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
@@ -113,7 +126,8 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
                              force=force, archive=archive, runtime_dir=runtime_dir,
                              validate=validate,
                              allow_mismatch=allow_mismatch,
-                             validation=_validation(atol, rtol, tols, seed, ranges), java=java)
+                             validation=_validation(atol, rtol, tols, seed, ranges,
+                                                    batch_sizes), java=java)
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
     click.echo(f"package written to {package.path}" + (" (and .tar.gz)" if archive else ""))
@@ -130,7 +144,8 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
               help="Number of random input samples (seeds SEED, SEED+1, ...).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON.")
-def validate(package, model, atol, rtol, tols, seed, ranges, inputs_dir, samples, json_path):
+def validate(package, model, atol, rtol, tols, seed, ranges, batch_sizes, inputs_dir, samples,
+             json_path):
     """Run PACKAGE (natively), ONNX Runtime and TorchScript on the same inputs and compare.
 
     Exit 0 only if every output of every sample is within tolerance of every reference.
@@ -141,8 +156,8 @@ def validate(package, model, atol, rtol, tols, seed, ranges, inputs_dir, samples
     if model is not None and not model.is_file():
         raise DeploytoolError(f"model file {model} not found", "Check the --model path")
     pkg = load_package(package)
-    options = _validation(atol, rtol, tols, seed, ranges, model=model, samples=samples,
-                          inputs_dir=inputs_dir)
+    options = _validation(atol, rtol, tols, seed, ranges, batch_sizes, model=model,
+                          samples=samples, inputs_dir=inputs_dir)
     report = validate_package(pkg, options)
     click.echo(report.format())
     if json_path:

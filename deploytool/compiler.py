@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .build import build_library, check_compiler
 from .cuda import check_toolchain, is_cuda, readme_section, runtime_manifest
+from .dynamic import example_sizes
 from .errors import DeploytoolError
 from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
@@ -172,7 +173,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
 
 def _write_test_vectors(package: Package, source, validation: ValidationOptions) -> dict:
     """The package's own test vectors: seeded inputs and the original model's outputs."""
-    arrays = make_inputs(package.inputs, validation.seed, validation.ranges)
+    arrays = make_inputs(package.inputs, validation.seed, validation.ranges,
+                         example_sizes(package.inputs))  # one size of any symbolic dimension
     if source.format == "torchscript":
         reference, outputs = "torchscript", run_torchscript(source.module, arrays)
     elif source.format == "torch.export":

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DeploytoolError
-from .tensors import TensorSpec, parse_inputs_json
+from .tensors import SYMBOL, TensorSpec, concrete_specs, parse_inputs_json
 
 SAVE_HINT = "Save it with torch.jit.save(torch.jit.script(model), path)"
 
@@ -58,11 +58,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sample_inputs(specs: list[TensorSpec], seed: int = 0) -> list[np.ndarray]:
-    """Seeded sample data: floats in [-1, 1), integers in [0, 10), booleans."""
+def sample_inputs(specs: list[TensorSpec], seed: int = 0,
+                  sizes: dict[str, int] | None = None) -> list[np.ndarray]:
+    """Seeded sample data: floats in [-1, 1), integers in [0, 10), booleans; symbolic
+    dimensions take their size in ``sizes`` (default 1)."""
     rng = np.random.default_rng(seed)
     arrays = []
-    for spec in specs:
+    for spec in concrete_specs(specs, sizes):
         if spec.dtype.startswith("float"):
             arrays.append(rng.uniform(-1, 1, spec.shape).astype(spec.dtype))
         elif spec.dtype == "bool":
@@ -150,7 +152,9 @@ def _value_spec(value, path: Path | None = None) -> TensorSpec:
     import onnx
 
     tensor_type = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") else
+            (d.dim_param if SYMBOL.fullmatch(d.dim_param) else None)
+            for d in tensor_type.shape.dim]
     if None in dims:
         raise DeploytoolError(f"ONNX tensor '{value.name}' of {path} has a symbolic shape",
                               f"Pass its shape with --input {value.name}:SHAPE:DTYPE")
@@ -190,7 +194,9 @@ def _export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
     import onnx
     import torch
 
-    arrays = sample_inputs(model.inputs)
+    from .dynamic import dynamic_axes, example_sizes
+
+    arrays = sample_inputs(model.inputs, sizes=example_sizes(model.inputs))
     try:
         outputs = run_torchscript(model.module, arrays)
     except DeploytoolError:
@@ -208,7 +214,8 @@ def _export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
         with warnings.catch_warnings(), _output_silenced():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
-                              input_names=[s.name for s in model.inputs], output_names=names)
+                              input_names=[s.name for s in model.inputs], output_names=names,
+                              dynamic_axes=dynamic_axes(model.inputs) or None)
         return buffer.getvalue()
 
     try:
@@ -249,6 +256,12 @@ def _last_line(err: Exception) -> str:
 def _load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
     from .exported import load_exported
 
+    dynamic = [str(s) for s in inputs or [] if s.is_dynamic]
+    if dynamic:
+        raise DeploytoolError(
+            f"symbolic dimensions ({', '.join(dynamic)}) are not supported for torch.export "
+            f"archives like {path}", "Compile the TorchScript or ONNX form of the model for a "
+            "dynamic batch, or give static shapes")
     return load_exported(path, inputs)
 
 

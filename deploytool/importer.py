@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 from .converters import CONVERTERS, apply_converters
+from .dynamic import annotate_bounds, relax_output_specs, relax_shape_dict
 from .errors import DeploytoolError
 from .frontends import OnnxModel
+from .tensors import symbol_bounds, with_bounds
 
 
 def operator_counts(proto) -> Counter:
@@ -90,11 +92,19 @@ def import_relax(model: OnnxModel):
             "(stage import)", "; ".join(hints) if hints else DEFAULT_WORKAROUND)
     proto, notes = apply_converters(model.proto, set(tvm_missing_operators(model.proto)))
     model.notes.extend(notes)
+    dynamic = any(s.is_dynamic for s in model.inputs)
     try:
-        return from_onnx(proto, shape_dict={s.name: list(s.shape) for s in model.inputs},
-                         dtype_dict={s.name: s.dtype for s in model.inputs},
-                         keep_params_in_input=False)
+        mod = from_onnx(proto, shape_dict=(relax_shape_dict(model.inputs) if dynamic else
+                                           {s.name: list(s.shape) for s in model.inputs}),
+                        dtype_dict={s.name: s.dtype for s in model.inputs},
+                        keep_params_in_input=False)
     except Exception as err:
         message = str(err).strip().splitlines()
         raise DeploytoolError(f"TVM's ONNX import failed ({message[-1] if message else err})",
                               "Simplify the failing part of the model or report it") from err
+    if dynamic or any(s.is_dynamic for s in model.outputs):
+        # bounds for memory planning; output shapes in terms of the input symbols
+        model.inputs = with_bounds(model.inputs, symbol_bounds(model.inputs))
+        model.outputs = relax_output_specs(mod, model.outputs, model.inputs)
+        mod = annotate_bounds(mod, model.inputs)
+    return mod

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from .comparison import Comparison, compare
+from .dynamic import validation_sizes
 from .errors import DeploytoolError
 from .frontends import load_model, run_torchscript, sha256_of
 from .package import Package
 from .runners import runner_command
-from .tensors import TensorSpec
+from .tensors import TensorSpec, concrete_specs, symbol_bounds
 
 Arrays = list[np.ndarray]
 
@@ -34,6 +35,7 @@ class ValidationOptions:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # per input
     inputs_dir: Path | None = None
     model: Path | None = None  # the TorchScript reference; None: the compiled file if unchanged
+    batch_sizes: tuple[int, ...] = ()  # sizes of the symbolic dims; () means 1, 2 and the bound
 
     def tolerance(self, output: str) -> tuple[float, float]:
         return self.tolerances.get(output, (self.atol, self.rtol))
@@ -48,6 +50,7 @@ class ValidationReport:
     samples: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    batch_sizes: list[int] | None = None  # the sizes a dynamic package ran at; None: static
 
     @property
     def passed(self) -> bool:
@@ -56,7 +59,8 @@ class ValidationReport:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "references": self.references, "samples": self.samples,
                 "seed": self.seed, "notes": self.notes,
-                "comparisons": [c.to_dict() for c in self.comparisons]}
+                "comparisons": [c.to_dict() for c in self.comparisons],
+                **({"batch_sizes": self.batch_sizes} if self.batch_sizes else {})}
 
     def format(self) -> str:
         lines = [f"{'output':<12} {'reference':<12} {'max abs':>10} {'max rel':>10} "
@@ -73,14 +77,17 @@ class ValidationReport:
         lines.append(f"validation {'PASSED' if self.passed else 'FAILED'}: "
                      f"{len(self.comparisons) - len(failed)}/{len(self.comparisons)} comparisons "
                      f"within {rule} against {', '.join(self.references)} "
-                     f"({self.samples} sample{'s' if self.samples > 1 else ''}, seed {self.seed})")
+                     f"({self.samples} sample{'s' if self.samples > 1 else ''}, seed {self.seed}"
+                     + (f", batch sizes {', '.join(map(str, self.batch_sizes))}"
+                        if self.batch_sizes else "") + ")")
         return "\n".join(lines)
 
 
 def make_inputs(specs: list[TensorSpec], seed: int,
-                ranges: dict[str, tuple[float, float]] | None = None) -> Arrays:
+                ranges: dict[str, tuple[float, float]] | None = None,
+                sizes: dict[str, int] | None = None) -> Arrays:
     """Seeded inputs: floats uniform in [lo, hi) (default [-1, 1)), integers in [lo, hi)
-    (default [0, 10)), booleans."""
+    (default [0, 10)), booleans. Symbolic dimensions take their size in ``sizes`` (default 1)."""
     ranges = ranges or {}
     unknown = set(ranges) - {s.name for s in specs}
     if unknown:
@@ -88,7 +95,7 @@ def make_inputs(specs: list[TensorSpec], seed: int,
                               f"Use one of {', '.join(s.name for s in specs)}")
     rng = np.random.default_rng(seed)
     arrays = []
-    for spec in specs:
+    for spec in concrete_specs(specs, sizes):
         if spec.dtype == "bool":
             arrays.append(rng.integers(0, 2, spec.shape).astype(bool))
         elif spec.dtype.startswith("float"):
@@ -116,12 +123,19 @@ def read_inputs_dir(folder: Path, specs: list[TensorSpec]) -> Arrays:
         except (OSError, ValueError) as err:
             raise DeploytoolError(f"{path} is not a valid .npy file ({err})",
                                   "Save it with numpy.save") from err
-        if tuple(array.shape) != spec.shape or str(array.dtype) != spec.dtype:
+        if not spec.matches(array.shape) or str(array.dtype) != spec.dtype:
             raise DeploytoolError(
                 f"{path} holds {array.dtype} {tuple(array.shape)} but input '{spec.name}' "
-                f"needs {spec.dtype} {spec.shape}", "Save an array of that shape and dtype")
+                f"needs {spec.dtype} {_shape_text(spec)}",
+                "Save an array of that shape and dtype")
         arrays.append(array)
     return arrays
+
+
+def _shape_text(spec: TensorSpec) -> str:
+    """(1, 512), or (N<=32, 512) for a symbolic dimension."""
+    return "(" + ", ".join(f"{d}<={spec.bound(d)}" if spec.bound(d) else str(d)
+                           for d in spec.shape) + ")"
 
 
 def run_native(package: Package, arrays: Arrays) -> Arrays:
@@ -238,11 +252,20 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
         from .exported import run_exported
 
         references["torch.export"] = lambda arrays: run_exported(program, arrays)
+    dynamic = any(s.is_dynamic for s in package.inputs)
+    batch_sizes = validation_sizes(package.inputs, options.batch_sizes) if dynamic else None
+    if options.batch_sizes and not dynamic:
+        raise DeploytoolError("--batch-sizes is for a package with symbolic dimensions, and "
+                              f"{package.path} has static shapes", "Drop --batch-sizes")
     if options.inputs_dir is not None:
         samples = [read_inputs_dir(options.inputs_dir, package.inputs)]
-    else:
-        samples = [make_inputs(package.inputs, options.seed + k, options.ranges)
-                   for k in range(options.samples)]
+        batch_sizes = sorted({int(a.shape[axis]) for spec, a in zip(package.inputs, samples[0],
+                                                                    strict=True)
+                              for axis, d in enumerate(spec.shape) if isinstance(d, str)}) or None
+    else:  # every sample at every size of the symbolic dimensions (one size when static)
+        samples = [make_inputs(package.inputs, options.seed + k, options.ranges,
+                               {sym: size for sym in symbol_bounds(package.inputs)})
+                   for size in batch_sizes or [1] for k in range(options.samples)]
     worst: dict[tuple[str, str], Comparison] = {}
     for arrays in samples:
         actual = native(package, arrays)
@@ -254,8 +277,9 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
                 key = (spec.name, ref_name)
                 if key not in worst or _badness(c) > _badness(worst[key]):
                     worst[key] = c
-    return ValidationReport(list(worst.values()), list(references), len(samples), options.seed,
-                            notes)
+    return ValidationReport(list(worst.values()), list(references),
+                            1 if options.inputs_dir is not None else options.samples,
+                            options.seed, notes, batch_sizes)
 
 
 def _badness(c: Comparison) -> tuple:
