@@ -12,11 +12,13 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <algorithm>
 #include <cmath>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -43,9 +45,19 @@ struct TensorSpec {
   std::string name;
   std::string dtype;
   DLDataType dl_dtype;
-  std::vector<int64_t> shape;
-  size_t nbytes;
+  std::vector<int64_t> shape;        // -1 for a symbolic dimension
+  std::vector<std::string> symbols;  // the symbol of each dimension, "" for a static one
+  std::vector<int64_t> max_shape;    // the symbol's upper bound, -1 when unbounded
+  size_t item;                       // bytes per element
+  size_t nbytes;                     // at max_shape; 0 if a dimension is unbounded
+  bool dynamic = false;
 };
+
+size_t BytesOf(const TensorSpec& spec, const std::vector<int64_t>& shape) {
+  size_t count = 1;
+  for (int64_t extent : shape) count *= static_cast<size_t>(extent);
+  return count * spec.item;
+}
 
 // Wraps caller memory as a tensor without copying; the caller keeps ownership.
 struct BorrowedAlloc {
@@ -156,15 +168,27 @@ std::vector<TensorSpec> ParseTensorSpecs(const ffi::Any& value) {
     spec.name = Field(object, "name").cast<ffi::String>();
     spec.dtype = Field(object, "dtype").cast<ffi::String>();
     spec.dl_dtype = ffi::StringToDLDataType(spec.dtype);
-    size_t count = 1;
+    std::optional<ffi::json::Object> bounds;
+    if (auto value = object.Get(ffi::String("bounds"))) bounds = AsObject(*value, "bounds");
+    bool unbounded = false;
     for (const ffi::Any& dim : Field(object, "shape").cast<ffi::json::Array>()) {
-      auto extent = dim.try_cast<int64_t>();
-      if (!extent.has_value()) throw std::runtime_error("tensor '" + spec.name + "' has a symbolic shape");
-      spec.shape.push_back(*extent);
-      count *= static_cast<size_t>(*extent);
+      if (auto extent = dim.try_cast<int64_t>()) {
+        spec.shape.push_back(*extent);
+        spec.symbols.push_back("");
+        spec.max_shape.push_back(*extent);
+        continue;
+      }
+      std::string symbol = dim.cast<ffi::String>();  // a symbolic dimension such as "N"
+      auto bound = bounds ? bounds->Get(ffi::String(symbol)) : std::nullopt;
+      spec.shape.push_back(-1);
+      spec.symbols.push_back(symbol);
+      spec.max_shape.push_back(bound ? bound->cast<int64_t>() : -1);
+      unbounded = unbounded || !bound;
+      spec.dynamic = true;
     }
     if (spec.shape.size() > DT_MAX_NDIM) throw std::runtime_error("tensor '" + spec.name + "' has too many dimensions");
-    spec.nbytes = count * ((spec.dl_dtype.bits * spec.dl_dtype.lanes + 7) / 8);
+    spec.item = (spec.dl_dtype.bits * spec.dl_dtype.lanes + 7) / 8;
+    spec.nbytes = unbounded ? 0 : BytesOf(spec, spec.max_shape);
     specs.push_back(spec);
   }
   return specs;
@@ -247,8 +271,24 @@ void FillInfo(const TensorSpec& spec, dt_tensor_info* out) {
   out->name = spec.name.c_str();
   out->dtype = spec.dtype.c_str();
   out->ndim = static_cast<int>(spec.shape.size());
-  for (size_t i = 0; i < spec.shape.size(); ++i) out->shape[i] = spec.shape[i];
+  for (size_t i = 0; i < spec.shape.size(); ++i) {
+    out->shape[i] = spec.shape[i];
+    out->max_shape[i] = spec.max_shape[i];
+  }
   out->nbytes = spec.nbytes;
+}
+
+std::string SpecText(const TensorSpec& spec) {
+  std::string text = "(";
+  for (size_t d = 0; d < spec.shape.size(); ++d) {
+    text += d ? ", " : "";
+    if (spec.symbols[d].empty()) {
+      text += std::to_string(spec.shape[d]);
+    } else {
+      text += spec.symbols[d] + (spec.max_shape[d] > 0 ? "<=" + std::to_string(spec.max_shape[d]) : "");
+    }
+  }
+  return text + (spec.shape.size() == 1 ? ",)" : ")");
 }
 
 }  // namespace
@@ -262,12 +302,87 @@ struct dt_model {
   std::optional<ffi::Module> library;  // keeps model.so loaded while the VM runs
   std::optional<ffi::Module> vm;
   std::optional<ffi::Function> main;
-  std::vector<ffi::Tensor> staging;  // aligned copies for inputs whose memory is not 64-byte aligned
+  // aligned copies for static inputs whose memory is not 64-byte aligned (none for dynamic inputs)
+  std::vector<std::optional<ffi::Tensor>> staging;
+  bool dynamic = false;  // some input has a symbolic dimension
   std::mutex lock;
 };
 
-// Calls main on args and checks the results against the manifest. Caller holds model->lock.
-static int Invoke(dt_model* model, const std::vector<ffi::Tensor>& args, std::vector<ffi::Tensor>* results) {
+using Shapes = std::vector<std::vector<int64_t>>;
+
+// Checks the input shapes against the specs (static dimensions equal, symbols within their bounds
+// and equal wherever they occur) and derives the output shapes. Returns "" or what is wrong.
+static std::string BindShapes(const dt_model* model, const Shapes& inputs, Shapes* outputs) {
+  std::map<std::string, int64_t> values;
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    const TensorSpec& spec = model->inputs[i];
+    std::string what = "input '" + spec.name + "' ";
+    if (inputs[i].size() != spec.shape.size()) {
+      return what + "has " + std::to_string(inputs[i].size()) + " dimensions, the model takes " +
+             std::to_string(spec.shape.size()) + " " + SpecText(spec);
+    }
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      int64_t extent = inputs[i][d];
+      std::string dim = "dimension " + std::to_string(d);
+      if (spec.symbols[d].empty()) {
+        if (extent != spec.shape[d]) {
+          return what + dim + " is " + std::to_string(extent) + " but the model takes " + SpecText(spec);
+        }
+        continue;
+      }
+      const std::string& symbol = spec.symbols[d];
+      if (extent < 1) return what + dim + " (" + symbol + ") is " + std::to_string(extent) + ": sizes start at 1";
+      if (spec.max_shape[d] > 0 && extent > spec.max_shape[d]) {
+        return what + dim + " (" + symbol + ") is " + std::to_string(extent) + ", above the package's upper bound " +
+               symbol + "<=" + std::to_string(spec.max_shape[d]) + ". Split the batch, or compile with a larger bound";
+      }
+      auto known = values.find(symbol);
+      if (known != values.end() && known->second != extent) {
+        return what + dim + " (" + symbol + ") is " + std::to_string(extent) + " but " + symbol + " is " +
+               std::to_string(known->second) + " in another dimension";
+      }
+      values[symbol] = extent;
+    }
+  }
+  outputs->clear();
+  for (const TensorSpec& spec : model->outputs) {
+    std::vector<int64_t> shape;
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      if (spec.symbols[d].empty()) {
+        shape.push_back(spec.shape[d]);
+        continue;
+      }
+      auto value = values.find(spec.symbols[d]);
+      if (value == values.end()) return "output '" + spec.name + "' has symbol " + spec.symbols[d] + ", which no input has";
+      shape.push_back(value->second);
+    }
+    outputs->push_back(shape);
+  }
+  return "";
+}
+
+static Shapes ShapesOf(const std::vector<TensorSpec>& specs, const int64_t* const* given) {
+  Shapes shapes;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    shapes.push_back(given ? std::vector<int64_t>(given[i], given[i] + specs[i].shape.size()) : specs[i].shape);
+  }
+  return shapes;
+}
+
+// The static staging tensor of input i, or for a dynamic input a new aligned tensor of `shape`.
+static ffi::Tensor Staging(dt_model* model, size_t i, const std::vector<int64_t>& shape) {
+  if (model->staging[i].has_value()) return *model->staging[i];
+  const TensorSpec& spec = model->inputs[i];
+  if (model->device.device_type == kDLCPU) {
+    return ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(shape), spec.dl_dtype, model->device);
+  }
+  return Global("runtime.TVMTensorAllocWithScope")(ffi::Shape(shape), spec.dl_dtype, model->device, nullptr)
+      .cast<ffi::Tensor>();
+}
+
+// Calls main on args and checks the results against the output shapes. Caller holds model->lock.
+static int Invoke(dt_model* model, const std::vector<ffi::Tensor>& args, std::vector<ffi::Tensor>* results,
+                  const Shapes& output_shapes) {
   std::vector<ffi::AnyView> packed(args.begin(), args.end());
   ffi::Any result;
   model->main->CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
@@ -281,7 +396,7 @@ static int Invoke(dt_model* model, const std::vector<ffi::Tensor>& args, std::ve
                                 std::to_string(model->outputs.size()));
   }
   for (size_t i = 0; i < results->size(); ++i) {
-    if (ffi::GetDataSize((*results)[i]) != model->outputs[i].nbytes) {
+    if (ffi::GetDataSize((*results)[i]) != BytesOf(model->outputs[i], output_shapes[i])) {
       return Fail(DT_ERR_RUN, "output '" + model->outputs[i].name + "' has a different size than the manifest says");
     }
   }
@@ -385,7 +500,10 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     model->vm = vm;
     model->main = *main;
     for (const TensorSpec& spec : model->inputs) {
-      if (dl_device.device_type == kDLCPU) {
+      model->dynamic = model->dynamic || spec.dynamic;
+      if (spec.dynamic) {
+        model->staging.push_back(std::nullopt);  // allocated per run, at the run's shape
+      } else if (dl_device.device_type == kDLCPU) {
         model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape),
                                                           spec.dl_dtype, dl_device));
       } else {  // device memory, through TVM's device API
@@ -422,8 +540,14 @@ int dt_output_info(const dt_model* model, int index, dt_tensor_info* out) {
   return DT_OK;
 }
 
-int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
-  if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run: null argument");
+}  // extern "C"
+
+// dt_run and dt_run_shaped: `shapes` are the input shapes (checked), `what` names the call.
+static int RunShaped(dt_model* model, const Shapes& shapes, const void* const* inputs, void* const* outputs,
+                     const std::string& what) {
+  Shapes output_shapes;
+  std::string wrong = BindShapes(model, shapes, &output_shapes);
+  if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, what + ": " + wrong);
   std::lock_guard<std::mutex> guard(model->lock);
   try {
     bool on_cpu = model->device.device_type == kDLCPU;
@@ -432,35 +556,82 @@ int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
     args.reserve(model->inputs.size());
     for (size_t i = 0; i < model->inputs.size(); ++i) {
       const TensorSpec& spec = model->inputs[i];
+      size_t nbytes = BytesOf(spec, shapes[i]);
       void* data = const_cast<void*>(inputs[i]);
-      if (data == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: input '" + spec.name + "' is null");
+      if (data == nullptr) return Fail(DT_ERR_ARGUMENT, what + ": input '" + spec.name + "' is null");
       if (!on_cpu) {  // host -> device (synchronous)
-        Global("runtime.TVMTensorCopyFromBytes")(model->staging[i], data, spec.nbytes);
-        args.push_back(model->staging[i]);
+        ffi::Tensor staging = Staging(model, i, shapes[i]);
+        Global("runtime.TVMTensorCopyFromBytes")(staging, data, nbytes);
+        args.push_back(staging);
       } else if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
-        args.push_back(ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(spec.shape),
+        args.push_back(ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(shapes[i]),
                                                 spec.dl_dtype, model->device));
       } else {
-        std::memcpy(model->staging[i].data_ptr(), data, spec.nbytes);
-        args.push_back(model->staging[i]);
+        ffi::Tensor staging = Staging(model, i, shapes[i]);
+        std::memcpy(staging.data_ptr(), data, nbytes);
+        args.push_back(staging);
       }
     }
     std::vector<ffi::Tensor> results;
-    int code = Invoke(model, args, &results);
+    int code = Invoke(model, args, &results, output_shapes);
     if (code != DT_OK) return code;
     for (size_t i = 0; i < results.size(); ++i) {
       const TensorSpec& spec = model->outputs[i];
-      if (outputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: output '" + spec.name + "' is null");
+      size_t nbytes = BytesOf(spec, output_shapes[i]);
+      if (outputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, what + ": output '" + spec.name + "' is null");
       if (on_cpu) {
-        std::memcpy(outputs[i], results[i].data_ptr(), spec.nbytes);
+        std::memcpy(outputs[i], results[i].data_ptr(), nbytes);
       } else {  // device -> host, waits for the kernels
-        Global("runtime.TVMTensorCopyToBytes")(results[i], outputs[i], spec.nbytes);
+        Global("runtime.TVMTensorCopyToBytes")(results[i], outputs[i], nbytes);
       }
     }
   } catch (const std::exception& error) {
     return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
   }
   return DT_OK;
+}
+
+extern "C" {
+
+int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
+  if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run: null argument");
+  if (model->dynamic) {
+    std::string specs;
+    for (const TensorSpec& spec : model->inputs) specs += (specs.empty() ? "" : ", ") + spec.name + " " + SpecText(spec);
+    return Fail(DT_ERR_ARGUMENT, "dt_run: the package has symbolic dimensions (" + specs +
+                                     "). Run it with dt_run_shaped, giving the input shapes");
+  }
+  return RunShaped(model, ShapesOf(model->inputs, nullptr), inputs, outputs, "dt_run");
+}
+
+int dt_output_shapes(const dt_model* model, const int64_t* const* input_shapes, int64_t* const* output_shapes) {
+  if (!model || !input_shapes || !output_shapes) return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: null argument");
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    if (input_shapes[i] == nullptr && !model->inputs[i].shape.empty()) {
+      return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: the shape of input '" + model->inputs[i].name + "' is null");
+    }
+  }
+  Shapes shapes;
+  std::string wrong = BindShapes(model, ShapesOf(model->inputs, input_shapes), &shapes);
+  if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: " + wrong);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (output_shapes[i] == nullptr && !shapes[i].empty()) {
+      return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: output_shapes[" + std::to_string(i) + "] is null");
+    }
+    std::copy(shapes[i].begin(), shapes[i].end(), output_shapes[i]);
+  }
+  return DT_OK;
+}
+
+int dt_run_shaped(dt_model* model, const int64_t* const* input_shapes, const void* const* inputs,
+                  void* const* outputs) {
+  if (!model || !input_shapes || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run_shaped: null argument");
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    if (input_shapes[i] == nullptr && !model->inputs[i].shape.empty()) {
+      return Fail(DT_ERR_ARGUMENT, "dt_run_shaped: the shape of input '" + model->inputs[i].name + "' is null");
+    }
+  }
+  return RunShaped(model, ShapesOf(model->inputs, input_shapes), inputs, outputs, "dt_run_shaped");
 }
 
 int dt_device(const dt_model* model, DLDevice* out) {
@@ -471,6 +642,13 @@ int dt_device(const dt_model* model, DLDevice* out) {
 
 int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTensorVersioned** outputs) {
   if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: null argument");
+  Shapes shapes, output_shapes;
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    if (inputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: input '" + model->inputs[i].name + "' is null");
+    shapes.emplace_back(inputs[i]->shape, inputs[i]->shape + inputs[i]->ndim);
+  }
+  std::string wrong = BindShapes(model, shapes, &output_shapes);
+  if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: " + wrong);
   std::lock_guard<std::mutex> guard(model->lock);
   try {
     if (model->device.device_type != kDLCPU) SelectDevice(model->device);
@@ -484,23 +662,23 @@ int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTenso
         return Fail(DT_ERR_ARGUMENT, what + "is on another device than the model (" + DeviceText(model->device) + ")");
       }
       if (tensor->dtype.code != spec.dl_dtype.code || tensor->dtype.bits != spec.dl_dtype.bits ||
-          tensor->dtype.lanes != spec.dl_dtype.lanes ||
-          std::vector<int64_t>(tensor->shape, tensor->shape + tensor->ndim) != spec.shape) {
+          tensor->dtype.lanes != spec.dl_dtype.lanes) {
         return Fail(DT_ERR_ARGUMENT, what + "does not have the dtype and shape dt_input_info gives (" + spec.dtype + ")");
       }
       if (!ffi::IsContiguous(*tensor)) return Fail(DT_ERR_ARGUMENT, what + "is not contiguous (row-major)");
       void* data = static_cast<char*>(tensor->data) + tensor->byte_offset;
-      ffi::Tensor borrowed = ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(spec.shape),
+      ffi::Tensor borrowed = ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(shapes[i]),
                                                       spec.dl_dtype, model->device);
       if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
         args.push_back(borrowed);
       } else {  // kernels may assume aligned arguments: copy on the device
-        Global("runtime.TVMTensorCopyFromTo")(borrowed, model->staging[i]);
-        args.push_back(model->staging[i]);
+        ffi::Tensor staging = Staging(model, i, shapes[i]);
+        Global("runtime.TVMTensorCopyFromTo")(borrowed, staging);
+        args.push_back(staging);
       }
     }
     std::vector<ffi::Tensor> results;
-    int code = Invoke(model, args, &results);
+    int code = Invoke(model, args, &results, output_shapes);
     if (code != DT_OK) return code;
     if (model->device.device_type != kDLCPU) {
       Global("runtime.Device_StreamSync")(model->device, static_cast<int64_t>(0));
@@ -556,24 +734,31 @@ int dt_self_test(dt_model* model, char* report, size_t report_size) {
     }
     std::vector<npy::Array> inputs, expected;
     std::vector<const void*> in;
+    Shapes shapes, output_shapes;  // the test vectors' own (a dynamic package's at one size)
     for (const auto& path : input_files) {
       inputs.push_back(npy::Load(path));
       in.push_back(inputs.back().data.data());
+      shapes.push_back(inputs.back().shape);
     }
+    std::string wrong = BindShapes(model, shapes, &output_shapes);
+    if (!wrong.empty()) throw std::runtime_error("the test vectors do not fit the model: " + wrong);
     for (size_t i = 0; i < inputs.size(); ++i) {
-      if (inputs[i].data.size() != model->inputs[i].nbytes) throw std::runtime_error(input_files[i] + " has the wrong size");
+      if (inputs[i].data.size() != BytesOf(model->inputs[i], shapes[i])) {
+        throw std::runtime_error(input_files[i] + " has the wrong size");
+      }
     }
     std::vector<std::vector<char>> outputs;
     std::vector<void*> out;
-    for (const auto& spec : model->outputs) outputs.emplace_back(spec.nbytes);
+    for (size_t o = 0; o < model->outputs.size(); ++o) outputs.emplace_back(BytesOf(model->outputs[o], output_shapes[o]));
     for (auto& buffer : outputs) out.push_back(buffer.data());
-    int code = dt_run(model, in.data(), out.data());
+    int code = RunShaped(model, shapes, in.data(), out.data(), "dt_self_test");
     if (code != DT_OK) return code;
     for (size_t o = 0; o < outputs.size(); ++o) {
       const TensorSpec& spec = model->outputs[o];
+      size_t nbytes = outputs[o].size();
       npy::Array reference = npy::Load(output_files[o]);
-      if (reference.data.size() != spec.nbytes) throw std::runtime_error(output_files[o] + " has the wrong size");
-      size_t count = spec.nbytes / ((spec.dl_dtype.bits + 7) / 8);
+      if (reference.data.size() != nbytes) throw std::runtime_error(output_files[o] + " has the wrong size");
+      size_t count = nbytes / ((spec.dl_dtype.bits + 7) / 8);
       double worst = 0, worst_excess = -1;
       size_t worst_at = 0;
       bool passed = true;

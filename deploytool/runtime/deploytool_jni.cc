@@ -78,6 +78,19 @@ JNIEXPORT jlong JNICALL Java_ai_deploytool_NativeApi_load(JNIEnv* env, jclass, j
     Throw(env, code, dt_last_error());
     return 0;
   }
+  for (int i = 0; i < dt_num_inputs(model); ++i) {  // the Java binding runs static shapes only
+    dt_tensor_info info;
+    dt_input_info(model, i, &info);
+    for (int d = 0; d < info.ndim; ++d) {
+      if (info.shape[d] >= 0) continue;
+      std::string message = std::string("the package has a symbolic dimension (input '") + info.name +
+                            "', a dynamic batch), which the Java binding does not run. Compile it with "
+                            "static shapes for Java, or run it from C or C++ (dt_run_shaped)";
+      dt_free(model);
+      Throw(env, DT_ERR_ARGUMENT, message.c_str());
+      return 0;
+    }
+  }
   return static_cast<jlong>(reinterpret_cast<intptr_t>(model));
 }
 

@@ -24,8 +24,11 @@ const char* kUsage =
     "usage: deploytool-run [PACKAGE] [--device cpu|cuda:N] [--input NAME=FILE.npy]... [--seed N]\n"
     "                      [--output-dir DIR] [--repeat N] [--verify] [--self-test] [--threads N]\n"
     "                      [--warmup-ms MS] [--min-iters N] [--min-seconds S] [--json FILE]\n"
+    "                      [--shape NAME=4x512]...\n"
     "PACKAGE defaults to the package this program belongs to, --device to its own device (cpu,\n"
     "cuda:0). Inputs not given are seeded random (floats in [-1, 1), integers in [0, 10)).\n"
+    "A package with a symbolic dimension (a dynamic batch) takes its size from each --input file;\n"
+    "random inputs have size 1 there unless --shape gives the input's whole shape.\n"
     "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
     "--self-test  verify, then run the package's test vectors against its reference outputs\n"
     "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
@@ -54,9 +57,9 @@ std::string FileName(const std::string& tensor_name) {
 }
 
 // Seeded inputs from mt19937_64, whose sequence the C++ standard fixes, so every platform agrees.
-void FillRandom(const deploytool::TensorInfo& info, std::mt19937_64& rng, char* buffer) {
+void FillRandom(const deploytool::TensorInfo& info, size_t nbytes, std::mt19937_64& rng, char* buffer) {
   size_t item = npy::DescrOf(info.dtype).back() - '0';
-  size_t count = info.nbytes / item;
+  size_t count = nbytes / item;
   for (size_t i = 0; i < count; ++i) {
     uint64_t bits = rng();
     char* at = buffer + i * item;
@@ -101,6 +104,32 @@ long PeakRssKb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return usage.ru_maxrss;  // kilobytes on Linux
+}
+
+size_t BytesOf(const std::string& dtype, const std::vector<int64_t>& shape) {
+  size_t count = npy::DescrOf(dtype).back() - '0';
+  for (int64_t extent : shape) count *= static_cast<size_t>(extent);
+  return count;
+}
+
+// "4x512" -> {4, 512}; exits with a usage error on anything else.
+std::vector<int64_t> ParseShape(const std::string& text) {
+  std::vector<int64_t> shape;
+  size_t start = 0;
+  while (!text.empty() && start <= text.size()) {
+    size_t end = text.find('x', start);
+    std::string part = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    char* stop = nullptr;
+    long long value = std::strtoll(part.c_str(), &stop, 10);
+    if (part.empty() || *stop != '\0' || value < 1) {
+      std::fprintf(stderr, "error: --shape takes NAME=SIZExSIZE..., e.g. x=4x512, got '%s'\n", text.c_str());
+      std::exit(2);
+    }
+    shape.push_back(value);
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return shape;
 }
 
 struct BenchOptions {
@@ -193,6 +222,7 @@ void WriteJson(const std::string& path, const std::string& package, const char* 
 int main(int argc, char** argv) {
   std::string package, device, output_dir;  // "" device: the package's
   std::map<std::string, std::string> input_files;
+  std::map<std::string, std::vector<int64_t>> given_shapes;
   uint64_t seed = 0;
   long repeat = 0;
   bool verify = false, self_test = false;
@@ -220,6 +250,14 @@ int main(int argc, char** argv) {
         return 2;
       }
       input_files[spec.substr(0, eq)] = spec.substr(eq + 1);
+    } else if (arg == "--shape") {
+      std::string spec = value();
+      size_t eq = spec.find('=');
+      if (eq == std::string::npos) {
+        std::fprintf(stderr, "error: --shape takes NAME=SIZExSIZE..., e.g. x=4x512, got '%s'\n", spec.c_str());
+        return 2;
+      }
+      given_shapes[spec.substr(0, eq)] = ParseShape(spec.substr(eq + 1));
     } else if (arg == "--seed") {
       seed = std::strtoull(value().c_str(), nullptr, 10);
     } else if (arg == "--output-dir") {
@@ -286,39 +324,66 @@ int main(int argc, char** argv) {
     double load_ms = Millis(start);
     std::vector<deploytool::TensorInfo> inputs = model.inputs(), outputs = model.outputs();
     std::vector<Buffer> input_data, output_data;
+    std::vector<deploytool::Shape> input_shapes, output_shapes;
+    bool dynamic = false;
     std::mt19937_64 rng(seed);
     for (const auto& info : inputs) {
-      input_data.push_back(AlignedBuffer(info.nbytes));
+      dynamic = dynamic || info.dynamic();
       auto file = input_files.find(info.name);
+      auto given = given_shapes.find(info.name);
+      if (file != input_files.end() && given != given_shapes.end()) {
+        throw std::runtime_error("input '" + info.name + "' has both --input and --shape; its file gives the shape");
+      }
       if (file == input_files.end()) {
-        FillRandom(info, rng, input_data.back().get());
+        deploytool::Shape shape = info.shape;
+        for (int64_t& extent : shape) extent = extent < 0 ? 1 : extent;  // a symbol's size: 1 by default
+        if (given != given_shapes.end()) {
+          shape = given->second;
+          given_shapes.erase(given);
+        }
+        input_shapes.push_back(shape);
+        input_data.push_back(AlignedBuffer(BytesOf(info.dtype, shape)));
+        FillRandom(info, BytesOf(info.dtype, shape), rng, input_data.back().get());
         continue;
       }
       npy::Array array = npy::Load(file->second);
-      if (array.descr != npy::DescrOf(info.dtype) || array.shape != info.shape) {
+      if (array.descr != npy::DescrOf(info.dtype) || (!info.dynamic() && array.shape != info.shape)) {
         throw std::runtime_error(file->second + " holds " + array.descr + " " + npy::ShapeText(array.shape) +
                                  " but input '" + info.name + "' needs " + info.dtype + " " +
                                  npy::ShapeText(info.shape));
       }
-      std::memcpy(input_data.back().get(), array.data.data(), std::min(array.data.size(), info.nbytes));
+      input_shapes.push_back(array.shape);  // a dynamic package checks it in output_shapes below
+      input_data.push_back(AlignedBuffer(array.data.size()));
+      std::memcpy(input_data.back().get(), array.data.data(), array.data.size());
       input_files.erase(file);
     }
     if (!input_files.empty()) throw std::runtime_error("the model has no input named '" + input_files.begin()->first + "'");
-    for (const auto& info : outputs) output_data.push_back(AlignedBuffer(info.nbytes));
+    if (!given_shapes.empty()) throw std::runtime_error("the model has no input named '" + given_shapes.begin()->first + "'");
+    output_shapes = model.output_shapes(input_shapes);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      output_data.push_back(AlignedBuffer(BytesOf(outputs[i].dtype, output_shapes[i])));
+    }
     std::vector<const void*> in;
     std::vector<void*> out;
     for (auto& data : input_data) in.push_back(data.get());
     for (auto& data : output_data) out.push_back(data.get());
+    auto run = [&]() {  // dt_run for a static package, dt_run_shaped for a dynamic one
+      if (dynamic) {
+        model.run(input_shapes, in, out);
+      } else {
+        model.run(in, out);
+      }
+    };
 
     start = std::chrono::steady_clock::now();
-    model.run(in, out);
+    run();
     double first_ms = Millis(start);
     std::printf("load: %.3f ms\nfirst run: %.3f ms\n", load_ms, first_ms);
     if (repeat > 0) {
       std::vector<double> times(static_cast<size_t>(repeat));
       for (auto& t : times) {
         auto begin = std::chrono::steady_clock::now();
-        model.run(in, out);
+        run();
         t = Millis(begin) * 1000.0;
       }
       std::sort(times.begin(), times.end());
@@ -333,7 +398,7 @@ int main(int argc, char** argv) {
       auto warm = std::chrono::steady_clock::now();
       long warmup_iters = 0;
       while (Millis(warm) < bench.warmup_ms) {
-        model.run(in, out);
+        run();
         ++warmup_iters;
       }
       double per_run_ms = warmup_iters > 0 ? Millis(warm) / static_cast<double>(warmup_iters) : first_ms;
@@ -345,7 +410,7 @@ int main(int argc, char** argv) {
       double wall_s = 0;
       while (true) {
         auto begin = std::chrono::steady_clock::now();
-        model.run(in, out);
+        run();
         auto end = std::chrono::steady_clock::now();
         times.push_back(std::chrono::duration<double, std::milli>(end - begin).count());
         wall_s = std::chrono::duration<double>(end - loop).count();
@@ -365,8 +430,8 @@ int main(int argc, char** argv) {
     }
     if (!output_dir.empty()) {
       for (size_t i = 0; i < outputs.size(); ++i) {
-        npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype), outputs[i].shape,
-                  output_data[i].get(), outputs[i].nbytes);
+        npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype), output_shapes[i],
+                  output_data[i].get(), BytesOf(outputs[i].dtype, output_shapes[i]));
       }
     }
   } catch (const std::exception& error) {
