@@ -9,9 +9,11 @@ from dataclasses import dataclass, replace
 from .errors import UsageError
 
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
-# A symbolic dimension: a name, optionally with an upper bound (N, N<=32).
+# A symbolic dimension's name (as stored: ONNX's dim_param names count too).
 SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SYMBOLIC_DIM = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:<=(?P<bound>[0-9]+))?")
+# A symbolic dimension as written in --input: a name starting with an uppercase letter (so that a
+# typo such as 1xq is not taken for one), optionally with an upper bound (N, N<=32, Batch<=8).
+SYMBOLIC_DIM = re.compile(r"(?P<name>[A-Z][A-Za-z0-9_]*)(?:<=(?P<bound>[0-9]+))?")
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,9 @@ def parse_input_spec(text: str) -> TensorSpec:
     ----------
     text : str
         The spec; the dtype defaults to float32 and a scalar has an empty shape (``x::int64``).
-        A dimension may be symbolic: a name, with an optional upper bound (``x:N<=32x3x224x224``
-        runs any batch from 1 to 32). Dimensions are joined by ``x``, or by ``,`` when a name
-        contains an x (``tokens:batch,max_len<=128:int64``).
+        A dimension may be symbolic: a name starting with an uppercase letter, with an optional
+        upper bound (``x:N<=32x3x224x224`` runs any batch from 1 to 32). Dimensions are joined by
+        ``x``, or by ``,`` when a name contains an x (``tokens:Batch,Max_len<=128:int64``).
 
     Returns
     -------
@@ -137,9 +139,10 @@ def parse_input_spec(text: str) -> TensorSpec:
             continue
         match = SYMBOLIC_DIM.fullmatch(token)
         if match is None:
-            raise UsageError(f"malformed shape '{shape_text}' in input spec '{text}'",
-                             "Write the shape as sizes or names joined by x, for example "
-                             "1x3x224x224 or N<=32x3x224x224")
+            raise UsageError(f"malformed shape '{shape_text}' in input spec '{text}' ('{token}' "
+                             "is not a size or a symbolic dimension)",
+                             "Write sizes, or names starting with an uppercase letter with an "
+                             "optional upper bound, joined by x: 1x3x224x224 or N<=32x3x224x224")
         symbol, bound = match["name"], match["bound"]
         if bound is not None:
             if bounds.get(symbol, int(bound)) != int(bound):

@@ -19,7 +19,7 @@ def test_names_may_contain_colons():
 
 @pytest.mark.parametrize("text, message", [
     ("x", "malformed input spec"),
-    ("x:1x2.5:float32", "malformed shape"),
+    ("x:1xa:float32", "malformed shape"),
     ("x:1x0:float32", "dimension <= 0"),
     ("x:1x2:float31", "unknown dtype 'float31'"),
     (":1x2:float32", "has no name"),
