@@ -14,6 +14,7 @@ from . import __version__
 from .build import build_library, check_compiler
 from .cuda import check_toolchain, is_cuda, readme_section, runtime_manifest
 from .dynamic import example_sizes
+from .dynamic import readme_section as dynamic_readme_section
 from .errors import DeploytoolError
 from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
@@ -163,7 +164,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             package.save_manifest()
             write_examples(scratch, manifest)
             with open(scratch / "README.md", "a") as readme:
-                readme.write(readme_section(manifest))
+                readme.write(readme_section(manifest) + dynamic_readme_section(manifest))
         _validate(package, target, source, options, timer, log)
     package = Package(destination, package.manifest)
     if options.archive:

@@ -95,3 +95,32 @@ def validation_sizes(specs: list[TensorSpec], requested: tuple[int, ...] = ()) -
     if any(s < 1 for s in sizes):
         raise DeploytoolError("--batch-sizes must be positive", "Give sizes of 1 or more")
     return sizes
+
+
+def readme_section(manifest: dict) -> str:
+    """For a package with symbolic dimensions: how to run it, for the package README."""
+    inputs = [TensorSpec.from_dict(d) for d in manifest["inputs"]]
+    if not any(s.is_dynamic for s in inputs):
+        return ""
+    bounds = symbol_bounds(inputs)
+    symbols = ", ".join(f"{sym} from 1 to {b}" if b else f"{sym} from 1 up (no bound)"
+                        for sym, b in bounds.items())
+    first = next(s for s in inputs if s.is_dynamic)
+    shape = "x".join(str(3 if isinstance(d, str) else d) for d in first.shape)
+    return f"""
+## Dynamic shapes
+
+This package has symbolic dimensions ({symbols}): one model.so runs every size. The runner takes
+the size from each `--input` file, or from `--shape {first.name}={shape}` for random inputs
+(default: size 1). In C, `dt_input_info` reports -1 for a symbolic dimension and `max_shape`
+holds its bound; `dt_run` refuses the package, `dt_run_shaped` runs it:
+
+```cpp
+std::vector<deploytool::Shape> shapes = {{{{{shape.replace('x', ', ')}}}}};
+auto out_shapes = model.output_shapes(shapes);   // size the output buffers from these
+model.run(shapes, {{input.data()}}, {{output.data()}});
+```
+
+A size above the bound is refused with DT_ERR_ARGUMENT. The Java binding runs static packages
+only.
+"""

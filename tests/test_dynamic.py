@@ -229,3 +229,42 @@ def test_validate_command_batch_sizes(cnn_dynamic, mlp_package, tmp_path):
     assert result.exit_code == 2 and "not positive sizes" in result.output
     result = runner.invoke(main, ["validate", str(mlp_package.path), "--batch-sizes", "2"])
     assert result.exit_code == 1 and "has static shapes" in result.output
+
+
+def test_onnx_with_a_named_dynamic_axis_compiles_as_dynamic(dynamic_models, tmp_path):
+    import torch
+
+    module = torch.jit.load(str(dynamic_models["mlp"]))
+    torch.onnx.export(module, (torch.zeros(2, 512),), str(tmp_path / "m.onnx"), dynamo=False,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    package = compile_model(CompileOptions(model=tmp_path / "m.onnx", output=tmp_path / "pkg",
+                                           java=False))
+    assert package.manifest["inputs"][0]["shape"] == ["batch", 512]
+    assert package.manifest["outputs"][0]["shape"] == ["batch", 2]
+    assert package.manifest["validation"]["batch_sizes"] == [1, 2, 8]
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 512)).astype(np.float32)
+    out = run_package(package.path, {"x": x}, tmp_path / "run")["y"]
+    np.testing.assert_allclose(out, torchscript_outputs(dynamic_models["mlp"], x),
+                               atol=1e-5, rtol=1e-5)
+    static = compile_model(CompileOptions(model=tmp_path / "m.onnx", output=tmp_path / "static",
+                                          inputs=[parse_input_spec("x:3x512")], java=False))
+    assert static.manifest["outputs"][0]["shape"] == [3, 2]  # was refused as symbolic before
+
+
+def test_java_refuses_a_dynamic_package(dynamic_models, tmp_path):
+    from test_java import build_example, java_run
+
+    from deploytool.java import find_jdk
+
+    try:
+        jdk = find_jdk()
+    except DeploytoolError as err:
+        pytest.skip(f"needs a JDK 11+: {err}")
+    package = compile_model(CompileOptions(
+        model=dynamic_models["mlp"], inputs=[parse_input_spec("x:N<=4x512")],
+        output=tmp_path / "pkg", java=True, validate=False))
+    proc = java_run(jdk, build_example(jdk, package.path), package.path)
+    assert proc.returncode == 1
+    assert "symbolic dimension (input 'x', a dynamic batch)" in proc.stderr
+    assert "dt_run_shaped" in proc.stderr
