@@ -268,3 +268,24 @@ def test_java_refuses_a_dynamic_package(dynamic_models, tmp_path):
     assert proc.returncode == 1
     assert "symbolic dimension (input 'x', a dynamic batch)" in proc.stderr
     assert "dt_run_shaped" in proc.stderr
+
+
+def test_cpp_example_runs_a_dynamic_package(cnn_dynamic, dynamic_models, tmp_path):
+    package, _ = cnn_dynamic
+    pkg = package.path
+    build = subprocess.run(["g++", "-std=c++17", str(pkg / "examples/cpp/main.cc"),
+                            f"-I{pkg}/include", f"-L{pkg}/lib", "-ldeploytool",
+                            f"-Wl,-rpath,{pkg}/lib", "-o", str(tmp_path / "example")],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    x = np.random.default_rng(3).uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = run_clean([tmp_path / "example", pkg, tmp_path / "x.npy"])
+    assert proc.returncode == 0, proc.stderr
+    assert "(30 values)" in proc.stdout  # batch 3 x 10 classes
+    first = np.array(proc.stdout.split(":")[1].split()[:16], np.float32)
+    expected = torchscript_outputs(dynamic_models["cnn"], x).ravel()[:16]
+    np.testing.assert_allclose(first, expected, atol=1e-5, rtol=1e-5)
+    proc = run_clean([tmp_path / "example", pkg])  # no file: batch 1
+    assert proc.returncode == 0 and "(30 values)" not in proc.stdout, proc.stderr
+    assert "## Dynamic shapes" in (pkg / "README.md").read_text()
