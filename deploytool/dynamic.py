@@ -83,7 +83,7 @@ def validation_sizes(specs: list[TensorSpec], requested: tuple[int, ...] = ()) -
     an unbounded symbol). Every symbol takes the same size in one run."""
     bounds = symbol_bounds(specs)
     limit = min((b for b in bounds.values() if b is not None), default=None)
-    sizes = sorted(set(requested)) if requested else sorted({1, 2, limit or 8} - {0})
+    sizes = sorted(set(requested)) if requested else sorted({1, 2, limit or 8})
     if limit is not None:
         sizes = sizes if requested else [s for s in sizes if s <= limit]
         above = [s for s in sizes if s > limit]

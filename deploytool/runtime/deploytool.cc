@@ -644,8 +644,14 @@ int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTenso
   if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: null argument");
   Shapes shapes, output_shapes;
   for (size_t i = 0; i < model->inputs.size(); ++i) {
-    if (inputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: input '" + model->inputs[i].name + "' is null");
+    const TensorSpec& spec = model->inputs[i];
+    if (inputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: input '" + spec.name + "' is null");
     shapes.emplace_back(inputs[i]->shape, inputs[i]->shape + inputs[i]->ndim);
+    if (!spec.dynamic && shapes.back() != spec.shape) {
+      return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: input '" + spec.name +
+                                       "' does not have the dtype and shape dt_input_info gives (" + spec.dtype +
+                                       " " + SpecText(spec) + ")");
+    }
   }
   std::string wrong = BindShapes(model, shapes, &output_shapes);
   if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: " + wrong);

@@ -19,7 +19,8 @@ int dt_device(const dt_model* model, DLDevice* out);
 
 /* Run the model on device tensors.
  * inputs[i]: a row-major contiguous tensor (strides NULL or compact) on dt_device's device, with
- *   the dtype and shape dt_input_info gives; read during the call only, the caller keeps it.
+ *   the dtype and shape dt_input_info gives (a symbolic dimension, -1 there, takes any size up to
+ *   its bound); read during the call only, the caller keeps it.
  *   Work that produces it on another CUDA stream must be finished (synchronised) before the call.
  * outputs[i]: receives a new tensor on the model's device, owned by the caller, who releases it
  *   with outputs[i]->deleter(outputs[i]). The call returns when the outputs are computed.

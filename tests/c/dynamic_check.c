@@ -2,12 +2,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "deploytool.h"
+#include "deploytool_dlpack.h"
 
 /* For a package whose input 0 has a symbolic batch (dimension 0): prints the reported info, what
    dt_run says, the output shape at batch argv[2], the outputs of an aligned and an unaligned
-   dt_run_shaped run at that batch (to stdout, one value a line) and what a batch of argv[3]
-   gives. Input values: element i is ((i * 37) % 11) / 11 - 0.5. */
+   dt_run_shaped run at that batch (to stdout, one value a line), whether dt_run_dlpack agrees,
+   and what a batch of argv[3] gives. Input values: element i is ((i * 37) % 11) / 11 - 0.5. */
 int main(int argc, char** argv) {
   if (argc != 4) return 2;
   dt_model* model;
@@ -59,6 +59,17 @@ int main(int argc, char** argv) {
   }
   fprintf(stderr, "aligned and unaligned %s\n", memcmp(y1, y2, out_count * 4) ? "differ" : "agree");
   for (size_t i = 0; i < out_count; ++i) printf("%.9g\n", y1[i]);
+  DLTensor tensor = {x, {kDLCPU, 0}, in.ndim, {kDLFloat, 32, 1}, shape, NULL, 0};
+  const DLTensor* dl_inputs[] = {&tensor};
+  DLManagedTensorVersioned* result[] = {NULL};
+  if (dt_run_dlpack(model, dl_inputs, result)) {
+    fprintf(stderr, "%s\n", dt_last_error());
+    return 1;
+  }
+  const DLTensor* r = &result[0]->dl_tensor;
+  fprintf(stderr, "dlpack %lld %s\n", (long long)r->shape[0],
+          memcmp((char*)r->data + r->byte_offset, y1, out_count * 4) ? "differs" : "agrees");
+  result[0]->deleter(result[0]);
   shape[0] = atoll(argv[3]);
   code = dt_run_shaped(model, shapes, ins1, outs1);
   fprintf(stderr, "too big %d %s\n", code, dt_last_error());
