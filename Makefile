@@ -25,5 +25,8 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	nice $(PY) benchmarks/run.py
+
 clean:
 	rm -rf artifacts build .pytest_cache

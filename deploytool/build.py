@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import DeploytoolError
@@ -35,13 +36,39 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
     from tvm.support import cc
 
     check_compiler(target.cxx)
-    try:
-        executable = tvm.compile(mod, target=target.tvm_target(),
-                                 relax_pipeline=pipeline or "default")
-    except Exception as err:
-        lines = str(err).strip().splitlines()
-        raise DeploytoolError(f"TVM could not build the model for {target.name} "
-                              f"({lines[-1] if lines else err})",
-                              "Report it with the model attached") from err
+    tvm_target = target.tvm_target()
+    kind = target.target.get("kind")
+    if pipeline is None:
+        pipeline = (DEFAULT_PIPELINES[kind](tvm_target) if kind in DEFAULT_PIPELINES
+                    else "default")
+    with _device_toolchain(target):
+        try:
+            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            raise DeploytoolError(f"TVM could not build the model for {target.name} "
+                                  f"({lines[-1] if lines else err})",
+                                  "Report it with the model attached") from err
     fcompile = cc.cross_compiler(target.cxx) if target.cxx != "g++" else None
     executable.export_library(str(path), fcompile=fcompile)
+
+
+def _gpu_pipeline(tvm_target):
+    """TVM's CUDA pipeline: legalize, fuse, then DLight default schedules (Matmul, GEMV,
+    Reduction, GeneralReduction, Fallback) so every kernel has thread bindings untuned."""
+    import tvm
+
+    return tvm.relax.backend.cuda.get_default_pipeline(tvm_target)
+
+
+# target kind -> the Relax pipeline an untuned build uses (others: TVM's "default")
+DEFAULT_PIPELINES = {"cuda": _gpu_pipeline}
+
+
+def _device_toolchain(target: TargetSpec):
+    """nvcc for CUDA kernels while building a GPU target; nothing for a CPU target."""
+    if target.target.get("kind") == "cuda":
+        from .cuda import kernel_compiler
+
+        return kernel_compiler(target)
+    return nullcontext()

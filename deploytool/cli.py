@@ -56,6 +56,62 @@ def main():
     """deploytool: compile PyTorch models into Python-free packages with Apache TVM."""
 
 
+def _triples(option: str, values, kinds) -> dict:
+    """Parse NAME:A:B options (--tol NAME:ATOL:RTOL, --range NAME:LO:HI)."""
+    parsed = {}
+    for value in values:
+        name, _, rest = value.partition(":")
+        parts = rest.split(":")
+        try:
+            if not name or len(parts) != 2:
+                raise ValueError
+            parsed[name] = tuple(kind(p) for kind, p in zip(kinds, parts, strict=True))
+        except ValueError:
+            raise click.BadParameter(f"'{value}' is not NAME:NUMBER:NUMBER",
+                                     param_hint=option) from None
+    return parsed
+
+
+def validation_options(func):
+    """The options shared by compile and validate."""
+    options = [
+        click.option("--atol", type=float, default=1e-5, show_default=True,
+                     help="Absolute tolerance."),
+        click.option("--rtol", type=float, default=1e-3, show_default=True,
+                     help="Relative tolerance: pass if |out - ref| <= atol + rtol * |ref|."),
+        click.option("--tol", "tols", multiple=True, metavar="OUTPUT:ATOL:RTOL",
+                     help="Tolerance for one output (repeatable)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the random inputs."),
+        click.option("--range", "ranges", multiple=True, metavar="INPUT:LO:HI",
+                     help="Value range of one input's random data, HI excluded (repeatable)."),
+        click.option("--batch-sizes", callback=_sizes, metavar="N,N,...",
+                     help="Sizes to validate a package with symbolic dimensions at "
+                          "[default: 1, 2 and the upper bound]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _sizes(ctx, param, value):
+    try:
+        sizes = tuple(int(v) for v in value.split(",")) if value else ()
+    except ValueError:
+        sizes = (0,)
+    if any(s < 1 for s in sizes):
+        raise click.BadParameter(f"'{value}' is not positive sizes joined by commas (1,4,32)")
+    return sizes
+
+
+def _validation(atol, rtol, tols, seed, ranges, batch_sizes=(), **extra):
+    from .validate import ValidationOptions
+
+    return ValidationOptions(atol=atol, rtol=rtol, seed=seed, batch_sizes=batch_sizes,
+                             tolerances=_triples("--tol", tols, (float, float)),
+                             ranges=_triples("--range", ranges, (float, float)), **extra)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="cpu", show_default=True,
@@ -66,11 +122,25 @@ def main():
               help="Package folder [default: artifacts/<model name>].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--archive", is_flag=True, help="Also write <output>.tar.gz.")
+@click.option("--runtime-dir", type=click.Path(path_type=Path),
+              help="libtvm_runtime.so and libtvm_ffi.so for the target (or their wheels) "
+                   "[default: installed / fetched once into the cache].")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Check the package against ONNX Runtime and TorchScript.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Keep a package that fails validation (marked as not validated).")
+@validation_options
+@click.option("--java/--no-java", default=None,
+              help="Build the Java binding (java/deploytool.jar, JNI library) or leave it out "
+                   "[default: when a JDK is found].")
 @click.option("--tune", is_flag=True, help="Tune with MetaSchedule first (see deploytool tune).")
 @_tuning_options
-def compile(model, target, inputs, output, force, archive, tune, trials, time_budget, db):
-    """Compile MODEL (TorchScript .pt or .onnx) into a package for TARGET.
+def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
+            atol, rtol, tols, seed, ranges, batch_sizes, java, tune, trials, time_budget, db):
+    """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
 
+    The package is validated against ONNX Runtime and the original model when this machine can
+    run the target; a failing validation fails the compile unless --allow-mismatch is given.
     Kernels found in the tuning database get their tuned schedules; the others get the default
     schedule.
     """
@@ -78,7 +148,11 @@ def compile(model, target, inputs, output, force, archive, tune, trials, time_bu
     from .tuning import TuneSettings
 
     options = CompileOptions(model=model, target=target, inputs=inputs, output=output,
-                             force=force, archive=archive, tune=tune,
+                             force=force, archive=archive, runtime_dir=runtime_dir,
+                             validate=validate,
+                             allow_mismatch=allow_mismatch,
+                             validation=_validation(atol, rtol, tols, seed, ranges,
+                                                    batch_sizes), java=java, tune=tune,
                              tuning=TuneSettings(trials=trials, time_budget=time_budget, db=db))
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
@@ -119,6 +193,40 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
 
 
 @main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path),
+              help="The TorchScript model [default: the compiled file, if unchanged].")
+@validation_options
+@click.option("--inputs", "inputs_dir", type=click.Path(path_type=Path),
+              help="A folder of <input name>.npy files to use instead of random data.")
+@click.option("--samples", type=int, default=1, show_default=True,
+              help="Number of random input samples (seeds SEED, SEED+1, ...).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the report as JSON.")
+def validate(package, model, atol, rtol, tols, seed, ranges, batch_sizes, inputs_dir, samples,
+             json_path):
+    """Run PACKAGE (natively), ONNX Runtime and TorchScript on the same inputs and compare.
+
+    Exit 0 only if every output of every sample is within tolerance of every reference.
+    """
+    from .package import load_package
+    from .validate import record_validation, validate_package, write_report_json
+
+    if model is not None and not model.is_file():
+        raise DeploytoolError(f"model file {model} not found", "Check the --model path")
+    pkg = load_package(package)
+    options = _validation(atol, rtol, tols, seed, ranges, batch_sizes, model=model,
+                          samples=samples, inputs_dir=inputs_dir)
+    report = validate_package(pkg, options)
+    click.echo(report.format())
+    if json_path:
+        write_report_json(report, json_path)
+    record_validation(pkg, report, "passed" if report.passed else "failed")
+    if not report.passed:
+        raise DeploytoolError("validation FAILED", "See the report above")
+
+
+@main.command()
 def targets():
     """List the targets in targets/."""
     from .targets import list_targets
@@ -145,3 +253,38 @@ def example(name, output):
 
     path = write_example(name, output or Path(f"{name}.pt"))
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path),
+              help="The TorchScript file the package was compiled from, for --compare "
+                   "torchscript [default: the path its manifest records, if still there].")
+@click.option("--compare", default="", metavar="BACKEND,...",
+              help="Also run these on the same inputs: onnxruntime, torchscript.")
+@click.option("--warmup-ms", type=float, default=200, show_default=True,
+              help="Warm-up per round before the timed runs.")
+@click.option("--min-iters", type=int, default=50, show_default=True,
+              help="Timed runs at least, all rounds together.")
+@click.option("--min-seconds", type=float, default=3, show_default=True,
+              help="Timed seconds at least, all rounds together.")
+@click.option("--threads", type=int, help="Threads of every backend [default: the CPUs usable].")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Interleaved rounds, each a fresh process per backend.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the results, with every latency, to this JSON file.")
+def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, rounds,
+          json_path):
+    """Measure PACKAGE's latency and memory through its native runner (no Python in the loop),
+    optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest."""
+    from .bench import BenchOptions, bench_package, format_table, parse_compare
+
+    options = BenchOptions(package=package, model=model, compare=parse_compare(compare),
+                           warmup_ms=warmup_ms, min_iters=min_iters, min_seconds=min_seconds,
+                           threads=threads, rounds=rounds, json=json_path)
+    options.check()
+    click.echo(options.display())
+    result = bench_package(options, log=click.echo)
+    click.echo("\n" + format_table(result))
+    click.echo(f"\nstored in {result.options.package / 'manifest.json'} (benchmarks)"
+               + (f" and {json_path}" if json_path else ""))

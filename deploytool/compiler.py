@@ -1,4 +1,4 @@
-"""compile_model: TorchScript or ONNX -> ONNX -> Relax -> target library -> package."""
+"""compile_model: TorchScript, ONNX or torch.export -> Relax -> target library -> package."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .build import build_library
-from .frontends import load_model, to_onnx
+from .build import build_library, check_compiler
+from .cuda import check_toolchain, is_cuda, readme_section, runtime_manifest
+from .dynamic import example_sizes
+from .dynamic import readme_section as dynamic_readme_section
+from .errors import DeploytoolError
+from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
-from .native import build_native
+from .java import build_java, find_jdk
+from .native import build_native, tvm_runtime_libraries
 from .package import (
     FORMAT_VERSION,
     Package,
@@ -22,10 +27,19 @@ from .package import (
     file_digests,
     write_archive,
     write_examples,
+    write_test_vectors,
 )
+from .runners import can_run_target
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
 from .tuning import TuneSettings, schedule_build, tune_module
+from .validate import (
+    ValidationOptions,
+    make_inputs,
+    onnxruntime_backend,
+    record_validation,
+    validate_package,
+)
 
 Log = Callable[[str], None]
 
@@ -42,6 +56,11 @@ class CompileOptions:
     archive: bool = False
     tune: bool = False
     tuning: TuneSettings = field(default_factory=TuneSettings)
+    runtime_dir: Path | None = None
+    validate: bool = True
+    allow_mismatch: bool = False
+    validation: ValidationOptions = field(default_factory=ValidationOptions)
+    java: bool | None = None  # None: build the Java binding when a JDK is present
 
     def output_dir(self) -> Path:
         return self.output or Path("artifacts") / self.model.stem
@@ -49,7 +68,8 @@ class CompileOptions:
     def display(self) -> str:
         inputs = ", ".join(map(str, self.inputs)) if self.inputs else "from the model file"
         return (f"model   {self.model}\ntarget  {self.target}\ninputs  {inputs}\n"
-                f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}")
+                f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}"
+                + (f"\nruntime {self.runtime_dir}" if self.runtime_dir else ""))
 
 
 @dataclass
@@ -94,13 +114,20 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     log = log or (lambda _line: None)
     timer = StageTimer(log)
     target: TargetSpec = load_target(options.target).resolved()
+    if is_cuda(target):
+        check_toolchain(target)  # nvcc and the CUDA runtime, before any heavy work
     destination = options.output_dir()
+    check_compiler(target.cxx)  # the toolchain and runtime libraries first, before any heavy work
+    runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
+    if options.java:
+        find_jdk()  # fail before the long stages when --java was asked for and there is no JDK
     with atomic_folder(destination, options.force) as scratch:
         with timer.stage("load"):
             source = load_model(options.model, options.inputs)
         with timer.stage("export"):
             onnx_model = to_onnx(source)
-            (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
+            if onnx_model.proto is not None:  # None on the torch.export route
+                (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
         with timer.stage("import"):
             mod = import_relax(onnx_model)
         tuned = None
@@ -108,38 +135,95 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             with timer.stage("tune"):
                 tuned = tune_module(mod, target, options.tuning, log)
                 log(tuned.table())
+        for note in onnx_model.notes:
+            log(f"  note: {note}")
         with timer.stage("build"):
             pipeline, tuning = schedule_build(target, options.tuning, tuned)
             build_library(mod, target, scratch / "model.so", pipeline)
             if tuning:
                 log(f"  schedules  {tuning.summary()}")
         with timer.stage("package"):
-            build_native(target, scratch)
+            build_native(target, scratch, runtime_libraries)
+            java = build_java(target, scratch, options.java, log)
             manifest = {
                 "format_version": FORMAT_VERSION,
                 "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "model": {"name": source.name, "file": source.path.name, "sha256": source.sha256,
-                          "format": source.format, "route": f"{source.format} -> onnx -> relax"},
+                          "format": source.format, "route": onnx_model.route,
+                          "notes": onnx_model.notes},
                 "inputs": [s.to_dict() for s in onnx_model.inputs],
                 "outputs": [s.to_dict() for s in onnx_model.outputs],
                 "target": {**target.to_dict(), "resolved_cpu": target.cpu},
                 "runtime": {"arch": target.arch, "cpu_features": target.cpu_features(),
-                            "device": "cpu"},
+                            **runtime_manifest(target)},
                 "versions": _versions(),
                 "compile_options": {**asdict(options), "model": str(options.model),
                                     "tuning": options.tuning.to_dict(),
                                     "output": str(destination),
-                                    "inputs": [str(s) for s in onnx_model.inputs]},
+                                    "inputs": [str(s) for s in onnx_model.inputs],
+                                    "runtime_dir": (str(options.runtime_dir)
+                                                    if options.runtime_dir else None)},
                 "stage_seconds": timer.seconds,
-                "files": file_digests(scratch),
                 "validation": None,
                 "tuning": tuning.to_dict() if tuning else None,
                 "benchmarks": None,
+                "java": java,
             }
             package = Package(scratch, manifest)
+            manifest["self_test"] = _write_test_vectors(package, source, options.validation)
+            manifest["files"] = file_digests(scratch)
+            manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
             package.save_manifest()
             write_examples(scratch, manifest)
-    package = Package(destination, manifest)
+            with open(scratch / "README.md", "a") as readme:
+                readme.write(readme_section(manifest) + dynamic_readme_section(manifest))
+        _validate(package, target, source, options, timer, log)
+    package = Package(destination, package.manifest)
     if options.archive:
         write_archive(destination)
     return package
+
+
+def _write_test_vectors(package: Package, source, validation: ValidationOptions) -> dict:
+    """The package's own test vectors: seeded inputs and the original model's outputs."""
+    arrays = make_inputs(package.inputs, validation.seed, validation.ranges,
+                         example_sizes(package.inputs))  # one size of any symbolic dimension
+    if source.format == "torchscript":
+        reference, outputs = "torchscript", run_torchscript(source.module, arrays)
+    elif source.format == "torch.export":
+        from .exported import run_exported
+
+        reference, outputs = "torch.export", run_exported(source.module, arrays)
+    else:
+        reference, outputs = "onnxruntime", onnxruntime_backend(package)(arrays)
+    return write_test_vectors(package.path, package.inputs, package.outputs, arrays, outputs,
+                              reference, validation.atol, validation.rtol)
+
+
+def _validate(package: Package, target: TargetSpec, source, options: CompileOptions,
+              timer: StageTimer, log: Log) -> None:
+    """Validate against the references when this machine can run the target; record the result."""
+    if not options.validate:
+        log("  validation skipped (--no-validate): the package is not validated")
+        record_validation(package, None, "skipped")
+        return
+    if not can_run_target(target):
+        log(f"  validation pending: this machine cannot run {target.name} code; run "
+            "bin/deploytool-run --self-test on the deployment machine")
+        record_validation(package, None, "pending")
+        return
+    validation = options.validation
+    if source.format == "torchscript" and validation.model is None:
+        validation = ValidationOptions(**{**validation.__dict__, "model": source.path})
+    with timer.stage("validate"):
+        report = validate_package(package, validation)
+    for line in report.format().splitlines():
+        log("    " + line)
+    record_validation(package, report, "passed" if report.passed else "failed")
+    if not report.passed and not options.allow_mismatch:
+        worst = max((c for c in report.comparisons if not c.passed), key=lambda c: c.min_atol)
+        raise DeploytoolError(
+            f"validation FAILED: output '{worst.output}' differs from {worst.reference} by up to "
+            f"{worst.max_abs_error:.3g} (atol {worst.atol:g}, rtol {worst.rtol:g})",
+            "Pass --allow-mismatch to keep the package marked as not validated, or adjust the "
+            "tolerance with --atol/--rtol if the difference is acceptable")

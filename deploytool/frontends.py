@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DeploytoolError
-from .tensors import TensorSpec, parse_inputs_json
+from .tensors import SYMBOL, TensorSpec, concrete_specs, parse_inputs_json
 
 SAVE_HINT = "Save it with torch.jit.save(torch.jit.script(model), path)"
 
@@ -42,6 +46,8 @@ class OnnxModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     notes: list[str] = field(default_factory=list)
+    route: str = ""  # how the model got here, e.g. "torchscript -> onnx -> relax"
+    program: Any = None  # a torch.export ExportedProgram, imported without ONNX (proto is None)
 
 
 def sha256_of(path: Path) -> str:
@@ -52,11 +58,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sample_inputs(specs: list[TensorSpec], seed: int = 0) -> list[np.ndarray]:
-    """Seeded sample data: floats in [-1, 1), integers in [0, 10), booleans."""
+def sample_inputs(specs: list[TensorSpec], seed: int = 0,
+                  sizes: dict[str, int] | None = None) -> list[np.ndarray]:
+    """Seeded sample data: floats in [-1, 1), integers in [0, 10), booleans; symbolic
+    dimensions take their size in ``sizes`` (default 1)."""
     rng = np.random.default_rng(seed)
     arrays = []
-    for spec in specs:
+    for spec in concrete_specs(specs, sizes):
         if spec.dtype.startswith("float"):
             arrays.append(rng.uniform(-1, 1, spec.shape).astype(spec.dtype))
         elif spec.dtype == "bool":
@@ -84,7 +92,7 @@ def load_model(path: str | Path, inputs: list[TensorSpec] | None = None) -> Sour
     path = Path(path)
     if not path.is_file():
         raise DeploytoolError(f"model file {path} not found", "Check the path")
-    loader = FRONTENDS["onnx" if path.suffix == ".onnx" else "torchscript"]
+    loader = FRONTENDS[SUFFIXES.get(path.suffix, "torchscript")]
     return loader(path, inputs)
 
 
@@ -144,7 +152,9 @@ def _value_spec(value, path: Path | None = None) -> TensorSpec:
     import onnx
 
     tensor_type = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    dims = [d.dim_value if d.HasField("dim_value") else
+            (d.dim_param if SYMBOL.fullmatch(d.dim_param) else None)
+            for d in tensor_type.shape.dim]
     if None in dims:
         raise DeploytoolError(f"ONNX tensor '{value.name}' of {path} has a symbolic shape",
                               f"Pass its shape with --input {value.name}:SHAPE:DTYPE")
@@ -159,7 +169,11 @@ def to_onnx(model: SourceModel, opset: int = 17) -> OnnxModel:
 
         inferred = onnx.shape_inference.infer_shapes(model.module)
         outputs = [_value_spec(v, model.path) for v in inferred.graph.output]
-        return OnnxModel(model.module, model.inputs, outputs)
+        return OnnxModel(model.module, model.inputs, outputs, route="onnx -> relax")
+    if model.format == "torch.export":
+        from .exported import prepare_exported
+
+        return prepare_exported(model)
     return _export_torchscript(model, opset)
 
 
@@ -180,7 +194,9 @@ def _export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
     import onnx
     import torch
 
-    arrays = sample_inputs(model.inputs)
+    from .dynamic import dynamic_axes, example_sizes
+
+    arrays = sample_inputs(model.inputs, sizes=example_sizes(model.inputs))
     try:
         outputs = run_torchscript(model.module, arrays)
     except DeploytoolError:
@@ -190,20 +206,46 @@ def _export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
             f"the model rejected inputs {', '.join(map(str, model.inputs))} "
             f"({_last_line(err)})", "Pass the shapes the model expects with --input") from err
     names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
+    args = tuple(torch.from_numpy(a) for a in arrays)
+    notes: list[str] = []
+
+    def export(module) -> bytes:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), _output_silenced():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.module, tuple(torch.from_numpy(a) for a in arrays), buffer,
-                              dynamo=False, opset_version=opset,
-                              input_names=[s.name for s in model.inputs], output_names=names)
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
+                              input_names=[s.name for s in model.inputs], output_names=names,
+                              dynamic_axes=dynamic_axes(model.inputs) or None)
+        return buffer.getvalue()
+
+    try:
+        exported = export(model.module)
     except Exception as err:
-        raise DeploytoolError(f"export to ONNX failed ({_last_line(err)})",
-                              "Rewrite the unsupported part of the model, or pass an .onnx file "
-                              "exported another way") from err
+        from .fallbacks import export_with_fallbacks
+
+        exported = export_with_fallbacks(model.module, args, export, err, notes)
     output_specs = [TensorSpec(n, tuple(o.shape), str(o.dtype))
                     for n, o in zip(names, outputs, strict=True)]
-    return OnnxModel(onnx.load_from_string(buffer.getvalue()), model.inputs, output_specs)
+    return OnnxModel(onnx.load_from_string(exported), model.inputs, output_specs, notes,
+                     route="torchscript -> onnx -> relax")
+
+
+@contextmanager
+def _output_silenced():
+    """Hide what C++ code prints (the ONNX exporter dumps whole graphs when it fails)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def _last_line(err: Exception) -> str:
@@ -211,7 +253,22 @@ def _last_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def _load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
+    from .exported import load_exported
+
+    dynamic = [str(s) for s in inputs or [] if s.is_dynamic]
+    if dynamic:
+        raise DeploytoolError(
+            f"symbolic dimensions ({', '.join(dynamic)}) are not supported for torch.export "
+            f"archives like {path}", "Compile the TorchScript or ONNX form of the model for a "
+            "dynamic batch, or give static shapes")
+    return load_exported(path, inputs)
+
+
 FRONTENDS: dict[str, Callable[[Path, list[TensorSpec] | None], SourceModel]] = {
     "torchscript": _load_torchscript,
     "onnx": _load_onnx,
+    "torch.export": _load_exported,
 }
+# Model file suffix -> frontend; any other suffix is read as TorchScript.
+SUFFIXES = {".onnx": "onnx", ".pt2": "torch.export"}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .converters import CONVERTERS, apply_converters
+from .dynamic import annotate_bounds, relax_output_specs, relax_shape_dict
 from .errors import DeploytoolError
 from .frontends import OnnxModel
+from .tensors import symbol_bounds, with_bounds
 
 
 def operator_counts(proto) -> Counter:
@@ -25,12 +28,43 @@ def operator_counts(proto) -> Counter:
     return counts
 
 
-def unsupported_operators(proto) -> list[str]:
+# Operators from_onnx converts itself, outside its converter map.
+DIRECTLY_HANDLED = ("If", "Constant")
+
+
+def tvm_missing_operators(proto) -> list[str]:
     """The ONNX operators of the model that TVM's Relax ONNX frontend has no converter for."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    supported = _get_convert_map()
+    supported = {*_get_convert_map(), *DIRECTLY_HANDLED}
     return sorted(op for op in operator_counts(proto) if op not in supported)
+
+
+def unsupported_operators(proto) -> list[str]:
+    """The ONNX operators that neither TVM's frontend nor deploytool's converters can import.
+
+    An operator TVM lacks counts as supported when ``converters.CONVERTERS`` has a converter for
+    it and it occurs only in the main graph (converters do not rewrite subgraphs).
+    """
+    top_level = {node.op_type for node in proto.graph.node}
+    nested = operator_counts(proto)
+    for op in top_level:
+        nested[op] -= sum(1 for node in proto.graph.node if node.op_type == op)
+    return [op for op in tvm_missing_operators(proto)
+            if op not in CONVERTERS or nested[op] > 0]
+
+
+# How to get around an operator that cannot be imported, by operator.
+WORKAROUNDS = {
+    "Loop": "Give the loop a constant trip count (for _ in range(N) with N fixed) so the "
+            "exporter unrolls it; a loop whose trip count depends on the data cannot be compiled",
+    "Scan": "Unroll the scan over a fixed length, or save the model with torch.export.save and "
+            "compile the .pt2",
+    "RNN": "Use nn.LSTM or nn.GRU, which deploytool converts, or write the recurrence with "
+           "nn.Linear and torch.tanh over a fixed sequence length",
+}
+DEFAULT_WORKAROUND = ("Replace them in the model with supported operations, or save the model "
+                      "with torch.export.save and compile the .pt2 (which skips ONNX)")
 
 
 def import_relax(model: OnnxModel):
@@ -46,16 +80,31 @@ def import_relax(model: OnnxModel):
     """
     from tvm.relax.frontend.onnx import from_onnx
 
+    if model.program is not None:  # a torch.export program: no ONNX on this route
+        from .exported import import_exported
+
+        return import_exported(model)
     missing = unsupported_operators(model.proto)
     if missing:
+        hints = [WORKAROUNDS[op] for op in missing if op in WORKAROUNDS]
         raise DeploytoolError(
-            f"TVM's Relax ONNX frontend cannot import operator(s) {', '.join(missing)}",
-            "Replace them in the model with supported operations")
+            f"TVM's Relax ONNX frontend cannot import operator(s) {', '.join(missing)} "
+            "(stage import)", "; ".join(hints) if hints else DEFAULT_WORKAROUND)
+    proto, notes = apply_converters(model.proto, set(tvm_missing_operators(model.proto)))
+    model.notes.extend(notes)
+    dynamic = any(s.is_dynamic for s in model.inputs)
     try:
-        return from_onnx(model.proto, shape_dict={s.name: list(s.shape) for s in model.inputs},
-                         dtype_dict={s.name: s.dtype for s in model.inputs},
-                         keep_params_in_input=False)
+        mod = from_onnx(proto, shape_dict=(relax_shape_dict(model.inputs) if dynamic else
+                                           {s.name: list(s.shape) for s in model.inputs}),
+                        dtype_dict={s.name: s.dtype for s in model.inputs},
+                        keep_params_in_input=False)
     except Exception as err:
         message = str(err).strip().splitlines()
         raise DeploytoolError(f"TVM's ONNX import failed ({message[-1] if message else err})",
                               "Simplify the failing part of the model or report it") from err
+    if dynamic or any(s.is_dynamic for s in model.outputs):
+        # bounds for memory planning; output shapes in terms of the input symbols
+        model.inputs = with_bounds(model.inputs, symbol_bounds(model.inputs))
+        model.outputs = relax_output_specs(mod, model.outputs, model.inputs)
+        mod = annotate_bounds(mod, model.inputs)
+    return mod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from .errors import DeploytoolError
@@ -26,12 +27,17 @@ def describe(path: str | Path) -> str:
             raise
         return f"{path}: TorchScript with no stored input shapes (pass --input when compiling)"
     onnx_model = to_onnx(source)
-    counts = operator_counts(onnx_model.proto)
-    missing = unsupported_operators(onnx_model.proto)
+    if onnx_model.program is not None:  # torch.export: count the decomposed ATen operators
+        counts = Counter(str(n.target) for n in onnx_model.program.graph.nodes
+                         if n.op == "call_function")
+        missing, kind = [], "ATen"
+    else:
+        counts = operator_counts(onnx_model.proto)
+        missing, kind = unsupported_operators(onnx_model.proto), "ONNX"
     lines = [f"{path} ({source.format}, sha256 {source.sha256[:16]}...)", "inputs:"]
     lines += [f"  {s}" for s in onnx_model.inputs]
     lines += ["outputs:"] + [f"  {s}" for s in onnx_model.outputs]
-    lines += ["operators (ONNX):"]
+    lines += [f"operators ({kind}):"]
     lines += [f"  {op:<24} {n}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1])]
     if missing:
         lines.append(f"not importable into TVM: {', '.join(missing)}")

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
 
+from . import aarch64_runtime
 from .build import check_compiler
+from .cuda import runtime_libraries as device_runtime_libraries
 from .errors import DeploytoolError
 from .targets import TargetSpec
 
 RUNTIME_SRC = Path(__file__).resolve().parent / "runtime"
-HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp")
+HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp", "sha256.hpp")
 CACHE_DIR = Path(os.environ.get("DEPLOYTOOL_CACHE", Path.home() / ".cache" / "deploytool"))
 
 
-def tvm_runtime_libraries(target: TargetSpec) -> list[Path]:
-    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` for the target's architecture."""
+def tvm_runtime_libraries(target: TargetSpec, runtime_dir: Path | None = None,
+                          log=None) -> list[Path]:
+    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` for the target's architecture.
+
+    From ``runtime_dir`` when given, else the installed wheels for this machine's architecture,
+    else (aarch64) the pinned aarch64 wheels, fetched once into the cache.
+    """
     import tvm
     import tvm_ffi
 
-    if target.arch != "x86_64":
-        raise DeploytoolError(f"no TVM runtime for {target.arch} is available",
-                              "Compile for an x86_64 target")
+    if runtime_dir is not None:
+        return aarch64_runtime.libraries_in_dir(Path(runtime_dir), target.arch)
+    if target.arch != platform.machine():
+        return aarch64_runtime.cached_runtime(target.arch, log)
     return [Path(tvm.__file__).parent / "lib" / "libtvm_runtime.so",
             Path(tvm_ffi.__file__).parent / "lib" / "libtvm_ffi.so"]
 
@@ -35,7 +44,7 @@ def ffi_include_dir() -> Path:
     return Path(tvm_ffi.__file__).parent / "include"
 
 
-def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
+def compile_cached(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
     """Run the compiler, reusing a cached result for identical sources, flags and compiler."""
     package_dir = str(output.parent.parent)
     digest = hashlib.sha256(" ".join([target.cxx, *args]).replace(package_dir, "").encode())
@@ -55,22 +64,31 @@ def _compile(target: TargetSpec, args: list[str], output: Path, sources: list[Pa
     shutil.copy2(cached, output)
 
 
-def build_native(target: TargetSpec, package_dir: Path) -> None:
+
+
+def build_native(target: TargetSpec, package_dir: Path,
+                 runtime_libraries: list[Path] | None = None) -> None:
     """Write ``lib/`` (TVM runtime, C API), ``include/`` and ``bin/deploytool-run``."""
     check_compiler(target.cxx)
     lib, include, bin_dir = (package_dir / d for d in ("lib", "include", "bin"))
     for folder in (lib, include, bin_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    for library in tvm_runtime_libraries(target):
+    for library in runtime_libraries or tvm_runtime_libraries(target):
+        shutil.copy2(library, lib / library.name)
+    for library in device_runtime_libraries(target):  # CUDA: libtvm_runtime_cuda, libcudart
         shutil.copy2(library, lib / library.name)
     for header in HEADERS:
         shutil.copy2(RUNTIME_SRC / header, include / header)
+    shutil.copy2(RUNTIME_SRC / "deploytool_dlpack.h", include / "deploytool_dlpack.h")
+    (include / "dlpack").mkdir(exist_ok=True)
+    shutil.copy2(ffi_include_dir() / "dlpack" / "dlpack.h", include / "dlpack" / "dlpack.h")
     api_source = RUNTIME_SRC / "deploytool.cc"
-    _compile(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
+    compile_cached(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
                       f"-I{include}", f"-I{ffi_include_dir()}", f"-L{lib}", "-ltvm_ffi",
                       "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"],
-             lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS)])
+             lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS),
+                                        RUNTIME_SRC / "deploytool_dlpack.h"])
     runner = RUNTIME_SRC / "runner.cc"
-    _compile(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
+    compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
                       "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
              bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import DeploytoolError
 from .frontends import sha256_of
+from .java import readme_section as java_readme_section
 from .native import RUNTIME_SRC
 from .tensors import TensorSpec
 
@@ -43,7 +44,7 @@ class Package:
     def save_manifest(self) -> None:
         """Write the manifest back atomically (later steps add validation, tuning, benchmarks)."""
         scratch = self.path / f".{MANIFEST}.tmp"
-        scratch.write_text(json.dumps(self.manifest, indent=2) + "\n")
+        scratch.write_text(json.dumps(self.manifest, indent=2, default=str) + "\n")
         os.replace(scratch, self.path / MANIFEST)
 
 
@@ -109,9 +110,10 @@ Outputs:
 
 ## Run it
 
+    bin/deploytool-run --self-test               # check this package on this machine first
     bin/deploytool-run --repeat 100              # seeded random inputs, prints the timings
     bin/deploytool-run --input {manifest['inputs'][0]['name']}=x.npy --output-dir out/
-
+{_emulation_note(manifest['runtime']['arch'])}
 ## Use it from C++
 
     g++ -std=c++17 examples/cpp/main.cc -Iinclude -Llib -ldeploytool \\
@@ -129,12 +131,44 @@ model.run({{input.data()}}, {{output.data()}});
 ```
 
 A model may be shared by threads (runs are serialised); load one per thread for parallel runs.
-""")
+""" + java_readme_section(manifest))
+
+
+def _emulation_note(arch: str) -> str:
+    """For a cross-compiled package: how to run it on an x86-64 machine, for the package README."""
+    if arch != "aarch64":
+        return ""
+    return """
+On an x86-64 Linux machine, run it under emulation (apt-get install qemu-user-static
+g++-aarch64-linux-gnu; the second provides the aarch64 libc and libstdc++):
+
+    QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64-static bin/deploytool-run --repeat 10
+"""
 
 
 def file_digests(package_dir: Path) -> dict[str, str]:
-    """sha256 of the files whose corruption would change results."""
-    return {name: sha256_of(package_dir / name) for name in ("model.so",)}
+    """sha256 of the files whose corruption would change results: model.so and test vectors."""
+    vectors = sorted(f"testdata/{p.name}" for p in (package_dir / "testdata").glob("*"))
+    names = ["model.so", *vectors]
+    return {name: sha256_of(package_dir / name) for name in names}
+
+
+def write_test_vectors(package_dir: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                       input_arrays: list, output_arrays: list, reference: str,
+                       atol: float, rtol: float) -> dict:
+    """Save inputs and reference outputs under testdata/; returns the manifest's self_test entry."""
+    import numpy as np
+
+    folder = package_dir / "testdata"
+    folder.mkdir(exist_ok=True)
+    entry: dict = {"reference": reference, "atol": atol, "rtol": rtol, "inputs": [], "outputs": []}
+    for kind, specs, arrays in (("inputs", inputs, input_arrays),
+                                ("outputs", outputs, output_arrays)):
+        for i, (spec, array) in enumerate(zip(specs, arrays, strict=True)):
+            name = f"testdata/{kind[:-1]}{i}.npy"
+            np.save(package_dir / name, np.ascontiguousarray(array, dtype=spec.dtype))
+            entry[kind].append({"name": spec.name, "file": name})
+    return entry
 
 
 def write_archive(package_dir: Path) -> Path:

@@ -17,8 +17,11 @@ CPU_FLAGS = {
     "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512cd": "avx512cd",
     "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
     "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
-    "avxvnni": "avx_vnni", "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
+    "avxvnni": "avx_vnni", "sse4a": "sse4a", "fma4": "fma4", "xop": "xop",
+    "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
     "i8mm": "i8mm", "sve": "sve", "bf16": "bf16",
+    # aarch64: only what generated kernels may use (not aes/sha2/crc: a Raspberry Pi 4 lacks them)
+    "fp-armv8": "fp", "rdm": "asimdrdm", "fp16fml": "asimdfhm", "sve2": "sve2",
 }
 
 
@@ -37,8 +40,17 @@ class TargetSpec:
     def cpu(self) -> str | None:
         return self.target.get("mcpu")
 
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cuda"`` for a GPU target, else ``"cpu"``."""
+        return "cuda" if self.target.get("kind") == "cuda" else "cpu"
+
     def resolved(self) -> TargetSpec:
-        """Replace ``mcpu: native`` by this machine's CPU name."""
+        """Replace ``mcpu: native`` by this machine's CPU name (``arch: native``: its GPU's)."""
+        if self.device == "cuda" and self.target.get("arch") == "native":
+            from .cuda import detect_gpu_arch
+
+            return replace(self, target={**self.target, "arch": detect_gpu_arch()})
         if self.cpu != "native":
             return self
         import tvm
@@ -62,15 +74,23 @@ class TargetSpec:
         """The /proc/cpuinfo flags a machine needs to run code built for this target."""
         import tvm
 
-        if self.target.get("kind") != "llvm":
+        # a GPU target's host code runs on the CPU too: its "host" dict says for which
+        host = self.resolved().target if self.target.get("kind") == "llvm" else \
+            self.target.get("host")
+        if not isinstance(host, dict) or host.get("kind") != "llvm":
             return []
-        features = tvm.target.codegen.llvm_get_cpu_features(self.resolved().tvm_target())
+        features = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(host))
         return sorted(CPU_FLAGS[f] for f in features if f in CPU_FLAGS)
 
     def runs_here(self) -> bool:
         """Whether this machine can run code built for this target."""
         if self.arch != platform.machine():
             return False
+        if self.device == "cuda":
+            from .cuda import gpu_present
+
+            if not gpu_present():
+                return False
         return set(self.cpu_features()) <= machine_cpu_flags()
 
     def to_dict(self) -> dict:
@@ -138,10 +158,12 @@ def _from_dict(data: dict, name: str) -> TargetSpec:
         raise DeploytoolError(f"target '{name}' has no \"target\" dict with a \"kind\"",
                               'Add "target": {"kind": "llvm", "mtriple": ..., "mcpu": ...}')
     known = {"target", "arch", "cxx", "description", "name"}
-    arch = data.get("arch") or str(target.get("mtriple", "x86_64")).split("-")[0]
+    host = target.get("host") if isinstance(target.get("host"), dict) else {}  # a GPU's CPU
+    triple = target.get("mtriple", host.get("mtriple", "x86_64"))
+    arch = data.get("arch") or str(triple).split("-")[0]
     spec = TargetSpec(name=data.get("name", name), target=target, arch=arch,
                       cxx=data.get("cxx", "g++"), description=data.get("description", ""),
                       extra={k: v for k, v in data.items() if k not in known})
-    if spec.cpu != "native":
+    if spec.cpu != "native" and target.get("arch") != "native":
         spec.tvm_target()
     return spec

@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from .examples import cnn, mlp
 from .tensors import TensorSpec
+
+
+def _calibrated(model, inputs: list[TensorSpec]):
+    """He-initialise the convolutions and set the batch-norm statistics from random batches, as
+    training would. With PyTorch's default init and identity statistics, a deep random network's
+    output ignores its input (MobileNetV2's varied by 1e-9), which would make validation vacuous."""
+    import torch
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, *inputs[0].shape[1:]))
+    return model.eval(), inputs
 
 
 def resnet18(num_classes: int = 1000, size: int = 224):
@@ -35,7 +55,7 @@ def resnet18(num_classes: int = 1000, size: int = 224):
         layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))]
+    return _calibrated(nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))])
 
 
 def mobilenet_v2(num_classes: int = 1000, size: int = 224):
@@ -70,8 +90,142 @@ def mobilenet_v2(num_classes: int = 1000, size: int = 224):
             cin = cout
     layers += conv_bn(cin, 1280, 1, 1)
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, num_classes)]
-    return nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))]
+    return _calibrated(nn.Sequential(*layers), [TensorSpec("image", (1, 3, size, size))])
+
+
+def transformer(vocab: int = 100, width: int = 32, heads: int = 4, layers: int = 2,
+                seq: int = 8, num_classes: int = 5):
+    """A text classifier: token embeddings, nn.TransformerEncoder (batch_first), mean pooling.
+
+    Its input is int64 token ids. Scripted, it does not export to ONNX (the encoder's fast path
+    calls ``aten::is_autocast_enabled``); through ``torch.export`` (.pt2) it compiles.
+    """
+    import torch
+    from torch import nn
+
+    class TextClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, width)
+            self.position = nn.Parameter(torch.randn(1, seq, width) * 0.1)
+            layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width,
+                                               dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.head = nn.Linear(width, num_classes)
+
+        def forward(self, tokens):
+            x = self.embed(tokens) + self.position
+            return self.head(self.encoder(x).mean(dim=1))
+
+    return TextClassifier(), [TensorSpec("tokens", (1, seq), "int64")]
+
+
+def _recurrent(cell: str, features: int, hidden: int, seq: int, layers: int,
+               bidirectional: bool, num_classes: int):
+    from torch import nn
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(nn, cell)(features, hidden, layers, batch_first=True,
+                                         bidirectional=bidirectional)
+            self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return self.head(y[:, -1])
+
+    return Recurrent(), [TensorSpec("x", (1, seq, features))]
+
+
+def gru(features: int = 8, hidden: int = 16, seq: int = 6, layers: int = 2,
+        num_classes: int = 4):
+    """nn.GRU (two layers, batch_first) and a linear head on the last step."""
+    return _recurrent("GRU", features, hidden, seq, layers, False, num_classes)
+
+
+def lstm(features: int = 8, hidden: int = 16, seq: int = 6, layers: int = 1,
+         num_classes: int = 4):
+    """nn.LSTM (bidirectional, batch_first) and a linear head on the last step."""
+    return _recurrent("LSTM", features, hidden, seq, layers, True, num_classes)
+
+
+def control_flow(width: int = 16):
+    """Scripted data-dependent ``if`` and a fixed-count loop (the exporter unrolls it)."""
+    import torch
+    from torch import nn
+
+    class ControlFlow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(width, width)
+            self.outer = nn.Linear(width, 3)
+
+        def forward(self, x):
+            if bool(x.sum() > 0):
+                y = torch.relu(self.inner(x))
+            else:
+                y = torch.tanh(self.inner(x)) * 2.0
+            for _ in range(3):
+                y = torch.sigmoid(self.inner(y)) + x
+            return self.outer(y)
+
+    return ControlFlow(), [TensorSpec("x", (1, width))]
+
+
+def dynamic_loop(width: int = 16):
+    """A scripted ``while`` loop whose trip count depends on the data: ONNX ``Loop``."""
+    from torch import nn
+
+    class DynamicLoop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(width, width)
+
+        def forward(self, x):
+            y = self.linear(x)
+            steps = 0
+            while bool(y.abs().sum() > 1.0) and steps < 8:
+                y = y * 0.5
+                steps += 1
+            return y
+
+    return DynamicLoop(), [TensorSpec("x", (1, width))]
+
+
+def two_io(features: int = 8, extra: int = 6, width: int = 16, num_classes: int = 4):
+    """Two inputs (features, and a float side input) and two outputs (probabilities, score)."""
+    import torch
+    from torch import nn
+
+    class TwoInTwoOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(features, width)
+            self.b = nn.Linear(extra, width)
+            self.head = nn.Linear(width, num_classes)
+
+        def forward(self, x, side):
+            h = torch.relu(self.a(x)) * torch.sigmoid(self.b(side))
+            return torch.softmax(self.head(h), dim=-1), h.sum(dim=-1, keepdim=True)
+
+    return TwoInTwoOut(), [TensorSpec("x", (2, features)), TensorSpec("side", (2, extra))]
 
 
 ZOO: dict[str, Callable] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18,
-                            "mobilenet_v2": mobilenet_v2}
+                            "mobilenet_v2": mobilenet_v2, "transformer": transformer,
+                            "gru": gru, "lstm": lstm, "control_flow": control_flow,
+                            "dynamic_loop": dynamic_loop, "two_io": two_io}
+
+
+def save_exported(model, inputs: list[TensorSpec], path: Path, seed: int = 0) -> Path:
+    """``torch.export`` ``model`` on seeded sample inputs and save it to ``path`` (a .pt2)."""
+    import torch
+
+    from .frontends import sample_inputs
+
+    model.eval()
+    args = tuple(torch.from_numpy(a) for a in sample_inputs(inputs, seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(torch.export.export(model, args), str(path))
+    return path

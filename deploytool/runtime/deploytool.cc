@@ -1,6 +1,10 @@
 // deploytool C API over the TVM runtime: reads manifest.json, checks the machine, runs the Relax VM.
 #include "deploytool.h"
+#include "deploytool_dlpack.h"
+#include "npy.hpp"
+#include "sha256.hpp"
 
+#include <dlfcn.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
@@ -8,16 +12,23 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <algorithm>
+#include <cmath>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
 
 namespace ffi = tvm::ffi;
 
@@ -34,9 +45,19 @@ struct TensorSpec {
   std::string name;
   std::string dtype;
   DLDataType dl_dtype;
-  std::vector<int64_t> shape;
-  size_t nbytes;
+  std::vector<int64_t> shape;        // -1 for a symbolic dimension
+  std::vector<std::string> symbols;  // the symbol of each dimension, "" for a static one
+  std::vector<int64_t> max_shape;    // the symbol's upper bound, -1 when unbounded
+  size_t item;                       // bytes per element
+  size_t nbytes;                     // at max_shape; 0 if a dimension is unbounded
+  bool dynamic = false;
 };
+
+size_t BytesOf(const TensorSpec& spec, const std::vector<int64_t>& shape) {
+  size_t count = 1;
+  for (int64_t extent : shape) count *= static_cast<size_t>(extent);
+  return count * spec.item;
+}
 
 // Wraps caller memory as a tensor without copying; the caller keeps ownership.
 struct BorrowedAlloc {
@@ -64,6 +85,29 @@ std::string ReadFile(const std::string& path) {
 
 // CPU feature flags of this machine as /proc/cpuinfo names them ("avx2", "asimd", ...).
 std::set<std::string> MachineCpuFlags() {
+#if defined(__aarch64__)
+  // On aarch64, /proc/cpuinfo's Features are the kernel's hwcaps, named in this bit order
+  // (<bits/hwcap.h>). Reading them directly is also right under qemu-user, which shows the
+  // host's /proc/cpuinfo but gives the program the emulated CPU's hwcaps.
+  static const char* const kHwcap[] = {
+      "fp",    "asimd", "evtstrm", "aes",      "pmull",  "sha1",   "sha2",  "crc32", "atomics",
+      "fphp",  "asimdhp", "cpuid", "asimdrdm", "jscvt",  "fcma",   "lrcpc", "dcpop", "sha3",
+      "sm3",   "sm4",   "asimddp", "sha512",   "sve",    "asimdfhm", "dit", "uscat", "ilrcpc",
+      "flagm", "ssbs",  "sb",      "paca",     "pacg"};
+  static const char* const kHwcap2[] = {
+      "dcpodp", "sve2",    "sveaes",   "svepmull", "svebitperm", "svesha3", "svesm4",
+      "flagm2", "frint",   "svei8mm",  "svef32mm", "svef64mm",   "svebf16", "i8mm",
+      "bf16",   "dgh",     "rng",      "bti",      "mte"};
+  std::set<std::string> hwcaps;
+  unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  for (size_t bit = 0; bit < sizeof(kHwcap) / sizeof(kHwcap[0]); ++bit) {
+    if (hwcap & (1UL << bit)) hwcaps.insert(kHwcap[bit]);
+  }
+  for (size_t bit = 0; bit < sizeof(kHwcap2) / sizeof(kHwcap2[0]); ++bit) {
+    if (hwcap2 & (1UL << bit)) hwcaps.insert(kHwcap2[bit]);
+  }
+  if (!hwcaps.empty()) return hwcaps;
+#endif
   std::ifstream in("/proc/cpuinfo");
   std::set<std::string> flags;
   std::string line;
@@ -99,6 +143,23 @@ ffi::Any Field(const ffi::json::Object& object, const char* key) {
   return *value;
 }
 
+ffi::json::Object ReadManifest(const std::string& dir) {
+  std::string text = ReadFile(dir + "/manifest.json");
+  if (text.empty()) throw std::runtime_error("not a deploytool package: " + dir + "/manifest.json is missing or empty");
+  ffi::String parse_error;
+  return AsObject(ffi::json::Parse(text, &parse_error), "manifest.json");
+}
+
+double ValueAt(const char* data, const std::string& dtype, size_t i) {
+  if (dtype == "float32") return reinterpret_cast<const float*>(data)[i];
+  if (dtype == "float64") return reinterpret_cast<const double*>(data)[i];
+  if (dtype == "int64") return static_cast<double>(reinterpret_cast<const int64_t*>(data)[i]);
+  if (dtype == "int32") return reinterpret_cast<const int32_t*>(data)[i];
+  if (dtype == "int8") return reinterpret_cast<const int8_t*>(data)[i];
+  if (dtype == "uint8" || dtype == "bool") return reinterpret_cast<const uint8_t*>(data)[i];
+  throw std::runtime_error("the self-test cannot compare dtype " + dtype);
+}
+
 std::vector<TensorSpec> ParseTensorSpecs(const ffi::Any& value) {
   std::vector<TensorSpec> specs;
   for (const ffi::Any& item : value.cast<ffi::json::Array>()) {
@@ -107,15 +168,27 @@ std::vector<TensorSpec> ParseTensorSpecs(const ffi::Any& value) {
     spec.name = Field(object, "name").cast<ffi::String>();
     spec.dtype = Field(object, "dtype").cast<ffi::String>();
     spec.dl_dtype = ffi::StringToDLDataType(spec.dtype);
-    size_t count = 1;
+    std::optional<ffi::json::Object> bounds;
+    if (auto value = object.Get(ffi::String("bounds"))) bounds = AsObject(*value, "bounds");
+    bool unbounded = false;
     for (const ffi::Any& dim : Field(object, "shape").cast<ffi::json::Array>()) {
-      auto extent = dim.try_cast<int64_t>();
-      if (!extent.has_value()) throw std::runtime_error("tensor '" + spec.name + "' has a symbolic shape");
-      spec.shape.push_back(*extent);
-      count *= static_cast<size_t>(*extent);
+      if (auto extent = dim.try_cast<int64_t>()) {
+        spec.shape.push_back(*extent);
+        spec.symbols.push_back("");
+        spec.max_shape.push_back(*extent);
+        continue;
+      }
+      std::string symbol = dim.cast<ffi::String>();  // a symbolic dimension such as "N"
+      auto bound = bounds ? bounds->Get(ffi::String(symbol)) : std::nullopt;
+      spec.shape.push_back(-1);
+      spec.symbols.push_back(symbol);
+      spec.max_shape.push_back(bound ? bound->cast<int64_t>() : -1);
+      unbounded = unbounded || !bound;
+      spec.dynamic = true;
     }
     if (spec.shape.size() > DT_MAX_NDIM) throw std::runtime_error("tensor '" + spec.name + "' has too many dimensions");
-    spec.nbytes = count * ((spec.dl_dtype.bits * spec.dl_dtype.lanes + 7) / 8);
+    spec.item = (spec.dl_dtype.bits * spec.dl_dtype.lanes + 7) / 8;
+    spec.nbytes = unbounded ? 0 : BytesOf(spec, spec.max_shape);
     specs.push_back(spec);
   }
   return specs;
@@ -136,30 +209,199 @@ bool ParseDevice(const char* text, DLDevice* device) {
     *device = DLDevice{kDLCPU, index};
     return true;
   }
+  if (kind == "cuda") {
+    *device = DLDevice{kDLCUDA, index};
+    return true;
+  }
   return false;
+}
+
+std::string DeviceText(DLDevice device) {
+  return std::string(device.device_type == kDLCUDA ? "cuda:" : "cpu:") + std::to_string(device.device_id);
+}
+
+ffi::Function Global(const char* name) {
+  auto function = ffi::Function::GetGlobal(name);
+  if (!function.has_value()) throw std::runtime_error(std::string("the TVM runtime lacks ") + name);
+  return *function;
+}
+
+// Makes `device` the calling thread's current GPU, on which TVM launches the kernels.
+void SelectDevice(DLDevice device) {
+  Global("__tvm_set_device")(static_cast<int>(device.device_type), device.device_id);
+}
+
+// Loads the package's lib/libtvm_runtime_cuda.so (which registers TVM's CUDA device and kernel
+// loader) and checks that the GPU exists and can run the package's kernels.
+int PrepareCuda(const std::string& dir, DLDevice device, const std::string& package_arch) {
+  std::string library = dir + "/lib/libtvm_runtime_cuda.so";
+  if (dlopen(library.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    std::string error = dlerror();
+    if (error.find("libcuda.so") != std::string::npos) {
+      return Fail(DT_ERR_DEVICE, "cannot use CUDA on this machine: the NVIDIA driver (libcuda.so.1) is not "
+                                 "installed (" + error + "). Run the package on a machine with an NVIDIA GPU "
+                                 "and driver, or compile it for a CPU target");
+    }
+    return Fail(DT_ERR_PACKAGE, "cannot load " + library + ": " + error);
+  }
+  try {
+    ffi::Function attr = Global("runtime.GetDeviceAttr");
+    const int kExist = 0, kComputeVersion = 4;
+    ffi::Any exist = attr(static_cast<int>(kDLCUDA), device.device_id, kExist);
+    if (!exist.try_cast<int64_t>().value_or(0)) {
+      return Fail(DT_ERR_DEVICE, "no CUDA GPU " + DeviceText(device) + " on this machine (the NVIDIA driver "
+                                 "found none). Run the package on a machine with an NVIDIA GPU, or pick "
+                                 "another device index");
+    }
+    std::string version = attr(static_cast<int>(kDLCUDA), device.device_id, kComputeVersion).cast<ffi::String>();
+    int major = 0, minor = 0;
+    int package_sm = package_arch.rfind("sm_", 0) == 0 ? std::atoi(package_arch.c_str() + 3) : 0;
+    if (std::sscanf(version.c_str(), "%d.%d", &major, &minor) == 2 && major * 10 + minor < package_sm) {
+      return Fail(DT_ERR_DEVICE, "the package was compiled for " + package_arch + " but GPU " + DeviceText(device) +
+                                     " has compute capability " + version +
+                                     ". Compile it for this GPU (--target cuda)");
+    }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_DEVICE, "cannot use GPU " + DeviceText(device) + ": " + error.what());
+  }
+  return DT_OK;
 }
 
 void FillInfo(const TensorSpec& spec, dt_tensor_info* out) {
   out->name = spec.name.c_str();
   out->dtype = spec.dtype.c_str();
   out->ndim = static_cast<int>(spec.shape.size());
-  for (size_t i = 0; i < spec.shape.size(); ++i) out->shape[i] = spec.shape[i];
+  for (size_t i = 0; i < spec.shape.size(); ++i) {
+    out->shape[i] = spec.shape[i];
+    out->max_shape[i] = spec.max_shape[i];
+  }
   out->nbytes = spec.nbytes;
+}
+
+std::string SpecText(const TensorSpec& spec) {
+  std::string text = "(";
+  for (size_t d = 0; d < spec.shape.size(); ++d) {
+    text += d ? ", " : "";
+    if (spec.symbols[d].empty()) {
+      text += std::to_string(spec.shape[d]);
+    } else {
+      text += spec.symbols[d] + (spec.max_shape[d] > 0 ? "<=" + std::to_string(spec.max_shape[d]) : "");
+    }
+  }
+  return text + (spec.shape.size() == 1 ? ",)" : ")");
 }
 
 }  // namespace
 
 struct dt_model {
   std::string dir;
+  std::optional<ffi::json::Object> manifest;
   DLDevice device;
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
   std::optional<ffi::Module> library;  // keeps model.so loaded while the VM runs
   std::optional<ffi::Module> vm;
   std::optional<ffi::Function> main;
-  std::vector<ffi::Tensor> staging;  // aligned copies for inputs whose memory is not 64-byte aligned
+  // aligned copies for static inputs whose memory is not 64-byte aligned (none for dynamic inputs)
+  std::vector<std::optional<ffi::Tensor>> staging;
+  bool dynamic = false;  // some input has a symbolic dimension
   std::mutex lock;
 };
+
+using Shapes = std::vector<std::vector<int64_t>>;
+
+// Checks the input shapes against the specs (static dimensions equal, symbols within their bounds
+// and equal wherever they occur) and derives the output shapes. Returns "" or what is wrong.
+static std::string BindShapes(const dt_model* model, const Shapes& inputs, Shapes* outputs) {
+  std::map<std::string, int64_t> values;
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    const TensorSpec& spec = model->inputs[i];
+    std::string what = "input '" + spec.name + "' ";
+    if (inputs[i].size() != spec.shape.size()) {
+      return what + "has " + std::to_string(inputs[i].size()) + " dimensions, the model takes " +
+             std::to_string(spec.shape.size()) + " " + SpecText(spec);
+    }
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      int64_t extent = inputs[i][d];
+      std::string dim = "dimension " + std::to_string(d);
+      if (spec.symbols[d].empty()) {
+        if (extent != spec.shape[d]) {
+          return what + dim + " is " + std::to_string(extent) + " but the model takes " + SpecText(spec);
+        }
+        continue;
+      }
+      const std::string& symbol = spec.symbols[d];
+      if (extent < 1) return what + dim + " (" + symbol + ") is " + std::to_string(extent) + ": sizes start at 1";
+      if (spec.max_shape[d] > 0 && extent > spec.max_shape[d]) {
+        return what + dim + " (" + symbol + ") is " + std::to_string(extent) + ", above the package's upper bound " +
+               symbol + "<=" + std::to_string(spec.max_shape[d]) + ". Split the batch, or compile with a larger bound";
+      }
+      auto known = values.find(symbol);
+      if (known != values.end() && known->second != extent) {
+        return what + dim + " (" + symbol + ") is " + std::to_string(extent) + " but " + symbol + " is " +
+               std::to_string(known->second) + " in another dimension";
+      }
+      values[symbol] = extent;
+    }
+  }
+  outputs->clear();
+  for (const TensorSpec& spec : model->outputs) {
+    std::vector<int64_t> shape;
+    for (size_t d = 0; d < spec.shape.size(); ++d) {
+      if (spec.symbols[d].empty()) {
+        shape.push_back(spec.shape[d]);
+        continue;
+      }
+      auto value = values.find(spec.symbols[d]);
+      if (value == values.end()) return "output '" + spec.name + "' has symbol " + spec.symbols[d] + ", which no input has";
+      shape.push_back(value->second);
+    }
+    outputs->push_back(shape);
+  }
+  return "";
+}
+
+static Shapes ShapesOf(const std::vector<TensorSpec>& specs, const int64_t* const* given) {
+  Shapes shapes;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    shapes.push_back(given ? std::vector<int64_t>(given[i], given[i] + specs[i].shape.size()) : specs[i].shape);
+  }
+  return shapes;
+}
+
+// The static staging tensor of input i, or for a dynamic input a new aligned tensor of `shape`.
+static ffi::Tensor Staging(dt_model* model, size_t i, const std::vector<int64_t>& shape) {
+  if (model->staging[i].has_value()) return *model->staging[i];
+  const TensorSpec& spec = model->inputs[i];
+  if (model->device.device_type == kDLCPU) {
+    return ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(shape), spec.dl_dtype, model->device);
+  }
+  return Global("runtime.TVMTensorAllocWithScope")(ffi::Shape(shape), spec.dl_dtype, model->device, nullptr)
+      .cast<ffi::Tensor>();
+}
+
+// Calls main on args and checks the results against the output shapes. Caller holds model->lock.
+static int Invoke(dt_model* model, const std::vector<ffi::Tensor>& args, std::vector<ffi::Tensor>* results,
+                  const Shapes& output_shapes) {
+  std::vector<ffi::AnyView> packed(args.begin(), args.end());
+  ffi::Any result;
+  model->main->CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
+  if (auto tensor = result.try_cast<ffi::Tensor>()) {
+    results->push_back(*tensor);
+  } else {
+    for (const ffi::Any& item : result.cast<ffi::Array<ffi::Any>>()) results->push_back(item.cast<ffi::Tensor>());
+  }
+  if (results->size() != model->outputs.size()) {
+    return Fail(DT_ERR_RUN, "the model returned " + std::to_string(results->size()) + " outputs, the manifest lists " +
+                                std::to_string(model->outputs.size()));
+  }
+  for (size_t i = 0; i < results->size(); ++i) {
+    if (ffi::GetDataSize((*results)[i]) != BytesOf(model->outputs[i], output_shapes[i])) {
+      return Fail(DT_ERR_RUN, "output '" + model->outputs[i].name + "' has a different size than the manifest says");
+    }
+  }
+  return DT_OK;
+}
 
 extern "C" {
 
@@ -168,9 +410,10 @@ const char* dt_last_error(void) { return g_last_error.c_str(); }
 int dt_load(const char* package_dir, const char* device, dt_model** out) {
   if (package_dir == nullptr || out == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_load: null argument");
   *out = nullptr;
-  DLDevice dl_device;
-  if (!ParseDevice(device, &dl_device)) {
-    return Fail(DT_ERR_ARGUMENT, std::string("unknown device '") + device + "'. Use cpu or cpu:N");
+  DLDevice dl_device{kDLCPU, 0};
+  bool package_device = device == nullptr || device[0] == '\0';  // the manifest's runtime.device
+  if (!package_device && !ParseDevice(device, &dl_device)) {
+    return Fail(DT_ERR_ARGUMENT, std::string("unknown device '") + device + "'. Use cpu, cpu:N, cuda or cuda:N");
   }
   char resolved[PATH_MAX];
   if (realpath(package_dir, resolved) == nullptr) {
@@ -185,10 +428,12 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   model->dir = dir;
   model->device = dl_device;
   std::vector<std::string> required;
-  std::string arch;
+  std::string arch, runtime_device = "cpu", cuda_arch;
+  int64_t model_size = -1;
   try {
     ffi::String parse_error;
     ffi::json::Object manifest = AsObject(ffi::json::Parse(manifest_text, &parse_error), "manifest.json");
+    model->manifest = manifest;
     model->inputs = ParseTensorSpecs(Field(manifest, "inputs"));
     model->outputs = ParseTensorSpecs(Field(manifest, "outputs"));
     ffi::json::Object runtime = AsObject(Field(manifest, "runtime"), "runtime");
@@ -196,6 +441,11 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     for (const ffi::Any& feature : Field(runtime, "cpu_features").cast<ffi::json::Array>()) {
       required.push_back(std::string(feature.cast<ffi::String>()));
     }
+    if (auto value = runtime.Get(ffi::String("device"))) runtime_device = std::string(value->cast<ffi::String>());
+    if (auto cuda = runtime.Get(ffi::String("cuda"))) {
+      cuda_arch = std::string(Field(AsObject(*cuda, "runtime.cuda"), "arch").cast<ffi::String>());
+    }
+    model_size = Field(AsObject(Field(manifest, "file_sizes"), "file_sizes"), "model.so").cast<int64_t>();
   } catch (const std::exception& error) {
     return Fail(DT_ERR_PACKAGE, "corrupted package: manifest.json in " + dir + ": " + error.what());
   }
@@ -210,9 +460,32 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   }
   if (!missing.empty()) {
     return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
-                                     "). Compile for a more portable target, e.g. x86_64-avx2");
+                                     "). Compile for a more portable target, e.g. " +
+                                     (std::strcmp(MachineArch(), "aarch64") == 0 ? "arm64" : "x86_64-avx2"));
+  }
+  // dlopen of a truncated library can die of SIGBUS, so check the size first (dt_verify checks content).
+  std::ifstream library_file(dir + "/model.so", std::ios::binary | std::ios::ate);
+  if (!library_file || static_cast<int64_t>(library_file.tellg()) != model_size) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + dir + "/model.so is missing or has the wrong size"
+                                " (truncated?). Copy the package again");
+  }
+  if (package_device && !ParseDevice(runtime_device.c_str(), &dl_device)) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: unknown runtime.device '" + runtime_device + "' in manifest.json");
+  }
+  model->device = dl_device;
+  bool package_on_cuda = runtime_device == "cuda";
+  if (package_on_cuda != (dl_device.device_type == kDLCUDA)) {
+    return Fail(DT_ERR_ARGUMENT, "the package was compiled for " + runtime_device + ", not for device '" +
+                                     std::string(device) + "'. " +
+                                     (package_on_cuda ? "Load it with device cuda or cuda:N"
+                                                      : "Load it with device cpu, or compile it for a CUDA target"));
+  }
+  if (package_on_cuda) {
+    int code = PrepareCuda(dir, dl_device, cuda_arch);
+    if (code != DT_OK) return code;
   }
   try {
+    if (dl_device.device_type != kDLCPU) SelectDevice(dl_device);
     ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
     auto load = library->GetFunction("vm_load_executable");
     if (!load.has_value()) throw std::runtime_error("model.so is not a Relax VM executable");
@@ -227,8 +500,17 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
     model->vm = vm;
     model->main = *main;
     for (const TensorSpec& spec : model->inputs) {
-      model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape),
-                                                        spec.dl_dtype, dl_device));
+      model->dynamic = model->dynamic || spec.dynamic;
+      if (spec.dynamic) {
+        model->staging.push_back(std::nullopt);  // allocated per run, at the run's shape
+      } else if (dl_device.device_type == kDLCPU) {
+        model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape),
+                                                          spec.dl_dtype, dl_device));
+      } else {  // device memory, through TVM's device API
+        model->staging.push_back(Global("runtime.TVMTensorAllocWithScope")(ffi::Shape(spec.shape), spec.dl_dtype,
+                                                                          dl_device, nullptr)
+                                     .cast<ffi::Tensor>());
+      }
     }
   } catch (const std::exception& error) {
     return Fail(DT_ERR_PACKAGE, "cannot load " + dir + "/model.so: " + error.what());
@@ -258,48 +540,263 @@ int dt_output_info(const dt_model* model, int index, dt_tensor_info* out) {
   return DT_OK;
 }
 
-int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
-  if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run: null argument");
+}  // extern "C"
+
+// dt_run and dt_run_shaped: `shapes` are the input shapes (checked), `what` names the call.
+static int RunShaped(dt_model* model, const Shapes& shapes, const void* const* inputs, void* const* outputs,
+                     const std::string& what) {
+  Shapes output_shapes;
+  std::string wrong = BindShapes(model, shapes, &output_shapes);
+  if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, what + ": " + wrong);
   std::lock_guard<std::mutex> guard(model->lock);
   try {
+    bool on_cpu = model->device.device_type == kDLCPU;
+    if (!on_cpu) SelectDevice(model->device);
     std::vector<ffi::Tensor> args;
     args.reserve(model->inputs.size());
     for (size_t i = 0; i < model->inputs.size(); ++i) {
       const TensorSpec& spec = model->inputs[i];
+      size_t nbytes = BytesOf(spec, shapes[i]);
       void* data = const_cast<void*>(inputs[i]);
-      if (data == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: input '" + spec.name + "' is null");
-      if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
-        args.push_back(ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(spec.shape),
+      if (data == nullptr) return Fail(DT_ERR_ARGUMENT, what + ": input '" + spec.name + "' is null");
+      if (!on_cpu) {  // host -> device (synchronous)
+        ffi::Tensor staging = Staging(model, i, shapes[i]);
+        Global("runtime.TVMTensorCopyFromBytes")(staging, data, nbytes);
+        args.push_back(staging);
+      } else if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
+        args.push_back(ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(shapes[i]),
                                                 spec.dl_dtype, model->device));
       } else {
-        std::memcpy(model->staging[i].data_ptr(), data, spec.nbytes);
-        args.push_back(model->staging[i]);
+        ffi::Tensor staging = Staging(model, i, shapes[i]);
+        std::memcpy(staging.data_ptr(), data, nbytes);
+        args.push_back(staging);
       }
     }
-    std::vector<ffi::AnyView> packed(args.begin(), args.end());
-    ffi::Any result;
-    model->main->CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
     std::vector<ffi::Tensor> results;
-    if (auto tensor = result.try_cast<ffi::Tensor>()) {
-      results.push_back(*tensor);
-    } else {
-      for (const ffi::Any& item : result.cast<ffi::Array<ffi::Any>>()) results.push_back(item.cast<ffi::Tensor>());
-    }
-    if (results.size() != model->outputs.size()) {
-      return Fail(DT_ERR_RUN, "the model returned " + std::to_string(results.size()) + " outputs, the manifest lists " +
-                                  std::to_string(model->outputs.size()));
-    }
+    int code = Invoke(model, args, &results, output_shapes);
+    if (code != DT_OK) return code;
     for (size_t i = 0; i < results.size(); ++i) {
       const TensorSpec& spec = model->outputs[i];
-      if (ffi::GetDataSize(results[i]) != spec.nbytes) {
-        return Fail(DT_ERR_RUN, "output '" + spec.name + "' has a different size than the manifest says");
+      size_t nbytes = BytesOf(spec, output_shapes[i]);
+      if (outputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, what + ": output '" + spec.name + "' is null");
+      if (on_cpu) {
+        std::memcpy(outputs[i], results[i].data_ptr(), nbytes);
+      } else {  // device -> host, waits for the kernels
+        Global("runtime.TVMTensorCopyToBytes")(results[i], outputs[i], nbytes);
       }
-      if (outputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run: output '" + spec.name + "' is null");
-      std::memcpy(outputs[i], results[i].data_ptr(), spec.nbytes);
     }
   } catch (const std::exception& error) {
     return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
   }
+  return DT_OK;
+}
+
+extern "C" {
+
+int dt_run(dt_model* model, const void* const* inputs, void* const* outputs) {
+  if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run: null argument");
+  if (model->dynamic) {
+    std::string specs;
+    for (const TensorSpec& spec : model->inputs) specs += (specs.empty() ? "" : ", ") + spec.name + " " + SpecText(spec);
+    return Fail(DT_ERR_ARGUMENT, "dt_run: the package has symbolic dimensions (" + specs +
+                                     "). Run it with dt_run_shaped, giving the input shapes");
+  }
+  return RunShaped(model, ShapesOf(model->inputs, nullptr), inputs, outputs, "dt_run");
+}
+
+int dt_output_shapes(const dt_model* model, const int64_t* const* input_shapes, int64_t* const* output_shapes) {
+  if (!model || !input_shapes || !output_shapes) return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: null argument");
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    if (input_shapes[i] == nullptr && !model->inputs[i].shape.empty()) {
+      return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: the shape of input '" + model->inputs[i].name + "' is null");
+    }
+  }
+  Shapes shapes;
+  std::string wrong = BindShapes(model, ShapesOf(model->inputs, input_shapes), &shapes);
+  if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: " + wrong);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (output_shapes[i] == nullptr && !shapes[i].empty()) {
+      return Fail(DT_ERR_ARGUMENT, "dt_output_shapes: output_shapes[" + std::to_string(i) + "] is null");
+    }
+    std::copy(shapes[i].begin(), shapes[i].end(), output_shapes[i]);
+  }
+  return DT_OK;
+}
+
+int dt_run_shaped(dt_model* model, const int64_t* const* input_shapes, const void* const* inputs,
+                  void* const* outputs) {
+  if (!model || !input_shapes || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run_shaped: null argument");
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    if (input_shapes[i] == nullptr && !model->inputs[i].shape.empty()) {
+      return Fail(DT_ERR_ARGUMENT, "dt_run_shaped: the shape of input '" + model->inputs[i].name + "' is null");
+    }
+  }
+  return RunShaped(model, ShapesOf(model->inputs, input_shapes), inputs, outputs, "dt_run_shaped");
+}
+
+int dt_device(const dt_model* model, DLDevice* out) {
+  if (!model || !out) return Fail(DT_ERR_ARGUMENT, "dt_device: null argument");
+  *out = model->device;
+  return DT_OK;
+}
+
+int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTensorVersioned** outputs) {
+  if (!model || !inputs || !outputs) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: null argument");
+  Shapes shapes, output_shapes;
+  for (size_t i = 0; i < model->inputs.size(); ++i) {
+    const TensorSpec& spec = model->inputs[i];
+    if (inputs[i] == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: input '" + spec.name + "' is null");
+    shapes.emplace_back(inputs[i]->shape, inputs[i]->shape + inputs[i]->ndim);
+    if (!spec.dynamic && shapes.back() != spec.shape) {
+      return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: input '" + spec.name +
+                                       "' does not have the dtype and shape dt_input_info gives (" + spec.dtype +
+                                       " " + SpecText(spec) + ")");
+    }
+  }
+  std::string wrong = BindShapes(model, shapes, &output_shapes);
+  if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: " + wrong);
+  std::lock_guard<std::mutex> guard(model->lock);
+  try {
+    if (model->device.device_type != kDLCPU) SelectDevice(model->device);
+    std::vector<ffi::Tensor> args;
+    for (size_t i = 0; i < model->inputs.size(); ++i) {
+      const TensorSpec& spec = model->inputs[i];
+      const DLTensor* tensor = inputs[i];
+      std::string what = "dt_run_dlpack: input '" + spec.name + "' ";
+      if (tensor == nullptr || tensor->data == nullptr) return Fail(DT_ERR_ARGUMENT, what + "is null");
+      if (tensor->device.device_type != model->device.device_type || tensor->device.device_id != model->device.device_id) {
+        return Fail(DT_ERR_ARGUMENT, what + "is on another device than the model (" + DeviceText(model->device) + ")");
+      }
+      if (tensor->dtype.code != spec.dl_dtype.code || tensor->dtype.bits != spec.dl_dtype.bits ||
+          tensor->dtype.lanes != spec.dl_dtype.lanes) {
+        return Fail(DT_ERR_ARGUMENT, what + "does not have the dtype and shape dt_input_info gives (" + spec.dtype + ")");
+      }
+      if (!ffi::IsContiguous(*tensor)) return Fail(DT_ERR_ARGUMENT, what + "is not contiguous (row-major)");
+      void* data = static_cast<char*>(tensor->data) + tensor->byte_offset;
+      ffi::Tensor borrowed = ffi::Tensor::FromNDAlloc(BorrowedAlloc{data}, ffi::Shape(shapes[i]),
+                                                      spec.dl_dtype, model->device);
+      if (reinterpret_cast<uintptr_t>(data) % 64 == 0) {
+        args.push_back(borrowed);
+      } else {  // kernels may assume aligned arguments: copy on the device
+        ffi::Tensor staging = Staging(model, i, shapes[i]);
+        Global("runtime.TVMTensorCopyFromTo")(borrowed, staging);
+        args.push_back(staging);
+      }
+    }
+    std::vector<ffi::Tensor> results;
+    int code = Invoke(model, args, &results, output_shapes);
+    if (code != DT_OK) return code;
+    if (model->device.device_type != kDLCPU) {
+      Global("runtime.Device_StreamSync")(model->device, static_cast<int64_t>(0));
+    }
+    for (size_t i = 0; i < results.size(); ++i) outputs[i] = results[i].ToDLPackVersioned();
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
+  }
+  return DT_OK;
+}
+
+int dt_verify(const char* package_dir) {
+  if (package_dir == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_verify: null argument");
+  std::string dir = package_dir;
+  try {
+    ffi::json::Object files = AsObject(Field(ReadManifest(dir), "files"), "files");
+    for (const auto& entry : files) {
+      std::string name = std::string(entry.first.cast<ffi::String>());
+      std::string expected = std::string(entry.second.cast<ffi::String>());
+      std::string actual = sha256::OfFile(dir + "/" + name);
+      if (actual.empty()) return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " is missing");
+      if (actual != expected) {
+        return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " does not match its sha256 in manifest.json"
+                                    " (truncated or modified). Copy the package again");
+      }
+    }
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, std::string("corrupted package: ") + error.what());
+  }
+  return DT_OK;
+}
+
+int dt_self_test(dt_model* model, char* report, size_t report_size) {
+  if (!model) return Fail(DT_ERR_ARGUMENT, "dt_self_test: null model");
+  std::string text, failures;
+  try {
+    auto self_test = model->manifest->Get(ffi::String("self_test"));
+    if (!self_test.has_value() || self_test->type_index() == ffi::TypeIndex::kTVMFFINone) {
+      return Fail(DT_ERR_PACKAGE, "the package carries no test vectors. Compile it again with deploytool");
+    }
+    ffi::json::Object test = AsObject(*self_test, "self_test");
+    double atol = Field(test, "atol").cast<double>(), rtol = Field(test, "rtol").cast<double>();
+    auto files = [&](const char* key) {
+      std::vector<std::string> paths;
+      for (const ffi::Any& item : Field(test, key).cast<ffi::json::Array>()) {
+        paths.push_back(model->dir + "/" + std::string(Field(AsObject(item, key), "file").cast<ffi::String>()));
+      }
+      return paths;
+    };
+    std::vector<std::string> input_files = files("inputs"), output_files = files("outputs");
+    if (input_files.size() != model->inputs.size() || output_files.size() != model->outputs.size()) {
+      throw std::runtime_error("self_test lists a different number of tensors than the model has");
+    }
+    std::vector<npy::Array> inputs, expected;
+    std::vector<const void*> in;
+    Shapes shapes, output_shapes;  // the test vectors' own (a dynamic package's at one size)
+    for (const auto& path : input_files) {
+      inputs.push_back(npy::Load(path));
+      in.push_back(inputs.back().data.data());
+      shapes.push_back(inputs.back().shape);
+    }
+    std::string wrong = BindShapes(model, shapes, &output_shapes);
+    if (!wrong.empty()) throw std::runtime_error("the test vectors do not fit the model: " + wrong);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (inputs[i].data.size() != BytesOf(model->inputs[i], shapes[i])) {
+        throw std::runtime_error(input_files[i] + " has the wrong size");
+      }
+    }
+    std::vector<std::vector<char>> outputs;
+    std::vector<void*> out;
+    for (size_t o = 0; o < model->outputs.size(); ++o) outputs.emplace_back(BytesOf(model->outputs[o], output_shapes[o]));
+    for (auto& buffer : outputs) out.push_back(buffer.data());
+    int code = RunShaped(model, shapes, in.data(), out.data(), "dt_self_test");
+    if (code != DT_OK) return code;
+    for (size_t o = 0; o < outputs.size(); ++o) {
+      const TensorSpec& spec = model->outputs[o];
+      size_t nbytes = outputs[o].size();
+      npy::Array reference = npy::Load(output_files[o]);
+      if (reference.data.size() != nbytes) throw std::runtime_error(output_files[o] + " has the wrong size");
+      size_t count = nbytes / ((spec.dl_dtype.bits + 7) / 8);
+      double worst = 0, worst_excess = -1;
+      size_t worst_at = 0;
+      bool passed = true;
+      for (size_t i = 0; i < count; ++i) {
+        double a = ValueAt(outputs[o].data(), spec.dtype, i), r = ValueAt(reference.data.data(), spec.dtype, i);
+        double diff = (std::isinf(a) && a == r) ? 0.0 : std::fabs(a - r);
+        if (std::isnan(diff)) diff = INFINITY;
+        double excess = diff - rtol * (std::isfinite(r) ? std::fabs(r) : 0.0);
+        if (std::isnan(a) || std::isnan(r) || !(excess <= atol)) passed = false;
+        if (diff > worst || std::isnan(a) || std::isnan(r)) worst = std::isnan(a) || std::isnan(r) ? NAN : diff;
+        if (excess > worst_excess) {
+          worst_excess = excess;
+          worst_at = i;
+        }
+      }
+      char line[512];
+      std::snprintf(line, sizeof(line), "%s: max abs error %.3g (worst at flat index %zu) %s\n", spec.name.c_str(),
+                    worst, worst_at, passed ? "PASSED" : "FAILED");
+      text += line;
+      if (!passed) failures += (failures.empty() ? "" : ", ") + spec.name;
+    }
+    char rule[128];
+    std::snprintf(rule, sizeof(rule), "self-test %s (atol %g, rtol %g)\n", failures.empty() ? "PASSED" : "FAILED", atol,
+                  rtol);
+    text += rule;
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, std::string("the self-test could not run: ") + error.what());
+  }
+  if (report != nullptr && report_size > 0) {
+    std::snprintf(report, report_size, "%s", text.c_str());
+  }
+  if (!failures.empty()) return Fail(DT_ERR_MISMATCH, "self-test FAILED for output(s) " + failures);
   return DT_OK;
 }
 

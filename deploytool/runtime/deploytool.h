@@ -20,6 +20,8 @@ extern "C" {
 #define DT_ERR_PACKAGE 2   /* not a package, or an unreadable or corrupted one */
 #define DT_ERR_PLATFORM 3  /* this machine cannot run the package (CPU features, architecture) */
 #define DT_ERR_RUN 4       /* the model failed while running */
+#define DT_ERR_MISMATCH 5  /* the self-test's outputs differ from the reference outputs */
+#define DT_ERR_DEVICE 6    /* the device is missing or unusable (no GPU, no NVIDIA driver) */
 
 #define DT_MAX_NDIM 8
 
@@ -29,14 +31,18 @@ typedef struct {
   const char* name;
   const char* dtype; /* "float32", "int64", ... */
   int ndim;
-  int64_t shape[DT_MAX_NDIM];
-  size_t nbytes;     /* size of the tensor's data in bytes */
+  int64_t shape[DT_MAX_NDIM];     /* -1 for a symbolic dimension (a dynamic batch, see below) */
+  size_t nbytes;     /* size of the tensor's data in bytes; for a tensor with symbolic dimensions,
+                        its size at max_shape (enough for any run), 0 if one is unbounded */
+  int64_t max_shape[DT_MAX_NDIM]; /* shape, with each symbolic dimension at its upper bound
+                                     (-1 if it has none) */
 } dt_tensor_info;
 
 /* The message of the last failed call on this thread ("" if none). */
 const char* dt_last_error(void);
 
-/* Load the package in folder `package_dir` onto `device` ("cpu", "cpu:0"; NULL means "cpu"). */
+/* Load the package in folder `package_dir` onto `device`: "cpu", "cpu:0", or for a package
+ * compiled for CUDA "cuda", "cuda:N". NULL or "" means the package's own device (cpu, cuda:0). */
 int dt_load(const char* package_dir, const char* device, dt_model** out);
 void dt_free(dt_model* model);
 
@@ -46,8 +52,37 @@ int dt_input_info(const dt_model* model, int index, dt_tensor_info* out);
 int dt_output_info(const dt_model* model, int index, dt_tensor_info* out);
 
 /* Run the model. inputs[i] points to the data of input i (row-major, dt_input_info's nbytes);
- * outputs[i] to a caller-owned buffer of dt_output_info's nbytes, which receives output i. */
+ * outputs[i] to a caller-owned buffer of dt_output_info's nbytes, which receives output i.
+ * Buffers are host memory on every device: a GPU model copies them over and back.
+ * To keep data on the GPU, see dt_run_dlpack in deploytool_dlpack.h. */
 int dt_run(dt_model* model, const void* const* inputs, void* const* outputs);
+
+/* Dynamic shapes. A package compiled with a symbolic dimension (--input x:N<=32x512) runs at any
+ * size of N from 1 to its bound; dt_input_info reports -1 for N and max_shape holds the bound.
+ * dt_run refuses such a package (DT_ERR_ARGUMENT): give the shapes of each run instead.
+ * input_shapes[i] points to dt_input_info(i).ndim sizes. A symbol takes one size in all the
+ * inputs that have it; a size above the bound, or a static dimension that differs, is
+ * DT_ERR_ARGUMENT. dt_run_shaped also runs a static package (with its static shapes). */
+
+/* The output shapes for these input shapes, without running: output_shapes[i] receives
+ * dt_output_info(i).ndim sizes. Size the output buffers from them (product * element size). */
+int dt_output_shapes(const dt_model* model, const int64_t* const* input_shapes,
+                     int64_t* const* output_shapes);
+
+/* dt_run at the given input shapes: inputs[i] holds that many elements (row-major), outputs[i]
+ * is a caller-owned buffer of the size dt_output_shapes gives (or of nbytes, the size at the
+ * bounds, which fits every run). */
+int dt_run_shaped(dt_model* model, const int64_t* const* input_shapes, const void* const* inputs,
+                  void* const* outputs);
+
+/* Check the sha256 of model.so and the test vectors against manifest.json: DT_ERR_PACKAGE names a
+ * corrupted or truncated file. Call it before dt_load on a package that was copied around. */
+int dt_verify(const char* package_dir);
+
+/* Run the package's own test vectors (inputs and reference outputs computed when it was compiled)
+ * and compare under |out - ref| <= atol + rtol * |ref|. DT_OK if all pass, DT_ERR_MISMATCH if not.
+ * If report is not NULL, a line per output (max abs error, PASSED/FAILED) is written to it. */
+int dt_self_test(dt_model* model, char* report, size_t report_size);
 
 #ifdef __cplusplus
 }

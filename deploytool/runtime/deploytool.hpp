@@ -23,13 +23,23 @@ class Error : public std::runtime_error {
 struct TensorInfo {
   std::string name;
   std::string dtype;
-  std::vector<int64_t> shape;
-  size_t nbytes;
+  std::vector<int64_t> shape;  // -1 for a symbolic dimension
+  size_t nbytes;               // at max_shape for a dynamic tensor (0 if unbounded)
+  std::vector<int64_t> max_shape;
+  bool dynamic() const {
+    for (int64_t d : shape) {
+      if (d < 0) return true;
+    }
+    return false;
+  }
 };
+
+using Shape = std::vector<int64_t>;
 
 class Model {
  public:
-  explicit Model(const std::string& package_dir, const std::string& device = "cpu") {
+  // device: "cpu", "cuda:N"; "" means the package's own device (cpu, or cuda:0 for a CUDA package)
+  explicit Model(const std::string& package_dir, const std::string& device = "") {
     Check(dt_load(package_dir.c_str(), device.c_str(), &handle_));
   }
   ~Model() { dt_free(handle_); }
@@ -49,6 +59,27 @@ class Model {
     Check(dt_run(handle_, inputs.data(), outputs.data()));
   }
 
+  // For a package with symbolic dimensions: the output shapes for these input shapes.
+  std::vector<Shape> output_shapes(const std::vector<Shape>& input_shapes) const {
+    std::vector<const int64_t*> in = Pointers(input_shapes, dt_num_inputs(handle_));
+    std::vector<Shape> shapes;
+    for (const TensorInfo& info : outputs()) shapes.emplace_back(info.shape.size());
+    std::vector<int64_t*> out;
+    for (Shape& shape : shapes) out.push_back(shape.data());
+    Check(dt_output_shapes(handle_, in.data(), out.data()));
+    return shapes;
+  }
+
+  // run at these input shapes; outputs[i] holds output_shapes(input_shapes)[i] elements.
+  void run(const std::vector<Shape>& input_shapes, const std::vector<const void*>& inputs,
+           const std::vector<void*>& outputs) {
+    std::vector<const int64_t*> in = Pointers(input_shapes, dt_num_inputs(handle_));
+    if (inputs.size() != in.size() || outputs.size() != static_cast<size_t>(dt_num_outputs(handle_))) {
+      throw Error(DT_ERR_ARGUMENT, "run: wrong number of input or output buffers");
+    }
+    Check(dt_run_shaped(handle_, in.data(), inputs.data(), outputs.data()));
+  }
+
   dt_model* handle() { return handle_; }
 
  private:
@@ -61,9 +92,25 @@ class Model {
       dt_tensor_info info;
       Check(query(handle_, i, &info));
       infos.push_back({info.name, info.dtype, std::vector<int64_t>(info.shape, info.shape + info.ndim),
-                       info.nbytes});
+                       info.nbytes, std::vector<int64_t>(info.max_shape, info.max_shape + info.ndim)});
     }
     return infos;
+  }
+
+  // The C API reads dt_input_info's ndim sizes from each pointer, so check the ranks here.
+  std::vector<const int64_t*> Pointers(const std::vector<Shape>& shapes, int count) const {
+    if (shapes.size() != static_cast<size_t>(count)) throw Error(DT_ERR_ARGUMENT, "wrong number of input shapes");
+    std::vector<const int64_t*> pointers;
+    for (int i = 0; i < count; ++i) {
+      dt_tensor_info info;
+      Check(dt_input_info(handle_, i, &info));
+      if (shapes[i].size() != static_cast<size_t>(info.ndim)) {
+        throw Error(DT_ERR_ARGUMENT, std::string("input '") + info.name + "' has " + std::to_string(info.ndim) +
+                                         " dimensions, the shape given has " + std::to_string(shapes[i].size()));
+      }
+      pointers.push_back(shapes[i].data());
+    }
+    return pointers;
   }
 
   dt_model* handle_ = nullptr;

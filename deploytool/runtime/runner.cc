@@ -6,10 +6,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "deploytool.hpp"
@@ -18,10 +21,19 @@
 namespace {
 
 const char* kUsage =
-    "usage: deploytool-run [PACKAGE] [--device cpu] [--input NAME=FILE.npy]... [--seed N]\n"
-    "                      [--output-dir DIR] [--repeat N]\n"
-    "PACKAGE defaults to the package this program belongs to. Inputs not given are seeded random\n"
-    "(floats in [-1, 1), integers in [0, 10)).\n";
+    "usage: deploytool-run [PACKAGE] [--device cpu|cuda:N] [--input NAME=FILE.npy]... [--seed N]\n"
+    "                      [--output-dir DIR] [--repeat N] [--verify] [--self-test] [--threads N]\n"
+    "                      [--warmup-ms MS] [--min-iters N] [--min-seconds S] [--json FILE]\n"
+    "                      [--shape NAME=4x512]...\n"
+    "PACKAGE defaults to the package this program belongs to, --device to its own device (cpu,\n"
+    "cuda:0). Inputs not given are seeded random (floats in [-1, 1), integers in [0, 10)).\n"
+    "A package with a symbolic dimension (a dynamic batch) takes its size from each --input file;\n"
+    "random inputs have size 1 there unless --shape gives the input's whole shape.\n"
+    "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
+    "--self-test  verify, then run the package's test vectors against its reference outputs\n"
+    "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
+    "--min-iters (50), --min-seconds (3) or --json runs a benchmark: warm-up, then timed runs until\n"
+    "both minimums are met; --json writes every latency, the statistics and the peak RSS.\n";
 
 double Millis(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
@@ -45,12 +57,12 @@ std::string FileName(const std::string& tensor_name) {
 }
 
 // Seeded inputs from mt19937_64, whose sequence the C++ standard fixes, so every platform agrees.
-void FillRandom(const deploytool::TensorInfo& info, std::mt19937_64& rng, std::vector<char>& buffer) {
+void FillRandom(const deploytool::TensorInfo& info, size_t nbytes, std::mt19937_64& rng, char* buffer) {
   size_t item = npy::DescrOf(info.dtype).back() - '0';
-  size_t count = info.nbytes / item;
+  size_t count = nbytes / item;
   for (size_t i = 0; i < count; ++i) {
     uint64_t bits = rng();
-    char* at = buffer.data() + i * item;
+    char* at = buffer + i * item;
     if (info.dtype == "float32") {
       float value = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
       std::memcpy(at, &value, item);
@@ -68,13 +80,154 @@ void FillRandom(const deploytool::TensorInfo& info, std::mt19937_64& rng, std::v
   }
 }
 
+// 64-byte aligned memory: dt_run then hands it to the model as it is, without a copy.
+using Buffer = std::unique_ptr<char, void (*)(void*)>;
+
+Buffer AlignedBuffer(size_t bytes) {
+  char* data = static_cast<char*>(std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64)));
+  if (data == nullptr) throw std::bad_alloc();
+  std::memset(data, 0, bytes);
+  return Buffer(data, std::free);
+}
+
+// Peak resident memory of this process in KiB. VmHWM belongs to this program's own address space;
+// getrusage's ru_maxrss survives exec, so under a large parent (Python) it reports the parent's.
+long PeakRssKb() {
+  std::FILE* status = std::fopen("/proc/self/status", "r");
+  char line[256];
+  long kb = -1;
+  while (status != nullptr && std::fgets(line, sizeof(line), status) != nullptr) {
+    if (std::strncmp(line, "VmHWM:", 6) == 0) kb = std::strtol(line + 6, nullptr, 10);
+  }
+  if (status != nullptr) std::fclose(status);
+  if (kb >= 0) return kb;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;  // kilobytes on Linux
+}
+
+size_t BytesOf(const std::string& dtype, const std::vector<int64_t>& shape) {
+  size_t count = npy::DescrOf(dtype).back() - '0';
+  for (int64_t extent : shape) count *= static_cast<size_t>(extent);
+  return count;
+}
+
+// "4x512" -> {4, 512}; exits with a usage error on anything else.
+std::vector<int64_t> ParseShape(const std::string& text) {
+  std::vector<int64_t> shape;
+  size_t start = 0;
+  while (!text.empty() && start <= text.size()) {
+    size_t end = text.find('x', start);
+    std::string part = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    char* stop = nullptr;
+    long long value = std::strtoll(part.c_str(), &stop, 10);
+    if (part.empty() || *stop != '\0' || value < 1) {
+      std::fprintf(stderr, "error: --shape takes NAME=SIZExSIZE..., e.g. x=4x512, got '%s'\n", text.c_str());
+      std::exit(2);
+    }
+    shape.push_back(value);
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return shape;
+}
+
+struct BenchOptions {
+  bool enabled = false;
+  double warmup_ms = 200;
+  long min_iters = 50;
+  double min_seconds = 3;
+  std::string json;
+};
+
+struct Stats {
+  double min, mean, p50, p90, p99, max, throughput;
+};
+
+// Percentile with linear interpolation between closest ranks (NumPy's default method).
+double Percentile(const std::vector<double>& sorted, double q) {
+  double rank = q / 100.0 * static_cast<double>(sorted.size() - 1);
+  size_t low = static_cast<size_t>(rank);
+  size_t high = std::min(low + 1, sorted.size() - 1);
+  return sorted[low] + (sorted[high] - sorted[low]) * (rank - static_cast<double>(low));
+}
+
+Stats ComputeStats(std::vector<double> times_ms, double wall_s) {
+  std::sort(times_ms.begin(), times_ms.end());
+  double sum = 0;
+  for (double t : times_ms) sum += t;
+  double n = static_cast<double>(times_ms.size());
+  return {times_ms.front(), sum / n, Percentile(times_ms, 50), Percentile(times_ms, 90),
+          Percentile(times_ms, 99), times_ms.back(), wall_s > 0 ? n / wall_s : 0};
+}
+
+double ParseNumber(const std::string& option, const std::string& text, double min_value) {
+  char* end = nullptr;
+  double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(value >= min_value)) {
+    std::fprintf(stderr, "error: %s needs a number >= %g, got '%s'\n", option.c_str(), min_value, text.c_str());
+    std::exit(2);
+  }
+  return value;
+}
+
+long ParseCount(const std::string& option, const std::string& text) {
+  double value = ParseNumber(option, text, 1);
+  if (value != static_cast<double>(static_cast<long>(value))) {
+    std::fprintf(stderr, "error: %s needs a whole number, got '%s'\n", option.c_str(), text.c_str());
+    std::exit(2);
+  }
+  return static_cast<long>(value);
+}
+
+// Writes FILE.tmp, then renames it to FILE, so a reader never sees half a file.
+void WriteJson(const std::string& path, const std::string& package, const char* threads, double load_ms,
+               double first_ms, long rss_before_load_kb, const BenchOptions& bench, long warmup_iters,
+               const std::vector<double>& times_ms, double wall_s, const Stats& stats) {
+  std::string scratch = path + ".tmp";
+  FILE* f = std::fopen(scratch.c_str(), "w");
+  if (f == nullptr) throw std::runtime_error("cannot write " + path);
+  std::string escaped;
+  for (char c : package) {
+    if (c == '"' || c == '\\') escaped += '\\';
+    escaped += c;
+  }
+  std::fprintf(f, "{\n  \"backend\": \"package\",\n  \"package\": \"%s\",\n", escaped.c_str());
+  if (threads != nullptr && std::atoi(threads) > 0) {
+    std::fprintf(f, "  \"threads\": %d,\n", std::atoi(threads));
+  } else {
+    std::fprintf(f, "  \"threads\": null,\n");
+  }
+  std::fprintf(f, "  \"load_ms\": %.6f,\n  \"first_run_ms\": %.6f,\n", load_ms, first_ms);
+  std::fprintf(f, "  \"warmup_ms\": %.3f,\n  \"warmup_iters\": %ld,\n", bench.warmup_ms, warmup_iters);
+  std::fprintf(f, "  \"min_iters\": %ld,\n  \"min_seconds\": %.6f,\n", bench.min_iters, bench.min_seconds);
+  std::fprintf(f, "  \"iterations\": %zu,\n  \"wall_s\": %.9f,\n", times_ms.size(), wall_s);
+  std::fprintf(f, "  \"stats\": {\"min_ms\": %.6f, \"mean_ms\": %.6f, \"p50_ms\": %.6f, \"p90_ms\": %.6f, "
+               "\"p99_ms\": %.6f, \"max_ms\": %.6f, \"throughput_per_s\": %.6f},\n",
+               stats.min, stats.mean, stats.p50, stats.p90, stats.p99, stats.max, stats.throughput);
+  std::fprintf(f, "  \"rss_before_load_kb\": %ld,\n  \"peak_rss_kb\": %ld,\n", rss_before_load_kb, PeakRssKb());
+  std::fprintf(f, "  \"latencies_ms\": [");
+  for (size_t i = 0; i < times_ms.size(); ++i) std::fprintf(f, "%s%.6f", i ? ", " : "", times_ms[i]);
+  std::fprintf(f, "]\n}\n");
+  bool ok = std::fflush(f) == 0;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(scratch.c_str(), path.c_str()) != 0) {
+    std::remove(scratch.c_str());
+    throw std::runtime_error("cannot write " + path);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string package, device = "cpu", output_dir;
+  std::string package, device, output_dir;  // "" device: the package's
   std::map<std::string, std::string> input_files;
+  std::map<std::string, std::vector<int64_t>> given_shapes;
   uint64_t seed = 0;
   long repeat = 0;
+  bool verify = false, self_test = false;
+  BenchOptions bench;
+  long rss_before_load_kb = PeakRssKb();
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -97,12 +250,39 @@ int main(int argc, char** argv) {
         return 2;
       }
       input_files[spec.substr(0, eq)] = spec.substr(eq + 1);
+    } else if (arg == "--shape") {
+      std::string spec = value();
+      size_t eq = spec.find('=');
+      if (eq == std::string::npos) {
+        std::fprintf(stderr, "error: --shape takes NAME=SIZExSIZE..., e.g. x=4x512, got '%s'\n", spec.c_str());
+        return 2;
+      }
+      given_shapes[spec.substr(0, eq)] = ParseShape(spec.substr(eq + 1));
     } else if (arg == "--seed") {
       seed = std::strtoull(value().c_str(), nullptr, 10);
     } else if (arg == "--output-dir") {
       output_dir = value();
     } else if (arg == "--repeat") {
       repeat = std::strtol(value().c_str(), nullptr, 10);
+    } else if (arg == "--verify") {
+      verify = true;
+    } else if (arg == "--self-test") {
+      self_test = true;
+    } else if (arg == "--threads") {
+      std::string threads = std::to_string(ParseCount(arg, value()));
+      setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read when TVM starts its thread pool
+    } else if (arg == "--warmup-ms") {
+      bench.enabled = true;
+      bench.warmup_ms = ParseNumber(arg, value(), 0);
+    } else if (arg == "--min-iters") {
+      bench.enabled = true;
+      bench.min_iters = ParseCount(arg, value());
+    } else if (arg == "--min-seconds") {
+      bench.enabled = true;
+      bench.min_seconds = ParseNumber(arg, value(), 0);
+    } else if (arg == "--json") {
+      bench.enabled = true;
+      bench.json = value();
     } else if (!arg.empty() && arg[0] == '-') {
       std::fprintf(stderr, "error: unknown option %s\n%s", arg.c_str(), kUsage);
       return 2;
@@ -114,45 +294,96 @@ int main(int argc, char** argv) {
     }
   }
   if (package.empty()) package = OwnPackage();
+  if (verify || self_test) {
+    if (dt_verify(package.c_str()) != DT_OK) {
+      std::fprintf(stderr, "error: %s\n", dt_last_error());
+      return 1;
+    }
+    std::printf("verify: model.so and test vectors match manifest.json\n");
+  }
+  if (self_test) {
+    try {
+      deploytool::Model model(package, device);
+      std::vector<char> report(1 << 16);
+      int code = dt_self_test(model.handle(), report.data(), report.size());
+      std::printf("%s", report.data());
+      if (code != DT_OK) {
+        std::fprintf(stderr, "error: %s\n", dt_last_error());
+        return 1;
+      }
+      return 0;
+    } catch (const std::exception& error) {
+      std::fprintf(stderr, "error: %s\n", error.what());
+      return 1;
+    }
+  }
+  if (verify) return 0;
   try {
     auto start = std::chrono::steady_clock::now();
     deploytool::Model model(package, device);
     double load_ms = Millis(start);
     std::vector<deploytool::TensorInfo> inputs = model.inputs(), outputs = model.outputs();
-    std::vector<std::vector<char>> input_data, output_data;
+    std::vector<Buffer> input_data, output_data;
+    std::vector<deploytool::Shape> input_shapes, output_shapes;
+    bool dynamic = false;
     std::mt19937_64 rng(seed);
     for (const auto& info : inputs) {
-      input_data.emplace_back(info.nbytes);
+      dynamic = dynamic || info.dynamic();
       auto file = input_files.find(info.name);
+      auto given = given_shapes.find(info.name);
+      if (file != input_files.end() && given != given_shapes.end()) {
+        throw std::runtime_error("input '" + info.name + "' has both --input and --shape; its file gives the shape");
+      }
       if (file == input_files.end()) {
-        FillRandom(info, rng, input_data.back());
+        deploytool::Shape shape = info.shape;
+        for (int64_t& extent : shape) extent = extent < 0 ? 1 : extent;  // a symbol's size: 1 by default
+        if (given != given_shapes.end()) {
+          shape = given->second;
+          given_shapes.erase(given);
+        }
+        input_shapes.push_back(shape);
+        input_data.push_back(AlignedBuffer(BytesOf(info.dtype, shape)));
+        FillRandom(info, BytesOf(info.dtype, shape), rng, input_data.back().get());
         continue;
       }
       npy::Array array = npy::Load(file->second);
-      if (array.descr != npy::DescrOf(info.dtype) || array.shape != info.shape) {
+      if (array.descr != npy::DescrOf(info.dtype) || (!info.dynamic() && array.shape != info.shape)) {
         throw std::runtime_error(file->second + " holds " + array.descr + " " + npy::ShapeText(array.shape) +
                                  " but input '" + info.name + "' needs " + info.dtype + " " +
                                  npy::ShapeText(info.shape));
       }
-      input_data.back() = std::move(array.data);
+      input_shapes.push_back(array.shape);  // a dynamic package checks it in output_shapes below
+      input_data.push_back(AlignedBuffer(array.data.size()));
+      std::memcpy(input_data.back().get(), array.data.data(), array.data.size());
       input_files.erase(file);
     }
     if (!input_files.empty()) throw std::runtime_error("the model has no input named '" + input_files.begin()->first + "'");
-    for (const auto& info : outputs) output_data.emplace_back(info.nbytes);
+    if (!given_shapes.empty()) throw std::runtime_error("the model has no input named '" + given_shapes.begin()->first + "'");
+    output_shapes = model.output_shapes(input_shapes);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      output_data.push_back(AlignedBuffer(BytesOf(outputs[i].dtype, output_shapes[i])));
+    }
     std::vector<const void*> in;
     std::vector<void*> out;
-    for (auto& data : input_data) in.push_back(data.data());
-    for (auto& data : output_data) out.push_back(data.data());
+    for (auto& data : input_data) in.push_back(data.get());
+    for (auto& data : output_data) out.push_back(data.get());
+    auto run = [&]() {  // dt_run for a static package, dt_run_shaped for a dynamic one
+      if (dynamic) {
+        model.run(input_shapes, in, out);
+      } else {
+        model.run(in, out);
+      }
+    };
 
     start = std::chrono::steady_clock::now();
-    model.run(in, out);
+    run();
     double first_ms = Millis(start);
     std::printf("load: %.3f ms\nfirst run: %.3f ms\n", load_ms, first_ms);
     if (repeat > 0) {
       std::vector<double> times(static_cast<size_t>(repeat));
       for (auto& t : times) {
         auto begin = std::chrono::steady_clock::now();
-        model.run(in, out);
+        run();
         t = Millis(begin) * 1000.0;
       }
       std::sort(times.begin(), times.end());
@@ -161,10 +392,46 @@ int main(int argc, char** argv) {
       std::printf("runs: %ld, mean %.2f us, min %.2f us, median %.2f us\n", repeat, sum / repeat, times.front(),
                   times[times.size() / 2]);
     }
+    if (bench.enabled) {
+      // Warm-up: run until warmup_ms have passed. Then the timed loop: every buffer is allocated
+      // above, so an iteration is dt_run and two clock reads; the latency vector is reserved.
+      auto warm = std::chrono::steady_clock::now();
+      long warmup_iters = 0;
+      while (Millis(warm) < bench.warmup_ms) {
+        run();
+        ++warmup_iters;
+      }
+      double per_run_ms = warmup_iters > 0 ? Millis(warm) / static_cast<double>(warmup_iters) : first_ms;
+      double expected = std::max(static_cast<double>(bench.min_iters),
+                                 bench.min_seconds * 1000.0 / std::max(per_run_ms, 1e-6));
+      std::vector<double> times;
+      times.reserve(static_cast<size_t>(std::min(expected * 1.5 + 64.0, 5e7)));
+      auto loop = std::chrono::steady_clock::now();
+      double wall_s = 0;
+      while (true) {
+        auto begin = std::chrono::steady_clock::now();
+        run();
+        auto end = std::chrono::steady_clock::now();
+        times.push_back(std::chrono::duration<double, std::milli>(end - begin).count());
+        wall_s = std::chrono::duration<double>(end - loop).count();
+        if (static_cast<long>(times.size()) >= bench.min_iters && wall_s >= bench.min_seconds) break;
+      }
+      Stats stats = ComputeStats(times, wall_s);
+      const char* threads = std::getenv("TVM_NUM_THREADS");
+      std::printf("bench: %zu runs in %.3f s after %ld warm-up runs, threads %s\n", times.size(), wall_s,
+                  warmup_iters, threads ? threads : "(TVM default)");
+      std::printf("latency ms: min %.4f mean %.4f p50 %.4f p90 %.4f p99 %.4f max %.4f\n", stats.min, stats.mean,
+                  stats.p50, stats.p90, stats.p99, stats.max);
+      std::printf("throughput: %.2f runs/s\npeak RSS: %.1f MiB\n", stats.throughput, PeakRssKb() / 1024.0);
+      if (!bench.json.empty()) {
+        WriteJson(bench.json, package, threads, load_ms, first_ms, rss_before_load_kb, bench, warmup_iters, times,
+                  wall_s, stats);
+      }
+    }
     if (!output_dir.empty()) {
       for (size_t i = 0; i < outputs.size(); ++i) {
-        npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype), outputs[i].shape,
-                  output_data[i].data(), outputs[i].nbytes);
+        npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype), output_shapes[i],
+                  output_data[i].get(), BytesOf(outputs[i].dtype, output_shapes[i]));
       }
     }
   } catch (const std::exception& error) {

@@ -1,0 +1,225 @@
+"""make bench: compile the model zoo for cpu, measure each package beside ONNX Runtime and
+TorchScript with `deploytool bench`, and write the Markdown table to benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's deploytool, however it is installed
+
+from deploytool.bench import (  # noqa: E402
+    BenchOptions,
+    BenchResult,
+    bench_package,
+    format_ms,
+    machine_info,
+)
+from deploytool.errors import DeploytoolError  # noqa: E402
+from deploytool.tensors import TensorSpec  # noqa: E402
+from deploytool.zoo import ZOO  # noqa: E402
+
+
+def transformer_encoder():
+    """A small Transformer encoder: 2 layers, d_model 128, 4 heads, 32 tokens."""
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(128, 4, 256, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+        def forward(self, x):
+            return self.encoder(x)
+
+    return Encoder(), [TensorSpec("tokens", (1, 32, 128))]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model of the suite and how long to measure it (untuned big models take seconds a run)."""
+
+    name: str
+    build: Callable
+    warmup_ms: float = 200
+    min_iters: int = 50
+    min_seconds: float = 3
+
+
+CASES = [
+    Case("mlp", ZOO["mlp"]),
+    Case("cnn", ZOO["cnn"]),
+    Case("resnet18", ZOO["resnet18"], warmup_ms=0, min_iters=6),
+    Case("mobilenet_v2", ZOO["mobilenet_v2"], min_iters=15),
+    Case("transformer", transformer_encoder),
+]
+
+
+@dataclass
+class Row:
+    case: Case
+    inputs: str
+    compile_s: float | None = None
+    tuning: str = "untuned"
+    result: BenchResult | None = None
+    error: str | None = None
+
+
+def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: float) -> Row:
+    import torch
+
+    from deploytool.compiler import CompileOptions, compile_model
+    from deploytool.examples import save_torchscript
+
+    torch.manual_seed(0)
+    module, inputs = case.build()
+    row = Row(case, ", ".join(map(str, inputs)))
+    model = save_torchscript(module, inputs, work / f"{case.name}.pt")
+    print(f"\n== {case.name}: compile for cpu", flush=True)
+    try:
+        package = compile_model(CompileOptions(model=model, output=work / case.name, force=True,
+                                               java=False), log=print)
+    except DeploytoolError as err:
+        row.error = f"does not compile: {err}"
+        print(f"  {row.error}")
+        return row
+    # load, export, import, build, package (the validation that follows is not compiling)
+    row.compile_s = sum(seconds for stage, seconds in package.manifest["stage_seconds"].items()
+                        if stage != "validate")
+    tuning = package.manifest.get("tuning")
+    if tuning:
+        seconds = tuning.get("seconds") if isinstance(tuning, dict) else None
+        row.tuning = f"{seconds:.0f} s" if isinstance(seconds, int | float) else "tuned"
+    options = BenchOptions(package=package.path, model=model,
+                           compare=("onnxruntime", "torchscript"), warmup_ms=case.warmup_ms,
+                           min_iters=max(1, round(case.min_iters * scale)),
+                           min_seconds=case.min_seconds * scale, threads=threads, rounds=rounds)
+    print(f"== {case.name}: bench\n{options.display()}", flush=True)
+    row.result = bench_package(options, log=lambda line: print(line, flush=True))
+    return row
+
+
+def _mib(kb: int) -> str:
+    return f"{kb / 1024:.0f} MiB"
+
+
+def render(rows: list[Row], machine: dict, threads: int, end_load: float,
+           note: str | None) -> str:
+    import onnxruntime
+    import torch
+    import tvm
+
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks: package vs ONNX Runtime vs TorchScript",
+        "",
+        f"Machine: {machine['cpu']}, {machine['arch']}, {machine['cores']} cores "
+        f"({machine['usable_cpus']} usable), {threads} thread{'s' if threads != 1 else ''} for "
+        "every backend. "
+        f"Load average {machine['load_average_1min']} at the start, {end_load:.2f} at the end. "
+        f"{date}.",
+        f"Versions: TVM {tvm.__version__}, ONNX Runtime {onnxruntime.__version__}, "
+        f"torch {torch.__version__}. Batch 1, float32, target `cpu`.",
+        "",
+    ]
+    if note:
+        lines += [note, ""]
+    lines += [
+        "Compile: the load, export, import, build and package stages (the native runtime build "
+        "is cached between models; validation not included). "
+        "Latency is the p50 of the timed runs; the ratio is the backend's p50 over the package's "
+        "(the package is 1.00x; below 1 the backend is faster). Memory is the peak resident set "
+        "(VmHWM) of the process that ran the backend.",
+        "",
+        "| model | input | compile | tuning | package p50 | ONNX Runtime p50 | TorchScript p50 "
+        "| package peak RSS | ONNX Runtime peak RSS | TorchScript peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        name = f"`{row.case.name}`"
+        if row.result is None:
+            lines.append(f"| {name} | {row.inputs} | {row.error} | | | | | | | |")
+            continue
+        r = row.result
+        cells = [format_ms(r.get("package").stats.p50_ms)]
+        for other in ("onnxruntime", "torchscript"):
+            cells.append(f"{format_ms(r.get(other).stats.p50_ms)} ({r.ratio(other):.2f}x)")
+        memory = [_mib(r.get(n).peak_rss_kb) for n in ("package", "onnxruntime", "torchscript")]
+        lines.append(f"| {name} | {row.inputs} | {row.compile_s:.1f} s | {row.tuning} | "
+                     + " | ".join(cells + memory) + " |")
+    lines += ["", "## Every figure", "",
+              "First inference: the model load, then its first run, each the median over the "
+              "rounds' fresh processes. Peak RSS in brackets: the process before loading (for "
+              "ONNX Runtime and TorchScript, the Python interpreter with numpy, before importing "
+              "the library). max \\|diff\\|: the largest difference of the outputs from the "
+              "package's, on the same inputs.", ""]
+    for row in rows:
+        if row.result is None:
+            continue
+        r = row.result
+        o = r.options
+        lines += [f"### {row.case.name}", "",
+                  f"{o.rounds} interleaved rounds, each a fresh process per backend: warm-up "
+                  f"{o.warmup_ms:g} ms, then at least {o.round_settings()[1]} runs and "
+                  f"{o.round_settings()[2]:g} s (`--warmup-ms {o.warmup_ms:g} --min-iters "
+                  f"{o.min_iters} --min-seconds {o.min_seconds:g}`).", "",
+                  "| backend | load | first run | min | mean | p50 | p90 | p99 | max | runs/s "
+                  "| timed runs | peak RSS | ratio | max \\|diff\\| |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+                  "| --- |"]
+        for b in r.backends:
+            s = b.stats
+            diff = "-" if b.max_abs_diff is None else f"{b.max_abs_diff:.1g}"
+            times = [format_ms(v) for v in (b.load_ms, b.first_run_ms, s.min_ms, s.mean_ms,
+                                            s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms)]
+            lines.append(f"| {b.name} | " + " | ".join(times) + f" | {s.throughput_per_s:.1f} | "
+                         f"{s.iterations} | {_mib(b.peak_rss_kb)} ({_mib(b.rss_before_load_kb)})"
+                         f" | {r.ratio(b.name):.2f}x | {diff} |")
+        lines.append("")
+    lines += ["## Reproduce", "",
+              "    make bench            # or: python benchmarks/run.py [--models mlp,cnn] "
+              "[--threads N]", "",
+              "It compiles each model into build/bench/, runs `deploytool bench` on it with "
+              "`--compare onnxruntime,torchscript` and the settings above, and rewrites this file.",
+              ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(c.name for c in CASES),
+                        help="comma-separated subset of: %(default)s")
+    parser.add_argument("--threads", type=int, help="default: the CPUs usable")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply every case's min-iters and min-seconds (quick runs: 0.2)")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--note", help="a paragraph to add under the machine line")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - {c.name for c in CASES})
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    rows = [run_case(c, args.work, args.threads, args.rounds, args.scale)
+            for c in CASES if c.name in names]
+    threads = args.threads or machine["usable_cpus"]
+    text = render(rows, machine, threads, os.getloadavg()[0], args.note)
+    scratch = args.output.with_name(f".{args.output.name}.tmp")
+    scratch.write_text(text)
+    os.replace(scratch, args.output)
+    print(f"\n{text}\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

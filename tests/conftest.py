@@ -1,0 +1,66 @@
+"""Shared fixtures: example models saved as TorchScript and packages compiled from them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.examples import write_example
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def mlp_pt(models_dir) -> Path:
+    return write_example("mlp", models_dir / "mlp.pt")
+
+
+@pytest.fixture(scope="session")
+def cnn_pt(models_dir) -> Path:
+    return write_example("cnn", models_dir / "cnn.pt")
+
+
+@pytest.fixture(scope="session")
+def mlp_package(mlp_pt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packages") / "mlp"
+    return compile_model(CompileOptions(model=mlp_pt, output=out))
+
+
+@pytest.fixture(scope="session")
+def cnn_package(cnn_pt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packages") / "cnn"
+    return compile_model(CompileOptions(model=cnn_pt, output=out))
+
+
+def run_clean(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run with an empty environment: no PYTHONPATH, no venv on PATH, nothing inherited."""
+    return subprocess.run(["env", "-i", *map(str, cmd)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def run_package(package_dir: Path, inputs: dict[str, np.ndarray], out_dir: Path,
+                extra: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run a package's bin/deploytool-run on .npy inputs under env -i; return its outputs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = []
+    for name, array in inputs.items():
+        path = out_dir / f"in_{name}.npy"
+        np.save(path, array)
+        args += ["--input", f"{name}={path}"]
+    proc = run_clean([package_dir / "bin" / "deploytool-run", package_dir, *args,
+                      "--output-dir", out_dir, *(extra or [])])
+    assert proc.returncode == 0, proc.stderr
+    return {p.stem: np.load(p) for p in out_dir.glob("*.npy") if not p.stem.startswith("in_")}
+
+
+def copy_package(package_dir: Path, dest: Path) -> Path:
+    shutil.copytree(package_dir, dest, symlinks=True)
+    return dest

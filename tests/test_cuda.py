@@ -1,0 +1,467 @@
+"""CUDA targets: compile without a GPU, check the kernels and the package; run where a GPU is."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deploytool import cuda
+from deploytool.cli import main
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.errors import DeploytoolError
+from deploytool.examples import cnn, mlp, save_torchscript
+from deploytool.targets import load_target
+
+HAS_GPU = cuda.gpu_present()
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no NVIDIA GPU here (nvidia-smi found none)")
+needs_no_gpu = pytest.mark.skipif(HAS_GPU, reason="checks behaviour without a GPU; there is one")
+try:
+    cuda.find_nvcc()
+    HAS_NVCC = True
+except DeploytoolError:
+    HAS_NVCC = False
+needs_nvcc = pytest.mark.skipif(not HAS_NVCC, reason="nvcc (CUDA toolkit) is not installed")
+
+EM_CUDA = 190  # ELF e_machine of NVIDIA GPU code (cubin)
+MODELS = {"mlp": mlp, "cnn": cnn}
+
+
+def cubin_archs(data: bytes) -> set[int]:
+    """The SM versions of the GPU ELF images (cubins) embedded anywhere in ``data``."""
+    found, pos = set(), data.find(b"\x7fELF")
+    while pos >= 0:
+        if len(data) >= pos + 0x34 and data[pos + 4] == 2:  # 64-bit ELF header
+            machine = struct.unpack_from("<H", data, pos + 0x12)[0]
+            if machine == EM_CUDA:
+                flags = struct.unpack_from("<I", data, pos + 0x30)[0]
+                found.add((flags >> 8) & 0xFF)  # the SM version in CUDA's ELF ABI v8 e_flags
+        pos = data.find(b"\x7fELF", pos + 4)
+    return found
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """Compile each (model, target) once per module, on demand."""
+    root = tmp_path_factory.mktemp("cuda")
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(model: str, target: str) -> Path:
+        if (model, target) not in built:
+            module, inputs = MODELS[model]()
+            source = save_torchscript(module, inputs, root / f"{model}.pt")
+            package = compile_model(CompileOptions(model=source, target=target,
+                                                   output=root / f"{model}-{target}"))
+            built[(model, target)] = package.path
+        return built[(model, target)]
+
+    return get
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """No Python, no venv, no CUDA toolkit on the path: what a deployment machine may have."""
+    return {"PATH": "/usr/bin:/bin", **extra}
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,arch", [("cuda-sm80", "sm_80"), ("cuda-sm86", "sm_86"),
+                                       ("cuda-sm89", "sm_89"), ("cuda-sm90", "sm_90")])
+def test_named_cuda_targets_are_valid_tvm_targets(name, arch):
+    spec = load_target(name)
+    target = spec.tvm_target()
+    assert (spec.device, spec.arch) == ("cuda", "x86_64")
+    assert target.kind.name == "cuda" and str(target.attrs["arch"]) == arch
+    assert target.host.kind.name == "llvm"
+    assert "avx2" in spec.cpu_features()  # the host code is built for haswell
+
+
+def test_jetson_orin_target_has_an_aarch64_host():
+    spec = load_target("jetson-orin")
+    target = spec.tvm_target()
+    assert (spec.device, spec.arch, spec.cxx) == ("cuda", "aarch64", "aarch64-linux-gnu-g++")
+    assert str(target.attrs["arch"]) == "sm_87"
+    assert str(target.host.attrs["mtriple"]) == "aarch64-linux-gnu"
+
+
+def test_cuda_target_without_a_gpu_asks_for_a_named_one(monkeypatch):
+    monkeypatch.setattr(cuda.shutil, "which", lambda name: None)  # no nvidia-smi
+    with pytest.raises(DeploytoolError, match="no NVIDIA GPU was found.*cuda-sm80"):
+        load_target("cuda").resolved()
+
+
+def test_cli_compile_for_cuda_without_a_gpu_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
+    module, inputs = mlp()
+    model = save_torchscript(module, inputs, tmp_path / "mlp.pt")
+    result = CliRunner().invoke(main, ["compile", str(model), "--target", "cuda",
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "Error: target 'cuda' means this machine's GPU" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_missing_nvcc_is_a_clear_error_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(cuda, "DEFAULT_CUDA_HOME", tmp_path / "no-cuda")
+    module, inputs = mlp()
+    model = save_torchscript(module, inputs, tmp_path / "mlp.pt")
+    result = CliRunner().invoke(main, ["compile", str(model), "--target", "cuda-sm80",
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "Error: nvcc (the CUDA compiler) was not found" in result.output
+    assert "  load " not in result.output  # failed before the first stage
+    assert not (tmp_path / "out").exists()
+
+
+@needs_nvcc
+def test_jetson_orin_fails_clearly_for_now(tmp_path):
+    module, inputs = mlp()
+    model = save_torchscript(module, inputs, tmp_path / "mlp.pt")
+    result = CliRunner().invoke(main, ["compile", str(model), "--target", "jetson-orin",
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "Error: target 'jetson-orin' needs TVM's CUDA runtime built for aarch64" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# --- building (no GPU needed) --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlp_relax(tmp_path_factory):
+    from deploytool.frontends import load_model, to_onnx
+    from deploytool.importer import import_relax
+
+    module, inputs = mlp()
+    path = save_torchscript(module, inputs, tmp_path_factory.mktemp("relax") / "mlp.pt")
+    return import_relax(to_onnx(load_model(path, None)))
+
+
+@needs_nvcc
+def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypatch, tmp_path):
+    import tvm
+    import tvm_ffi
+
+    from deploytool import build
+
+    before = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    monkeypatch.setitem(build.DEFAULT_PIPELINES, "cuda",
+                        lambda target: tvm.relax.get_pipeline("default_build"))
+    with pytest.raises(DeploytoolError, match="no kernel of the model on the GPU"):
+        build.build_library(mlp_relax, load_target("cuda-sm80"), tmp_path / "model.so")
+    after = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    assert (before is None) == (after is None)  # TVM's callback put back
+
+
+@needs_nvcc
+def test_nvcc_failure_is_one_clear_line(mlp_relax, monkeypatch, tmp_path):
+    from deploytool import build
+
+    real = cuda.nvcc_command
+    monkeypatch.setattr(cuda, "nvcc_command",
+                        lambda *args: [*real(*args)[:-1], "--no-such-flag", real(*args)[-1]])
+    with pytest.raises(DeploytoolError) as raised:
+        build.build_library(mlp_relax, load_target("cuda-sm80"), tmp_path / "model.so")
+    assert str(raised.value).startswith("nvcc failed to compile the kernels for sm_80 (")
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "model.so").exists()
+
+
+# --- compiled packages (no GPU needed) -----------------------------------------------------------
+
+@needs_nvcc
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("target,sm", [("cuda-sm80", 80), ("cuda-sm90", 90)])
+def test_package_carries_kernels_for_the_named_arch(packages, model, target, sm):
+    package = packages(model, target)
+    data = (package / "model.so").read_bytes()
+    assert cubin_archs(data) == {sm}, "SASS for exactly the target's GPU"
+    assert f".target sm_{sm}".encode() in data, "PTX for newer GPUs"
+    other = 90 if sm == 80 else 80
+    assert f".target sm_{other}".encode() not in data
+    assert b"__global__" not in data, "kernels compiled, not left as CUDA source"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("target", ["cuda-sm80", "cuda-sm90"])
+def test_package_contents_and_manifest(packages, target):
+    package = packages("mlp", target)
+    for name in ("model.so", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so", "lib/libdeploytool.so",
+                 "lib/libtvm_runtime_cuda.so", "include/deploytool.h",
+                 "include/deploytool_dlpack.h", "include/dlpack/dlpack.h", "bin/deploytool-run"):
+        assert (package / name).is_file(), name
+    assert list((package / "lib").glob("libcudart.so.*")), "the CUDA runtime travels along"
+    manifest = json.loads((package / "manifest.json").read_text())
+    runtime = manifest["runtime"]
+    assert runtime["device"] == "cuda"
+    assert runtime["cuda"]["arch"] == target.replace("cuda-sm", "sm_")
+    assert runtime["cuda"]["min_driver"] and runtime["cuda"]["nvcc"]
+    readme = (package / "README.md").read_text()
+    assert "--device cuda:0" in readme and runtime["cuda"]["min_driver"] in readme
+
+
+@needs_nvcc
+def test_runtime_libraries_resolve_inside_the_package(packages):
+    package = packages("mlp", "cuda-sm80")
+    proc = subprocess.run(["ldd", str(package / "lib" / "libtvm_runtime_cuda.so")],
+                          capture_output=True, text=True, env=clean_env())
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if "=>" in line}
+    for name in ("libtvm_runtime.so", "libtvm_ffi.so"):
+        assert str(package / "lib") in lines[name], lines[name]
+    cudart = next(name for name in lines if name.startswith("libcudart"))
+    assert str(package / "lib") in lines[cudart]
+
+
+# --- loading without a GPU: clear errors, no crash -----------------------------------------------
+
+@needs_nvcc
+@needs_no_gpu
+def test_runner_without_gpu_gives_a_clear_error(packages):
+    package = packages("mlp", "cuda-sm80")
+    proc = subprocess.run([str(package / "bin" / "deploytool-run")], capture_output=True,
+                          text=True, env=clean_env())
+    assert proc.returncode == 1, proc.stderr  # an error exit, not a signal
+    assert ("the NVIDIA driver (libcuda.so.1) is not installed" in proc.stderr  # no driver
+            or "no CUDA GPU cuda:0 on this machine" in proc.stderr)  # a driver but no GPU
+
+
+@needs_nvcc
+@needs_no_gpu
+def test_driver_without_gpu_gives_a_clear_error(packages):
+    package = packages("mlp", "cuda-sm80")
+    stub = cuda._driver_stub(cuda.find_nvcc())  # a libcuda.so.1 that reports no device
+    proc = subprocess.run([str(package / "bin" / "deploytool-run"), "--device", "cuda:0"],
+                          capture_output=True, text=True,
+                          env=clean_env(LD_LIBRARY_PATH=str(stub.parent)))
+    assert proc.returncode == 1
+    assert "no CUDA GPU cuda:0 on this machine" in proc.stderr
+
+
+@needs_nvcc
+def test_device_mismatch_and_unknown_device(packages):
+    runner = packages("mlp", "cuda-sm80") / "bin" / "deploytool-run"
+    proc = subprocess.run([str(runner), "--device", "cpu"], capture_output=True, text=True,
+                          env=clean_env())
+    assert proc.returncode == 1
+    assert "compiled for cuda, not for device 'cpu'" in proc.stderr
+    proc = subprocess.run([str(runner), "--device", "tpu:0"], capture_output=True, text=True,
+                          env=clean_env())
+    assert proc.returncode == 1 and "unknown device 'tpu:0'" in proc.stderr
+
+
+C_PROGRAM = r"""
+#include <stdio.h>
+#include "deploytool_dlpack.h"
+
+int main(int argc, char** argv) {
+  dt_model* model = NULL;
+  int code = dt_load(argv[1], argc > 2 ? argv[2] : NULL, &model);
+  printf("code=%d\n%s\n", code, dt_last_error());
+  if (code == DT_OK) {
+    DLDevice device;
+    dt_device(model, &device);
+    printf("device=%d:%d\n", (int)device.device_type, device.device_id);
+    dt_free(model);
+  }
+  return 0;
+}
+"""
+
+
+@needs_nvcc
+def test_c_api_header_compiles_as_c_and_load_fails_cleanly(packages, tmp_path):
+    package = packages("mlp", "cuda-sm80")
+    (tmp_path / "main.c").write_text(C_PROGRAM)
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", str(tmp_path / "main.c"),
+                    f"-I{package / 'include'}", f"-L{package / 'lib'}", "-ldeploytool",
+                    f"-Wl,-rpath,{package / 'lib'}", "-o", str(tmp_path / "main")], check=True)
+    proc = subprocess.run([str(tmp_path / "main"), str(package)], capture_output=True, text=True,
+                          env=clean_env())
+    assert proc.returncode == 0
+    if HAS_GPU:
+        assert "code=0" in proc.stdout and "device=2:0" in proc.stdout  # kDLCUDA
+    else:
+        assert "code=6" in proc.stdout  # DT_ERR_DEVICE
+        assert "NVIDIA" in proc.stdout
+
+
+CPU_DLPACK_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "deploytool_dlpack.h"
+
+int main(int argc, char** argv) {
+  dt_model* model;
+  if (dt_load(argv[1], NULL, &model)) { printf("load: %s\n", dt_last_error()); return 1; }
+  dt_tensor_info in, out;
+  dt_input_info(model, 0, &in);
+  dt_output_info(model, 0, &out);
+  float* block = aligned_alloc(64, in.nbytes + 64);
+  float* x = block + 1; /* not 64-byte aligned: the model copies it */
+  for (size_t i = 0; i < in.nbytes / 4; ++i) x[i] = (float)((i % 17) / 8.0 - 1.0);
+  float* y = malloc(out.nbytes);
+  const void* inputs[1] = {x};
+  void* outputs[1] = {y};
+  if (dt_run(model, inputs, outputs)) { printf("run: %s\n", dt_last_error()); return 1; }
+  DLTensor tensor = {block, {kDLCPU, 0}, in.ndim, {kDLFloat, 32, 1}, in.shape, NULL, 4};
+  const DLTensor* dl_inputs[1] = {&tensor};
+  DLManagedTensorVersioned* result[1] = {NULL};
+  if (dt_run_dlpack(model, dl_inputs, result)) {
+    printf("dlpack: %s\n", dt_last_error());
+    return 1;
+  }
+  const DLTensor* r = &result[0]->dl_tensor;
+  int same = r->device.device_type == kDLCPU && r->ndim == out.ndim &&
+             memcmp(r->shape, out.shape, sizeof(int64_t) * out.ndim) == 0 &&
+             memcmp((char*)r->data + r->byte_offset, y, out.nbytes) == 0;
+  printf("same=%d\n", same);
+  result[0]->deleter(result[0]);
+  int64_t wrong_shape[8] = {2, 512};
+  tensor.shape = wrong_shape;
+  int code = dt_run_dlpack(model, dl_inputs, result);
+  printf("wrong shape: %d %s\n", code, dt_last_error());
+  tensor.shape = in.shape;
+  tensor.device.device_type = kDLCUDA;
+  code = dt_run_dlpack(model, dl_inputs, result);
+  printf("wrong device: %d %s\n", code, dt_last_error());
+  dt_free(model);
+  free(block);
+  free(y);
+  return 0;
+}
+"""
+
+
+def test_dlpack_entry_point_on_a_cpu_package(tmp_path):
+    """dt_run_dlpack is device-generic: on a CPU package it runs here, and must match dt_run."""
+    module, inputs = mlp()
+    source = save_torchscript(module, inputs, tmp_path / "mlp.pt")
+    package = compile_model(CompileOptions(model=source, target="x86_64-avx2",
+                                           output=tmp_path / "pkg")).path
+    (tmp_path / "main.c").write_text(CPU_DLPACK_PROGRAM)
+    subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", str(tmp_path / "main.c"),
+                    f"-I{package / 'include'}", f"-L{package / 'lib'}", "-ldeploytool",
+                    f"-Wl,-rpath,{package / 'lib'}", "-o", str(tmp_path / "main")], check=True)
+    proc = subprocess.run([str(tmp_path / "main"), str(package)], capture_output=True, text=True,
+                          env=clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "same=1" in proc.stdout
+    assert "wrong shape: 1 dt_run_dlpack: input 'x' does not have the dtype and shape" \
+        in proc.stdout
+    assert "wrong device: 1 dt_run_dlpack: input 'x' is on another device" in proc.stdout
+
+
+# --- on a GPU ------------------------------------------------------------------------------------
+
+DLPACK_PROGRAM = r"""
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "deploytool_dlpack.h"
+
+/* the CUDA runtime the package ships (lib/libcudart.so.*), declared here to need no toolkit */
+int cudaMalloc(void** p, size_t n);
+int cudaMemcpy(void* dst, const void* src, size_t n, int kind);
+int cudaFree(void* p);
+
+int main(int argc, char** argv) {
+  dt_model* model;
+  if (dt_load(argv[1], "cuda:0", &model)) { fprintf(stderr, "%s\n", dt_last_error()); return 1; }
+  dt_tensor_info in, out;
+  dt_input_info(model, 0, &in);
+  dt_output_info(model, 0, &out);
+  float* x = malloc(in.nbytes);
+  float* y_host = malloc(out.nbytes);
+  float* y_dlpack = malloc(out.nbytes);
+  for (size_t i = 0; i < in.nbytes / 4; ++i) x[i] = (float)((i % 17) / 8.0 - 1.0);
+  const void* inputs[1] = {x};
+  void* outputs[1] = {y_host};
+  if (dt_run(model, inputs, outputs)) { fprintf(stderr, "%s\n", dt_last_error()); return 1; }
+  void* x_gpu;
+  cudaMalloc(&x_gpu, in.nbytes);
+  cudaMemcpy(x_gpu, x, in.nbytes, 1);
+  DLTensor tensor = {x_gpu, {kDLCUDA, 0}, in.ndim, {kDLFloat, 32, 1}, in.shape, NULL, 0};
+  const DLTensor* dl_inputs[1] = {&tensor};
+  DLManagedTensorVersioned* result[1];
+  if (dt_run_dlpack(model, dl_inputs, result)) {
+    fprintf(stderr, "%s\n", dt_last_error());
+    return 1;
+  }
+  if (result[0]->dl_tensor.device.device_type != kDLCUDA) return 3;
+  cudaMemcpy(y_dlpack, result[0]->dl_tensor.data, out.nbytes, 2);
+  result[0]->deleter(result[0]);
+  for (size_t i = 0; i < out.nbytes / 4; ++i) {
+    if (fabsf(y_host[i] - y_dlpack[i]) > 1e-6f) return 4;
+    printf("%.8g\n", y_host[i]);
+  }
+  cudaFree(x_gpu);
+  dt_free(model);
+  return 0;
+}
+"""
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_gpu_package_matches_pytorch(packages, model, tmp_path):
+    import torch
+
+    package = packages(model, "cuda")
+    module, inputs = MODELS[model]()
+    torch.manual_seed(1)
+    x = torch.rand(*inputs[0].shape) * 2 - 1
+    np.save(tmp_path / "x.npy", x.numpy())
+    proc = subprocess.run([str(package / "bin" / "deploytool-run"), "--device", "cuda:0",
+                           "--input", f"{inputs[0].name}={tmp_path / 'x.npy'}",
+                           "--output-dir", str(tmp_path), "--repeat", "20"],
+                          capture_output=True, text=True, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((package / "manifest.json").read_text())
+    got = np.load(tmp_path / f"{manifest['outputs'][0]['name']}.npy")
+    with torch.no_grad():
+        want = module.eval()(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("target", ["cuda", "cuda-sm80"])
+def test_gpu_self_test_passes(packages, target):
+    """The package's own test vectors (computed at compile time) on the GPU, no Python."""
+    package = packages("cnn", target)
+    proc = subprocess.run([str(package / "bin" / "deploytool-run"), "--self-test"],
+                          capture_output=True, text=True, env=clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "self-test PASSED" in proc.stdout
+
+
+@needs_nvcc
+@needs_no_gpu
+def test_compile_without_gpu_leaves_validation_pending(packages):
+    manifest = json.loads((packages("mlp", "cuda-sm80") / "manifest.json").read_text())
+    assert manifest["validation"]["status"] == "pending"
+    assert manifest["self_test"], "test vectors for the GPU machine's --self-test"
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_dlpack_keeps_data_on_the_device(packages, tmp_path):
+    package = packages("mlp", "cuda")
+    (tmp_path / "main.c").write_text(DLPACK_PROGRAM)
+    cudart = next((package / "lib").glob("libcudart.so.*")).name
+    subprocess.run(["gcc", "-std=c99", str(tmp_path / "main.c"), f"-I{package / 'include'}",
+                    f"-L{package / 'lib'}", "-ldeploytool", f"-l:{cudart}", "-lm",
+                    f"-Wl,-rpath,{package / 'lib'}", "-o", str(tmp_path / "main")], check=True)
+    proc = subprocess.run([str(tmp_path / "main"), str(package)], capture_output=True, text=True,
+                          env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 2  # the MLP's two outputs, equal by both paths

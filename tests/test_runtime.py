@@ -1,0 +1,81 @@
+"""The C API and runner on their own: refusing packages this machine cannot run, bad files."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import copy_package, run_clean
+
+
+def edit_manifest(package_dir, change):
+    path = package_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_refuses_a_cpu_without_the_compiled_features(mlp_package, tmp_path):
+    pkg = copy_package(mlp_package.path, tmp_path / "pkg")
+    edit_manifest(pkg, lambda m: m["runtime"]["cpu_features"].append("avx9000"))
+    proc = run_clean([pkg / "bin" / "deploytool-run"])
+    assert proc.returncode == 1
+    assert "this CPU lacks features the package was compiled for (avx9000)" in proc.stderr
+
+
+def test_refuses_another_architecture(mlp_package, tmp_path):
+    pkg = copy_package(mlp_package.path, tmp_path / "pkg")
+    edit_manifest(pkg, lambda m: m["runtime"].update(arch="aarch64"))
+    proc = run_clean([pkg / "bin" / "deploytool-run"])
+    assert proc.returncode == 1 and "compiled for aarch64" in proc.stderr
+
+
+def test_not_a_package(mlp_package, tmp_path):
+    proc = run_clean([mlp_package.runner, tmp_path])
+    assert proc.returncode == 1 and "not a deploytool package" in proc.stderr
+
+
+def test_corrupted_manifest(mlp_package, tmp_path):
+    pkg = copy_package(mlp_package.path, tmp_path / "pkg")
+    (pkg / "manifest.json").write_text('{"inputs": [')
+    proc = run_clean([pkg / "bin" / "deploytool-run"])
+    assert proc.returncode == 1 and "corrupted package" in proc.stderr
+
+
+def test_npy_of_wrong_shape_or_dtype(mlp_package, tmp_path):
+    for name, array in (("shape", np.zeros((1, 3), np.float32)),
+                        ("dtype", np.zeros((1, 512), np.float64))):
+        np.save(tmp_path / f"{name}.npy", array)
+        proc = run_clean([mlp_package.runner, "--input", f"x={tmp_path / name}.npy"])
+        assert proc.returncode == 1
+        assert "needs float32 (1, 512)" in proc.stderr, proc.stderr
+
+
+def test_unknown_input_name_and_bad_option(mlp_package, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 512), np.float32))
+    proc = run_clean([mlp_package.runner, "--input", f"y={tmp_path}/x.npy"])
+    assert proc.returncode == 1 and "no input named 'y'" in proc.stderr
+    proc = run_clean([mlp_package.runner, "--bogus"])
+    assert proc.returncode == 2 and "unknown option" in proc.stderr
+
+
+def test_unknown_device(mlp_package):
+    proc = run_clean([mlp_package.runner, "--device", "tpu:0"])
+    assert proc.returncode == 1 and "unknown device 'tpu:0'" in proc.stderr
+
+
+
+
+def test_c_api_from_plain_c_with_aligned_and_unaligned_inputs(mlp_package, tmp_path):
+    import subprocess
+
+    pkg = mlp_package.path
+    source = Path(__file__).parent / "c" / "api_check.c"
+    build = subprocess.run(["gcc", "-std=c11", str(source), f"-I{pkg}/include", f"-L{pkg}/lib",
+                            "-ldeploytool", f"-Wl,-rpath,{pkg}/lib", "-o", "check"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    proc = run_clean([tmp_path / "check", pkg])
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first == "0 x float32 1"  # identical outputs; index 5 is DT_ERR_ARGUMENT
+    assert second == "dt_input_info: no input 5"

@@ -1,0 +1,167 @@
+"""The model zoo, compiled for cpu and run by the package's native runner.
+
+Each package's outputs are compared with torch eager, TorchScript and ONNX Runtime (on the ONNX
+the package was compiled from); models expected to fail are checked for a message that names the
+operator, the stage and a workaround.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from deploytool import exported
+from deploytool.cli import main
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.errors import DeploytoolError
+from deploytool.examples import save_torchscript
+from deploytool.frontends import run_torchscript, sample_inputs
+from deploytool.package import load_package
+from deploytool.zoo import ZOO, save_exported
+
+pytestmark = pytest.mark.slow
+
+# name, file format, zoo arguments (small sizes keep CI fast; coverage is the point)
+CASES = [
+    ("mlp", "pt", {}),
+    ("cnn", "pt", {}),
+    ("resnet18", "pt", {"num_classes": 10, "size": 64}),
+    ("mobilenet_v2", "pt", {"num_classes": 10, "size": 64}),
+    ("gru", "pt", {}),
+    ("lstm", "pt", {}),
+    ("control_flow", "pt", {}),
+    ("two_io", "pt", {}),
+    ("transformer", "pt2", {}),
+    ("lstm", "pt2", {}),
+]
+
+
+def build(name: str, fmt: str, kwargs: dict, folder: Path):
+    """The zoo model (seeded weights), its input specs and its saved file."""
+    torch.manual_seed(0)
+    model, inputs = ZOO[name](**kwargs)
+    model.eval()
+    path = folder / f"{name}.{fmt}"
+    (save_exported if fmt == "pt2" else save_torchscript)(model, inputs, path)
+    return model, inputs, path
+
+
+def run_package(package_dir: Path, arrays: list[np.ndarray], scratch: Path) -> list[np.ndarray]:
+    """Run bin/deploytool-run on .npy inputs in a clean environment; returns its outputs."""
+    package = load_package(package_dir)
+    scratch.mkdir(parents=True, exist_ok=True)
+    command = [str(package.runner), str(package_dir)]
+    for spec, array in zip(package.inputs, arrays, strict=True):
+        np.save(scratch / f"{spec.name}.npy", array)
+        command += ["--input", f"{spec.name}={scratch / f'{spec.name}.npy'}"]
+    out = scratch / "out"
+    out.mkdir()
+    subprocess.run([*command, "--output-dir", str(out)], check=True, capture_output=True,
+                   env={"PATH": "/usr/bin:/bin"})
+    return [np.load(out / f"{spec.name}.npy") for spec in package.outputs]
+
+
+def eager(model, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        result = model(*[torch.from_numpy(a) for a in arrays])
+    return [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
+
+
+def onnx_runtime(onnx_path: Path, names: list[str], arrays: list[np.ndarray]) -> list:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(None, dict(zip(names, arrays, strict=True)))
+
+
+def assert_close(got: list[np.ndarray], want: list[np.ndarray], what: str) -> None:
+    assert len(got) == len(want), what
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype, what
+        scale = max(1.0, float(np.abs(w).max()))
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
+
+
+@pytest.mark.parametrize(("name", "fmt", "kwargs"), CASES,
+                         ids=[f"{n}.{f}" for n, f, _ in CASES])
+def test_zoo_model_compiles_and_matches(name, fmt, kwargs, tmp_path):
+    model, inputs, path = build(name, fmt, kwargs, tmp_path)
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg", java=False))
+    assert package.manifest["validation"]["status"] == "passed"  # deploytool's own check
+    assert package.manifest["model"]["route"] == (
+        "torch.export -> relax" if fmt == "pt2" else "torchscript -> onnx -> relax")
+    if fmt == "pt" and name in ("gru", "lstm"):  # converted by deploytool, and noted
+        assert any(name.upper() in note and "converter" in note
+                   for note in package.manifest["model"]["notes"])
+    if fmt == "pt2":
+        assert not (package.path / "model.onnx").exists()  # torch.export route: no ONNX
+    assert [d["dtype"] for d in package.manifest["inputs"]] == [s.dtype for s in inputs]
+    batches = [sample_inputs(inputs, seed=1)]
+    if name == "control_flow":  # both branches of the data-dependent `if`
+        batches.append([-a for a in batches[0]])
+        assert (batches[0][0].sum() > 0) != (batches[1][0].sum() > 0)
+    for i, arrays in enumerate(batches):
+        got = run_package(package.path, arrays, tmp_path / f"run{i}")
+        assert_close(got, eager(model, arrays), f"{name}.{fmt} vs torch eager")
+        if fmt == "pt":
+            scripted = torch.jit.load(str(path))
+            assert_close(got, run_torchscript(scripted, arrays), f"{name} vs TorchScript")
+            assert_close(got, onnx_runtime(package.path / "model.onnx",
+                                           [s.name for s in inputs], arrays),
+                         f"{name} vs ONNX Runtime")
+
+
+def test_scripted_transformer_fails_at_export_with_a_workaround(tmp_path):
+    _, _, path = build("transformer", "pt", {}, tmp_path)
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(out), "--no-java"])
+    assert result.exit_code == 1
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: ")
+    assert "aten::is_autocast_enabled" in message  # the operator
+    assert "stage export" in message  # the stage
+    assert "torch.jit.freeze" in message  # what was tried
+    assert "torch.export.save" in message and ".pt2" in message  # the workaround
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_data_dependent_loop_fails_at_import_with_a_workaround(tmp_path):
+    _, _, path = build("dynamic_loop", "pt", {}, tmp_path)
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(out), "--no-java"])
+    assert result.exit_code == 1
+    message = result.output.strip().splitlines()[-1]
+    assert "operator(s) Loop" in message and "stage import" in message
+    assert "constant trip count" in message
+    assert not out.exists()
+
+
+def test_wrong_numbers_from_torch_export_lstm_are_detected(tmp_path, monkeypatch):
+    """Without deploytool's fix, TVM compiles the .pt2 LSTM model to wrong numbers (the
+    ``y[:, -1]`` select reads out of bounds); validation against torch.export catches it."""
+    model, inputs, path = build("lstm", "pt2", {}, tmp_path)
+    monkeypatch.setattr(exported, "PROGRAM_FIXES", {})
+    with pytest.raises(DeploytoolError, match="validation FAILED: output 'output' differs from "
+                                              "torch.export"):
+        compile_model(CompileOptions(model=path, output=tmp_path / "refused", java=False))
+    assert not (tmp_path / "refused").exists()
+    broken = compile_model(CompileOptions(model=path, output=tmp_path / "broken", java=False,
+                                          allow_mismatch=True))
+    assert broken.manifest["validation"]["status"] == "failed"
+    arrays = sample_inputs(inputs, seed=1)
+    want = eager(model, arrays)
+    got = run_package(broken.path, arrays, tmp_path / "run-broken")
+    assert not np.allclose(got[0], want[0], rtol=1e-4, atol=1e-4), "discrepancy not detected"
+    monkeypatch.undo()
+    fixed = compile_model(CompileOptions(model=path, output=tmp_path / "fixed", java=False))
+    assert fixed.manifest["validation"]["status"] == "passed"
+    assert fixed.manifest["validation"]["references"] == ["torch.export"]
+    assert fixed.manifest["model"]["notes"] == [
+        "applied torch.export fix 'negative select index' to 1 node(s)"]
+    assert_close(run_package(fixed.path, arrays, tmp_path / "run-fixed"), want, "fixed lstm")
