@@ -198,16 +198,16 @@ void WriteJson(const std::string& path, const std::string& package, const char* 
   } else {
     std::fprintf(f, "  \"threads\": null,\n");
   }
-  std::fprintf(f, "  \"load_ms\": %.6f,\n  \"first_run_ms\": %.6f,\n", load_ms, first_ms);
+  std::fprintf(f, "  \"load_ms\": %.9g,\n  \"first_run_ms\": %.9g,\n", load_ms, first_ms);
   std::fprintf(f, "  \"warmup_ms\": %.3f,\n  \"warmup_iters\": %ld,\n", bench.warmup_ms, warmup_iters);
-  std::fprintf(f, "  \"min_iters\": %ld,\n  \"min_seconds\": %.6f,\n", bench.min_iters, bench.min_seconds);
+  std::fprintf(f, "  \"min_iters\": %ld,\n  \"min_seconds\": %.9g,\n", bench.min_iters, bench.min_seconds);
   std::fprintf(f, "  \"iterations\": %zu,\n  \"wall_s\": %.9f,\n", times_ms.size(), wall_s);
-  std::fprintf(f, "  \"stats\": {\"min_ms\": %.6f, \"mean_ms\": %.6f, \"p50_ms\": %.6f, \"p90_ms\": %.6f, "
-               "\"p99_ms\": %.6f, \"max_ms\": %.6f, \"throughput_per_s\": %.6f},\n",
+  std::fprintf(f, "  \"stats\": {\"min_ms\": %.9g, \"mean_ms\": %.9g, \"p50_ms\": %.9g, \"p90_ms\": %.9g, "
+               "\"p99_ms\": %.9g, \"max_ms\": %.9g, \"throughput_per_s\": %.9g},\n",
                stats.min, stats.mean, stats.p50, stats.p90, stats.p99, stats.max, stats.throughput);
   std::fprintf(f, "  \"rss_before_load_kb\": %ld,\n  \"peak_rss_kb\": %ld,\n", rss_before_load_kb, PeakRssKb());
   std::fprintf(f, "  \"latencies_ms\": [");
-  for (size_t i = 0; i < times_ms.size(); ++i) std::fprintf(f, "%s%.6f", i ? ", " : "", times_ms[i]);
+  for (size_t i = 0; i < times_ms.size(); ++i) std::fprintf(f, "%s%.9g", i ? ", " : "", times_ms[i]);
   std::fprintf(f, "]\n}\n");
   bool ok = std::fflush(f) == 0;
   ok = std::fclose(f) == 0 && ok;
