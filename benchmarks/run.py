@@ -67,7 +67,7 @@ class Row:
     case: Case
     inputs: str
     compile_s: float | None = None
-    tuning: str = "untuned"
+    tuning: str = "none"
     result: BenchResult | None = None
     error: str | None = None
 
@@ -93,10 +93,11 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
     # load, export, import, build, package (the validation that follows is not compiling)
     row.compile_s = sum(seconds for stage, seconds in package.manifest["stage_seconds"].items()
                         if stage != "validate")
-    tuning = package.manifest.get("tuning")
-    if tuning:
-        seconds = tuning.get("seconds") if isinstance(tuning, dict) else None
-        row.tuning = f"{seconds:.0f} s" if isinstance(seconds, int | float) else "tuned"
+    tuning = package.manifest.get("tuning") or {}
+    if tuning.get("from_database"):
+        row.tuning = f"{tuning['from_database']}/{tuning['tasks']} kernels from the database"
+    elif tuning.get("default"):
+        row.tuning = "default schedules"
     options = BenchOptions(package=package.path, model=model,
                            compare=("onnxruntime", "torchscript"), warmup_ms=case.warmup_ms,
                            min_iters=max(1, round(case.min_iters * scale)),
