@@ -72,6 +72,21 @@ def _triples(option: str, values, kinds) -> dict:
     return parsed
 
 
+def model_options(func):
+    """MODEL, --target and --input: shared by compile and tune."""
+    options = [
+        click.argument("model", type=click.Path(path_type=Path)),
+        click.option("--target", "-t", default="cpu", show_default=True,
+                     help="A name in targets/, a JSON file, or inline JSON."),
+        click.option("--input", "-i", "inputs", multiple=True, callback=_input_specs,
+                     metavar="NAME:SHAPE:DTYPE",
+                     help="An input, e.g. x:1x512:float32 or x:N<=32x512 (repeatable)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def validation_options(func):
     """The options shared by compile and validate."""
     options = [
@@ -113,11 +128,7 @@ def _validation(atol, rtol, tols, seed, ranges, batch_sizes=(), **extra):
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--target", "-t", default="cpu", show_default=True,
-              help="A name in targets/, a JSON file, or inline JSON.")
-@click.option("--input", "-i", "inputs", multiple=True, callback=_input_specs,
-              metavar="NAME:SHAPE:DTYPE", help="An input, e.g. x:1x512:float32 (repeatable).")
+@model_options
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Package folder [default: artifacts/<model name>].")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
@@ -160,11 +171,7 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--target", "-t", default="cpu", show_default=True,
-              help="A name in targets/, a JSON file, or inline JSON.")
-@click.option("--input", "-i", "inputs", multiple=True, callback=_input_specs,
-              metavar="NAME:SHAPE:DTYPE", help="An input, e.g. x:1x512:float32 (repeatable).")
+@model_options
 @_tuning_options
 @click.option("--rpc-tracker", metavar="HOST:PORT",
               help="Measure trials on boards registered with this TVM RPC tracker.")

@@ -61,6 +61,17 @@ def run_package(package_dir: Path, inputs: dict[str, np.ndarray], out_dir: Path,
     return {p.stem: np.load(p) for p in out_dir.glob("*.npy") if not p.stem.startswith("in_")}
 
 
+def build_c_program(source: Path, package_dir: Path, out_dir: Path) -> Path:
+    """Compile a plain C test program (C11) against a package's C API; returns the executable."""
+    exe = out_dir / source.stem
+    build = subprocess.run(["gcc", "-std=c11", str(source), f"-I{package_dir}/include",
+                            f"-L{package_dir}/lib", "-ldeploytool",
+                            f"-Wl,-rpath,{package_dir}/lib", "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    return exe
+
+
 def copy_package(package_dir: Path, dest: Path) -> Path:
     shutil.copytree(package_dir, dest, symlinks=True)
     return dest

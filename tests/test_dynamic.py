@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import copy_package, run_clean, run_package
+from conftest import build_c_program, copy_package, run_clean, run_package
 
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
@@ -194,12 +194,8 @@ def test_runner_random_inputs_self_test_and_shape_option(cnn_dynamic, tmp_path):
 def test_c_api_dt_run_shaped(cnn_dynamic, dynamic_models, tmp_path):
     package, _ = cnn_dynamic
     pkg = package.path
-    source = Path(__file__).parent / "c" / "dynamic_check.c"
-    build = subprocess.run(["gcc", "-std=c11", str(source), f"-I{pkg}/include", f"-L{pkg}/lib",
-                            "-ldeploytool", f"-Wl,-rpath,{pkg}/lib", "-o", "check"],
-                           cwd=tmp_path, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    proc = run_clean([tmp_path / "check", pkg, 3, 9])
+    check = build_c_program(Path(__file__).parent / "c" / "dynamic_check.c", pkg, tmp_path)
+    proc = run_clean([check, pkg, 3, 9])
     assert proc.returncode == 0, proc.stderr
     log = proc.stderr.splitlines()
     assert log[0] == f"info -1 8 {8 * 3 * 32 * 32 * 4} -1 {8 * 10 * 4}"  # nbytes at the bound

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import copy_package, run_clean
+from conftest import build_c_program, copy_package, run_clean
 
 
 def edit_manifest(package_dir, change):
@@ -66,15 +66,9 @@ def test_unknown_device(mlp_package):
 
 
 def test_c_api_from_plain_c_with_aligned_and_unaligned_inputs(mlp_package, tmp_path):
-    import subprocess
-
     pkg = mlp_package.path
-    source = Path(__file__).parent / "c" / "api_check.c"
-    build = subprocess.run(["gcc", "-std=c11", str(source), f"-I{pkg}/include", f"-L{pkg}/lib",
-                            "-ldeploytool", f"-Wl,-rpath,{pkg}/lib", "-o", "check"],
-                           cwd=tmp_path, capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    proc = run_clean([tmp_path / "check", pkg])
+    check = build_c_program(Path(__file__).parent / "c" / "api_check.c", pkg, tmp_path)
+    proc = run_clean([check, pkg])
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.splitlines()
     assert first == "0 x float32 1"  # identical outputs; index 5 is DT_ERR_ARGUMENT
