@@ -73,3 +73,13 @@ def test_c_api_from_plain_c_with_aligned_and_unaligned_inputs(mlp_package, tmp_p
     first, second = proc.stdout.splitlines()
     assert first == "0 x float32 1"  # identical outputs; index 5 is DT_ERR_ARGUMENT
     assert second == "dt_input_info: no input 5"
+
+
+def test_output_dir_is_created(mlp_package, tmp_path):
+    out = tmp_path / "a" / "b"
+    proc = run_clean([mlp_package.runner, "--output-dir", out])
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(out / "output.npy").shape == (1, 2)
+    (tmp_path / "file").write_text("x")
+    proc = run_clean([mlp_package.runner, "--output-dir", tmp_path / "file" / "sub"])
+    assert proc.returncode == 1 and "cannot create the folder" in proc.stderr

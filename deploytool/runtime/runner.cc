@@ -1,6 +1,7 @@
 // deploytool-run: load a package, feed it .npy or seeded random inputs, run it, write .npy outputs.
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "deploytool.hpp"
@@ -46,6 +48,17 @@ std::string OwnPackage() {
   std::string path(exe, static_cast<size_t>(n));
   path = path.substr(0, path.rfind('/'));  // bin/
   return path.substr(0, path.rfind('/'));
+}
+
+// mkdir -p: creates the folder and its missing parents.
+void MakeDirs(const std::string& path) {
+  for (size_t at = path.find('/', 1); ; at = path.find('/', at + 1)) {
+    std::string prefix = path.substr(0, at);
+    if (mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      throw std::runtime_error("cannot create the folder " + prefix);
+    }
+    if (at == std::string::npos) break;
+  }
 }
 
 std::string FileName(const std::string& tensor_name) {
@@ -429,6 +442,7 @@ int main(int argc, char** argv) {
       }
     }
     if (!output_dir.empty()) {
+      MakeDirs(output_dir);
       for (size_t i = 0; i < outputs.size(); ++i) {
         npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype), output_shapes[i],
                   output_data[i].get(), BytesOf(outputs[i].dtype, output_shapes[i]));
