@@ -145,30 +145,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
         with timer.stage("package"):
             build_native(target, scratch, runtime_libraries)
             java = build_java(target, scratch, options.java, log)
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "model": {"name": source.name, "file": source.path.name, "sha256": source.sha256,
-                          "format": source.format, "route": onnx_model.route,
-                          "notes": onnx_model.notes},
-                "inputs": [s.to_dict() for s in onnx_model.inputs],
-                "outputs": [s.to_dict() for s in onnx_model.outputs],
-                "target": {**target.to_dict(), "resolved_cpu": target.cpu},
-                "runtime": {"arch": target.arch, "cpu_features": target.cpu_features(),
-                            **runtime_manifest(target)},
-                "versions": _versions(),
-                "compile_options": {**asdict(options), "model": str(options.model),
-                                    "tuning": options.tuning.to_dict(),
-                                    "output": str(destination),
-                                    "inputs": [str(s) for s in onnx_model.inputs],
-                                    "runtime_dir": (str(options.runtime_dir)
-                                                    if options.runtime_dir else None)},
-                "stage_seconds": timer.seconds,
-                "validation": None,
-                "tuning": tuning.to_dict() if tuning else None,
-                "benchmarks": None,
-                "java": java,
-            }
+            manifest = _manifest(options, target, source, onnx_model, timer, tuning, java)
             package = Package(scratch, manifest)
             manifest["self_test"] = _write_test_vectors(package, source, options.validation)
             manifest["files"] = file_digests(scratch)
@@ -182,6 +159,35 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     if options.archive:
         write_archive(destination)
     return package
+
+
+def _manifest(options: CompileOptions, target: TargetSpec, source, onnx_model, timer: StageTimer,
+              tuning, java: dict) -> dict:
+    """The manifest of a new package; validation and benchmarks are filled in later."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": {"name": source.name, "file": source.path.name, "sha256": source.sha256,
+                  "format": source.format, "route": onnx_model.route,
+                  "notes": onnx_model.notes},
+        "inputs": [s.to_dict() for s in onnx_model.inputs],
+        "outputs": [s.to_dict() for s in onnx_model.outputs],
+        "target": {**target.to_dict(), "resolved_cpu": target.cpu},
+        "runtime": {"arch": target.arch, "cpu_features": target.cpu_features(),
+                    **runtime_manifest(target)},
+        "versions": _versions(),
+        "compile_options": {**asdict(options), "model": str(options.model),
+                            "tuning": options.tuning.to_dict(),
+                            "output": str(options.output_dir()),
+                            "inputs": [str(s) for s in onnx_model.inputs],
+                            "runtime_dir": (str(options.runtime_dir)
+                                            if options.runtime_dir else None)},
+        "stage_seconds": timer.seconds,
+        "validation": None,
+        "tuning": tuning.to_dict() if tuning else None,
+        "benchmarks": None,
+        "java": java,
+    }
 
 
 def _write_test_vectors(package: Package, source, validation: ValidationOptions) -> dict:
