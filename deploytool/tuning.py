@@ -186,12 +186,37 @@ def _cpu_pipeline():
     return pipeline
 
 
+def _channels_last(mod):
+    """``mod`` with its 2-D convolutions channels-last (CONV2D_LAYOUT); unchanged when it has
+    none or when TVM cannot convert it (its ConvertLayout failed on a transformer, which has no
+    convolution)."""
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(conv2d):
+            found.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    if not found:
+        return mod
+    try:
+        return relax.transform.ConvertLayout({"relax.nn.conv2d": CONV2D_LAYOUT})(mod)
+    except Exception:  # TVM's layout inference does not cover every operator
+        return mod
+
+
 def fuse(mod, target):
     """Legalize and fuse ``mod`` as the build does, so that tuning tasks match build kernels."""
     import tvm
 
     cpu = _cpu_pipeline()
-    mod = tvm.relax.transform.ConvertLayout({"relax.nn.conv2d": CONV2D_LAYOUT})(mod)
+    mod = _channels_last(mod)
     with target:
         return tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                         + cpu.legalize_passes(target))(mod)
