@@ -54,6 +54,8 @@ def test_unknown_input_name_and_bad_option(mlp_package, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 512), np.float32))
     proc = run_clean([mlp_package.runner, "--input", f"y={tmp_path}/x.npy"])
     assert proc.returncode == 1 and "no input named 'y'" in proc.stderr
+    proc = run_clean([mlp_package.runner, "--input", "x.npy"])
+    assert proc.returncode == 2 and "--input takes NAME=FILE.npy, got 'x.npy'" in proc.stderr
     proc = run_clean([mlp_package.runner, "--bogus"])
     assert proc.returncode == 2 and "unknown option" in proc.stderr
 

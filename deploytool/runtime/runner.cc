@@ -250,27 +250,27 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
+    // NAME=VALUE options (--input, --shape): exit 2 on a value without '='.
+    auto name_value = [&](const char* form) -> std::pair<std::string, std::string> {
+      std::string spec = value();
+      size_t eq = spec.find('=');
+      if (eq == std::string::npos) {
+        std::fprintf(stderr, "error: %s takes %s, got '%s'\n", arg.c_str(), form, spec.c_str());
+        std::exit(2);
+      }
+      return {spec.substr(0, eq), spec.substr(eq + 1)};
+    };
     if (arg == "-h" || arg == "--help") {
       std::printf("%s", kUsage);
       return 0;
     } else if (arg == "--device") {
       device = value();
     } else if (arg == "--input") {
-      std::string spec = value();
-      size_t eq = spec.find('=');
-      if (eq == std::string::npos) {
-        std::fprintf(stderr, "error: --input takes NAME=FILE.npy, got '%s'\n", spec.c_str());
-        return 2;
-      }
-      input_files[spec.substr(0, eq)] = spec.substr(eq + 1);
+      auto [name, file] = name_value("NAME=FILE.npy");
+      input_files[name] = file;
     } else if (arg == "--shape") {
-      std::string spec = value();
-      size_t eq = spec.find('=');
-      if (eq == std::string::npos) {
-        std::fprintf(stderr, "error: --shape takes NAME=SIZExSIZE..., e.g. x=4x512, got '%s'\n", spec.c_str());
-        return 2;
-      }
-      given_shapes[spec.substr(0, eq)] = ParseShape(spec.substr(eq + 1));
+      auto [name, shape] = name_value("NAME=SIZExSIZE..., e.g. x=4x512");
+      given_shapes[name] = ParseShape(shape);
     } else if (arg == "--seed") {
       seed = std::strtoull(value().c_str(), nullptr, 10);
     } else if (arg == "--output-dir") {
