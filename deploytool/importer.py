@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 
 from .converters import CONVERTERS, apply_converters
 from .dynamic import annotate_bounds, relax_output_specs, relax_shape_dict
@@ -67,6 +68,55 @@ DEFAULT_WORKAROUND = ("Replace them in the model with supported operations, or s
                       "with torch.export.save and compile the .pt2 (which skips ONNX)")
 
 
+def _clip_converter():
+    """TVM's ONNX Clip converter, emitting Relax maximum/minimum instead of opaque kernels.
+
+    TVM emits Clip as TE kernels that its layout conversion cannot see through, so a
+    channels-last convolution followed by ReLU6 was transposed to NCHW and back around every
+    activation (MobileNetV2: 17 pairs of transposes, about a third of its time).
+    """
+    import numpy as np
+    from tvm import ir, relax
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    class Clip(onnx_frontend.Clip):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            result = inputs[0]
+            for bound, op, unbounded in ((inputs[1], relax.op.maximum, -np.inf),
+                                         (inputs[2], relax.op.minimum, np.inf)):
+                if bound is None:
+                    continue
+                if isinstance(bound, ir.GenericConst) and bound.value.numpy().size == 1:
+                    value = bound.value.numpy()  # NaN means unbounded in ONNX
+                    bound = relax.const(np.where(np.isnan(value), unbounded, value)
+                                        .astype(value.dtype).reshape(()), str(value.dtype))
+                else:
+                    bound = cls._sanitize_nan_clip_bound(bb, bound,
+                                                         for_min=op is relax.op.maximum)
+                result = bb.emit(op(result, bound))
+            return result
+
+    return Clip
+
+
+@contextmanager
+def _our_frontend_converters():
+    """TVM's ONNX frontend with our converters in its table, while importing."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend._get_convert_map
+
+    def convert_map():
+        return {**original(), "Clip": _clip_converter()}
+
+    onnx_frontend._get_convert_map = convert_map
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original
+
+
 def import_relax(model: OnnxModel):
     """Convert to a Relax IRModule with the weights bound as constants.
 
@@ -94,10 +144,11 @@ def import_relax(model: OnnxModel):
     model.notes.extend(notes)
     dynamic = any(s.is_dynamic for s in model.inputs)
     try:
-        mod = from_onnx(proto, shape_dict=(relax_shape_dict(model.inputs) if dynamic else
-                                           {s.name: list(s.shape) for s in model.inputs}),
-                        dtype_dict={s.name: s.dtype for s in model.inputs},
-                        keep_params_in_input=False)
+        with _our_frontend_converters():
+            mod = from_onnx(proto, shape_dict=(relax_shape_dict(model.inputs) if dynamic else
+                                               {s.name: list(s.shape) for s in model.inputs}),
+                            dtype_dict={s.name: s.dtype for s in model.inputs},
+                            keep_params_in_input=False)
     except Exception as err:
         message = str(err).strip().splitlines()
         raise DeploytoolError(f"TVM's ONNX import failed ({message[-1] if message else err})",

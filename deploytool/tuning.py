@@ -14,19 +14,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import DeploytoolError
+from .schedules import SCHEDULE_NAME, packs_weights, register_tiled, schedule_kernel
 from .targets import TargetSpec
 
 Log = Callable[[str], None]
 
 TUNING_ROOT = Path("artifacts") / "tuning"
 DEFAULT_TRIALS_PER_TASK = 64
-# The schedule given to kernels the database does not cover: the most promising of a few samples
-# of MetaSchedule's own design space for the target (multi-level tiling, parallel, vectorize,
-# unroll), judged without running them (see _score), with fixed seeds so that builds are
-# reproducible. One sample left most convolutions unvectorized (ResNet-18 30x slower than ONNX
-# Runtime).
+# The schedule given to kernels the database does not cover: convolutions and matrix products
+# get deploytool's hand-written register-tiled schedule with pre-packed weights (schedules.py);
+# other kernels the most promising of a few samples of MetaSchedule's own design space for the
+# target (multi-level tiling, parallel, vectorize, unroll), judged without running them (see
+# _score), with fixed seeds so that builds are reproducible. One sample left most convolutions
+# unvectorized (ResNet-18 30x slower than ONNX Runtime); the best of 8, 3.4x.
 DEFAULT_SCHEDULE_SAMPLES = 8
-DEFAULT_SCHEDULE = f"metaschedule-design-space-best-of-{DEFAULT_SCHEDULE_SAMPLES}"
+DEFAULT_SCHEDULE = (f"{SCHEDULE_NAME} for convolutions and matrix products, else "
+                    f"metaschedule-design-space-best-of-{DEFAULT_SCHEDULE_SAMPLES}")
 DEFAULT_SCHEDULE_SEED = 1
 # Convolutions are computed channels-last (transposes at the edges keep the model's own layout):
 # the schedules then vectorize over channels. Tuning and builds both use it, so records match.
@@ -212,14 +215,38 @@ def _channels_last(mod):
 
 
 def fuse(mod, target):
-    """Legalize and fuse ``mod`` as the build does, so that tuning tasks match build kernels."""
+    """Legalize and fuse ``mod`` as the build does, so that tuning tasks match build kernels.
+
+    Kernels learn which of their arguments are constant weights (``layout_free_buffers``), whose
+    layout their schedules may then change: the weights are packed at compile time (see
+    :func:`pack_weights`).
+    """
     import tvm
+    from tvm import relax
 
     cpu = _cpu_pipeline()
     mod = _channels_last(mod)
     with target:
-        return tvm.transform.Sequential(cpu.library_dispatch_passes(target)
-                                        + cpu.legalize_passes(target))(mod)
+        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
+                                       + cpu.legalize_passes(target)
+                                       + [relax.transform.AttachAttrLayoutFreeBuffers()])(mod)
+    # Only convolutions and matrix products keep it: MetaSchedule's layout rewrite of other
+    # kernels' constants (an LSTM's initial state) gave wrong numbers (error 0.026).
+    for gv, func in _prim_funcs(mod):
+        if func.attrs is not None and "layout_free_buffers" in func.attrs \
+                and not packs_weights(func):
+            mod[gv] = func.without_attr("layout_free_buffers")
+    return mod
+
+
+def pack_weights(mod):
+    """Move the weight-packing blocks of scheduled kernels (tuned ones and schedules.py's) into
+    their own functions and run them on the constant weights now, at compile time."""
+    import tvm
+    from tvm import relax
+
+    return tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                     relax.transform.FoldConstant()])(mod)
 
 
 def _is_scheduled(func) -> bool:
@@ -303,16 +330,19 @@ class SchedulePlan:
     database: str | None
     tasks: int = 0
     from_database: int = 0
+    hand_written: int = 0  # of the default ones: schedules.py's
     default: int = 0
     unscheduled: int = 0
     default_schedule: str = DEFAULT_SCHEDULE
     trials_run: int | None = None
+    register_tiled_records: int | None = None  # of the tuning run, see _measure_register_tiled
     tune_seconds: float | None = None
 
     def summary(self) -> str:
         where = f" from {self.database}" if self.database else " (no tuning database)"
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
-                f"default schedule, {self.unscheduled} unscheduled")
+                f"default schedules ({self.hand_written} register-tiled), "
+                f"{self.unscheduled} unscheduled")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -354,12 +384,17 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
             plan.from_database = sum(_is_scheduled(f) for _, f in _prim_funcs(mod))
             if default_schedules:
                 for gv, func in _prim_funcs(mod):
-                    if not _is_scheduled(func):
+                    if _is_scheduled(func):
+                        continue
+                    scheduled = schedule_kernel(func)
+                    plan.hand_written += scheduled is not None
+                    if scheduled is None:
                         scheduled = sample_best_schedule(func, tvm_target)
-                        if scheduled is not None:
-                            mod[gv] = scheduled
-                            plan.default += 1
+                    if scheduled is not None:
+                        mod[gv] = scheduled
+                        plan.default += 1
             plan.unscheduled = plan.tasks - plan.from_database - plan.default
+            mod = pack_weights(mod)
             return tvm.transform.Sequential(cpu.dataflow_lower_passes(tvm_target)
                                             + cpu.finalize_passes(tvm_target))(mod)
 
@@ -411,6 +446,7 @@ class TuneResult:
     db: Path
     tasks: list[TaskResult] = field(default_factory=list)
     trials: int = 0
+    register_tiled: int = 0  # records of schedules.py's schedule, measured before the search
     seconds: float = 0.0
     stopped: str | None = None  # "interrupted", "time budget", or None when the trials ran out
 
@@ -429,6 +465,7 @@ class TuneResult:
 
     def to_dict(self) -> dict:
         return {"database": str(self.db), "trials": self.trials,
+                "register_tiled": self.register_tiled,
                 "seconds": round(self.seconds, 1), "stopped": self.stopped,
                 "tasks": [{**asdict(t), "gflops": t.gflops} for t in self.tasks]}
 
@@ -586,6 +623,7 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     builder = ms.builder.LocalBuilder(
         max_workers=cores, timeout_sec=120, f_export=_exporter(target.cxx),
         initializer=_worker_initializer(_import_tensor_intrin_quickly, True))
+    seeded = _measure_register_tiled(extracted, database, builder, runner, tvm_target, log)
     with _first_sigint_stops(stop, log):
         try:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
@@ -599,13 +637,55 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
         except Exception as err:
             if stop.reason is None or STOP_MARK not in str(err):
                 raise
-    result = TuneResult(db=db_dir, trials=progress.trials,
+    result = TuneResult(db=db_dir, trials=progress.trials, register_tiled=seeded,
                         seconds=time.monotonic() - start, stopped=stop.reason)
     for task, name, flop, weight in zip(extracted, names, flops, weights, strict=True):
         result.tasks.append(TaskResult(name=name, weight=int(weight), flop=flop,
                                        trials=_count(database, task.dispatched[0]),
                                        best_us=_best_us(database, task.dispatched[0])))
     return result
+
+
+def _measure_register_tiled(extracted, database, builder, runner, tvm_target, log: Log) -> int:
+    """Measure schedules.py's schedule of each kernel it knows and store it as a record.
+
+    The search then starts from it (the evolutionary search seeds its population with the best
+    records), and a build, which takes each kernel's fastest record, never gets a searched
+    schedule slower than the default one. Kernels that already have records (a resumed run)
+    are skipped. Returns how many records were stored.
+    """
+    import shutil
+
+    ms = _meta_schedule()
+    todo = []
+    for task in extracted:
+        mod = task.dispatched[0]
+        if _records(database, mod):
+            continue
+        sch = register_tiled(mod)
+        if sch is not None:
+            todo.append((sch, database.commit_workload(mod)))
+    if not todo:
+        return 0
+    builds = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for sch, _ in todo])
+    measured, inputs = [], []
+    for (sch, workload), built in zip(todo, builds, strict=True):
+        if built.error_msg is None:
+            args = ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+            measured.append((sch, workload, args, built.artifact_path))
+            inputs.append(ms.runner.RunnerInput(built.artifact_path, "cpu", args))
+    stored = 0
+    for (sch, workload, args, artifact), future in zip(measured, runner.run(inputs),
+                                                       strict=True):
+        ran = future.result()
+        shutil.rmtree(os.path.dirname(artifact), ignore_errors=True)
+        if ran.error_msg is None and ran.run_secs:
+            record = ms.database.TuningRecord(sch.trace, workload, ran.run_secs, tvm_target, args)
+            database.commit_tuning_record(record)
+            stored += 1
+    log(f"measured the register-tiled default schedule of {stored} kernel(s); the search "
+        "starts from it")
+    return stored
 
 
 def _exporter(cxx: str):
@@ -728,6 +808,7 @@ def schedule_build(target: TargetSpec, settings: TuneSettings | None = None,
     plan = SchedulePlan(database=str(db_dir) if database is not None else None)
     if tuned is not None:
         plan.trials_run, plan.tune_seconds = tuned.trials, round(tuned.seconds, 1)
+        plan.register_tiled_records = tuned.register_tiled
     return build_pipeline(target, database, plan), plan
 
 

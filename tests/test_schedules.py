@@ -1,0 +1,153 @@
+"""The hand-written schedules: which kernels get them, packed weights, and correct numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.examples import save_torchscript
+from deploytool.schedules import _tile_sizes, schedule_kernel
+from deploytool.tensors import TensorSpec
+from deploytool.tuning import TuneSettings, _prim_funcs
+
+
+def every_kernel_kind():
+    """Convolutions of each form the schedules know, ReLU6, a residual add, and two Linear
+    layers, one of whose 10 outputs do not split into vectors (left to the other schedules)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 32, 3, 2, 1)  # strided, 3 input channels
+            self.depthwise = nn.Conv2d(32, 32, 3, 1, 1, groups=32)
+            self.grouped = nn.Conv2d(32, 32, 3, 1, 1, groups=4)
+            self.pointwise = nn.Conv2d(32, 16, 1)
+            self.wide = nn.Linear(16, 24)
+            self.narrow = nn.Linear(24, 10)
+
+        def forward(self, x):
+            y = torch.clamp(self.stem(x), 0, 6)
+            y = torch.clamp(self.depthwise(y), 0, 6) + y
+            y = self.pointwise(torch.relu(self.grouped(y)))
+            return self.narrow(torch.relu(self.wide(y.mean(dim=(2, 3)))))
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, 3, 20, 20))]
+
+
+@pytest.fixture(scope="module")
+def kinds_package(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kinds")
+    model, inputs = every_kernel_kind()
+    path = save_torchscript(model, inputs, folder / "kinds.pt")
+    package = compile_model(CompileOptions(model=path, output=folder / "pkg", java=False,
+                                           tuning=TuneSettings(db=folder / "no-db")))
+    return package, path
+
+
+def _fused(path):
+    from deploytool.frontends import load_model, to_onnx
+    from deploytool.importer import import_relax
+    from deploytool.targets import load_target
+    from deploytool.tuning import fuse, tuning_target
+
+    target = tuning_target(load_target("cpu"))
+    return fuse(import_relax(to_onnx(load_model(path))), target)
+
+
+def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(kinds_package):
+    package, _ = kinds_package
+    manifest = json.loads((package.path / "manifest.json").read_text())
+    plan = manifest["tuning"]
+    # 4 convolutions and the 24-wide Linear; the 10-wide one does not split into vectors
+    assert plan["hand_written"] == 5, plan
+    assert plan["default"] == plan["tasks"] and plan["unscheduled"] == 0
+    assert "register-tiled" in plan["default_schedule"]
+
+
+def test_the_package_matches_both_references(kinds_package):
+    package, _ = kinds_package
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
+    assert set(validation["references"]) >= {"onnxruntime", "torchscript"}
+    assert validation["comparisons"] and all(c["passed"] for c in validation["comparisons"])
+
+
+def test_weights_are_packed_at_compile_time(kinds_package):
+    """The packing runs once, on the constants, not in the compiled model at every run."""
+    import tvm
+    from tvm import relax
+
+    from deploytool.tuning import pack_weights
+
+    _, path = kinds_package
+    mod = _fused(path)
+    for gv, func in _prim_funcs(mod):
+        scheduled = schedule_kernel(func)
+        if scheduled is not None:
+            mod[gv] = scheduled
+    mod = pack_weights(mod)
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    packed = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            callee = mod[expr.args[0]]
+            assert "layout_rewrite_preproc" not in callee.script(), expr.args[0].name_hint
+            for arg in expr.args[1].fields:
+                if isinstance(arg, tvm.ir.expr.Constant) and arg.ty.ndim == 5:
+                    packed.append(tuple(int(d) for d in arg.ty.shape))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    # the stem's HWIO weight 3x3x3x32 packed as (32/32)x3x3x3x32 , the depthwise one likewise
+    assert (1, 3, 3, 3, 32) in packed and (1, 3, 3, 1, 32) in packed, packed
+
+
+def test_relu6_keeps_convolutions_channels_last(kinds_package):
+    """Clip is imported as Relax maximum/minimum, which the layout conversion follows: the only
+    transposes left are the model's input (NCHW to NHWC) and the mean's output."""
+    _, path = kinds_package
+    mod = _fused(path)
+    transposes = [gv.name_hint for gv, _ in _prim_funcs(mod) if "transpose" in gv.name_hint]
+    assert len(transposes) <= 2, transposes
+
+
+@pytest.mark.parametrize("channels, width, expected", [
+    (64, 56, (8, 32)),   # two AVX-512 vectors of channels by 8 pixels
+    (512, 7, (7, 32)),
+    (144, 56, (14, 16)),  # 144 is 9 vectors: one vector by 14 pixels
+    (1000, 1, (1, 8)),    # a matrix-vector product: one row
+    (128, 2, (2, 128)),   # too few pixels for a tall tile: wider channels instead
+])
+def test_register_tiles(channels, width, expected):
+    pixels, channel = _tile_sizes(channels, width)
+    assert (pixels, channel) == expected
+    assert channels % channel == 0 and width % pixels == 0 and pixels * channel <= 256
+
+
+def test_channels_that_do_not_split_into_vectors_are_refused():
+    with pytest.raises(ValueError, match="10 channels"):
+        _tile_sizes(10, 4)
+
+
+def test_a_kernel_it_does_not_know_is_left_alone():
+    from tvm import te
+
+    a = te.placeholder((4, 8), name="a")
+    b = te.compute((4, 8), lambda i, j: a[i, j] * 2, name="b")
+    assert schedule_kernel(te.create_prim_func([a, b])) is None
+
+
+def test_a_symbolic_batch_is_left_to_the_other_schedules():
+    from tvm import te, tirx, topi
+
+    n = tirx.Var("n", "int64")
+    x = te.placeholder((n, 8), name="x")
+    w = te.placeholder((8, 32), name="w")
+    y = topi.matmul(x, w)
+    func = te.create_prim_func([x, w, y])
+    assert schedule_kernel(func) is None
