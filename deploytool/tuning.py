@@ -159,6 +159,18 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _local_runner_setup(threads: int = 1) -> None:
+    """A local trial worker: ignores Ctrl-C and runs kernels on as many threads as a package
+    does (see dt_load): TVM's own default, half the logical CPUs on x86, measured trials on one
+    thread of this 2-core machine."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
 def _worker_initializer(function, *defaults):
     """A copy of ``function`` with no module, so that the pool pickles it by value: its workers
     may not be able to import this deploytool."""
@@ -623,9 +635,11 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     builder = ms.builder.LocalBuilder(
         max_workers=cores, timeout_sec=120, f_export=_exporter(target.cxx),
         initializer=_worker_initializer(_import_tensor_intrin_quickly, True))
-    seeded = _measure_register_tiled(extracted, database, builder, runner, tvm_target, log)
     with _first_sigint_stops(stop, log):
+        seeded = _measure_register_tiled(extracted, database, builder, runner, tvm_target, log)
         try:
+            if stop.check():
+                raise StopTuning(f"{STOP_MARK} ({stop.reason})")
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
                           max_trials_global=trials, max_trials_per_task=per_task,
                           num_trials_per_iter=per_iter, builder=builder, runner=runner,
@@ -753,7 +767,8 @@ def make_runner(target: TargetSpec, settings: TuneSettings):
             "Tune on the board over TVM RPC: --rpc-tracker HOST:PORT --rpc-key KEY, or "
             "--rpc HOST:PORT")
     return ms.runner.LocalRunner(timeout_sec=30, evaluator_config=evaluator,
-                                 initializer=_worker_initializer(_ignore_sigint))
+                                 initializer=_worker_initializer(_local_runner_setup,
+                                                                 physical_cores()))
 
 
 def _flop(mod) -> float:

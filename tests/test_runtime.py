@@ -1,6 +1,8 @@
 """The C API and runner on their own: refusing packages this machine cannot run, bad files."""
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,19 @@ def test_output_dir_is_created(mlp_package, tmp_path):
     (tmp_path / "file").write_text("x")
     proc = run_clean([mlp_package.runner, "--output-dir", tmp_path / "file" / "sub"])
     assert proc.returncode == 1 and "cannot create the folder" in proc.stderr
+
+
+def _bench_threads(runner, *env):
+    proc = subprocess.run(["env", "-i", *env, str(runner), "--min-iters", "1", "--min-seconds",
+                           "0", "--warmup-ms", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return re.search(r"threads (\S+)", proc.stdout).group(1)
+
+
+def test_the_package_runs_on_every_physical_core_by_default(mlp_package):
+    """TVM's own default halves the logical CPUs on x86 (it assumes hyperthreads): on a machine
+    with one thread per core that was half the cores."""
+    import psutil
+
+    assert _bench_threads(mlp_package.runner) == str(psutil.cpu_count(logical=False))
+    assert _bench_threads(mlp_package.runner, "TVM_NUM_THREADS=1") == "1"  # the host decides

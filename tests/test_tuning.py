@@ -118,6 +118,22 @@ def test_untuned_compile_uses_default_schedules_and_matches(models, tmp_path):
 
 
 @pytest.mark.slow
+def test_tuning_a_cnn_starts_from_the_register_tiled_schedules(models, tmp_path):
+    """Both convolutions get a measured record of the default schedule before the search; a
+    compile from the database (validated against ONNX Runtime and TorchScript) still matches."""
+    db = tmp_path / "db"
+    outcome = CliRunner().invoke(main, ["tune", str(models["cnn"]), "--trials", "6",
+                                        "--db", str(db)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "measured the register-tiled default schedule of 2 kernel(s)" in outcome.output
+    code, output = _compile([str(models["cnn"]), "--db", str(db), "-o", str(tmp_path / "pkg")])
+    assert code == 0, output
+    plan = json.loads((tmp_path / "pkg" / "manifest.json").read_text())["tuning"]
+    assert plan["from_database"] >= 2
+    assert _run_package(tmp_path / "pkg", models["cnn"], tmp_path) < 1e-5
+
+
+@pytest.mark.slow
 def test_ctrl_c_keeps_a_usable_database(models, tmp_path):
     db = tmp_path / "db"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -5,6 +5,7 @@
 #include "sha256.hpp"
 
 #include <dlfcn.h>
+#include <sched.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
@@ -403,6 +404,30 @@ static int Invoke(dt_model* model, const std::vector<ffi::Tensor>& args, std::ve
   return DT_OK;
 }
 
+// TVM sizes its CPU thread pool from TVM_NUM_THREADS (or OMP_NUM_THREADS), else from the
+// logical CPUs, halved on x86 on the assumption of two hyperthreads per core: on a machine with
+// one thread per core (many cloud VMs) the model ran on half its cores, at half the speed.
+// Unless the host set either, this uses the physical cores the process may run on. It must run
+// before TVM starts its pool, which it does on the first parallel kernel.
+static void DefaultThreadCount() {
+  if (std::getenv("TVM_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return;
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
+  std::set<std::pair<std::string, std::string>> cores;  // (package, core) of each allowed CPU
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    std::string topology = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    std::ifstream core_file(topology + "core_id"), package_file(topology + "physical_package_id");
+    std::string core, package;
+    if (!(core_file >> core) || !(package_file >> package)) {
+      core = std::to_string(cpu);  // no topology: count each CPU as a core
+      package = "";
+    }
+    cores.insert({package, core});
+  }
+  if (!cores.empty()) setenv("TVM_NUM_THREADS", std::to_string(cores.size()).c_str(), 0);
+}
+
 extern "C" {
 
 const char* dt_last_error(void) { return g_last_error.c_str(); }
@@ -410,6 +435,7 @@ const char* dt_last_error(void) { return g_last_error.c_str(); }
 int dt_load(const char* package_dir, const char* device, dt_model** out) {
   if (package_dir == nullptr || out == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_load: null argument");
   *out = nullptr;
+  DefaultThreadCount();
   DLDevice dl_device{kDLCPU, 0};
   bool package_device = device == nullptr || device[0] == '\0';  // the manifest's runtime.device
   if (!package_device && !ParseDevice(device, &dl_device)) {

@@ -42,7 +42,11 @@ typedef struct {
 const char* dt_last_error(void);
 
 /* Load the package in folder `package_dir` onto `device`: "cpu", "cpu:0", or for a package
- * compiled for CUDA "cuda", "cuda:N". NULL or "" means the package's own device (cpu, cuda:0). */
+ * compiled for CUDA "cuda", "cuda:N". NULL or "" means the package's own device (cpu, cuda:0).
+ * CPU kernels run on one thread per physical core this process may use: unless the environment
+ * sets TVM_NUM_THREADS (or OMP_NUM_THREADS), the first dt_load sets TVM_NUM_THREADS to that
+ * count (TVM's own default assumes two hyperthreads per core and used half of them on machines
+ * with one thread per core). */
 int dt_load(const char* package_dir, const char* device, dt_model** out);
 void dt_free(dt_model* model);
 
