@@ -5,20 +5,28 @@ from __future__ import annotations
 # Blocks TVM's legalization names, channels-last (see tuning.CONV2D_LAYOUT), that these schedules
 # know: spatial loops ..., W (or M), C (or N), then the reduction loops.
 KNOWN_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc", "matmul")
-# Accumulators of one register tile, in float lanes: 16 of the 32 AVX-512 registers (AVX2
-# targets spill some; their LLVM still vectorizes the tile).
+# Accumulators of one register tile, in float lanes: 16 of the 32 AVX-512 registers; 12 of the
+# 16 AVX2 ones, 24 of the 32 NEON ones elsewhere (see accumulator_lanes).
 TILE_LANES = 256
+NARROW_TILE_LANES = 96
 # Widths of the vector tile over output channels, best first (16 lanes make an AVX-512 vector).
 CHANNEL_TILES = (32, 16, 64, 8, 128)
 MIN_PIXELS = 4
 REDUCTION_UNROLL = 4
 DATA_PARALLEL = 0  # tirx IterVar.iter_type of a spatial loop
-VECTOR_LANES = (64, 32, 16, 8)  # how a padding loop over channels may be vectorized
+VECTOR_LANES = (64, 32, 16, 8)  # how a padding loop over channels is vectorized
 
 SCHEDULE_NAME = "deploytool-register-tiled"
 
 
-def schedule_kernel(func):
+def accumulator_lanes(target) -> int:
+    """How many float lanes of registers a tile may accumulate in, for a ``tvm.target.Target``."""
+    from tvm.target.codegen import target_has_features
+
+    return TILE_LANES if target_has_features("avx512f", target) else NARROW_TILE_LANES
+
+
+def schedule_kernel(func, lanes: int = TILE_LANES):
     """Schedule one fused kernel whose main block is a channels-last convolution or a matrix
     product (see :func:`register_tiled`).
 
@@ -27,7 +35,7 @@ def schedule_kernel(func):
     """
     import tvm
 
-    sch = register_tiled(tvm.IRModule({"main": func}))
+    sch = register_tiled(tvm.IRModule({"main": func}), lanes)
     return None if sch is None else sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
@@ -41,7 +49,7 @@ def packs_weights(func) -> bool:
                for b in sch.get_child_blocks(sch.get_sblock("root")))
 
 
-def register_tiled(mod):
+def register_tiled(mod, lanes: int = TILE_LANES):
     """The register-tiled schedule of ``mod["main"]``: a tile of output pixels (or rows) by
     output channels, accumulated in vector registers with one broadcast and one fused
     multiply-add per input element; or None when the kernel is not one it knows.
@@ -67,7 +75,7 @@ def register_tiled(mod):
     if main is None:
         return None
     try:
-        _tile(sch, func, names, main)
+        _tile(sch, func, names, main, lanes)
     except Exception:  # a form these schedules do not cover (tests check the forms they do)
         return None
     return sch
@@ -77,7 +85,7 @@ def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)  # TypeError for a symbolic extent
 
 
-def _tile_sizes(channels: int, width: int) -> tuple[int, int]:
+def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES) -> tuple[int, int]:
     """(output pixels or rows, output channels) of the register tile: two vectors of channels
     by up to 8 pixels where they divide (measured on ResNet-18, this beat 4x64, 2x128 and 14x16
     where those differed), wider channel tiles for a matrix-vector product (one row)."""
@@ -87,14 +95,14 @@ def _tile_sizes(channels: int, width: int) -> tuple[int, int]:
     if width < MIN_PIXELS:
         options.sort(reverse=True)
     for channel in options:
-        pixels = max(d for d in range(1, TILE_LANES // channel + 1) if width % d == 0)
+        pixels = max(d for d in range(1, lanes // channel + 1) if width % d == 0)
         if pixels >= min(width, MIN_PIXELS):
             return pixels, channel
     channel = options[0]
-    return max(d for d in range(1, TILE_LANES // channel + 1) if width % d == 0), channel
+    return max(d for d in range(1, lanes // channel + 1) if width % d == 0), channel
 
 
-def _tile(sch, func, names: list[str], main: str) -> None:
+def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     block = sch.get_sblock(main)
     iter_vars = sch.get(block).iter_vars
     loops = sch.get_loops(block)
@@ -104,7 +112,7 @@ def _tile(sch, func, names: list[str], main: str) -> None:
         raise ValueError("not spatial loops then reduction loops")
     outer, (width, channels), reduction = loops[:spatial - 2], loops[spatial - 2:spatial], \
         loops[spatial:]
-    pixels, channel = _tile_sizes(_extent(sch, channels), _extent(sch, width))
+    pixels, channel = _tile_sizes(_extent(sch, channels), _extent(sch, width), lanes)
 
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
     epilogue = names[names.index(main) + 1:]
@@ -138,17 +146,8 @@ def _tile(sch, func, names: list[str], main: str) -> None:
     init = sch.decompose_reduction(block, first_reduction)
     sch.vectorize(sch.get_loops(init)[-1])
     if "pad_temp" in names:
-        pad = sch.get_sblock("pad_temp")
-        if main == "group_conv2d_nhwc":
-            # Padding the whole input first costs a pass over memory as long as the (depthwise)
-            # convolution itself; padded per tile, the rows it needs stay in cache.
-            sch.compute_at(pad, tiles)
-            loops = sch.get_loops(pad)
-            lanes = next((v for v in VECTOR_LANES if _extent(sch, loops[-1]) % v == 0), None)
-            if lanes is not None:
-                sch.vectorize(sch.split(loops[-1], [None, lanes])[1])
-        else:
-            _vectorize_copy(sch, pad)
+        _schedule_padding(sch, sch.get_sblock("pad_temp"), tiles,
+                          per_tile=main == "group_conv2d_nhwc")
     # Packing comes last, as the postprocessing part of the trace: a tuning search that starts
     # from this schedule replays it without that part and packs in its own way (replayed with
     # it, MetaSchedule's own layout rewrite failed on the already packed weight).
@@ -171,22 +170,29 @@ def _pack_weight(sch, func, block, channel_var, channel: int) -> None:
     if not reads:
         return
     packed = sch.cache_read(block, reads[0], "global")
-
     rank = len(sch.get(block).reads[reads[0]].region)
-    # A map of fixed arity: a variadic one replays wrongly from a tuning record's trace.
     index_map = tvm.tirx.IndexMap.from_func(
         lambda *axes: (axes[-1] // channel, *axes[:-1], axes[-1] % channel), ndim=rank)
     sch.transform_layout(packed, ("write", 0), index_map)
     sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
 
 
-def _vectorize_copy(sch, block) -> None:
-    """Parallel over the rows, vectorized over the channels (the zero padding of a convolution's
-    input: scalar, it cost more than the depthwise convolution it feeds)."""
-    loops = sch.get_loops(block)
-    lanes = next((v for v in VECTOR_LANES if _extent(sch, loops[-1]) % v == 0), None)
-    if lanes is not None:
-        _, vector = sch.split(loops[-1], [None, lanes])
-        sch.vectorize(vector)
+def _schedule_padding(sch, pad, tiles, per_tile: bool) -> None:
+    """The zero padding of a convolution's input, vectorized over channels (scalar, it cost more
+    than the depthwise convolution it feeds). ``per_tile`` pads just the rows each tile reads,
+    inside the tile: padding the whole input first costs a pass over memory as long as a
+    depthwise convolution itself. Otherwise the padding runs first, parallel over rows."""
+    if per_tile:
+        sch.compute_at(pad, tiles)
+        _vectorize_channels(sch, sch.get_loops(pad)[-1])
+        return
+    loops = sch.get_loops(pad)
+    _vectorize_channels(sch, loops[-1])
     if len(loops) > 2:
         sch.parallel(sch.fuse(*loops[:-2]))
+
+
+def _vectorize_channels(sch, loop) -> None:
+    lanes = next((v for v in VECTOR_LANES if _extent(sch, loop) % v == 0), None)
+    if lanes is not None:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])

@@ -14,7 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import DeploytoolError
-from .schedules import SCHEDULE_NAME, packs_weights, register_tiled, schedule_kernel
+from .schedules import (
+    SCHEDULE_NAME,
+    accumulator_lanes,
+    packs_weights,
+    register_tiled,
+    schedule_kernel,
+)
 from .targets import TargetSpec
 
 Log = Callable[[str], None]
@@ -398,7 +404,7 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                 for gv, func in _prim_funcs(mod):
                     if _is_scheduled(func):
                         continue
-                    scheduled = schedule_kernel(func)
+                    scheduled = schedule_kernel(func, accumulator_lanes(tvm_target))
                     plan.hand_written += scheduled is not None
                     if scheduled is None:
                         scheduled = sample_best_schedule(func, tvm_target)
@@ -676,7 +682,7 @@ def _measure_register_tiled(extracted, database, builder, runner, tvm_target, lo
         mod = task.dispatched[0]
         if _records(database, mod):
             continue
-        sch = register_tiled(mod)
+        sch = register_tiled(mod, accumulator_lanes(tvm_target))
         if sch is not None:
             todo.append((sch, database.commit_workload(mod)))
     if not todo:

@@ -151,3 +151,16 @@ def test_a_symbolic_batch_is_left_to_the_other_schedules():
     y = topi.matmul(x, w)
     func = te.create_prim_func([x, w, y])
     assert schedule_kernel(func) is None
+
+
+@pytest.mark.parametrize("target, lanes", [("x86_64-avx512", 256), ("x86_64-avx2", 96),
+                                           ("arm64", 96)])
+def test_tiles_fit_the_targets_registers(target, lanes):
+    import tvm
+
+    from deploytool.schedules import accumulator_lanes
+    from deploytool.targets import load_target
+
+    assert accumulator_lanes(tvm.target.Target(load_target(target).target)) == lanes
+    pixels, channel = _tile_sizes(64, 56, lanes)
+    assert pixels * channel <= lanes and pixels >= 4  # 16 AVX2 or 32 NEON registers, no spills
