@@ -595,6 +595,13 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     """
     settings = settings or TuneSettings()
     log = log or (lambda _line: None)
+    stop = _Stop(None)
+    # From the start: a Ctrl-C while the kernels were being extracted was lost inside TVM.
+    with _first_sigint_stops(stop, log):
+        return _tune(mod, target, settings, log, stop)
+
+
+def _tune(mod, target: TargetSpec, settings: TuneSettings, log: Log, stop: _Stop) -> TuneResult:
     if target.target.get("kind") != "llvm":
         raise DeploytoolError(f"tuning supports llvm (CPU) targets, not {target.target['kind']}",
                               "Tune a CPU target")
@@ -634,29 +641,30 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
             init_min_unmeasured=min(50, max(8, 4 * per_task))),
         num_threads=tvm_target.attrs["num-cores"], seed=settings.seed)
     start = time.monotonic()
-    stop = _Stop(start + settings.time_budget if settings.time_budget else None)
+    stop.deadline = start + settings.time_budget if settings.time_budget else None
     progress = _progress_callback(stop, start, trials, names, flops, log)
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [progress]
     cores = int(tvm_target.attrs["num-cores"])
     builder = ms.builder.LocalBuilder(
         max_workers=cores, timeout_sec=120, f_export=_exporter(target.cxx),
         initializer=_worker_initializer(_import_tensor_intrin_quickly, True))
-    with _first_sigint_stops(stop, log):
+    seeded = 0
+    if not stop.check():
         seeded = _measure_register_tiled(extracted, database, builder, runner, tvm_target, log)
-        try:
-            if stop.check():
-                raise StopTuning(f"{STOP_MARK} ({stop.reason})")
-            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
-                          max_trials_global=trials, max_trials_per_task=per_task,
-                          num_trials_per_iter=per_iter, builder=builder, runner=runner,
-                          database=database, cost_model="xgb", measure_callbacks=callbacks,
-                          # Round-robin joins each batch before the next, so its records land
-                          # (and Ctrl-C or the budget act) batch by batch; the gradient scheduler
-                          # only joins after a first batch of every kernel, minutes on a CNN.
-                          task_scheduler="round-robin")
-        except Exception as err:
-            if stop.reason is None or STOP_MARK not in str(err):
-                raise
+    try:
+        if stop.check():
+            raise StopTuning(f"{STOP_MARK} ({stop.reason})")
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
+                      max_trials_global=trials, max_trials_per_task=per_task,
+                      num_trials_per_iter=per_iter, builder=builder, runner=runner,
+                      database=database, cost_model="xgb", measure_callbacks=callbacks,
+                      # Round-robin joins each batch before the next, so its records land
+                      # (and Ctrl-C or the budget act) batch by batch; the gradient scheduler
+                      # only joins after a first batch of every kernel, minutes on a CNN.
+                      task_scheduler="round-robin")
+    except Exception as err:
+        if stop.reason is None or STOP_MARK not in str(err):
+            raise
     result = TuneResult(db=db_dir, trials=progress.trials, register_tiled=seeded,
                         seconds=time.monotonic() - start, stopped=stop.reason)
     for task, name, flop, weight in zip(extracted, names, flops, weights, strict=True):
