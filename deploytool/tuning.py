@@ -401,10 +401,11 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             plan.from_database = sum(_is_scheduled(f) for _, f in _prim_funcs(mod))
             if default_schedules:
+                lanes = accumulator_lanes(tvm_target)
                 for gv, func in _prim_funcs(mod):
                     if _is_scheduled(func):
                         continue
-                    scheduled = schedule_kernel(func, accumulator_lanes(tvm_target))
+                    scheduled = schedule_kernel(func, lanes)
                     plan.hand_written += scheduled is not None
                     if scheduled is None:
                         scheduled = sample_best_schedule(func, tvm_target)
@@ -685,12 +686,12 @@ def _measure_register_tiled(extracted, database, builder, runner, tvm_target, lo
     import shutil
 
     ms = _meta_schedule()
-    todo = []
+    lanes, todo = accumulator_lanes(tvm_target), []
     for task in extracted:
         mod = task.dispatched[0]
         if _records(database, mod):
             continue
-        sch = register_tiled(mod, accumulator_lanes(tvm_target))
+        sch = register_tiled(mod, lanes)
         if sch is not None:
             todo.append((sch, database.commit_workload(mod)))
     if not todo:
