@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
+from functools import cache
 
 from .converters import CONVERTERS, apply_converters
 from .dynamic import annotate_bounds, relax_output_specs, relax_shape_dict
@@ -68,6 +69,7 @@ DEFAULT_WORKAROUND = ("Replace them in the model with supported operations, or s
                       "with torch.export.save and compile the .pt2 (which skips ONNX)")
 
 
+@cache  # the frontend asks for its table more than once per import
 def _clip_converter():
     """TVM's ONNX Clip converter, emitting Relax maximum/minimum instead of opaque kernels.
 

@@ -44,9 +44,16 @@ def packs_weights(func) -> bool:
     import tvm
     from tvm import s_tir
 
-    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    return any(sch.get(b).name_hint in KNOWN_BLOCKS
-               for b in sch.get_child_blocks(sch.get_sblock("root")))
+    return _known_block(_block_names(s_tir.Schedule(tvm.IRModule({"main": func})))) is not None
+
+
+def _block_names(sch) -> list[str]:
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
+def _known_block(names: list[str]) -> str | None:
+    """The first of KNOWN_BLOCKS among a kernel's blocks, or None."""
+    return next((n for n in KNOWN_BLOCKS if n in names), None)
 
 
 def register_tiled(mod, lanes: int = TILE_LANES):
@@ -69,9 +76,8 @@ def register_tiled(mod, lanes: int = TILE_LANES):
 
     func = mod["main"]
     sch = s_tir.Schedule(mod)
-    root = sch.get_sblock("root")
-    names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
-    main = next((n for n in KNOWN_BLOCKS if n in names), None)
+    names = _block_names(sch)
+    main = _known_block(names)
     if main is None:
         return None
     try:
