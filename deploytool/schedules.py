@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .prefetch import PREFETCH_LOOP
+
 # Blocks TVM's legalization names, channels-last (see tuning.CONV2D_LAYOUT), that these schedules
 # know: spatial loops ..., W (or M), C (or N), then the reduction loops.
 KNOWN_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc", "matmul")
@@ -158,29 +160,33 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     # from this schedule replays it without that part and packs in its own way (replayed with
     # it, MetaSchedule's own layout rewrite failed on the already packed weight).
     sch.enter_postproc()
-    _pack_weight(sch, func, block, iter_vars[spatial - 1].var, channel)
+    packed = _pack_weight(sch, func, block, iter_vars[spatial - 1].var, channel)
+    if packed is not None:
+        sch.annotate(innermost, PREFETCH_LOOP, packed)
 
 
-def _pack_weight(sch, func, block, channel_var, channel: int) -> None:
+def _pack_weight(sch, func, block, channel_var, channel: int) -> int | None:
     """Pre-pack the block's constant weight, indexed by output channel last, so that each
-    tile's channels are contiguous."""
+    tile's channels are contiguous. Returns the index of the packed weight among the block's
+    reads, or None when there is no constant weight to pack."""
     import tvm
 
     attrs = func.attrs
     if attrs is None or "layout_free_buffers" not in attrs:
-        return
+        return None
     free = {func.params[int(i)].name for i in attrs["layout_free_buffers"]}
     reads = [i for i, region in enumerate(sch.get(block).reads)
              if region.source.name in free and len(region.region) >= 2
              and region.region[-1].min.same_as(channel_var)]
     if not reads:
-        return
+        return None
     packed = sch.cache_read(block, reads[0], "global")
     rank = len(sch.get(block).reads[reads[0]].region)
     index_map = tvm.tirx.IndexMap.from_func(
         lambda *axes: (axes[-1] // channel, *axes[:-1], axes[-1] % channel), ndim=rank)
     sch.transform_layout(packed, ("write", 0), index_map)
     sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
+    return reads[0]
 
 
 def _schedule_padding(sch, pad, tiles, per_tile: bool) -> None:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import DeploytoolError
+from .prefetch import insert_prefetches
 from .schedules import (
     SCHEDULE_NAME,
     accumulator_lanes,
@@ -413,7 +414,7 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                         mod[gv] = scheduled
                         plan.default += 1
             plan.unscheduled = plan.tasks - plan.from_database - plan.default
-            mod = pack_weights(mod)
+            mod = insert_prefetches(pack_weights(mod))
             return tvm.transform.Sequential(cpu.dataflow_lower_passes(tvm_target)
                                             + cpu.finalize_passes(tvm_target))(mod)
 
