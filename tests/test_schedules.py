@@ -116,6 +116,25 @@ def test_relu6_keeps_convolutions_channels_last(kinds_package):
     assert len(transposes) <= 2, transposes
 
 
+def test_threads_split_rows_where_activations_outweigh_weights(kinds_package):
+    """Every convolution here has a larger output than weight: its parallel loop runs over rows
+    first. The Linear layer's 24x16 weight outweighs its 24 outputs: channel tiles first."""
+    import re
+
+    _, path = kinds_package
+    order = {}
+    for gv, func in _prim_funcs(_fused(path)):
+        scheduled = schedule_kernel(func)
+        if scheduled is not None:
+            loops = re.findall(r"for (\w+) in T.parallel", scheduled.script())
+            order[gv.name_hint] = loops[-1]  # after a grouped convolution's padding, if any
+    convolutions = [n for n in order if n.startswith("fused_conv2d")]
+    assert len(convolutions) == 4 and len(order) == 5, order
+    assert all(order[n].startswith("nn_yy_xx_0_ff_0") for n in convolutions), order
+    matmul = next(n for n in order if n.startswith("fused_matmul"))
+    assert order[matmul].startswith("i1_0_i0_0"), order  # N tiles, then rows
+
+
 @pytest.mark.parametrize("channels, width, expected", [
     (64, 56, (8, 32)),   # two AVX-512 vectors of channels by 8 pixels
     (512, 7, (7, 32)),
