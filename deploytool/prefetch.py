@@ -55,11 +55,11 @@ def _rewrite(stmt, loops: list, func):
             body = tirx.SeqStmt([*prefetches, stmt.body])
             annotations = {k: v for k, v in stmt.annotations.items() if k != PREFETCH_LOOP}
             return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                            stmt.thread_binding, annotations)
+                            stmt.thread_binding, annotations, stmt.step)
         body = _rewrite(stmt.body, [*loops, stmt], func)
         return None if body is None else tirx.For(
             stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
-            stmt.annotations)
+            stmt.annotations, stmt.step)
     if isinstance(stmt, tirx.SeqStmt):
         parts = [_rewrite(s, loops, func) for s in stmt.seq]
         if all(p is None for p in parts):
