@@ -118,13 +118,28 @@ def test_untuned_compile_uses_default_schedules_and_matches(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_tuning_a_cnn_starts_from_the_register_tiled_schedules(models, tmp_path):
+def test_a_small_model_is_tuned_with_a_warm_cache(tuned):
+    """The MLP's weights (its parameters, counted here from torch) fit in cache."""
+    import torch
+
+    torch.manual_seed(0)
+    model, _ = mlp()
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    _, output, _ = tuned
+    assert f"with a warm cache: the model has {size / 2**20:.1f} MiB of weights" in output
+
+
+@pytest.mark.slow
+def test_tuning_a_cnn_starts_from_the_register_tiled_schedules(models, tmp_path, monkeypatch):
     """Both convolutions get a measured record of the default schedule before the search; a
-    compile from the database (validated against ONNX Runtime and TorchScript) still matches."""
+    compile from the database (validated against ONNX Runtime and TorchScript) still matches.
+    Its trials run from a flushed cache, as a model with more weights than the cache would."""
+    monkeypatch.setattr("deploytool.tuning.COLD_WEIGHT_BYTES", 0)
     db = tmp_path / "db"
     outcome = CliRunner().invoke(main, ["tune", str(models["cnn"]), "--trials", "6",
                                         "--db", str(db)])
     assert outcome.exit_code == 0, outcome.output
+    assert "each trial runs from a flushed cache" in outcome.output
     assert "measured the register-tiled default schedule of 2 kernel(s)" in outcome.output
     code, output = _compile([str(models["cnn"]), "--db", str(db), "-o", str(tmp_path / "pkg")])
     assert code == 0, output
