@@ -15,6 +15,8 @@ the weights are packed, when the kernel reads the packed weight as a parameter.
 
 from __future__ import annotations
 
+import math
+
 PREFETCH_LOOP = "deploytool.prefetch_next_tile"
 CACHE_LINE_BYTES = 64
 MAX_PREFETCHES = 8  # per iteration of the marked loop; more means the slice is not worth it
@@ -114,9 +116,7 @@ def _prefetches(marked, loops: list, func) -> list:
     for loop in reduction:
         iterations *= int(loop.extent)
         position = position * loop.extent + loop.loop_var  # row-major over the loops
-    slice_size = 1
-    for d in shape[1:]:
-        slice_size *= d
+    slice_size = math.prod(shape[1:])
     per_line = CACHE_LINE_BYTES * 8 // weight.dtype.bits
     lines = -(-slice_size // per_line)
     step = -(-lines // (sweeps * iterations))  # lines to prefetch per iteration
@@ -126,8 +126,10 @@ def _prefetches(marked, loops: list, func) -> list:
     def const(value):
         return tirx.const(value, tiles_loop.loop_var.ty.dtype)
 
-    # Sweep s of tile c prefetches lines [s, s + 1) * lines / sweeps of tile c + 1, one step per
-    # iteration; only multiplications and additions in the loop (the divisions are invariant).
+    # Iteration i of sweep s of tile c prefetches `step` lines of tile c + 1's slice, from line
+    # (s * iterations + i) * step on, clamped to the slice's end (with `step` rounded up, the
+    # first sweeps cover it all). Only multiplications and additions in the loop: the divisions
+    # are of the parallel loop's variable, invariant inside it.
     sweep = tiles_loop.loop_var % const(sweeps)
     following = tirx.min(tiles_loop.loop_var // const(sweeps) + const(1), const(channel_tiles - 1))
     first = (sweep * const(iterations) + position) * const(step * per_line)

@@ -823,7 +823,8 @@ def weight_bytes(mod) -> int:
 
     def visit(expr):
         if isinstance(expr, tvm.ir.expr.GenericConst):  # a tensor constant
-            total.append(expr.value.numpy().nbytes)
+            elements = math.prod(int(d) for d in expr.ty.shape)
+            total.append(elements * tvm.runtime.DataType(expr.ty.dtype).bits // 8)
 
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
