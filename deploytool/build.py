@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import DeploytoolError
+from .lowering import tir_pipeline
 from .targets import TargetSpec
 
 
@@ -41,9 +42,11 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
     if pipeline is None:
         pipeline = (DEFAULT_PIPELINES[kind](tvm_target) if kind in DEFAULT_PIPELINES
                     else "default")
+    lowering = tir_pipeline() if kind == "llvm" else "default"
     with _device_toolchain(target):
         try:
-            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
+            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline,
+                                     tir_pipeline=lowering)
         except Exception as err:
             lines = str(err).strip().splitlines()
             raise DeploytoolError(f"TVM could not build the model for {target.name} "

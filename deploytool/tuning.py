@@ -729,15 +729,16 @@ def _measure_register_tiled(extracted, database, builder, runner, tvm_target, lo
 
 
 def _build_trial(mod, target, _params):
-    """MetaSchedule's default build of a trial, plus the weight prefetches a package build adds,
-    so that a register-tiled record is measured as it will run."""
+    """MetaSchedule's default build of a trial, plus what a package build adds (weight
+    prefetches, scratch buffers on the stack), so that a record is measured as it will run."""
     from tvm.driver import build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from deploytool.lowering import tir_pipeline
     from deploytool.prefetch import insert_prefetches
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return build(insert_prefetches(mod), target=target)
+    return build(insert_prefetches(mod), target=target, pipeline=tir_pipeline())
 
 
 def _exporter(cxx: str):

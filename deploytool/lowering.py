@@ -1,0 +1,70 @@
+"""TIR lowering of CPU builds: TVM's default pipeline, with per-tile scratch on the stack."""
+
+from __future__ import annotations
+
+import math
+
+TIR_PIPELINE = "deploytool-cpu"
+# Scratch buffers allocated inside a parallel loop up to this size live on the worker's stack.
+# TVM puts any buffer of 1 KiB or more in its workspace pool, one allocation and free per tile:
+# the padded input rows and the accumulators of depthwise convolutions' tiles cost MobileNetV2
+# 9% of its time that way. Worker threads have megabytes of stack; 16 KiB leaves room on small
+# ones (Android, a JVM's).
+STACK_SCRATCH_BYTES = 16 * 1024
+
+
+def tir_pipeline() -> str:
+    """The name of the TIR pipeline for ``tvm.compile(..., tir_pipeline=)``, registered on
+    first use: TVM's default one, with :func:`scratch_on_stack` before the host finalization."""
+    from tvm.tirx import compilation_pipeline
+
+    if TIR_PIPELINE not in compilation_pipeline.PIPELINE_MAP:
+        compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _pipeline)
+    return TIR_PIPELINE
+
+
+def _pipeline(**kwargs):
+    import tvm
+    from tvm.tirx import compilation_pipeline
+
+    lower, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("default",
+                                                                                 **kwargs)
+
+    def finalize_host_on_stack():
+        return tvm.transform.Sequential([scratch_on_stack(), finalize_host()])
+
+    return lower, finalize_host_on_stack, finalize_device
+
+
+def scratch_on_stack():
+    """A pass marking buffers allocated inside a parallel loop, of a constant size up to
+    STACK_SCRATCH_BYTES, to be left on the stack by ``LowerTVMBuiltin``."""
+    import tvm
+    import tvm_ffi
+    from tvm.tirx import stmt
+
+    def on_stack(alloc):
+        if not 0 < _size(alloc.buffer) <= STACK_SCRATCH_BYTES:
+            return alloc
+        annotations = {**(alloc.annotations or {}),
+                       "disable_lower_builtin": tvm.tirx.IntImm("bool", 1)}
+        return stmt.AllocBuffer(alloc.buffer, annotations=annotations, span=alloc.span)
+
+    def in_parallel(loop):
+        if loop.kind != stmt.ForKind.PARALLEL:
+            return loop
+        return tvm_ffi.structural_map(loop, [(stmt.AllocBuffer, on_stack)])
+
+    @tvm.tirx.transform.prim_func_pass(opt_level=0, name="ScratchOnStack")
+    def transform(func, _mod, _ctx):
+        return tvm_ffi.structural_map(func, [(stmt.For, in_parallel)], order="pre")
+
+    return transform
+
+
+def _size(buffer) -> int:
+    """Bytes of a buffer, 0 when its shape is not constant."""
+    try:
+        return math.prod(int(d) for d in buffer.shape) * buffer.dtype.bits * buffer.dtype.lanes // 8
+    except TypeError:
+        return 0

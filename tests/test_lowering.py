@@ -1,0 +1,63 @@
+"""The CPU lowering pipeline: per-tile scratch buffers on the stack, and the numbers stay right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploytool import lowering
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.examples import save_torchscript
+from deploytool.tensors import TensorSpec
+from deploytool.tuning import TuneSettings
+
+WORKSPACE_CALL = "load ptr, ptr @__TVMBackendAllocWorkspace"
+
+
+@pytest.fixture(scope="module")
+def depthwise_path(tmp_path_factory):
+    """A padded depthwise convolution. Inside its parallel loop, each tile pads its input rows
+    into a 3,840-byte buffer (3 rows of 10 pixels by 32 channels) and accumulates into a
+    1,024-byte one (8 pixels by 32 channels): TVM alone takes both from its workspace pool."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1, groups=32), nn.ReLU()).eval()
+    return save_torchscript(model, [TensorSpec("x", (1, 32, 16, 16))],
+                            tmp_path_factory.mktemp("lowering") / "depthwise.pt")
+
+
+def _workspace_calls(path, tir_pipeline: str) -> int:
+    """How many times the compiled kernels ask TVM's workspace pool for memory."""
+    import tvm
+
+    from deploytool.frontends import load_model, to_onnx
+    from deploytool.importer import import_relax
+    from deploytool.targets import load_target
+    from deploytool.tuning import build_pipeline, tuning_target
+
+    target = load_target("cpu")
+    executable = tvm.compile(import_relax(to_onnx(load_model(path))),
+                             target=tuning_target(target), relax_pipeline=build_pipeline(target),
+                             tir_pipeline=tir_pipeline)
+    return executable.mod.imports[0].inspect_source("ll").count(WORKSPACE_CALL)
+
+
+def test_per_tile_scratch_is_on_the_stack(depthwise_path):
+    assert _workspace_calls(depthwise_path, "default") >= 1  # what TVM alone does
+    assert _workspace_calls(depthwise_path, lowering.tir_pipeline()) == 0
+
+
+def test_scratch_over_the_limit_stays_in_the_workspace_pool(depthwise_path, monkeypatch):
+    monkeypatch.setattr(lowering, "STACK_SCRATCH_BYTES", 1024)  # the padded rows no longer fit
+    assert _workspace_calls(depthwise_path, lowering.tir_pipeline()) >= 1
+
+
+def test_a_package_with_stack_scratch_matches_both_references(depthwise_path, tmp_path):
+    package = compile_model(CompileOptions(model=depthwise_path, output=tmp_path / "pkg",
+                                           java=False, tuning=TuneSettings(db=tmp_path / "no-db")))
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
+    assert set(validation["references"]) >= {"onnxruntime", "torchscript"}
