@@ -19,8 +19,10 @@ from .schedules import (
     SCHEDULE_NAME,
     accumulator_lanes,
     packs_weights,
+    pooled,
     register_tiled,
     schedule_kernel,
+    schedule_pool,
 )
 from .targets import TargetSpec
 
@@ -414,6 +416,8 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     scheduled = schedule_kernel(func, lanes)
                     plan.hand_written += scheduled is not None
                     if scheduled is None:
+                        scheduled = schedule_pool(func)
+                    if scheduled is None:
                         scheduled = sample_best_schedule(func, tvm_target)
                     if scheduled is not None:
                         mod[gv] = scheduled
@@ -687,7 +691,8 @@ def _tune(mod, target: TargetSpec, settings: TuneSettings, log: Log, stop: _Stop
 
 
 def _measure_register_tiled(extracted, database, builder, runner, tvm_target, log: Log) -> int:
-    """Measure schedules.py's schedule of each kernel it knows and store it as a record.
+    """Measure schedules.py's schedule of each kernel it knows (register-tiled, or pooling) and
+    store it as a record.
 
     The search then starts from it (the evolutionary search seeds its population with the best
     records), and a build, which takes each kernel's fastest record, never gets a searched
@@ -703,6 +708,8 @@ def _measure_register_tiled(extracted, database, builder, runner, tvm_target, lo
         if _records(database, mod):
             continue
         sch = register_tiled(mod, lanes)
+        if sch is None:
+            sch = pooled(mod)
         if sch is not None:
             todo.append((sch, database.commit_workload(mod)))
     if not todo:
@@ -723,8 +730,8 @@ def _measure_register_tiled(extracted, database, builder, runner, tvm_target, lo
             record = ms.database.TuningRecord(sch.trace, workload, ran.run_secs, tvm_target, args)
             database.commit_tuning_record(record)
             stored += 1
-    log(f"measured the register-tiled default schedule of {stored} kernel(s); the search "
-        "starts from it")
+    log(f"measured the default schedule (register-tiled or pooling) of {stored} kernel(s); "
+        "the search starts from it")
     return stored
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.examples import save_torchscript
-from deploytool.schedules import _tile_sizes, schedule_kernel
+from deploytool.schedules import _tile_sizes, schedule_kernel, schedule_pool
 from deploytool.tensors import TensorSpec
 from deploytool.tuning import TuneSettings, _prim_funcs
 
@@ -183,3 +183,39 @@ def test_tiles_fit_the_targets_registers(target, lanes):
     assert accumulator_lanes(tvm.target.Target(load_target(target).target)) == lanes
     pixels, channel = _tile_sizes(64, 56, lanes)
     assert pixels * channel <= lanes and pixels >= 4  # 16 AVX2 or 32 NEON registers, no spills
+
+
+def pooling_layers():
+    """ResNet's max pooling (3x3, stride 2, padded) after a convolution (channels-last), and
+    one over the NCHW input, whose last axis is the window's (left to the other schedules)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 32, 3, 1, 1)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.pool(torch.relu(self.conv(x))).mean(dim=1) + self.pool(x).mean(dim=1)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, 3, 16, 16))]
+
+
+def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
+    model, inputs = pooling_layers()
+    path = save_torchscript(model, inputs, tmp_path / "pooling.pt")
+    pools = {int(func.params[0].ty.shape[1]): func  # channels first: 3 (NCHW), 16 (NHWC)
+             for gv, func in _prim_funcs(_fused(path)) if gv.name_hint.startswith("max_pool")}
+    assert sorted(pools) == [3, 16], pools
+    assert schedule_pool(pools[3]) is None
+    scheduled = schedule_pool(pools[16]).script()
+    assert "T.vectorized(T.int64(16))" in scheduled, scheduled  # channels
+    assert "T.parallel(T.int64(8))" in scheduled, scheduled  # output rows
+    assert 'T.sblock("pad_temp")' not in scheduled  # padding read in place, no scratch rows
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg", java=False,
+                                           tuning=TuneSettings(db=tmp_path / "no-db")))
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
