@@ -143,6 +143,9 @@ def test_tuning_a_cnn_starts_from_the_register_tiled_schedules(models, tmp_path,
     assert "each trial runs from a flushed cache" in outcome.output
     assert "measured the default schedule (register-tiled or pooling) of 3 kernel(s)" \
         in outcome.output
+    # each record holds its trial's fastest run, not all 10 (whose mean MetaSchedule would rank)
+    records = [json.loads(line) for line in (db / "database_tuning_record.json").open()]
+    assert records and all(len(run_secs) == 1 for _, (_, run_secs, *_) in records), records[0]
     code, output = _compile([str(models["cnn"]), "--db", str(db), "-o", str(tmp_path / "pkg")])
     assert code == 0, output
     plan = json.loads((tmp_path / "pkg" / "manifest.json").read_text())["tuning"]
