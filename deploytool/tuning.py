@@ -188,10 +188,10 @@ def _local_runner_setup(threads: int = 1) -> None:
 def _fastest_run(rt_mod, device, evaluator_config, repeated_args):
     """MetaSchedule's local evaluator, reporting only a trial's fastest timed run.
 
-    MetaSchedule ranks records by the mean of their runs. On 2 cores its search and the builds
-    of the next batch run beside the measurement, and some runs of a trial came out 2-8x slower
-    than the rest (ResNet-18's stem, timed 738 us in its best runs, was recorded at 2473 us, and
-    a schedule 1.8x slower in the model won). Interference only ever slows a run down.
+    MetaSchedule ranks records by the mean of their runs, and some runs came out 2-8x slower
+    than the others of the same trial (ResNet-18's stem: 738 us at best, recorded at 2473 us,
+    so a schedule 1.8x slower in the model won), most likely from the search and builds sharing
+    the cores. Interference only ever slows a run down.
     """
     from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 
