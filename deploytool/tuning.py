@@ -199,7 +199,8 @@ def _fastest_run(rt_mod, device, evaluator_config, repeated_args):
 
 
 def _fastest_remote_run(_session, rt_mod, device, evaluator_config, repeated_args):
-    """:func:`_fastest_run` for the RPC runner, whose evaluator also takes the session."""
+    """:func:`_fastest_run` for the RPC runner, whose evaluator also takes the session (both
+    are pickled by value, see _worker_initializer, so one cannot call the other)."""
     from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 
     return [min(run_evaluator_common(rt_mod, device, evaluator_config, repeated_args))]
