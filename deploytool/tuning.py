@@ -185,8 +185,9 @@ def _local_runner_setup(threads: int = 1) -> None:
         os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
-def _fastest_run(rt_mod, device, evaluator_config, repeated_args):
-    """MetaSchedule's local evaluator, reporting only a trial's fastest timed run.
+def _fastest_run(*args):
+    """MetaSchedule's evaluator, reporting only a trial's fastest timed run. The local runner
+    passes (rt_mod, device, evaluator_config, repeated_args); the RPC runner, its session first.
 
     MetaSchedule ranks records by the mean of their runs, and some runs came out 2-8x slower
     than the others of the same trial (ResNet-18's stem: 738 us at best, recorded at 2473 us,
@@ -195,15 +196,7 @@ def _fastest_run(rt_mod, device, evaluator_config, repeated_args):
     """
     from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 
-    return [min(run_evaluator_common(rt_mod, device, evaluator_config, repeated_args))]
-
-
-def _fastest_remote_run(_session, rt_mod, device, evaluator_config, repeated_args):
-    """:func:`_fastest_run` for the RPC runner, whose evaluator also takes the session (both
-    are pickled by value, see _worker_initializer, so one cannot call the other)."""
-    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
-
-    return [min(run_evaluator_common(rt_mod, device, evaluator_config, repeated_args))]
+    return [min(run_evaluator_common(*args[-4:]))]
 
 
 def _worker_initializer(function, *defaults):
@@ -819,7 +812,7 @@ def make_runner(target: TargetSpec, settings: TuneSettings, cold: bool = False):
         config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port,
                                      tracker_key=settings.rpc_key, session_timeout_sec=30)
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
-                                   f_run_evaluator=_worker_initializer(_fastest_remote_run),
+                                   f_run_evaluator=_worker_initializer(_fastest_run),
                                    initializer=_worker_initializer(_ignore_sigint))
     if settings.rpc:
         host, port = _host_port(settings.rpc, "--rpc")
@@ -833,7 +826,7 @@ def make_runner(target: TargetSpec, settings: TuneSettings, cold: bool = False):
                                      session_timeout_sec=30)
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
                                    f_create_session=connect_server,
-                                   f_run_evaluator=_worker_initializer(_fastest_remote_run),
+                                   f_run_evaluator=_worker_initializer(_fastest_run),
                                    initializer=_worker_initializer(_ignore_sigint))
     if not target.runs_here():
         raise DeploytoolError(
