@@ -155,7 +155,7 @@ def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES) -> tuple[int
     """(output pixels or rows, output channels) of the register tile: two vectors of channels
     by up to 8 pixels where they divide (measured on ResNet-18, this beat 4x64, 2x128 and 14x16
     where those differed), wider channel tiles for a matrix-vector product (one row)."""
-    options = [c for c in CHANNEL_TILES if channels % c == 0]
+    options = [c for c in CHANNEL_TILES if channels % c == 0 and c <= lanes]
     if not options:
         raise ValueError(f"{channels} channels do not split into vectors")
     if width < MIN_PIXELS:
