@@ -1,4 +1,5 @@
-"""TIR lowering of CPU builds: TVM's default pipeline, with per-tile scratch on the stack."""
+"""TIR lowering of CPU builds: TVM's default pipeline, with small kernels on one thread and
+per-tile scratch on the stack."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ TIR_PIPELINE = "deploytool-cpu"
 # 9% of its time that way. Worker threads have megabytes of stack; 16 KiB leaves room on small
 # ones (Android, a JVM's).
 STACK_SCRATCH_BYTES = 16 * 1024
+# Kernels of fewer floating-point operations run on the calling thread alone: waking the thread
+# pool costs more than they do. Measured on a 2-core Zen 3 (one launch about 1 us): a 256x128
+# matrix-vector product took 1.7 us on one thread, 2.1 us on two; a 512x256 one 8.6 us on one,
+# 4.4 us on two.
+SINGLE_THREAD_FLOPS = 128 * 1024
+SINGLE_THREAD = "deploytool.single_thread"  # the attribute of a kernel made single-threaded
 
 
 def tir_pipeline() -> str:
     """The name of the TIR pipeline for ``tvm.compile(..., tir_pipeline=)``, registered on
-    first use: TVM's default one, with :func:`scratch_on_stack` before the host finalization."""
+    first use: TVM's default one, with :func:`single_thread_when_small` before it and
+    :func:`scratch_on_stack` before the host finalization."""
     from tvm.tirx import compilation_pipeline
 
     if TIR_PIPELINE not in compilation_pipeline.PIPELINE_MAP:
@@ -33,12 +41,41 @@ def _pipeline(**kwargs):
     def finalize_host_on_stack():
         return tvm.transform.Sequential([scratch_on_stack(), finalize_host()])
 
-    return lower, finalize_host_on_stack, finalize_device
+    return (tvm.transform.Sequential([single_thread_when_small(), lower]),
+            finalize_host_on_stack, finalize_device)
+
+
+def single_thread_when_small():
+    """A pass making the parallel loops of a kernel of under SINGLE_THREAD_FLOPS serial, and
+    marking the kernel SINGLE_THREAD (for :func:`scratch_on_stack`)."""
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.tirx import stmt
+
+    def serial(loop):
+        if loop.kind != stmt.ForKind.PARALLEL:
+            return loop
+        return stmt.For(loop.loop_var, loop.min, loop.extent, stmt.ForKind.SERIAL, loop.body,
+                        annotations=loop.annotations, span=loop.span)
+
+    @tvm.tirx.transform.prim_func_pass(opt_level=0, name="SingleThreadWhenSmall")
+    def transform(func, _mod, _ctx):
+        try:
+            flops = estimate_tir_flops(tvm.IRModule({"main": func}))
+        except Exception:  # a kernel the estimate cannot analyse keeps its threads
+            return func
+        if flops >= SINGLE_THREAD_FLOPS:
+            return func
+        return tvm_ffi.structural_map(func, [(stmt.For, serial)]).with_attr(SINGLE_THREAD, True)
+
+    return transform
 
 
 def scratch_on_stack():
-    """A pass marking buffers allocated inside a parallel loop, of a constant size up to
-    STACK_SCRATCH_BYTES, to be left on the stack by ``LowerTVMBuiltin``."""
+    """A pass marking buffers allocated inside a parallel loop (anywhere in a SINGLE_THREAD
+    kernel), of a constant size up to STACK_SCRATCH_BYTES, to be left on the stack by
+    ``LowerTVMBuiltin``."""
     import tvm
     import tvm_ffi
     from tvm.tirx import stmt
@@ -57,6 +94,8 @@ def scratch_on_stack():
 
     @tvm.tirx.transform.prim_func_pass(opt_level=0, name="ScratchOnStack")
     def transform(func, _mod, _ctx):
+        if func.attrs is not None and SINGLE_THREAD in func.attrs:
+            return tvm_ffi.structural_map(func, [(stmt.AllocBuffer, on_stack)])
         return tvm_ffi.structural_map(func, [(stmt.For, in_parallel)], order="pre")
 
     return transform

@@ -1,4 +1,5 @@
-"""The CPU lowering pipeline: per-tile scratch buffers on the stack, and the numbers stay right."""
+"""The CPU lowering pipeline: small kernels on one thread, per-tile scratch buffers on the stack,
+and the numbers stay right."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from deploytool.tensors import TensorSpec
 from deploytool.tuning import TuneSettings
 
 WORKSPACE_CALL = "load ptr, ptr @__TVMBackendAllocWorkspace"
+PARALLEL_LAUNCH = "load ptr, ptr @__TVMBackendParallelLaunch"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,40 @@ def _workspace_calls(path, tir_pipeline: str) -> int:
 def test_per_tile_scratch_is_on_the_stack(depthwise_path):
     assert _workspace_calls(depthwise_path, "default") >= 1  # what TVM alone does
     assert _workspace_calls(depthwise_path, lowering.tir_pipeline()) == 0
+
+
+def test_scratch_of_a_single_threaded_kernel_is_on_the_stack(depthwise_path, monkeypatch):
+    monkeypatch.setattr(lowering, "SINGLE_THREAD_FLOPS", 10 ** 9)  # no parallel loop left
+    assert _workspace_calls(depthwise_path, lowering.tir_pipeline()) == 0
+
+
+def _linear_layer_ir(inputs: int, outputs: int) -> str:
+    """The LLVM IR of one matrix-vector product (a Linear layer at batch 1), register-tiled."""
+    import tvm
+    from tvm import te
+
+    from deploytool.schedules import schedule_kernel
+    from deploytool.targets import load_target
+    from deploytool.tuning import tuning_target
+
+    x = te.placeholder((1, inputs), name="x")
+    w = te.placeholder((inputs, outputs), name="w")
+    k = te.reduce_axis((0, inputs), name="k")
+    y = te.compute((1, outputs), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
+    func = schedule_kernel(te.create_prim_func([x, w, y]))
+    assert func is not None
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=tuning_target(load_target("cpu")),
+                         pipeline=lowering.tir_pipeline())
+    return lib.inspect_source("ll")
+
+
+def test_only_kernels_worth_two_threads_launch_them(monkeypatch):
+    assert 64 * 512 * 2 < lowering.SINGLE_THREAD_FLOPS < 512 * 256 * 2
+    assert PARALLEL_LAUNCH not in _linear_layer_ir(64, 512)
+    assert PARALLEL_LAUNCH in _linear_layer_ir(512, 256)
+    monkeypatch.setattr(lowering, "SINGLE_THREAD_FLOPS", 0)
+    assert PARALLEL_LAUNCH in _linear_layer_ir(64, 512)
 
 
 def test_scratch_over_the_limit_stays_in_the_workspace_pool(depthwise_path, monkeypatch):
