@@ -223,3 +223,47 @@ def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
                                            tuning=TuneSettings(db=tmp_path / "no-db")))
     validation = json.loads((package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
+
+
+def short_rows():
+    """A residual block's 3x3 convolution over 14x14 pixels, 64 channels: for 96 accumulator
+    lanes (AVX2), one row of 14 pixels fits no tile bigger than 7x8; two rows' 196 pixels take
+    4x16 tiles."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(64, 64, 3, 1, 1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) + x)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, 64, 14, 14))]
+
+
+def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
+    from deploytool.frontends import load_model, to_onnx
+    from deploytool.importer import import_relax
+    from deploytool.targets import load_target
+    from deploytool.tuning import fuse, tuning_target
+
+    model, inputs = short_rows()
+    path = save_torchscript(model, inputs, tmp_path / "short_rows.pt")
+    avx2 = tuning_target(load_target("x86_64-avx2"))
+    kernel = next(f for gv, f in _prim_funcs(fuse(import_relax(to_onnx(load_model(path))), avx2))
+                  if gv.name_hint.startswith("fused_conv2d"))
+    scheduled = schedule_kernel(kernel, 96).script()
+    assert "yy_xx_fused" in scheduled  # one pixel loop over both rows and columns
+    unrolled = [line for line in scheduled.splitlines() if "T.unroll(T.int64(4))" in line]
+    assert any("yy_xx_fused" in line for line in unrolled), scheduled
+    assert "T.vectorized(T.int64(16))" in scheduled
+    # AVX-512's 32 registers take 7x32 from one row: nothing to gain from joining rows.
+    assert "yy_xx_fused" not in schedule_kernel(kernel, 256).script()
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
+                                           target="x86_64-avx2", java=False,
+                                           tuning=TuneSettings(db=tmp_path / "no-db")))
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
