@@ -159,7 +159,12 @@ def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES) -> tuple[int
     if not options:
         raise ValueError(f"{channels} channels do not split into vectors")
     if width < MIN_PIXELS:
-        options.sort(reverse=True)
+        # Few rows: the channels alone must give the tile its independent accumulators. A
+        # classifier's 1000 outputs split only into single vectors of 8 by the tiles above, and
+        # one accumulator waits on each multiply-add before the next (MobileNetV2's took 105 us
+        # alone); 40 channels are five vectors.
+        options = sorted({*options, *(c for c in range(8, lanes // 2 + 1, 8) if channels % c == 0)},
+                         reverse=True)
     for channel in options:
         pixels = max(d for d in range(1, lanes // channel + 1) if width % d == 0)
         if pixels >= min(width, MIN_PIXELS):
@@ -243,12 +248,14 @@ def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):
     a convolution whose rows are too short for a full tile (7 or 14 pixels, where 4 fit), its
     rows and width fused, so that a tile's pixels may span two rows. On AVX2 that is 4x16 over
     14x14 outputs instead of 7x8: ResNet-18's 14x14 convolutions ran 7-17% faster alone, and
-    MobileNetV2 (its 1x1 convolutions at 14x14) about 5% faster.
+    MobileNetV2 (its 1x1 convolutions at 14x14) about 5% faster. Only for narrow registers
+    (AVX2, NEON): AVX-512 would join 28-pixel rows for 8x32 tiles instead of 7x32, which load
+    about as much per multiply-add, and that was never measured.
 
     Returns (outer loops, pixel loop, (pixels, channels) of the tile, whether rows were fused).
     """
     tile = _tile_sizes(_extent(sch, channels), _extent(sch, width), lanes)
-    if main != "conv2d_nhwc" or not outer:
+    if main != "conv2d_nhwc" or not outer or lanes >= TILE_LANES:
         return outer, width, tile, False
     joined = _tile_sizes(_extent(sch, channels), _extent(sch, outer[-1]) * _extent(sch, width),
                          lanes)

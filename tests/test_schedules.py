@@ -139,7 +139,7 @@ def test_threads_split_rows_where_activations_outweigh_weights(kinds_package):
     (64, 56, (8, 32)),   # two AVX-512 vectors of channels by 8 pixels
     (512, 7, (7, 32)),
     (144, 56, (14, 16)),  # 144 is 9 vectors: one vector by 14 pixels
-    (1000, 1, (1, 8)),    # a matrix-vector product: one row
+    (1000, 1, (1, 40)),   # a matrix-vector product: one row, five vectors of 8 channels
     (128, 2, (2, 128)),   # too few pixels for a tall tile: wider channels instead
 ])
 def test_register_tiles(channels, width, expected):
