@@ -161,7 +161,7 @@ def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES) -> tuple[int
     if width < MIN_PIXELS:
         # Few rows: the channels alone must give the tile its independent accumulators. A
         # classifier's 1000 outputs split only into single vectors of 8 by the tiles above, and
-        # one accumulator waits on each multiply-add before the next (MobileNetV2's took 105 us
+        # one accumulator waits on each multiply-add before the next (MobileNetV2's took 102 us
         # alone); 40 channels are five vectors.
         options = sorted({*options, *(c for c in range(8, lanes // 2 + 1, 8) if channels % c == 0)},
                          reverse=True)
