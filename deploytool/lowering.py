@@ -57,7 +57,7 @@ def single_thread_when_small():
         if loop.kind != stmt.ForKind.PARALLEL:
             return loop
         return stmt.For(loop.loop_var, loop.min, loop.extent, stmt.ForKind.SERIAL, loop.body,
-                        annotations=loop.annotations, span=loop.span)
+                        annotations=loop.annotations, step=loop.step, span=loop.span)
 
     @tvm.tirx.transform.prim_func_pass(opt_level=0, name="SingleThreadWhenSmall")
     def transform(func, _mod, _ctx):
