@@ -49,13 +49,13 @@ def kinds_package(tmp_path_factory):
     return package, path
 
 
-def _fused(path):
+def _fused(path, target_name: str = "cpu"):
     from deploytool.frontends import load_model, to_onnx
     from deploytool.importer import import_relax
     from deploytool.targets import load_target
     from deploytool.tuning import fuse, tuning_target
 
-    target = tuning_target(load_target("cpu"))
+    target = tuning_target(load_target(target_name))
     return fuse(import_relax(to_onnx(load_model(path))), target)
 
 
@@ -245,15 +245,9 @@ def short_rows():
 
 
 def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
-    from deploytool.targets import load_target
-    from deploytool.tuning import fuse, tuning_target
-
     model, inputs = short_rows()
     path = save_torchscript(model, inputs, tmp_path / "short_rows.pt")
-    avx2 = tuning_target(load_target("x86_64-avx2"))
-    kernel = next(f for gv, f in _prim_funcs(fuse(import_relax(to_onnx(load_model(path))), avx2))
+    kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
                   if gv.name_hint.startswith("fused_conv2d"))
     scheduled = schedule_kernel(kernel, 96).script()
     assert "yy_xx_fused" in scheduled  # one pixel loop over both rows and columns
