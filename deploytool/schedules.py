@@ -245,8 +245,9 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
 
 def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):
     """The loop a register tile takes its pixels from, and the tile: the output's width, or for
-    a convolution whose rows are too short for a full tile (7 or 14 pixels, where 4 fit), its
-    rows and width fused, so that a tile's pixels may span two rows. On AVX2 that is 4x16 over
+    a convolution whose rows are too short for a full tile (14 pixels, where two rows' 196 take
+    4-pixel tiles; 7x7 outputs gain nothing), its rows and width fused, so that a tile's pixels
+    may span two rows. On AVX2 that is 4x16 over
     14x14 outputs instead of 7x8: ResNet-18's 14x14 convolutions ran 7-17% faster alone, and
     MobileNetV2 (its 1x1 convolutions at 14x14) about 5% faster. Only for narrow registers
     (AVX2, NEON): AVX-512 would join 28-pixel rows for 8x32 tiles instead of 7x32, which load
