@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -256,6 +257,43 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
     assert "T.vectorized(T.int64(16))" in scheduled
     # AVX-512's 32 registers take 7x32 from one row: nothing to gain from joining rows.
     assert "yy_xx_fused" not in schedule_kernel(kernel, 256).script()
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
+                                           target="x86_64-avx2", java=False,
+                                           tuning=TuneSettings(db=tmp_path / "no-db")))
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
+
+
+def weight_heavy_rows():
+    """A residual block's 3x3 convolution over 7x7 pixels, 128 channels: 147K weights for 6K
+    outputs. 49 pixels take eight 6x16 tiles and one pixel left over."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(128, 128, 3, 1, 1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) + x)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, 128, 7, 7))]
+
+
+def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path):
+    model, inputs = weight_heavy_rows()
+    path = save_torchscript(model, inputs, tmp_path / "weight_heavy.pt")
+    kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
+                  if gv.name_hint.startswith("fused_conv2d"))
+    scheduled = schedule_kernel(kernel, 96).script()
+    assert "T.parallel(T.int64(8))" in scheduled  # threads share the 8 channel tiles
+    assert "T.unroll(T.int64(6))" in scheduled and "T.vectorized(T.int64(16))" in scheduled
+    # 8 tiles of 6 pixels, then pixel 48 alone
+    assert re.search(r"nn_yy_xx_fused_00, .* in T\.grid\(T\.int64\(8\), ", scheduled), scheduled
+    assert "nn_yy_xx_fused_01 in range(T.int64(8), T.int64(9))" in scheduled, scheduled
+    assert "partition" not in schedule_kernel(kernel, 256).script()  # AVX-512: 7 pixels divide
     package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
                                            target="x86_64-avx2", java=False,
                                            tuning=TuneSettings(db=tmp_path / "no-db")))
