@@ -27,10 +27,11 @@ VECTOR_LANES = (64, 32, 16, 8)  # how a padding loop over channels is vectorized
 POOL_BLOCK = "pool_max"  # TVM's name for a max pooling's main block
 
 SCHEDULE_NAME = "deploytool-register-tiled"
-# The register tile of weight-dominated convolutions on narrow registers (see _tile_remainder):
-# 12 of the 16 AVX2 registers accumulate, 2 hold weights, 1 a broadcast input.
+# The register tile of convolutions on narrow registers (see _tile_remainder): 12 of the 16 AVX2
+# registers accumulate, 2 hold weights, 1 a broadcast input.
 REMAINDER_TILE = (6, 16)
 MIN_CHANNEL_TILES = 8  # the threads share the channel tiles, so there must be a few
+ROW_REMAINDER_REDUCTION = 512  # see _tile_remainder
 
 
 def accumulator_lanes(target) -> int:
@@ -195,9 +196,9 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     for name in epilogue:  # bias, residual add, activation: into the last one, per tile
         if name not in outputs:
             sch.compute_inline(sch.get_sblock(name))
-    if not rows_first and _remainder_tile_fits(main, _extent(sch, channels), lanes):
-        _tile_remainder(sch, func, names, block, [*outer, width], channels, reduction,
-                        iter_vars[spatial - 1].var, epilogue)
+    if _remainder_tile_fits(sch, main, width, channels, reduction, rows_first, lanes):
+        _tile_remainder(sch, func, names, block, outer, width, channels, reduction,
+                        iter_vars[spatial - 1].var, epilogue, rows_first)
         return
     outer, width, (pixels, channel), joined_rows = _pixel_loop(sch, main, outer, width, channels,
                                                                lanes)
@@ -251,26 +252,43 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
         sch.annotate(innermost, PREFETCH_LOOP, packed)
 
 
-def _remainder_tile_fits(main: str, channels: int, lanes: int) -> bool:
+def _remainder_tile_fits(sch, main: str, width, channels, reduction, rows_first: bool,
+                         lanes: int) -> bool:
+    """Whether a convolution takes :func:`_tile_remainder`'s schedule."""
     pixels, channel = REMAINDER_TILE
-    return (main == "conv2d_nhwc" and pixels * channel <= lanes < TILE_LANES
-            and channels % channel == 0 and channels // channel >= MIN_CHANNEL_TILES)
+    if (main != "conv2d_nhwc" or not pixels * channel <= lanes < TILE_LANES
+            or _extent(sch, channels) % channel):
+        return False
+    if not rows_first:
+        return _extent(sch, channels) // channel >= MIN_CHANNEL_TILES
+    return (_extent(sch, width) >= pixels
+            and math.prod(_extent(sch, loop) for loop in reduction) >= ROW_REMAINDER_REDUCTION
+            and _extent(sch, reduction[-1]) % REDUCTION_UNROLL == 0)
 
 
-def _tile_remainder(sch, func, names, block, pixel_loops, channels, reduction, channel_var,
-                    epilogue) -> None:
-    """The schedule of a convolution whose weights outweigh its output, on narrow registers:
-    REMAINDER_TILE over all output pixels in one loop (rows joined), whatever their count, the
-    last few in a remainder tile of their own (``loop_partition``). Threads share the channel
-    tiles; each sweeps its packed weight slice once per pixel tile.
+def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, channel_var,
+                    epilogue, rows_first: bool) -> None:
+    """REMAINDER_TILE for a convolution on narrow registers, over pixels in any number: the
+    last few pixels get a tile of their own (``loop_partition``).
 
     No 12-accumulator tile divides ResNet's and MobileNetV2's widths (7 * 2^k), so _tile's
-    tiles had 7 or 8 accumulators. Alone, ResNet-18's 14x14 and 7x7 3x3 convolutions ran
-    13-25% faster with this one; the whole model 8%, MobileNetV2 8% (AMD Zen 3).
+    tiles have 7 or 8 accumulators. Threads split the rows, as in _tile, or where the weights
+    outweigh the output, the channel tiles: then all pixels form one loop (rows joined) and
+    each thread sweeps its packed weight slice once per pixel tile.
+
+    The accumulators are zeroed in memory, per row or per channel tile, before the pixel tiles
+    (loop_partition fails on a loop holding two blocks), and read back per tile: measured
+    slower where the reduction is short (MobileNetV2's 1x1 convolutions of 16-160 input
+    channels, 9-27%), so rows first it is used only from ROW_REMAINDER_REDUCTION on. Alone,
+    ResNet-18's 3x3 convolutions ran 7-25% faster, MobileNetV2's last 1x1 ones 16-31%; the
+    whole models about 8% (AMD Zen 3).
     """
     pixels, channel = REMAINDER_TILE
-    pixel_loop = sch.fuse(*pixel_loops)
-    total = _extent(sch, pixel_loop)
+    if rows_first:
+        pixel_loop = width
+    else:
+        pixel_loop, outer = sch.fuse(*outer, width), []
+    count = _extent(sch, pixel_loop)
     channel_outer, channel_inner = sch.split(channels, [None, channel])
     pixel_outer, pixel_inner = sch.split(pixel_loop, [None, pixels])
     innermost = reduction[-1]
@@ -278,18 +296,22 @@ def _tile_remainder(sch, func, names, block, pixel_loops, channels, reduction, c
     if _extent(sch, innermost) % REDUCTION_UNROLL == 0 and _extent(sch, innermost) > 1:
         innermost, unroll = sch.split(innermost, [None, REDUCTION_UNROLL])
         unrolled = [unroll]
-    sch.reorder(channel_outer, pixel_outer, *reduction[:-1], innermost, *unrolled, pixel_inner,
+    tile_loops = [pixel_outer, channel_outer] if rows_first else [channel_outer, pixel_outer]
+    sch.reorder(*outer, *tile_loops, *reduction[:-1], innermost, *unrolled, pixel_inner,
                 channel_inner)
-    sch.parallel(channel_outer)
+    threads = sch.fuse(*outer) if rows_first else channel_outer
+    sch.parallel(threads)
     for loop in unrolled:
         sch.unroll(loop)
     sch.unroll(pixel_inner)
     sch.vectorize(channel_inner)
-    # Accumulators are zeroed per channel tile, before its pixel tiles: loop_partition fails on
-    # a loop holding two blocks.
     init = sch.decompose_reduction(block, pixel_outer)
     sch.vectorize(sch.get_loops(init)[-1])
-    if epilogue:  # a tile's pixels may span two rows: see _tile's joined rows
+    if epilogue and rows_first:
+        last = sch.get_sblock(epilogue[-1])
+        sch.reverse_compute_at(last, threads)
+        _vectorize_channels(sch, sch.get_loops(last)[-1])
+    elif epilogue:  # a tile's pixels may span two rows: see _tile's joined rows
         last = sch.get_sblock(epilogue[-1])
         *rows, last_channels = sch.get_loops(last)
         sch.parallel(sch.fuse(*rows[:-1]))
@@ -298,10 +320,10 @@ def _tile_remainder(sch, func, names, block, pixel_loops, channels, reduction, c
         _schedule_padding(sch, sch.get_sblock("pad_temp"), None, per_tile=False)
     sch.enter_postproc()
     _pack_weight(sch, func, block, channel_var, channel)
-    if total % pixels:
-        # After the packing, which would otherwise land inside the partition, and in the
-        # postprocessing part: a search replays the rest, with its predicated last tile.
-        sch.loop_partition(pixel_outer, [total // pixels, None])
+    if count % pixels:
+        # After the packing, which would otherwise land inside the partition; and in the
+        # postprocessing part, so that a search replays the rest, its last tile predicated.
+        sch.loop_partition(pixel_outer, [count // pixels, None])
 
 
 def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):

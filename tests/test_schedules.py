@@ -227,16 +227,16 @@ def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
 
 
 def short_rows():
-    """A residual block's 3x3 convolution over 14x14 pixels, 64 channels: for 96 accumulator
+    """A 1x1 convolution over 14x14 pixels, 64 channels, as in MobileNetV2: for 96 accumulator
     lanes (AVX2), one row of 14 pixels fits no tile bigger than 7x8; two rows' 196 pixels take
-    4x16 tiles."""
+    4x16 tiles. (Its 64 input channels are too few for _tile_remainder's schedule.)"""
     import torch
     from torch import nn
 
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(64, 64, 3, 1, 1)
+            self.conv = nn.Conv2d(64, 64, 1)
 
         def forward(self, x):
             return torch.relu(self.conv(x) + x)
@@ -264,35 +264,45 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
     assert validation["status"] == "passed", validation
 
 
-def weight_heavy_rows():
-    """A residual block's 3x3 convolution over 7x7 pixels, 128 channels: 147K weights for 6K
-    outputs. 49 pixels take eight 6x16 tiles and one pixel left over."""
+def conv3x3(channels: int, size: int):
+    """A residual block's 3x3 convolution over size x size pixels."""
     import torch
     from torch import nn
 
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(128, 128, 3, 1, 1)
+            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
 
         def forward(self, x):
             return torch.relu(self.conv(x) + x)
 
     torch.manual_seed(0)
-    return Model().eval(), [TensorSpec("x", (1, 128, 7, 7))]
+    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
 
 
-def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path):
-    model, inputs = weight_heavy_rows()
-    path = save_torchscript(model, inputs, tmp_path / "weight_heavy.pt")
+@pytest.mark.parametrize("channels, size, threads, tiles, leftover", [
+    # 147K weights for 6K outputs: threads share the 8 channel tiles; 49 pixels in one loop
+    # take eight 6x16 tiles, then pixel 48 alone.
+    (128, 7, "ff_0 in T.parallel(T.int64(8))",
+     r"nn_yy_xx_fused_00, .* in T\.grid\(T\.int64\(8\),",
+     "nn_yy_xx_fused_01 in range(T.int64(8), T.int64(9))"),
+    # More outputs than weights: threads share the 14 rows; each row's 14 pixels take two
+    # tiles, then pixels 12 and 13.
+    (64, 14, "nn_yy_fused in T.parallel(T.int64(14))", r"xx_00, .* in T\.grid\(T\.int64\(2\),",
+     "xx_01 in range(T.int64(2), T.int64(3))"),
+])
+def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, channels, size,
+                                                                 threads, tiles, leftover):
+    model, inputs = conv3x3(channels, size)
+    path = save_torchscript(model, inputs, tmp_path / "conv3x3.pt")
     kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
                   if gv.name_hint.startswith("fused_conv2d"))
     scheduled = schedule_kernel(kernel, 96).script()
-    assert "T.parallel(T.int64(8))" in scheduled  # threads share the 8 channel tiles
+    assert threads in scheduled, scheduled
     assert "T.unroll(T.int64(6))" in scheduled and "T.vectorized(T.int64(16))" in scheduled
-    # 8 tiles of 6 pixels, then pixel 48 alone
-    assert re.search(r"nn_yy_xx_fused_00, .* in T\.grid\(T\.int64\(8\), ", scheduled), scheduled
-    assert "nn_yy_xx_fused_01 in range(T.int64(8), T.int64(9))" in scheduled, scheduled
+    assert re.search(tiles, scheduled), scheduled
+    assert leftover in scheduled, scheduled
     assert "partition" not in schedule_kernel(kernel, 256).script()  # AVX-512: 7 pixels divide
     package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
                                            target="x86_64-avx2", java=False,
