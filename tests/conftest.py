@@ -11,6 +11,7 @@ import pytest
 
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.examples import write_example
+from deploytool.tensors import TensorSpec
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +76,20 @@ def build_c_program(source: Path, package_dir: Path, out_dir: Path) -> Path:
 def copy_package(package_dir: Path, dest: Path) -> Path:
     shutil.copytree(package_dir, dest, symlinks=True)
     return dest
+
+
+def conv3x3(channels: int, size: int):
+    """A residual block's 3x3 convolution over size x size pixels: (model, inputs)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) + x)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]

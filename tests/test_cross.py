@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import conv3x3
 
 from deploytool import runners
 from deploytool.aarch64_runtime import elf_arch
@@ -266,3 +267,13 @@ def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
                           text=True, env={"PATH": "/usr/bin:/bin", **env}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "self-test PASSED" in proc.stdout
+
+
+@pytest.mark.cross
+def test_leftover_pixel_tiles_validate_under_emulation(tmp_path):
+    """NEON takes the 6x16 tiles and the leftover pixel's own tile (see test_schedules)."""
+    needs_cross()
+    path = save_torchscript(*conv3x3(128, 7), tmp_path / "conv3x3.pt")
+    package = compile_model(CompileOptions(model=path, target="arm64", java=False,
+                                           output=tmp_path / "pkg"))
+    assert package.manifest["validation"]["status"] == "passed"

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from conftest import conv3x3
 
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.examples import save_torchscript
@@ -262,23 +263,6 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
                                            tuning=TuneSettings(db=tmp_path / "no-db")))
     validation = json.loads((package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
-
-
-def conv3x3(channels: int, size: int):
-    """A residual block's 3x3 convolution over size x size pixels."""
-    import torch
-    from torch import nn
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
-
-        def forward(self, x):
-            return torch.relu(self.conv(x) + x)
-
-    torch.manual_seed(0)
-    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
 
 
 @pytest.mark.parametrize("channels, size, threads, tiles, leftover", [
