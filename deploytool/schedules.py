@@ -205,13 +205,8 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
 
     channel_outer, channel_inner = sch.split(channels, [None, channel])
     width_outer, width_inner = sch.split(width, [None, pixels])
-    innermost, first_reduction = reduction[-1], reduction[0]
-    unrolled = []
-    if _extent(sch, innermost) % REDUCTION_UNROLL == 0 and _extent(sch, innermost) > 1:
-        innermost, unrolled = sch.split(innermost, [None, REDUCTION_UNROLL])
-        unrolled = [unrolled]
-        if len(reduction) == 1:
-            first_reduction = innermost
+    innermost, unrolled = _split_for_unroll(sch, reduction[-1])
+    first_reduction = reduction[0] if len(reduction) > 1 else innermost
     # The tiles are split between the threads in contiguous runs of this order. Rows first where
     # the activations outweigh the weights: each thread then finds its rows of the image in its
     # own cache, left there by the kernel before (MobileNetV2 ran 25% faster than with channel
@@ -221,13 +216,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
                   else [channel_outer, *outer, width_outer])
     sch.reorder(*tile_loops, *reduction[:-1], innermost, *unrolled, width_inner, channel_inner)
     if epilogue and joined_rows:
-        # A tile's pixels may span two rows, which no loop nest of the epilogue can follow (per
-        # tile, it read accumulators not yet computed): it runs after the convolution, parallel
-        # over rows, one more pass over an output of a few hundred KiB at most.
-        last = sch.get_sblock(epilogue[-1])
-        *rows, last_channels = sch.get_loops(last)
-        sch.parallel(sch.fuse(*rows[:-1]))
-        _vectorize_channels(sch, last_channels)
+        _epilogue_pass(sch, epilogue[-1])
     elif epilogue:
         last = sch.get_sblock(epilogue[-1])
         sch.reverse_compute_at(last, tile_loops[-1])
@@ -280,8 +269,9 @@ def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, 
     (loop_partition fails on a loop holding two blocks), and read back per tile: measured
     slower where the reduction is short (MobileNetV2's 1x1 convolutions of 16-160 input
     channels, 9-27%), so rows first it is used only from ROW_REMAINDER_REDUCTION on. Alone,
-    ResNet-18's 3x3 convolutions ran 7-25% faster, MobileNetV2's last 1x1 ones 16-31%; the
-    whole models about 8% (AMD Zen 3).
+    ResNet-18's 3x3 convolutions ran 7-25% faster, MobileNetV2's last 1x1 ones 16-31%; whole,
+    ResNet-18 11% faster, MobileNetV2 the same within noise (AMD Zen 3). It does not prefetch
+    weights (prefetch.py): on that machine, prefetching slowed the old tiles down.
     """
     pixels, channel = REMAINDER_TILE
     if rows_first:
@@ -291,11 +281,7 @@ def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, 
     count = _extent(sch, pixel_loop)
     channel_outer, channel_inner = sch.split(channels, [None, channel])
     pixel_outer, pixel_inner = sch.split(pixel_loop, [None, pixels])
-    innermost = reduction[-1]
-    unrolled = []
-    if _extent(sch, innermost) % REDUCTION_UNROLL == 0 and _extent(sch, innermost) > 1:
-        innermost, unroll = sch.split(innermost, [None, REDUCTION_UNROLL])
-        unrolled = [unroll]
+    innermost, unrolled = _split_for_unroll(sch, reduction[-1])
     tile_loops = [pixel_outer, channel_outer] if rows_first else [channel_outer, pixel_outer]
     sch.reorder(*outer, *tile_loops, *reduction[:-1], innermost, *unrolled, pixel_inner,
                 channel_inner)
@@ -311,11 +297,8 @@ def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, 
         last = sch.get_sblock(epilogue[-1])
         sch.reverse_compute_at(last, threads)
         _vectorize_channels(sch, sch.get_loops(last)[-1])
-    elif epilogue:  # a tile's pixels may span two rows: see _tile's joined rows
-        last = sch.get_sblock(epilogue[-1])
-        *rows, last_channels = sch.get_loops(last)
-        sch.parallel(sch.fuse(*rows[:-1]))
-        _vectorize_channels(sch, last_channels)
+    elif epilogue:
+        _epilogue_pass(sch, epilogue[-1])
     if "pad_temp" in names:
         _schedule_padding(sch, sch.get_sblock("pad_temp"), None, per_tile=False)
     sch.enter_postproc()
@@ -326,13 +309,33 @@ def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, 
         sch.loop_partition(pixel_outer, [count // pixels, None])
 
 
+def _split_for_unroll(sch, loop):
+    """(loop, []) or, where REDUCTION_UNROLL divides it, (its outer part, [its inner part])."""
+    extent = _extent(sch, loop)
+    if extent % REDUCTION_UNROLL or extent == 1:
+        return loop, []
+    outer, inner = sch.split(loop, [None, REDUCTION_UNROLL])
+    return outer, [inner]
+
+
+def _epilogue_pass(sch, name: str) -> None:
+    """Run the epilogue block ``name`` after the kernel's tiles, parallel over rows: where a
+    tile's pixels may span two rows, no loop nest of the epilogue can follow them (per tile, it
+    read accumulators not yet computed). One more pass over an output of a few hundred KiB."""
+    block = sch.get_sblock(name)
+    *rows, channels = sch.get_loops(block)
+    sch.parallel(sch.fuse(*rows[:-1]))
+    _vectorize_channels(sch, channels)
+
+
 def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):
     """The loop a register tile takes its pixels from, and the tile: the output's width, or for
     a convolution whose rows are too short for a full tile (14 pixels, where two rows' 196 take
     4-pixel tiles; 7x7 outputs gain nothing), its rows and width fused, so that a tile's pixels
-    may span two rows. On AVX2 that is 4x16 over
-    14x14 outputs instead of 7x8: ResNet-18's 14x14 convolutions ran 7-17% faster alone, and
-    MobileNetV2 (its 1x1 convolutions at 14x14) about 5% faster. Only for narrow registers
+    may span two rows. On AVX2 that is 4x16 over 14x14 outputs instead of 7x8, where
+    _tile_remainder's 6x16 tile does not apply: ResNet-18's 14x14 convolutions (which now take
+    that one) ran 7-17% faster alone, and MobileNetV2 (its 1x1 convolutions at 14x14) about 5%
+    faster. Only for narrow registers
     (AVX2, NEON): AVX-512 would join 28-pixel rows for 8x32 tiles instead of 7x32, which load
     about as much per multiply-add, and that was never measured.
 
