@@ -78,15 +78,15 @@ def copy_package(package_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def conv3x3(channels: int, size: int):
-    """A residual block's 3x3 convolution over size x size pixels: (model, inputs)."""
+def residual_conv(channels: int, size: int, kernel: int = 3):
+    """A residual block's convolution over size x size pixels: (model, inputs)."""
     import torch
     from torch import nn
 
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+            self.conv = nn.Conv2d(channels, channels, kernel, 1, kernel // 2)
 
         def forward(self, x):
             return torch.relu(self.conv(x) + x)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import conv3x3
+from conftest import residual_conv
 
 from deploytool import runners
 from deploytool.aarch64_runtime import elf_arch
@@ -273,7 +273,7 @@ def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
 def test_leftover_pixel_tiles_validate_under_emulation(tmp_path):
     """NEON takes the 6x16 tiles and the leftover pixel's own tile (see test_schedules)."""
     needs_cross()
-    path = save_torchscript(*conv3x3(128, 7), tmp_path / "conv3x3.pt")
+    path = save_torchscript(*residual_conv(128, 7), tmp_path / "conv.pt")
     package = compile_model(CompileOptions(model=path, target="arm64", java=False,
                                            output=tmp_path / "pkg"))
     assert package.manifest["validation"]["status"] == "passed"

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import conv3x3
+from conftest import residual_conv
 
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.examples import save_torchscript
@@ -227,27 +227,11 @@ def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
     assert validation["status"] == "passed", validation
 
 
-def short_rows():
-    """A 1x1 convolution over 14x14 pixels, 64 channels, as in MobileNetV2: for 96 accumulator
-    lanes (AVX2), one row of 14 pixels fits no tile bigger than 7x8; two rows' 196 pixels take
-    4x16 tiles. (Its 64 input channels are too few for _tile_remainder's schedule.)"""
-    import torch
-    from torch import nn
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(64, 64, 1)
-
-        def forward(self, x):
-            return torch.relu(self.conv(x) + x)
-
-    torch.manual_seed(0)
-    return Model().eval(), [TensorSpec("x", (1, 64, 14, 14))]
-
-
 def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
-    model, inputs = short_rows()
+    # A 1x1 convolution over 14x14 pixels, as in MobileNetV2 (its 64 input channels are too few
+    # for _tile_remainder): for 96 accumulator lanes (AVX2), one row of 14 pixels fits no tile
+    # bigger than 7x8; two rows' 196 pixels take 4x16 tiles.
+    model, inputs = residual_conv(64, 14, kernel=1)
     path = save_torchscript(model, inputs, tmp_path / "short_rows.pt")
     kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
                   if gv.name_hint.startswith("fused_conv2d"))
@@ -278,8 +262,8 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
 ])
 def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, channels, size,
                                                                  threads, tiles, leftover):
-    model, inputs = conv3x3(channels, size)
-    path = save_torchscript(model, inputs, tmp_path / "conv3x3.pt")
+    model, inputs = residual_conv(channels, size)
+    path = save_torchscript(model, inputs, tmp_path / "conv.pt")
     kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
                   if gv.name_hint.startswith("fused_conv2d"))
     scheduled = schedule_kernel(kernel, 96).script()
