@@ -196,7 +196,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     for name in epilogue:  # bias, residual add, activation: into the last one, per tile
         if name not in outputs:
             sch.compute_inline(sch.get_sblock(name))
-    if _remainder_tile_fits(sch, main, width, channels, reduction, rows_first, lanes):
+    if _remainder_tile_fits(sch, main, outer, width, channels, reduction, rows_first, lanes):
         _tile_remainder(sch, func, names, block, outer, width, channels, reduction,
                         iter_vars[spatial - 1].var, epilogue, rows_first)
         return
@@ -241,15 +241,17 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
         sch.annotate(innermost, PREFETCH_LOOP, packed)
 
 
-def _remainder_tile_fits(sch, main: str, width, channels, reduction, rows_first: bool,
+def _remainder_tile_fits(sch, main: str, outer, width, channels, reduction, rows_first: bool,
                          lanes: int) -> bool:
-    """Whether a convolution takes :func:`_tile_remainder`'s schedule."""
+    """Whether a convolution takes :func:`_tile_remainder`'s schedule: at least one full tile
+    of pixels (of each row, rows first)."""
     pixels, channel = REMAINDER_TILE
     if (main != "conv2d_nhwc" or not pixels * channel <= lanes < TILE_LANES
             or _extent(sch, channels) % channel):
         return False
     if not rows_first:
-        return _extent(sch, channels) // channel >= MIN_CHANNEL_TILES
+        return (_extent(sch, channels) // channel >= MIN_CHANNEL_TILES
+                and math.prod(_extent(sch, loop) for loop in [*outer, width]) >= pixels)
     return (_extent(sch, width) >= pixels
             and math.prod(_extent(sch, loop) for loop in reduction) >= ROW_REMAINDER_REDUCTION
             and _extent(sch, reduction[-1]) % REDUCTION_UNROLL == 0)

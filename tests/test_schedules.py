@@ -277,3 +277,13 @@ def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, chann
                                            tuning=TuneSettings(db=tmp_path / "no-db")))
     validation = json.loads((package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_fewer_pixels_than_a_6_pixel_tile_keep_the_other_tiles(tmp_path, size):
+    path = save_torchscript(*residual_conv(128, size), tmp_path / "conv.pt")
+    kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
+                  if gv.name_hint.startswith("fused_conv2d"))
+    scheduled = schedule_kernel(kernel, 96)
+    assert scheduled is not None  # not left to MetaSchedule's sampled schedules
+    assert "partition" not in scheduled.script()
