@@ -223,12 +223,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
         sch.vectorize(sch.get_loops(last)[-1])
     tiles = sch.fuse(*tile_loops)
     sch.parallel(tiles)
-    for loop in unrolled:
-        sch.unroll(loop)
-    sch.unroll(width_inner)
-    sch.vectorize(channel_inner)
-    init = sch.decompose_reduction(block, first_reduction)
-    sch.vectorize(sch.get_loops(init)[-1])
+    _unroll_tile(sch, block, unrolled, width_inner, channel_inner, first_reduction)
     if "pad_temp" in names:
         _schedule_padding(sch, sch.get_sblock("pad_temp"), tiles,
                           per_tile=main == "group_conv2d_nhwc")
@@ -289,12 +284,7 @@ def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, 
                 channel_inner)
     threads = sch.fuse(*outer) if rows_first else channel_outer
     sch.parallel(threads)
-    for loop in unrolled:
-        sch.unroll(loop)
-    sch.unroll(pixel_inner)
-    sch.vectorize(channel_inner)
-    init = sch.decompose_reduction(block, pixel_outer)
-    sch.vectorize(sch.get_loops(init)[-1])
+    _unroll_tile(sch, block, unrolled, pixel_inner, channel_inner, pixel_outer)
     if epilogue and rows_first:
         last = sch.get_sblock(epilogue[-1])
         sch.reverse_compute_at(last, threads)
@@ -309,6 +299,17 @@ def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, 
         # After the packing, which would otherwise land inside the partition; and in the
         # postprocessing part, so that a search replays the rest, its last tile predicated.
         sch.loop_partition(pixel_outer, [count // pixels, None])
+
+
+def _unroll_tile(sch, block, unrolled: list, pixels, channels, init_at) -> None:
+    """The register tile's inner loops: the reduction's ``unrolled`` part and the ``pixels``
+    unrolled, the ``channels`` vectorized; its accumulators zeroed before loop ``init_at``."""
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.unroll(pixels)
+    sch.vectorize(channels)
+    init = sch.decompose_reduction(block, init_at)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def _split_for_unroll(sch, loop):
