@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,7 @@ class BenchOptions:
     seed: int = 0
     json: Path | None = None
     save: bool = True
+    device: str | None = None  # "cuda:N" for a GPU package; None: the package's own device
 
     def resolved_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -60,6 +62,9 @@ class BenchOptions:
         for name, value in (("--warmup-ms", self.warmup_ms), ("--min-seconds", self.min_seconds)):
             if not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"{name} is {value}", f"Pass {name} 0 or more")
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise UsageError(f"--device {self.device} is not a device",
+                             "Pass cpu, cuda or cuda:N")
         if self.model is not None and "torchscript" not in self.compare:
             raise UsageError("--model is only used by --compare torchscript",
                              "Add torchscript to --compare, or drop --model")
@@ -131,6 +136,7 @@ class Job:
     model: Path | None
     inputs: list[tuple[str, Path]]
     threads: int
+    device: str = "cpu"  # "cpu" or "cuda:N": where every backend runs
 
 
 Command = Callable[[Job, tuple[float, int, float], Path, Path | None],
@@ -158,16 +164,18 @@ def _timing_args(settings: tuple[float, int, float], json_path: Path,
 def _package_command(job, settings, json_path, output_dir):
     prefix, env = runner_command(job.package.manifest["runtime"]["arch"])
     inputs = [arg for name, path in job.inputs for arg in ("--input", f"{name}={path}")]
-    command = [*prefix, str(job.package.runner), str(job.package.path), "--threads",
-               str(job.threads), *inputs, *_timing_args(settings, json_path, output_dir)]
+    command = [*prefix, str(job.package.runner), str(job.package.path), "--device", job.device,
+               "--threads", str(job.threads), *inputs,
+               *_timing_args(settings, json_path, output_dir)]
     return command, {**env, "TVM_NUM_THREADS": str(job.threads)}
 
 
 def _worker_command(backend: str, model: Callable[[Job], Path]) -> Command:
     def command(job, settings, json_path, output_dir):
         inputs = [arg for name, path in job.inputs for arg in ("--input", f"{name}={path}")]
-        return ([sys.executable, str(WORKER), backend, "--model", str(model(job)), "--threads",
-                 str(job.threads), *inputs, *_timing_args(settings, json_path, output_dir)], {})
+        return ([sys.executable, str(WORKER), backend, "--model", str(model(job)), "--device",
+                 job.device, "--threads", str(job.threads), *inputs,
+                 *_timing_args(settings, json_path, output_dir)], {})
 
     return command
 
@@ -271,13 +279,33 @@ def machine_info() -> dict:
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
-def check_runs_here(package: Package) -> None:
-    """Raise DeploytoolError when this machine cannot run the package's native code."""
+def resolve_device(package: Package, requested: str | None) -> str:
+    """Where the package runs: its own device (``cpu``, or ``cuda:0`` for a GPU package) or the
+    requested ``cuda:N``."""
+    kind = (package.manifest.get("runtime") or {}).get("device", "cpu")
+    if requested is None:
+        return "cuda:0" if kind == "cuda" else "cpu"
+    if requested.split(":")[0] != kind:
+        raise UsageError(f"package {package.path} runs on {kind}, not on {requested}",
+                         "Drop --device" + (", or pass cuda:N" if kind == "cuda" else ""))
+    return "cuda:0" if requested == "cuda" else requested
+
+
+def check_runs_here(package: Package, device: str = "cpu") -> dict | None:
+    """Raise DeploytoolError when this machine cannot run the package's native code on
+    ``device``; return the GPU's name, architecture and driver for a GPU package."""
     runtime = package.manifest.get("runtime") or {}
     arch = runtime.get("arch", "unknown")
-    if runtime.get("device", "cpu") != "cpu":
-        raise DeploytoolError(f"package {package.path} runs on {runtime['device']}; bench "
-                              "measures CPU packages", "Compile the model for a CPU target")
+    gpu = None
+    if device != "cpu":
+        from .cuda import gpu_info, sm_number
+
+        gpu = gpu_info(int(device.split(":")[1]))
+        need = (runtime.get("cuda") or {}).get("arch", "sm_0")
+        if int(sm_number(gpu["arch"])) < int(sm_number(need)):
+            raise DeploytoolError(f"package {package.path} is compiled for {need}; {device} is "
+                                  f"{gpu['name']} ({gpu['arch']}), which cannot run it",
+                                  "Compile it for this GPU with --target cuda")
     if not can_run(arch):
         raise DeploytoolError(f"package {package.path} is built for {arch} and this "
                               f"{platform.machine()} machine cannot run it",
@@ -296,6 +324,7 @@ def check_runs_here(package: Package) -> None:
     if not package.runner.is_file():
         raise DeploytoolError(f"package {package.path} has no {package.runner.name} runner",
                               "Compile the package again")
+    return gpu
 
 
 def _torchscript_model(package: Package, model: Path | None) -> Path:
@@ -364,8 +393,8 @@ def _run_round(backend: Backend, job: Job, settings, workdir: Path, label: str,
 def _combine(name: str, reports: list[dict]) -> BackendResult:
     latencies = [t for r in reports for t in r["latencies_ms"]]
     wall = sum(r["wall_s"] for r in reports)
-    keys = ("import_ms", "load_ms", "first_run_ms", "warmup_iters", "iterations", "wall_s",
-            "stats", "peak_rss_kb")
+    keys = ("device", "import_ms", "load_ms", "first_run_ms", "warmup_iters", "iterations",
+            "wall_s", "stats", "peak_rss_kb")
     rounds = [{k: r[k] for k in keys if k in r} for r in reports]
     return BackendResult(
         name=name, threads=reports[0].get("threads"),
@@ -398,7 +427,8 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
     log = log or (lambda _line: None)
     options.check()
     package = load_package(options.package)
-    check_runs_here(package)
+    device = resolve_device(package, options.device)
+    gpu = check_runs_here(package, device)
     for name in options.compare:
         module = BACKENDS[name].python_module
         if module and importlib.util.find_spec(module) is None:
@@ -410,7 +440,7 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
         raise DeploytoolError(f"package {package.path} has no model.onnx for ONNX Runtime",
                               "Compile the package again")
     threads = options.resolved_threads()
-    machine = machine_info()
+    machine = {**machine_info(), **({"device": device, "gpu": gpu} if gpu else {})}
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     names = [PACKAGE, *options.compare]
     reports: dict[str, list[dict]] = {name: [] for name in names}
@@ -422,7 +452,7 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
         for i, (spec, array) in enumerate(zip(package.inputs, arrays, strict=True)):
             np.save(workdir / f"input{i}.npy", array)
             inputs.append((spec.name, workdir / f"input{i}.npy"))
-        job = Job(package, model, inputs, threads)
+        job = Job(package, model, inputs, threads, device)
         for r in range(options.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 report = _run_round(BACKENDS[name], job, options.round_settings(), workdir,
@@ -478,9 +508,10 @@ def format_table(result: BenchResult) -> str:
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     m = result.machine
+    gpu = f"{m['device']} {m['gpu']['name']} (driver {m['gpu']['driver']}), " if "gpu" in m else ""
     counts = ", ".join(f"{b.name} {b.stats.iterations}" for b in result.backends)
     return "\n".join([*lines, "",
-                      f"{m['cpu']} ({m['cores']} cores, load {m['load_average_1min']}), "
+                      f"{gpu}{m['cpu']} ({m['cores']} cores, load {m['load_average_1min']}), "
                       f"{result.threads} threads, {result.date}",
                       f"timed runs: {counts}; load and first run: median over "
                       f"{result.options.rounds} fresh processes",

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -36,15 +37,22 @@ def _ms_since(start_ns: int) -> float:
     return (time.perf_counter_ns() - start_ns) / 1e6
 
 
-def _load_onnxruntime(model: str, arrays: dict[str, np.ndarray], threads: int):
-    """Session on the package's model.onnx; returns (first_run, timed_run, outputs)."""
+def _load_onnxruntime(model: str, arrays: dict[str, np.ndarray], threads: int, device: str):
+    """Session on the package's model.onnx; returns (first_run, timed_run, outputs). On a GPU,
+    the CUDA execution provider, with inputs and outputs in host memory as dt_run has them."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise Unavailable("this onnxruntime has no CUDAExecutionProvider: install "
+                              "onnxruntime-gpu, or drop onnxruntime from --compare")
+        providers = [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])})]
+    session = ort.InferenceSession(model, options, providers=providers)
     names = [o.name for o in session.get_outputs()]
     state = {}
 
@@ -66,12 +74,19 @@ def _load_onnxruntime(model: str, arrays: dict[str, np.ndarray], threads: int):
     return first, timed, lambda: state["buffers"]
 
 
-def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int):
-    """The ScriptModule as saved, in eval mode under no_grad; returns (first, timed, outputs)."""
+def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int, device: str):
+    """The ScriptModule as saved, in eval mode under no_grad; returns (first, timed, outputs).
+
+    On a GPU this is PyTorch eager on that GPU: each run copies the inputs from host memory and
+    the outputs back (which waits for the GPU), as dt_run does.
+    """
     import torch
 
     torch.set_num_threads(threads)
-    module = torch.jit.load(model, map_location="cpu")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise Unavailable(f"this PyTorch cannot use {device} (torch {torch.__version__} has no "
+                          "CUDA, or sees no GPU): install a CUDA build of PyTorch")
+    module = torch.jit.load(model, map_location=device)
     module.eval()
     tensors = [torch.from_numpy(a) for a in arrays.values()]  # forward()'s order
     state = {}
@@ -80,12 +95,23 @@ def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int):
         with torch.no_grad():
             state["result"] = module(*tensors)
 
+    def run_on_gpu():
+        with torch.no_grad():
+            result = module(*(t.to(device) for t in tensors))
+        flat = list(result) if isinstance(result, list | tuple) else [result]
+        state["result"] = [t.to("cpu") for t in flat]
+
     def outputs():
         result = state["result"]
         flat = list(result) if isinstance(result, list | tuple) else [result]
         return [t.detach().numpy() for t in flat]
 
-    return run, run, outputs
+    timed = run if device == "cpu" else run_on_gpu
+    return timed, timed, outputs
+
+
+class Unavailable(Exception):
+    """The backend cannot run on the asked device here (a one-line reason, exit 2)."""
 
 
 LOADERS = {"onnxruntime": _load_onnxruntime, "torchscript": _load_torchscript}
@@ -105,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--warmup-ms", type=float, default=200)
     parser.add_argument("--min-iters", type=int, default=50)
     parser.add_argument("--min-seconds", type=float, default=3)
@@ -121,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         name, path = spec.split("=", 1)
         arrays[name] = np.ascontiguousarray(np.load(path))
     start = time.perf_counter_ns()
-    first, timed, outputs = LOADERS[args.backend](args.model, arrays, args.threads)
+    try:
+        first, timed, outputs = LOADERS[args.backend](args.model, arrays, args.threads,
+                                                      args.device)
+    except Unavailable as err:
+        print(err, file=sys.stderr)
+        return 2
     load_ms = _ms_since(start)
     start = time.perf_counter_ns()
     first()
@@ -153,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_dir:
         for i, array in enumerate(outputs()):
             np.save(Path(args.output_dir) / f"output{i}.npy", array)
-    report = {"backend": args.backend, "model": args.model, "threads": args.threads,
+    report = {"backend": args.backend, "model": args.model, "device": args.device,
+              "threads": args.threads,
               "import_ms": import_ms, "load_ms": load_ms, "first_run_ms": first_ms,
               "warmup_ms": args.warmup_ms, "warmup_iters": warmup_iters,
               "min_iters": args.min_iters, "min_seconds": args.min_seconds,

@@ -280,15 +280,17 @@ def example(name, output):
               help="Interleaved rounds, each a fresh process per backend.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results, with every latency, to this JSON file.")
+@click.option("--device", metavar="cuda:N",
+              help="The GPU a CUDA package and the backends run on [default: cuda:0].")
 def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, rounds,
-          json_path):
+          json_path, device):
     """Measure PACKAGE's latency and memory through its native runner (no Python in the loop),
     optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest."""
     from .bench import BenchOptions, bench_package, format_table, parse_compare
 
     options = BenchOptions(package=package, model=model, compare=parse_compare(compare),
                            warmup_ms=warmup_ms, min_iters=min_iters, min_seconds=min_seconds,
-                           threads=threads, rounds=rounds, json=json_path)
+                           threads=threads, rounds=rounds, json=json_path, device=device)
     options.check()
     click.echo(options.display())
     result = bench_package(options, log=click.echo)

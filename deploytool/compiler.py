@@ -6,7 +6,7 @@ import datetime
 import platform
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from .package import (
 from .runners import can_run_target
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
-from .tuning import TuneSettings, schedule_build, tune_module
+from .tuning import TuneSettings, ctrl_c_stops_tuning, schedule_build, tune_module
 from .validate import (
     ValidationOptions,
     make_inputs,
@@ -122,19 +122,21 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     if options.java:
         find_jdk()  # fail before the long stages when --java was asked for and there is no JDK
     with atomic_folder(destination, options.force) as scratch:
-        with timer.stage("load"):
-            source = load_model(options.model, options.inputs)
-        with timer.stage("export"):
-            onnx_model = to_onnx(source)
-            if onnx_model.proto is not None:  # None on the torch.export route
-                (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
-        with timer.stage("import"):
-            mod = import_relax(onnx_model)
-        tuned = None
-        if options.tune:
-            with timer.stage("tune"):
-                tuned = tune_module(mod, target, options.tuning, log)
-                log(tuned.table())
+        # Ctrl-C's handling is set before the model's load starts threads (see the function).
+        with ctrl_c_stops_tuning(log) if options.tune else nullcontext():
+            with timer.stage("load"):
+                source = load_model(options.model, options.inputs)
+            with timer.stage("export"):
+                onnx_model = to_onnx(source)
+                if onnx_model.proto is not None:  # None on the torch.export route
+                    (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
+            with timer.stage("import"):
+                mod = import_relax(onnx_model)
+            tuned = None
+            if options.tune:
+                with timer.stage("tune"):
+                    tuned = tune_module(mod, target, options.tuning, log)
+                    log(tuned.table())
         for note in onnx_model.notes:
             log(f"  note: {note}")
         with timer.stage("build"):

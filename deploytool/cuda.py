@@ -80,16 +80,31 @@ def nvcc_version(nvcc: Path) -> str:
 
 def detect_gpu_arch() -> str:
     """The architecture (``"sm_90"``) of this machine's first NVIDIA GPU, from nvidia-smi."""
+    try:
+        return gpu_info(0)["arch"]
+    except DeploytoolError:
+        smi = shutil.which("nvidia-smi")
+        raise DeploytoolError("target 'cuda' means this machine's GPU, but no NVIDIA GPU was "
+                              "found (nvidia-smi " + ("found no GPU" if smi else
+                                                      "is not installed") + ")",
+                              f"Name the GPU's architecture instead: {NAMED_TARGETS}") from None
+
+
+def gpu_info(index: int = 0) -> dict[str, str]:
+    """Name, architecture (``"sm_90"``) and driver of GPU ``index``, from nvidia-smi."""
     smi = shutil.which("nvidia-smi")
     if smi:
-        proc = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+        proc = subprocess.run([smi, f"--id={index}", "--format=csv,noheader",
+                               "--query-gpu=name,compute_cap,driver_version"],
                               capture_output=True, text=True)
-        found = re.match(r"\s*(\d+)\.(\d+)", proc.stdout)
+        fields = [f.strip() for f in proc.stdout.strip().split(",")]
+        found = re.fullmatch(r"(\d+)\.(\d+)", fields[1]) if len(fields) == 3 else None
         if proc.returncode == 0 and found:
-            return f"sm_{found.group(1)}{found.group(2)}"
-    raise DeploytoolError("target 'cuda' means this machine's GPU, but no NVIDIA GPU was found "
-                          "(nvidia-smi " + ("found no GPU" if smi else "is not installed") + ")",
-                          f"Name the GPU's architecture instead: {NAMED_TARGETS}")
+            return {"name": fields[0], "arch": f"sm_{found.group(1)}{found.group(2)}",
+                    "driver": fields[2]}
+    raise DeploytoolError(f"no NVIDIA GPU cuda:{index} on this machine (nvidia-smi "
+                          + ("found none" if smi else "is not installed") + ")",
+                          "Run it on the machine with the GPU, or name another one (cuda:N)")
 
 
 def gpu_present() -> bool:

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -534,16 +534,31 @@ class _Stop:
         return self.reason
 
 
+_ACTIVE: list[_Stop] = []  # the Stop of the tuning that owns Ctrl-C in this process
+
+
 @contextmanager
-def _first_sigint_stops(stop: _Stop, log: Log):
-    """The first Ctrl-C stops tuning after the current batch; the second aborts."""
+def ctrl_c_stops_tuning(log: Log) -> Iterator[_Stop]:
+    """The first Ctrl-C stops tuning after the current batch; the second aborts.
+
+    Enter it before the model is loaded: SIGINT is blocked in the main thread, and so in every
+    thread started after it (PyTorch's, TVM's), and a watcher thread takes it with sigwait.
+    A handler would not do: inside MetaSchedule's search, TVM installs a SIGINT handler of its
+    own again and again, and a Ctrl-C that arrived while it was in place was lost (the tuning
+    ran to its end). The handler below only serves threads started before this block.
+    Nested uses share the outer one's Stop.
+    """
+    if _ACTIVE:
+        yield _ACTIVE[-1]
+        return
+    stop = _Stop(None)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
-    def handler(_signum, _frame):
+    def interrupted(*_args):
         if stop.reason == "interrupted":
-            # Raising here would unwind through MetaSchedule's C++ loop (it crashed); the records
+            # Raising would unwind through MetaSchedule's C++ loop (it crashed); the records
             # are already on disk, one append per measured batch.
             log("aborted")
             os._exit(130)
@@ -551,10 +566,25 @@ def _first_sigint_stops(stop: _Stop, log: Log):
         log("interrupted: stopping after the current batch (Ctrl-C again to abort); "
             "records measured so far are saved")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if signal.sigtimedwait({signal.SIGINT}, 0.1) is not None:
+                interrupted()
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    watcher = threading.Thread(target=watch, name="deploytool-ctrl-c", daemon=True)
+    watcher.start()
+    _ACTIVE.append(stop)
     try:
-        yield
+        yield stop
     finally:
+        _ACTIVE.pop()
+        done.set()
+        watcher.join()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         signal.signal(signal.SIGINT, previous)
 
 
@@ -620,9 +650,7 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     """
     settings = settings or TuneSettings()
     log = log or (lambda _line: None)
-    stop = _Stop(None)
-    # From the start: a Ctrl-C while the kernels were being extracted was lost inside TVM.
-    with _first_sigint_stops(stop, log):
+    with ctrl_c_stops_tuning(log) as stop:
         return _tune(mod, target, settings, log, stop)
 
 
@@ -948,9 +976,10 @@ def tune_model(options: TuneOptions, log: Log | None = None) -> TuneResult:
     from .targets import load_target
 
     target = load_target(options.target)
-    source = load_model(options.model, options.inputs)
-    mod = import_relax(to_onnx(source))
-    return tune_module(mod, target, options.settings, log)
+    with ctrl_c_stops_tuning(log or (lambda _line: None)):
+        source = load_model(options.model, options.inputs)
+        mod = import_relax(to_onnx(source))
+        return tune_module(mod, target, options.settings, log)
 
 
 def parse_duration(text: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -45,13 +46,22 @@ def cubin_archs(data: bytes) -> set[int]:
     return found
 
 
+# Packages compiled on another machine (benchmarks/gpu.py prepare), for a GPU machine without TVM.
+PREBUILT = os.environ.get("DEPLOYTOOL_CUDA_PACKAGES")
+
+
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
-    """Compile each (model, target) once per module, on demand."""
-    root = tmp_path_factory.mktemp("cuda")
+    """Compile each (model, target) once per module, on demand; each package's folder holds
+    the TorchScript it was compiled from, ``<model>.pt``."""
+    root = Path(PREBUILT) if PREBUILT else tmp_path_factory.mktemp("cuda")
     built: dict[tuple[str, str], Path] = {}
 
     def get(model: str, target: str) -> Path:
+        if PREBUILT:
+            if not (root / f"{model}-{target}" / "manifest.json").is_file():
+                pytest.skip(f"{model}-{target} is not among the packages in {root}")
+            return root / f"{model}-{target}"
         if (model, target) not in built:
             module, inputs = MODELS[model]()
             source = save_torchscript(module, inputs, root / f"{model}.pt")
@@ -416,7 +426,8 @@ def test_gpu_package_matches_pytorch(packages, model, tmp_path):
     import torch
 
     package = packages(model, "cuda")
-    module, inputs = MODELS[model]()
+    module = torch.jit.load(str(package.parent / f"{model}.pt"))
+    inputs = MODELS[model]()[1]
     torch.manual_seed(1)
     x = torch.rand(*inputs[0].shape) * 2 - 1
     np.save(tmp_path / "x.npy", x.numpy())
@@ -465,3 +476,63 @@ def test_gpu_dlpack_keeps_data_on_the_device(packages, tmp_path):
                           env=clean_env())
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) == 2  # the MLP's two outputs, equal by both paths
+
+
+# --- bench on a GPU --------------------------------------------------------------------------
+
+@needs_nvcc
+@needs_no_gpu
+def test_bench_of_a_gpu_package_without_a_gpu_is_one_line(packages):
+    outcome = CliRunner().invoke(main, ["bench", str(packages("mlp", "cuda-sm80"))])
+    assert outcome.exit_code == 1
+    assert outcome.output.strip().splitlines()[-1].startswith("Error: no NVIDIA GPU cuda:0")
+    assert "Traceback" not in outcome.output
+
+
+@needs_nvcc
+@pytest.mark.parametrize("device, message", [("cpu", "runs on cuda, not on cpu"),
+                                             ("gpu0", "--device gpu0 is not a device")])
+def test_bench_device_must_suit_the_package(packages, device, message):
+    outcome = CliRunner().invoke(main, ["bench", str(packages("mlp", "cuda-sm80")),
+                                        "--device", device])
+    assert outcome.exit_code == 2 and message in outcome.output
+    assert "Traceback" not in outcome.output
+
+
+def test_bench_worker_without_a_gpu_build_of_torch_says_so(tmp_path):
+    """PyTorch eager on the GPU needs a CUDA build of torch; without one, a one-line reason."""
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use a GPU")
+    module, inputs = mlp()
+    model = save_torchscript(module, inputs, tmp_path / "mlp.pt")
+    np.save(tmp_path / "x.npy", np.zeros(inputs[0].shape, np.float32))
+    from deploytool.bench import WORKER
+
+    proc = subprocess.run([sys.executable, str(WORKER), "torchscript", "--model", str(model),
+                           "--device", "cuda:0", "--threads", "1", "--input",
+                           f"{inputs[0].name}={tmp_path / 'x.npy'}", "--json",
+                           str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"this PyTorch cannot use cuda:0 (torch {torch.__version__} "
+                                   "has no CUDA, or sees no GPU): install a CUDA build of PyTorch")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_bench_beside_pytorch_on_the_same_gpu(packages, tmp_path):
+    from deploytool.bench import BenchOptions, bench_package
+
+    package = packages("cnn", "cuda")
+    result = bench_package(BenchOptions(package=package, model=package.parent / "cnn.pt",
+                                        compare=("torchscript",), min_iters=20, min_seconds=0.5,
+                                        rounds=2, save=False, json=tmp_path / "r.json"))
+    assert result.machine["device"] == "cuda:0"
+    assert result.machine["gpu"]["arch"] == cuda.detect_gpu_arch()
+    assert result.get("torchscript").max_abs_diff < 1e-4  # the same inputs, the same answer
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert all(r["device"] == "cuda:0" for r in report["backends"]["torchscript"]["rounds"])
+    assert result.get("package").stats.iterations >= 20
