@@ -77,8 +77,8 @@ def _load_onnxruntime(model: str, arrays: dict[str, np.ndarray], threads: int, d
 def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int, device: str):
     """The ScriptModule as saved, in eval mode under no_grad; returns (first, timed, outputs).
 
-    On a GPU this is PyTorch eager on that GPU: each run copies the inputs from host memory and
-    the outputs back (which waits for the GPU), as dt_run does.
+    On a GPU this is PyTorch eager on that GPU in strict fp32 (TF32 off): each run copies the
+    inputs from host memory and the outputs back (which waits for the GPU), as dt_run does.
     """
     import torch
 
@@ -86,6 +86,9 @@ def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int, d
     if device != "cpu" and not torch.cuda.is_available():
         raise Unavailable(f"this PyTorch cannot use {device} (torch {torch.__version__} has no "
                           "CUDA, or sees no GPU): install a CUDA build of PyTorch")
+    if device != "cpu":  # the package computes in fp32; PyTorch's convolutions default to TF32
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     module = torch.jit.load(model, map_location=device)
     module.eval()
     tensors = [torch.from_numpy(a) for a in arrays.values()]  # forward()'s order

@@ -57,11 +57,21 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
 
 
 def _gpu_pipeline(tvm_target):
-    """TVM's CUDA pipeline: legalize, fuse, then DLight default schedules (Matmul, GEMV,
-    Reduction, GeneralReduction, Fallback) so every kernel has thread bindings untuned."""
+    """TVM's CUDA pipeline (legalize, fuse, schedule, lower) with gpu_schedules' DLight rules,
+    so that every kernel has thread bindings untuned."""
     import tvm
+    from tvm.relax.backend.cuda import pipeline as cuda
 
-    return tvm.relax.backend.cuda.get_default_pipeline(tvm_target)
+    from .gpu_schedules import legalize_passes
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod, _ctx):
+        with tvm_target:
+            return tvm.transform.Sequential(
+                cuda.library_dispatch_passes(tvm_target) + legalize_passes(tvm_target)
+                + cuda.dataflow_lower_passes(tvm_target) + cuda.finalize_passes(tvm_target))(mod)
+
+    return pipeline
 
 
 # target kind -> the Relax pipeline an untuned build uses (others: TVM's "default")

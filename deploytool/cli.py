@@ -52,8 +52,13 @@ def _tuning_options(command):
 
 @click.group(cls=Group)
 @click.version_option(package_name="deploytool")
-def main():
+@click.pass_context
+def main(ctx):
     """deploytool: compile PyTorch models into Python-free packages with Apache TVM."""
+    if ctx.invoked_subcommand in ("tune", "compile"):  # before any library starts a thread
+        from .interrupts import hold_ctrl_c
+
+        hold_ctrl_c()
 
 
 def _triples(option: str, values, kinds) -> dict:
@@ -156,7 +161,11 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
     schedule.
     """
     from .compiler import CompileOptions, compile_model
+    from .interrupts import release_ctrl_c
     from .tuning import TuneSettings
+
+    if not tune:
+        release_ctrl_c()  # main() held it in case of --tune
 
     options = CompileOptions(model=model, target=target, inputs=inputs, output=output,
                              force=force, archive=archive, runtime_dir=runtime_dir,

@@ -18,6 +18,7 @@ from .dynamic import readme_section as dynamic_readme_section
 from .errors import DeploytoolError
 from .frontends import load_model, run_torchscript, to_onnx
 from .importer import import_relax
+from .interrupts import ctrl_c_stops_tuning
 from .java import build_java, find_jdk
 from .native import build_native, tvm_runtime_libraries
 from .package import (
@@ -32,7 +33,7 @@ from .package import (
 from .runners import can_run_target
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
-from .tuning import TuneSettings, ctrl_c_stops_tuning, schedule_build, tune_module
+from .tuning import TuneSettings, schedule_build, tune_module
 from .validate import (
     ValidationOptions,
     make_inputs,

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import DeploytoolError
+from .interrupts import Stop, ctrl_c_stops_tuning
 from .prefetch import insert_prefetches
 from .schedules import (
     SCHEDULE_NAME,
@@ -521,74 +519,7 @@ class StopTuning(Exception):
     back through TVM's FFI as a RuntimeError carrying STOP_MARK."""
 
 
-class _Stop:
-    """A Ctrl-C or a time budget asks the tuner to stop after the batch being measured."""
-
-    def __init__(self, deadline: float | None):
-        self.deadline = deadline
-        self.reason: str | None = None
-
-    def check(self) -> str | None:
-        if self.reason is None and self.deadline is not None and time.monotonic() > self.deadline:
-            self.reason = "time budget"
-        return self.reason
-
-
-_ACTIVE: list[_Stop] = []  # the Stop of the tuning that owns Ctrl-C in this process
-
-
-@contextmanager
-def ctrl_c_stops_tuning(log: Log) -> Iterator[_Stop]:
-    """The first Ctrl-C stops tuning after the current batch; the second aborts.
-
-    Enter it before the model is loaded: SIGINT is blocked in the main thread, and so in every
-    thread started after it (PyTorch's, TVM's), and a watcher thread takes it with sigwait.
-    A handler would not do: inside MetaSchedule's search, TVM installs a SIGINT handler of its
-    own again and again, and a Ctrl-C that arrived while it was in place was lost (the tuning
-    ran to its end). The handler below only serves threads started before this block.
-    Nested uses share the outer one's Stop.
-    """
-    if _ACTIVE:
-        yield _ACTIVE[-1]
-        return
-    stop = _Stop(None)
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def interrupted(*_args):
-        if stop.reason == "interrupted":
-            # Raising would unwind through MetaSchedule's C++ loop (it crashed); the records
-            # are already on disk, one append per measured batch.
-            log("aborted")
-            os._exit(130)
-        stop.reason = "interrupted"
-        log("interrupted: stopping after the current batch (Ctrl-C again to abort); "
-            "records measured so far are saved")
-
-    done = threading.Event()
-
-    def watch():
-        while not done.is_set():
-            if signal.sigtimedwait({signal.SIGINT}, 0.1) is not None:
-                interrupted()
-
-    previous = signal.signal(signal.SIGINT, interrupted)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    watcher = threading.Thread(target=watch, name="deploytool-ctrl-c", daemon=True)
-    watcher.start()
-    _ACTIVE.append(stop)
-    try:
-        yield stop
-    finally:
-        _ACTIVE.pop()
-        done.set()
-        watcher.join()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        signal.signal(signal.SIGINT, previous)
-
-
-def _progress_callback(stop: _Stop, start: float, total_trials: int, names: list[str],
+def _progress_callback(stop: Stop, start: float, total_trials: int, names: list[str],
                        flops: list[float], log: Log):
     ms = _meta_schedule()
     from tvm.ir.utils import derived_object
@@ -654,7 +585,7 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
         return _tune(mod, target, settings, log, stop)
 
 
-def _tune(mod, target: TargetSpec, settings: TuneSettings, log: Log, stop: _Stop) -> TuneResult:
+def _tune(mod, target: TargetSpec, settings: TuneSettings, log: Log, stop: Stop) -> TuneResult:
     if target.target.get("kind") != "llvm":
         raise DeploytoolError(f"tuning supports llvm (CPU) targets, not {target.target['kind']}",
                               "Tune a CPU target")

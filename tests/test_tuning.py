@@ -17,12 +17,7 @@ from click.testing import CliRunner
 from deploytool.cli import main
 from deploytool.errors import DeploytoolError
 from deploytool.examples import cnn, mlp, save_torchscript
-from deploytool.tuning import (
-    ctrl_c_stops_tuning,
-    default_db_dir,
-    open_database,
-    parse_duration,
-)
+from deploytool.tuning import default_db_dir, open_database, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -191,28 +186,45 @@ def test_ctrl_c_keeps_a_usable_database(models, tmp_path):
     assert _run_package(tmp_path / "pkg", models["mlp"], tmp_path) < 1e-5
 
 
+CTRL_C_SCRIPT = """
+import ctypes, json, os, signal, time
+from deploytool.interrupts import ctrl_c_stops_tuning, hold_ctrl_c
+
+hold_ctrl_c()  # as deploytool's CLI does for tune and compile, before anything starts a thread
+import torch  # starts threads: OpenBLAS's, PyTorch's pool
+torch.ones(512, 512) @ torch.ones(512, 512)
+libc = ctypes.CDLL(None)
+libc.signal.restype = ctypes.c_void_p
+libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+lines = []
+with ctrl_c_stops_tuning(lines.append) as stop:
+    with ctrl_c_stops_tuning(lines.append) as inner:
+        nested = inner is stop
+    libc.signal(signal.SIGINT, 1)  # a C library's own disposition (SIG_IGN), behind Python's back
+    os.kill(os.getpid(), signal.SIGINT)
+    deadline = time.monotonic() + 10
+    while stop.reason is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+print(json.dumps({"reason": stop.reason, "lines": lines, "nested": nested,
+                  "restored": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+                  "blocked": signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])}))
+"""
+
+
 def test_ctrl_c_reaches_the_tuner_whatever_handler_a_library_installs():
     """Inside MetaSchedule's search, TVM installs a SIGINT handler of its own again and again; a
     Ctrl-C that came while it was in place was lost and the tuning ran to its end. Here a C
-    library ignores SIGINT behind Python's back, and the Ctrl-C must still stop the tuning."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    lines: list[str] = []
-    with ctrl_c_stops_tuning(lines.append) as stop:
-        with ctrl_c_stops_tuning(lines.append) as inner:
-            assert inner is stop  # compile --tune enters it twice: one Ctrl-C handling
-        libc.signal(signal.SIGINT, 1)  # SIG_IGN
-        os.kill(os.getpid(), signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while stop.reason is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert stop.reason == "interrupted"
-    assert len(lines) == 1 and lines[0].startswith("interrupted: stopping after the current batch")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's, restored
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # unblocked
+    library ignores SIGINT behind Python's back while threads run, and Ctrl-C must still stop
+    the tuning (it did not with a handler alone)."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    outcome = json.loads(proc.stdout)
+    assert outcome["reason"] == "interrupted"
+    assert outcome["lines"] == ["interrupted: stopping after the current batch (Ctrl-C again to "
+                                "abort); records measured so far are saved"]
+    assert outcome["nested"]  # compile --tune enters it twice: one Ctrl-C handling
+    assert outcome["restored"] and not outcome["blocked"]  # Python's Ctrl-C is back after it
 
 
 def test_a_corrupt_database_is_a_clear_error(models, tmp_path):
