@@ -25,6 +25,8 @@ from deploytool.errors import DeploytoolError  # noqa: E402
 from deploytool.tensors import TensorSpec  # noqa: E402
 from deploytool.zoo import ZOO  # noqa: E402
 
+GPU_SECTION = "\n## GPU"  # measured on another machine (benchmarks/gpu.py run), kept as it is
+
 
 def transformer_encoder():
     """A small Transformer encoder: 2 layers, d_model 128, 4 heads, 32 tokens."""
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             for c in CASES if c.name in names]
     threads = args.threads or machine["usable_cpus"]
     text = render(rows, machine, threads, os.getloadavg()[0], args.note)
+    if args.output.is_file() and GPU_SECTION in args.output.read_text():  # from benchmarks/gpu.py
+        text += GPU_SECTION + args.output.read_text().split(GPU_SECTION, 1)[1]
     scratch = args.output.with_name(f".{args.output.name}.tmp")
     scratch.write_text(text)
     os.replace(scratch, args.output)

@@ -207,17 +207,36 @@ def test_depthwise_convolutions_get_a_thread_per_output(tmp_path):
     assert (blocks, threads) == (outputs, 256)  # DLight's: a block each
 
 
-def test_convolutions_with_few_outputs_take_smaller_tiles(tmp_path):
-    """ResNet-18's last convolutions (7x7 pixels, 512 channels) had 16 blocks for the H200's 132
-    multiprocessors with DLight's tile; smaller tiles give at least MIN_BLOCKS."""
+def test_long_reductions_with_few_outputs_are_split(tmp_path):
+    """ResNet-18's last 3x3 convolutions (7x7 pixels, 512 channels: 4608 terms per output) had 16
+    blocks for the H200's 132 multiprocessors with DLight's tile. Split into 8 parts, every part
+    of every output is a thread, and the parts are added up in a second kernel."""
     from torch import nn
 
     from deploytool.gpu_schedules import MIN_BLOCKS
 
-    module = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1, bias=False))
-    (blocks, _), = _gpu_kernels(module, (1, 512, 7, 7), tmp_path, False).values()
+    module = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1, bias=False), nn.ReLU())
+    (blocks, threads), = _gpu_kernels(module, (1, 512, 7, 7), tmp_path, False).values()
+    assert blocks * threads == 8 * 512 * 7 * 7 and blocks >= MIN_BLOCKS
     (default_blocks, _), = _gpu_kernels(module, (1, 512, 7, 7), tmp_path, True).values()
-    assert default_blocks == 16 and blocks >= MIN_BLOCKS
+    assert default_blocks == 16
+
+
+def test_matmul_kernels_with_few_outputs_take_smaller_tiles(tmp_path):
+    """Below the split's limits (MobileNetV2's 1x1 convolutions, which splitting made 10-20x
+    slower; 28x28 3x3 convolutions), DLight's matmul takes smaller tiles until there are
+    MIN_BLOCKS blocks, and keeps its own tile where that gives enough."""
+    from torch import nn
+
+    from deploytool.gpu_schedules import MIN_BLOCKS
+
+    cases = [(nn.Conv2d(960, 160, 1, bias=False), (1, 960, 7, 7)),
+             (nn.Conv2d(128, 128, 3, padding=1, bias=False), (1, 128, 28, 28))]
+    for conv, shape in cases:
+        (blocks, threads), = _gpu_kernels(nn.Sequential(conv), shape, tmp_path, False).values()
+        (default, _), = _gpu_kernels(nn.Sequential(conv), shape, tmp_path, True).values()
+        assert default < blocks and (blocks >= MIN_BLOCKS or threads == 64), (shape, blocks)
+        assert threads * blocks < conv.out_channels * shape[2] * shape[3]  # tiles: not split
     wide = nn.Sequential(nn.Conv2d(64, 128, 3, padding=1, bias=False))  # 196 blocks: kept
     assert (_gpu_kernels(wide, (1, 64, 56, 56), tmp_path, False)
             == _gpu_kernels(wide, (1, 64, 56, 56), tmp_path, True))
