@@ -37,6 +37,10 @@ def _ms_since(start_ns: int) -> float:
     return (time.perf_counter_ns() - start_ns) / 1e6
 
 
+class Unavailable(Exception):
+    """The backend cannot run on the asked device here (a one-line reason, exit 2)."""
+
+
 def _load_onnxruntime(model: str, arrays: dict[str, np.ndarray], threads: int, device: str):
     """Session on the package's model.onnx; returns (first_run, timed_run, outputs). On a GPU,
     the CUDA execution provider, with inputs and outputs in host memory as dt_run has them."""
@@ -83,10 +87,11 @@ def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int, d
     import torch
 
     torch.set_num_threads(threads)
-    if device != "cpu" and not torch.cuda.is_available():
-        raise Unavailable(f"this PyTorch cannot use {device} (torch {torch.__version__} has no "
-                          "CUDA, or sees no GPU): install a CUDA build of PyTorch")
-    if device != "cpu":  # the package computes in fp32; PyTorch's convolutions default to TF32
+    if device != "cpu":
+        if not torch.cuda.is_available():
+            raise Unavailable(f"this PyTorch cannot use {device} (torch {torch.__version__} has "
+                              "no CUDA, or sees no GPU): install a CUDA build of PyTorch")
+        # The package computes in fp32; PyTorch's convolutions default to TF32.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     module = torch.jit.load(model, map_location=device)
@@ -111,10 +116,6 @@ def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int, d
 
     timed = run if device == "cpu" else run_on_gpu
     return timed, timed, outputs
-
-
-class Unavailable(Exception):
-    """The backend cannot run on the asked device here (a one-line reason, exit 2)."""
 
 
 LOADERS = {"onnxruntime": _load_onnxruntime, "torchscript": _load_torchscript}

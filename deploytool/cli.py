@@ -56,9 +56,10 @@ def _tuning_options(command):
 def main(ctx):
     """deploytool: compile PyTorch models into Python-free packages with Apache TVM."""
     if ctx.invoked_subcommand in ("tune", "compile"):  # before any library starts a thread
-        from .interrupts import hold_ctrl_c
+        from .interrupts import hold_ctrl_c, release_ctrl_c
 
         hold_ctrl_c()
+        ctx.call_on_close(release_ctrl_c)  # also when the command fails before releasing it
 
 
 def _triples(option: str, values, kinds) -> dict:

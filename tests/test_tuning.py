@@ -227,6 +227,13 @@ def test_ctrl_c_reaches_the_tuner_whatever_handler_a_library_installs():
     assert outcome["restored"] and not outcome["blocked"]  # Python's Ctrl-C is back after it
 
 
+def test_a_failed_tune_leaves_ctrl_c_working():
+    """The CLI holds SIGINT for tune and compile; a command that fails early gives it back."""
+    outcome = CliRunner().invoke(main, ["tune", "no-such-model.pt"])
+    assert outcome.exit_code == 1 and "not found" in outcome.output
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def test_a_corrupt_database_is_a_clear_error(models, tmp_path):
     db = tmp_path / "db"
     db.mkdir()
