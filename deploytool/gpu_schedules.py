@@ -84,8 +84,9 @@ def rules():
     from tvm import s_tir, tirx
     from tvm.s_tir import dlight as dl
     from tvm.s_tir.dlight.analysis import get_root_block
+    from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 
-    class SplitReduction(dl.gpu.Fallback):  # Fallback: only for is_target_available
+    class SplitReduction(GPUScheduleRule):
         """A long reduction with few outputs: split into parts summed separately (rfactor),
         every part of every output a thread, then the parts added up."""
 
