@@ -34,8 +34,9 @@ SPLIT_BLOCK_THREADS = 256
 MATMUL_TILES = ((16, 8, 4, 4), (16, 8, 2, 2), (8, 8, 2, 2))
 
 
-def _grid_blocks(func) -> int:
-    """Blocks of the first kernel launch of a scheduled PrimFunc (product of blockIdx extents)."""
+def launch_shape(func) -> tuple[int, int]:
+    """(blocks, threads per block) of the first kernel launch of a scheduled PrimFunc: the
+    products of its blockIdx and of its threadIdx loop extents."""
     import tvm_ffi
     from tvm import tirx
 
@@ -44,11 +45,12 @@ def _grid_blocks(func) -> int:
     def visit(node):
         if node.kind == tirx.ForKind.THREAD_BINDING and node.thread_binding is not None:
             tag = str(node.thread_binding.thread_tag)
-            if tag.startswith("blockIdx") and isinstance(node.extent, tirx.IntImm):
+            if isinstance(node.extent, tirx.IntImm):
                 extents.setdefault(tag, int(node.extent))
 
     tvm_ffi.structural_walk(func.body, [(tirx.For, visit)], order="post")
-    return math.prod(extents.values()) if extents else 0
+    return (math.prod(e for t, e in extents.items() if t.startswith("blockIdx")),
+            math.prod(e for t, e in extents.items() if t.startswith("threadIdx")))
 
 
 def _reduction_terms(func) -> int | None:
@@ -140,7 +142,7 @@ def rules():
         """One thread per output for reductions of at most SHORT_REDUCTION terms."""
 
         def apply(self, func, target, tunable):
-            terms = _reduction_terms(func) if hasattr(func, "body") else None
+            terms = _reduction_terms(func) if isinstance(func, tirx.PrimFunc) else None
             if terms is None or terms > SHORT_REDUCTION:
                 return None
             return super().apply(func, target, tunable)
@@ -164,7 +166,7 @@ def rules():
                 schedule = super().apply(func, target, tunable)
                 if schedule is None or target.kind.name != "cuda":
                     return schedule
-                if _grid_blocks(schedule.mod["main"]) >= MIN_BLOCKS:
+                if launch_shape(schedule.mod["main"])[0] >= MIN_BLOCKS:
                     return schedule
             return schedule
 

@@ -157,10 +157,7 @@ def mlp_relax(tmp_path_factory):
 def _gpu_kernels(module, shape, tmp_path, default_rules: bool) -> dict:
     """{kernel name: (blocks, threads per block)} of a model's convolutions, as scheduled for an
     sm_90 GPU by deploytool's rules or by DLight's defaults (TVM's own CUDA pipeline)."""
-    import math
-
     import tvm
-    import tvm_ffi
     from tvm import tirx
     from tvm.s_tir import dlight as dl
 
@@ -178,20 +175,8 @@ def _gpu_kernels(module, shape, tmp_path, default_rules: bool) -> dict:
                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback())
     with target:
         mod = tvm.transform.Sequential(passes)(mod)
-    kernels = {}
-    for gv, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc) and "conv2d" in gv.name_hint:
-            threads = {}
-
-            def visit(loop, threads=threads):
-                binding = loop.thread_binding
-                tag = str(binding.thread_tag) if binding is not None else ""
-                if tag.startswith("threadIdx"):
-                    threads.setdefault(tag, int(loop.extent))
-
-            tvm_ffi.structural_walk(func.body, [(tirx.For, visit)], order="post")
-            kernels[gv.name_hint] = (gpu_schedules._grid_blocks(func), math.prod(threads.values()))
-    return kernels
+    return {gv.name_hint: gpu_schedules.launch_shape(func) for gv, func in mod.functions.items()
+            if isinstance(func, tirx.PrimFunc) and "conv2d" in gv.name_hint}
 
 
 def test_depthwise_convolutions_get_a_thread_per_output(tmp_path):
