@@ -249,6 +249,27 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
     assert validation["status"] == "passed", validation
 
 
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_24_channels_take_three_vectors_on_narrow_registers(tmp_path, kernel):
+    # MobileNetV2's 1x1 convolutions to 24 channels: on AVX2, 4x24 tiles (12 accumulators) of
+    # three 8-float vectors, not one vector of 24 floats, nor 8x8 tiles. A 1x1 convolution pads
+    # nothing, so it reads its input in place; a 3x3 one keeps its padding block.
+    path = save_torchscript(*residual_conv(24, 28, kernel), tmp_path / "conv.pt")
+    func = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
+                if gv.name_hint.startswith("fused_conv2d"))
+    scheduled = schedule_kernel(func, 96).script()
+    assert "T.unroll(T.int64(3))" in scheduled and "T.vectorized(T.int64(8))" in scheduled
+    assert "T.vectorized(T.int64(24))" not in scheduled
+    assert ('T.sblock("pad_temp")' in scheduled) == (kernel == 3), scheduled
+    assert _tile_sizes(24, 28, 96) == (4, 24)
+    assert _tile_sizes(24, 28, 256)[1] == 8  # AVX-512: a vector is 16 floats
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
+                                           target="x86_64-avx2", java=False,
+                                           tuning=TuneSettings(db=tmp_path / "no-db")))
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
+
+
 @pytest.mark.parametrize("channels, size, threads, tiles, leftover", [
     # 147K weights for 6K outputs: threads share the 8 channel tiles; 49 pixels in one loop
     # take eight 6x16 tiles, then pixel 48 alone.
