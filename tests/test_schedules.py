@@ -270,6 +270,49 @@ def test_24_channels_take_three_vectors_on_narrow_registers(tmp_path, kernel):
     assert validation["status"] == "passed", validation
 
 
+def depthwise(channels: int, size: int, stride: int = 1):
+    """MobileNetV2's depthwise convolution, padded, with bias and ReLU6: (model, inputs)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels)
+
+        def forward(self, x):
+            return torch.clamp(self.conv(x), 0, 6)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
+
+
+@pytest.mark.parametrize("size, stride", [(16, 1), (32, 2)])
+def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(tmp_path, size,
+                                                                           stride):
+    # 16 output pixels a row split into 4-pixel tiles of one 8-float vector, rows shared by
+    # the threads, the padding inlined (no scratch copy of the tile's input rows); the numbers
+    # along the borders, where taps fall outside the image, still match.
+    path = save_torchscript(*depthwise(16, size, stride), tmp_path / "dw.pt")
+    func = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
+                if gv.name_hint.startswith("fused_conv2d"))
+    scheduled = schedule_kernel(func, 96).script()
+    assert 'T.sblock("pad_temp")' not in scheduled, scheduled
+    assert "nn_yy_xx_0_fused in T.parallel(T.int64(64))" in scheduled, scheduled
+    assert "T.unroll(T.int64(4))" in scheduled and "T.vectorized(T.int64(8))" in scheduled
+    # AVX-512 (unmeasured) and rows of 14 pixels keep _tile's tiles and padding block
+    assert 'T.sblock("pad_temp")' in schedule_kernel(func, 256).script()
+    short = save_torchscript(*depthwise(16, 14), tmp_path / "short.pt")
+    func = next(f for gv, f in _prim_funcs(_fused(short, "x86_64-avx2"))
+                if gv.name_hint.startswith("fused_conv2d"))
+    assert 'T.sblock("pad_temp")' in schedule_kernel(func, 96).script()
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
+                                           target="x86_64-avx2", java=False,
+                                           tuning=TuneSettings(db=tmp_path / "no-db")))
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
+
+
 @pytest.mark.parametrize("channels, size, threads, tiles, leftover", [
     # 147K weights for 6K outputs: threads share the 8 channel tiles; 49 pixels in one loop
     # take eight 6x16 tiles, then pixel 48 alone.
