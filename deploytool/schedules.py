@@ -282,10 +282,7 @@ def _tile_depthwise(sch, func, names, block, outer, width, channels, reduction, 
         sch.vectorize(sch.get_loops(last)[-1])
     if "pad_temp" in names:
         sch.compute_inline(sch.get_sblock("pad_temp"))
-    sch.unroll(pixel_inner)
-    sch.vectorize(channel_inner)
-    init = sch.decompose_reduction(block, reduction[0])
-    sch.vectorize(sch.get_loops(init)[-1])
+    _unroll_tile(sch, block, [], pixel_inner, channel_inner, reduction[0])
     sch.enter_postproc()
     _pack_weight(sch, func, block, channel_var, VECTOR_FLOATS)
 
