@@ -242,22 +242,31 @@ def test_a_failed_tune_leaves_ctrl_c_working():
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
+def _first_linear_layer(model_path: Path):
+    """(tuning target, the model's first fused Linear kernel, its module as tuning keys it)."""
+    import tvm
+
+    from deploytool.frontends import load_model, to_onnx
+    from deploytool.importer import import_relax
+    from deploytool.targets import load_target
+    from deploytool.tuning import _prim_funcs, fuse, tuning_target
+
+    target = tuning_target(load_target("cpu"))
+    fused = fuse(import_relax(to_onnx(load_model(model_path))), target)
+    func = next(f for gv, f in _prim_funcs(fused) if gv.name_hint.startswith("fused_matmul"))
+    return target, func, tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
 def test_a_searched_schedule_must_beat_the_register_tiled_one_by_a_margin(models, tmp_path):
     """Records made here: the MLP's first Linear layer, its register-tiled schedule measured at
     100 us, then searched schedules (traces that sample) at 80 us and 70 us."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
     from deploytool.schedules import accumulator_lanes, register_tiled
-    from deploytool.targets import load_target
-    from deploytool.tuning import SEARCH_MARGIN, _prim_funcs, _search_won, fuse, tuning_target
+    from deploytool.tuning import SEARCH_MARGIN, _search_won
 
-    target = tuning_target(load_target("cpu"))
-    fused = fuse(import_relax(to_onnx(load_model(models["mlp"]))), target)
-    func = next(f for gv, f in _prim_funcs(fused) if gv.name_hint.startswith("fused_matmul"))
-    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    target, func, mod = _first_linear_layer(models["mlp"])
     db = open_database(tmp_path / "db", create=True)
     workload = db.commit_workload(mod)
 
@@ -285,19 +294,11 @@ def test_a_register_tiled_record_of_an_older_schedule_is_measured_again(models, 
     """A database tuned by an older deploytool holds its register-tiled schedules; when
     schedules.py has changed since, tuning measures the current ones too (a resumed run with
     the same schedules measures nothing twice)."""
-    import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
     from deploytool.schedules import accumulator_lanes, register_tiled
-    from deploytool.targets import load_target
-    from deploytool.tuning import _prim_funcs, fuse, tuning_target
 
-    target = tuning_target(load_target("cpu"))
-    fused = fuse(import_relax(to_onnx(load_model(models["mlp"]))), target)
-    func = next(f for gv, f in _prim_funcs(fused) if gv.name_hint.startswith("fused_matmul"))
-    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    target, func, mod = _first_linear_layer(models["mlp"])
     db = open_database(tmp_path / "db", create=True)
     other_lanes = 96 if accumulator_lanes(target) == 256 else 256  # other tiles: "older"
     db.commit_tuning_record(ms.database.TuningRecord(
