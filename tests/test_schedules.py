@@ -61,6 +61,21 @@ def _fused(path, target_name: str = "cpu"):
     return fuse(import_relax(to_onnx(load_model(path))), target)
 
 
+def _first_convolution(path):
+    """The model's first fused convolution kernel, fused for AVX2 (narrow registers)."""
+    return next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
+                if gv.name_hint.startswith("fused_conv2d"))
+
+
+def _assert_validates(path, folder, target: str = "cpu") -> None:
+    """Compile ``path`` untuned for ``target``; its validation against ONNX Runtime and
+    TorchScript must pass."""
+    package = compile_model(CompileOptions(model=path, output=folder / "pkg", target=target,
+                                           java=False, tuning=TuneSettings(db=folder / "no-db")))
+    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed", validation
+
+
 def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(kinds_package):
     package, _ = kinds_package
     manifest = json.loads((package.path / "manifest.json").read_text())
@@ -221,10 +236,7 @@ def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
     assert "T.vectorized(T.int64(16))" in scheduled, scheduled  # channels
     assert "T.parallel(T.int64(8))" in scheduled, scheduled  # output rows
     assert 'T.sblock("pad_temp")' not in scheduled  # padding read in place, no scratch rows
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg", java=False,
-                                           tuning=TuneSettings(db=tmp_path / "no-db")))
-    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
-    assert validation["status"] == "passed", validation
+    _assert_validates(path, tmp_path)
 
 
 def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
@@ -233,8 +245,7 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
     # bigger than 7x8; two rows' 196 pixels take 4x16 tiles.
     model, inputs = residual_conv(64, 14, kernel=1)
     path = save_torchscript(model, inputs, tmp_path / "short_rows.pt")
-    kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
-                  if gv.name_hint.startswith("fused_conv2d"))
+    kernel = _first_convolution(path)
     scheduled = schedule_kernel(kernel, 96).script()
     assert "yy_xx_fused" in scheduled  # one pixel loop over both rows and columns
     unrolled = [line for line in scheduled.splitlines() if "T.unroll(T.int64(4))" in line]
@@ -242,11 +253,7 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
     assert "T.vectorized(T.int64(16))" in scheduled
     # AVX-512's 32 registers take 7x32 from one row: nothing to gain from joining rows.
     assert "yy_xx_fused" not in schedule_kernel(kernel, 256).script()
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
-                                           target="x86_64-avx2", java=False,
-                                           tuning=TuneSettings(db=tmp_path / "no-db")))
-    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
-    assert validation["status"] == "passed", validation
+    _assert_validates(path, tmp_path, "x86_64-avx2")
 
 
 @pytest.mark.parametrize("kernel", [1, 3])
@@ -255,19 +262,14 @@ def test_24_channels_take_three_vectors_on_narrow_registers(tmp_path, kernel):
     # three 8-float vectors, not one vector of 24 floats, nor 8x8 tiles. A 1x1 convolution pads
     # nothing, so it reads its input in place; a 3x3 one keeps its padding block.
     path = save_torchscript(*residual_conv(24, 28, kernel), tmp_path / "conv.pt")
-    func = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
-                if gv.name_hint.startswith("fused_conv2d"))
+    func = _first_convolution(path)
     scheduled = schedule_kernel(func, 96).script()
     assert "T.unroll(T.int64(3))" in scheduled and "T.vectorized(T.int64(8))" in scheduled
     assert "T.vectorized(T.int64(24))" not in scheduled
     assert ('T.sblock("pad_temp")' in scheduled) == (kernel == 3), scheduled
     assert _tile_sizes(24, 28, 96) == (4, 24)
     assert _tile_sizes(24, 28, 256)[1] == 8  # AVX-512: a vector is 16 floats
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
-                                           target="x86_64-avx2", java=False,
-                                           tuning=TuneSettings(db=tmp_path / "no-db")))
-    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
-    assert validation["status"] == "passed", validation
+    _assert_validates(path, tmp_path, "x86_64-avx2")
 
 
 def depthwise(channels: int, size: int, stride: int = 1):
@@ -294,8 +296,7 @@ def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(tmp_p
     # the threads, the padding inlined (no scratch copy of the tile's input rows); the numbers
     # along the borders, where taps fall outside the image, still match.
     path = save_torchscript(*depthwise(16, size, stride), tmp_path / "dw.pt")
-    func = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
-                if gv.name_hint.startswith("fused_conv2d"))
+    func = _first_convolution(path)
     scheduled = schedule_kernel(func, 96).script()
     assert 'T.sblock("pad_temp")' not in scheduled, scheduled
     assert "nn_yy_xx_0_fused in T.parallel(T.int64(64))" in scheduled, scheduled
@@ -303,14 +304,9 @@ def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(tmp_p
     # AVX-512 (unmeasured) and rows of 14 pixels keep _tile's tiles and padding block
     assert 'T.sblock("pad_temp")' in schedule_kernel(func, 256).script()
     short = save_torchscript(*depthwise(16, 14), tmp_path / "short.pt")
-    func = next(f for gv, f in _prim_funcs(_fused(short, "x86_64-avx2"))
-                if gv.name_hint.startswith("fused_conv2d"))
+    func = _first_convolution(short)
     assert 'T.sblock("pad_temp")' in schedule_kernel(func, 96).script()
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
-                                           target="x86_64-avx2", java=False,
-                                           tuning=TuneSettings(db=tmp_path / "no-db")))
-    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
-    assert validation["status"] == "passed", validation
+    _assert_validates(path, tmp_path, "x86_64-avx2")
 
 
 @pytest.mark.parametrize("channels, size, threads, tiles, leftover", [
@@ -328,26 +324,20 @@ def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, chann
                                                                  threads, tiles, leftover):
     model, inputs = residual_conv(channels, size)
     path = save_torchscript(model, inputs, tmp_path / "conv.pt")
-    kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
-                  if gv.name_hint.startswith("fused_conv2d"))
+    kernel = _first_convolution(path)
     scheduled = schedule_kernel(kernel, 96).script()
     assert threads in scheduled, scheduled
     assert "T.unroll(T.int64(6))" in scheduled and "T.vectorized(T.int64(16))" in scheduled
     assert re.search(tiles, scheduled), scheduled
     assert leftover in scheduled, scheduled
     assert "partition" not in schedule_kernel(kernel, 256).script()  # AVX-512: 7 pixels divide
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg",
-                                           target="x86_64-avx2", java=False,
-                                           tuning=TuneSettings(db=tmp_path / "no-db")))
-    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
-    assert validation["status"] == "passed", validation
+    _assert_validates(path, tmp_path, "x86_64-avx2")
 
 
 @pytest.mark.parametrize("size", [1, 2])
 def test_fewer_pixels_than_a_6_pixel_tile_keep_the_other_tiles(tmp_path, size):
     path = save_torchscript(*residual_conv(128, size), tmp_path / "conv.pt")
-    kernel = next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
-                  if gv.name_hint.startswith("fused_conv2d"))
+    kernel = _first_convolution(path)
     scheduled = schedule_kernel(kernel, 96)
     assert scheduled is not None  # not left to MetaSchedule's sampled schedules
     assert "partition" not in scheduled.script()
