@@ -359,7 +359,29 @@ def _tile_remainder(sch, func, names, block, outer, width, channels, reduction, 
     if count % pixels:
         # After the packing, which would otherwise land inside the partition; and in the
         # postprocessing part, so that a search replays the rest, its last tile predicated.
-        sch.loop_partition(pixel_outer, [count // pixels, None])
+        leftover = sch.loop_partition(pixel_outer, [count // pixels, None])[1]
+        if rows_first:
+            _widen_leftover(sch, leftover, count % pixels, channel)
+
+
+def _widen_leftover(sch, leftover, pixels: int, channel: int) -> None:
+    """Give the few pixels left over at the end of a row (partition ``leftover``, rows first)
+    the channels of several tiles at once, up to REMAINDER_TILE's accumulators: alone, 2 pixels
+    by 16 channels have 4 accumulators, and each waits on its last multiply-add (ResNet-18's
+    56x56 rows leave 2 pixels after nine 6-pixel tiles; as 2x32, its 3x3 convolutions there
+    ran 2% faster alone, the whole model 2-3% faster against ONNX Runtime in one process)."""
+    block = sch.get_child_blocks(leftover)[0]
+    loops = sch.get_loops(block)
+    at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(leftover)))
+    tiles = _extent(sch, loops[at + 1])  # its channel tiles; then the reduction, then the tile
+    most = math.prod(REMAINDER_TILE)
+    join = max(k for k in range(1, tiles + 1) if tiles % k == 0 and pixels * channel * k <= most)
+    if join == 1:
+        return
+    _, joined = sch.split(loops[at + 1], [None, join])
+    *middle, vectorized = sch.get_loops(block)[at + 3:]
+    sch.reorder(*middle, joined, vectorized)
+    sch.unroll(joined)
 
 
 def _unroll_tile(sch, block, unrolled: list, pixels, channels, init_at) -> None:

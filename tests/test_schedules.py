@@ -309,19 +309,23 @@ def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(tmp_p
     _assert_validates(path, tmp_path, "x86_64-avx2")
 
 
-@pytest.mark.parametrize("channels, size, threads, tiles, leftover", [
+@pytest.mark.parametrize("channels, size, threads, tiles, leftover, leftover_tile", [
     # 147K weights for 6K outputs: threads share the 8 channel tiles; 49 pixels in one loop
-    # take eight 6x16 tiles, then pixel 48 alone.
+    # take eight 6x16 tiles, then pixel 48 alone (its thread owns just 16 channels).
     (128, 7, "ff_0 in T.parallel(T.int64(8))",
      r"nn_yy_xx_fused_00, .* in T\.grid\(T\.int64\(8\),",
-     "nn_yy_xx_fused_01 in range(T.int64(8), T.int64(9))"),
+     "nn_yy_xx_fused_01 in range(T.int64(8), T.int64(9))", None),
     # More outputs than weights: threads share the 14 rows; each row's 14 pixels take two
-    # tiles, then pixels 12 and 13.
+    # tiles, then pixels 12 and 13, two channel tiles at once (2x32, 8 accumulators).
     (64, 14, "nn_yy_fused in T.parallel(T.int64(14))", r"xx_00, .* in T\.grid\(T\.int64\(2\),",
-     "xx_01 in range(T.int64(2), T.int64(3))"),
+     "xx_01 in range(T.int64(2), T.int64(3))",
+     r"ff_0_0, ry, rx, rc_0 in T\.grid\(T\.int64\(2\),(.|\n)*"
+     r"xx_1 in T\.unroll\(T\.int64\(6\)\):\s*for ff_0_1 in T\.unroll\(T\.int64\(2\)\):\s*"
+     r"for ff_1 in T\.vectorized\(T\.int64\(16\)\)"),
 ])
 def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, channels, size,
-                                                                 threads, tiles, leftover):
+                                                                 threads, tiles, leftover,
+                                                                 leftover_tile):
     model, inputs = residual_conv(channels, size)
     path = save_torchscript(model, inputs, tmp_path / "conv.pt")
     kernel = _first_convolution(path)
@@ -330,6 +334,11 @@ def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, chann
     assert "T.unroll(T.int64(6))" in scheduled and "T.vectorized(T.int64(16))" in scheduled
     assert re.search(tiles, scheduled), scheduled
     assert leftover in scheduled, scheduled
+    rest = scheduled[scheduled.index(leftover):]
+    if leftover_tile is None:
+        assert "T.unroll(T.int64(2))" not in rest, rest
+    else:
+        assert re.search(leftover_tile, rest), rest
     assert "partition" not in schedule_kernel(kernel, 256).script()  # AVX-512: 7 pixels divide
     _assert_validates(path, tmp_path, "x86_64-avx2")
 
