@@ -93,3 +93,20 @@ def residual_conv(channels: int, size: int, kernel: int = 3):
 
     torch.manual_seed(0)
     return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
+
+
+def depthwise(channels: int, size: int, stride: int = 1):
+    """MobileNetV2's depthwise convolution, padded, with bias and ReLU6: (model, inputs)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels)
+
+        def forward(self, x):
+            return torch.clamp(self.conv(x), 0, 6)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]

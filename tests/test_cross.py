@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import residual_conv
+from conftest import depthwise, residual_conv
 
 from deploytool import runners
 from deploytool.aarch64_runtime import elf_arch
@@ -270,10 +270,15 @@ def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
 
 
 @pytest.mark.cross
-def test_leftover_pixel_tiles_validate_under_emulation(tmp_path):
-    """NEON takes the 6x16 tiles and the leftover pixel's own tile (see test_schedules)."""
+@pytest.mark.parametrize("model, shape", [
+    (residual_conv, (128, 7)),  # 6x16 tiles, then the leftover pixel's own tile
+    (residual_conv, (64, 14)),  # a row's 2 leftover pixels by two channel tiles (2x32)
+    (depthwise, (16, 16)),  # 4-pixel tiles reading each tap in place
+])
+def test_narrow_register_tiles_validate_under_emulation(tmp_path, model, shape):
+    """NEON takes the narrow-register tiles test_schedules checks on AVX2."""
     needs_cross()
-    path = save_torchscript(*residual_conv(128, 7), tmp_path / "conv.pt")
+    path = save_torchscript(*model(*shape), tmp_path / "conv.pt")
     package = compile_model(CompileOptions(model=path, target="arm64", java=False,
                                            output=tmp_path / "pkg"))
     assert package.manifest["validation"]["status"] == "passed"

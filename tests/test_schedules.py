@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import residual_conv
+from conftest import depthwise, residual_conv
 
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.examples import save_torchscript
@@ -270,23 +270,6 @@ def test_24_channels_take_three_vectors_on_narrow_registers(tmp_path, kernel):
     assert _tile_sizes(24, 28, 96) == (4, 24)
     assert _tile_sizes(24, 28, 256)[1] == 8  # AVX-512: a vector is 16 floats
     _assert_validates(path, tmp_path, "x86_64-avx2")
-
-
-def depthwise(channels: int, size: int, stride: int = 1):
-    """MobileNetV2's depthwise convolution, padded, with bias and ReLU6: (model, inputs)."""
-    import torch
-    from torch import nn
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels)
-
-        def forward(self, x):
-            return torch.clamp(self.conv(x), 0, 6)
-
-    torch.manual_seed(0)
-    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
 
 
 @pytest.mark.parametrize("size, stride", [(16, 1), (32, 2)])
