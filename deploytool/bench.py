@@ -46,6 +46,7 @@ class BenchOptions:
     json: Path | None = None
     save: bool = True
     device: str | None = None  # "cuda:N" for a GPU package; None: the package's own device
+    per_kernel: bool = False  # also time each kernel inside the model (CPU packages)
 
     def resolved_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -161,13 +162,18 @@ def _timing_args(settings: tuple[float, int, float], json_path: Path,
     return args + (["--output-dir", str(output_dir)] if output_dir else [])
 
 
-def _package_command(job, settings, json_path, output_dir):
+def _runner_command(job: Job) -> tuple[list[str], dict[str, str]]:
+    """The package's runner on the job's inputs, and the environment it needs."""
     prefix, env = runner_command(job.package.manifest["runtime"]["arch"])
     inputs = [arg for name, path in job.inputs for arg in ("--input", f"{name}={path}")]
     command = [*prefix, str(job.package.runner), str(job.package.path), "--device", job.device,
-               "--threads", str(job.threads), *inputs,
-               *_timing_args(settings, json_path, output_dir)]
+               "--threads", str(job.threads), *inputs]
     return command, {**env, "TVM_NUM_THREADS": str(job.threads)}
+
+
+def _package_command(job, settings, json_path, output_dir):
+    command, env = _runner_command(job)
+    return command + _timing_args(settings, json_path, output_dir), env
 
 
 def _worker_command(backend: str, model: Callable[[Job], Path]) -> Command:
@@ -240,6 +246,7 @@ class BenchResult:
     backends: list[BackendResult]
     schedule: list[str] = field(default_factory=list)  # "round:backend" in the order they ran
     inputs: list[np.ndarray] = field(default_factory=list, repr=False)
+    kernels: list[dict] | None = None  # --per-kernel: see profile_kernels
 
     def get(self, name: str) -> BackendResult:
         return next(b for b in self.backends if b.name == name)
@@ -261,6 +268,7 @@ class BenchResult:
             "ratio_is": "p50 latency / package p50 latency (lower is faster)",
             "backends": {b.name: {**b.to_dict(latencies), "ratio_p50": self.ratio(b.name)}
                          for b in self.backends},
+            **({"kernels": self.kernels} if self.kernels is not None else {}),
         }
 
 
@@ -428,6 +436,10 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
     options.check()
     package = load_package(options.package)
     device = resolve_device(package, options.device)
+    if options.per_kernel and device != "cpu":
+        raise UsageError("--per-kernel times the kernels of CPU packages only (a GPU runs them "
+                         "asynchronously)", "Profile a GPU package with Nsight Systems: nsys "
+                         f"profile {package.runner} {package.path}")
     gpu = check_runs_here(package, device)
     for name in options.compare:
         module = BACKENDS[name].python_module
@@ -461,16 +473,56 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
                 schedule.append(f"{r + 1}:{name}")
                 log(f"  round {r + 1}/{options.rounds}  {name:<12} p50 "
                     f"{format_ms(report['stats']['p50_ms']):>10}  ({report['iterations']} runs)")
+        kernels = profile_kernels(job, workdir) if options.per_kernel else None
     results = [_combine(name, reports[name]) for name in names]
     for result in results[1:]:
         result.max_abs_diff = _max_abs_diff(result.outputs, results[0].outputs)
-    result = BenchResult(options, date, machine, threads, results, schedule, arrays)
+    result = BenchResult(options, date, machine, threads, results, schedule, arrays, kernels)
     if options.save:
         package.manifest["benchmarks"] = result.to_dict()
         package.save_manifest()
     if options.json:
         write_json(options.json, result.to_dict(latencies=True))
     return result
+
+
+def profile_kernels(job: Job, workdir: Path) -> list[dict]:
+    """Each kernel's time inside the model, from the package's runner (``--profile``: the VM
+    times every kernel call over at least 10 runs and 1 s, in a process of its own after the
+    rounds). One entry per kernel, slowest first: its name, calls per run, and the medians of
+    its calls added up (``ms``)."""
+    path = workdir / "profile.txt"
+    command, env = _runner_command(job)
+    command += ["--profile", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
+    if proc.returncode != 0 or not path.is_file():
+        lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line]
+        raise DeploytoolError(f"the per-kernel profile failed (exit {proc.returncode}: "
+                              f"{lines[-1] if lines else 'no output'})",
+                              f"Run it alone to see all its output: {' '.join(command)}")
+    kernels: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        us, _runs, name = line.split(" ", 2)
+        kernel = kernels.setdefault(name, {"kernel": name, "calls": 0, "ms": 0.0})
+        kernel["calls"] += 1
+        kernel["ms"] += float(us) / 1000
+    return sorted(kernels.values(), key=lambda k: -k["ms"])
+
+
+def format_kernels(result: BenchResult) -> str:
+    """--per-kernel's table: each kernel's time in the model and its share of all of them."""
+    kernels = result.kernels or []
+    total = sum(k["ms"] for k in kernels)
+    width = max([len("kernel"), *(len(k["kernel"]) for k in kernels)])
+    lines = [f"{'kernel':<{width}}  calls  {'time':>10}  share"]
+    lines += [f"{k['kernel']:<{width}}  {k['calls']:>5}  {format_ms(k['ms']):>10}  "
+              f"{k['ms'] / total:6.1%}" for k in kernels]
+    return "\n".join([
+        *lines, "",
+        "per kernel inside the model: each call's median over runs timed kernel by kernel, "
+        f"added up per kernel; together {format_ms(total)}, against the package's p50 of "
+        f"{format_ms(result.get(PACKAGE).stats.p50_ms)} (timed one by one, kernels of a few "
+        "microseconds wait longer for the threads)"])
 
 
 def write_json(path: Path, data: dict) -> None:

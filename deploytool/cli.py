@@ -292,18 +292,23 @@ def example(name, output):
               help="Also write the results, with every latency, to this JSON file.")
 @click.option("--device", metavar="cuda:N",
               help="The GPU a CUDA package and the backends run on [default: cuda:0].")
+@click.option("--per-kernel", is_flag=True,
+              help="Then time each kernel inside the model (CPU packages): which layers cost.")
 def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, rounds,
-          json_path, device):
+          json_path, device, per_kernel):
     """Measure PACKAGE's latency and memory through its native runner (no Python in the loop),
     optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest."""
-    from .bench import BenchOptions, bench_package, format_table, parse_compare
+    from .bench import BenchOptions, bench_package, format_kernels, format_table, parse_compare
 
     options = BenchOptions(package=package, model=model, compare=parse_compare(compare),
                            warmup_ms=warmup_ms, min_iters=min_iters, min_seconds=min_seconds,
-                           threads=threads, rounds=rounds, json=json_path, device=device)
+                           threads=threads, rounds=rounds, json=json_path, device=device,
+                           per_kernel=per_kernel)
     options.check()
     click.echo(options.display())
     result = bench_package(options, log=click.echo)
     click.echo("\n" + format_table(result))
+    if result.kernels is not None:
+        click.echo("\n" + format_kernels(result))
     click.echo(f"\nstored in {result.options.package / 'manifest.json'} (benchmarks)"
                + (f" and {json_path}" if json_path else ""))

@@ -294,3 +294,34 @@ def test_cli_bench_prints_the_table(mlp_copy, tmp_path):
     row = [line for line in result.output.splitlines() if line.startswith("package ")][-1]
     assert row.split()[-2:] == ["1.00x", "-"]
     assert json.loads((tmp_path / "b.json").read_text())["backends"]["package"]["stats"]
+
+
+@pytest.mark.slow
+def test_per_kernel_profile_times_each_layer_inside_the_model(mlp_copy, tmp_path):
+    package, _ = mlp_copy
+    result = _cli(str(package), "--per-kernel", "--min-iters", "20", "--min-seconds", "0",
+                  "--warmup-ms", "0", "--rounds", "1", "--threads", "1",
+                  "--json", str(tmp_path / "b.json"))
+    assert result.exit_code == 0, result.output
+    kernels = json.loads((tmp_path / "b.json").read_text())["kernels"]
+    # The MLP's three Linear layers (512-256-128-2), each a fused matrix product run once a run.
+    layers = [k for k in kernels if "matmul" in k["kernel"]]
+    assert len(layers) == 3 and all(k["calls"] == 1 for k in layers), kernels
+    assert [k["ms"] for k in kernels] == sorted((k["ms"] for k in kernels), reverse=True)
+    # In milliseconds, as the whole run's p50: the 512x256 layer takes microseconds, and the
+    # kernels together neither vanish against the run nor dwarf it.
+    p50 = json.loads((tmp_path / "b.json").read_text())["backends"]["package"]["stats"]["p50_ms"]
+    total = sum(k["ms"] for k in kernels)
+    assert 0.2 * p50 < total < 20 * p50, (total, p50)
+    assert all(k["ms"] > 0 for k in kernels)
+    table = result.output[result.output.index("kernel  "):]
+    assert all(k["kernel"] in table for k in kernels) and "share" in table
+
+
+def test_per_kernel_profile_of_a_gpu_package_is_refused(tmp_path):
+    package = _fake_package(tmp_path / "p", runtime={"arch": platform.machine(),
+                                                     "cpu_features": [], "device": "cuda"})
+    result = _cli(str(package), "--per-kernel")
+    assert result.exit_code != 0
+    assert "--per-kernel times the kernels of CPU packages only" in result.output
+    assert "Traceback" not in result.output

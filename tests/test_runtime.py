@@ -103,3 +103,19 @@ def test_the_package_runs_on_every_physical_core_by_default(mlp_package):
 
     assert _bench_threads(mlp_package.runner) == str(psutil.cpu_count(logical=False))
     assert _bench_threads(mlp_package.runner, "TVM_NUM_THREADS=1") == "1"  # the host decides
+
+
+def test_c_api_profiles_each_kernel_of_the_runs_in_between(mlp_package, tmp_path):
+    pkg = mlp_package.path
+    check = build_c_program(Path(__file__).parent / "c" / "profile_check.c", pkg, tmp_path)
+    proc = run_clean([check, pkg])
+    assert proc.returncode == 0, proc.stderr
+    calls, rest = proc.stdout.split("---\n")
+    rows = [line.split(" ") for line in calls.splitlines()]
+    # The MLP's three Linear layers, in call order; only the 3 runs while profiling counted.
+    matmuls = [name for _, _, name in rows if "matmul" in name]
+    assert len(matmuls) == 3, rows
+    assert all(runs == "3" and float(us) > 0 for us, runs, _ in rows), rows
+    assert not any(name.startswith("vm.builtin.") for _, _, name in rows)
+    # Starting again forgets them; a buffer of 0 bytes is DT_ERR_ARGUMENT (1).
+    assert rest == "[] 1\n"

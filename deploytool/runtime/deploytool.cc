@@ -14,6 +14,7 @@
 #include <tvm/ffi/function.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <climits>
 #include <cstdlib>
@@ -307,6 +308,11 @@ struct dt_model {
   std::vector<std::optional<ffi::Tensor>> staging;
   bool dynamic = false;  // some input has a symbolic dimension
   std::mutex lock;
+  // dt_profile: per call of a run (in call order), the kernel's name and its times in us
+  std::vector<std::pair<std::string, std::vector<double>>> profile;
+  size_t profile_call = 0;
+  bool profiling = false;
+  std::chrono::steady_clock::time_point profile_start;
 };
 
 using Shapes = std::vector<std::vector<int64_t>>;
@@ -386,6 +392,7 @@ static int Invoke(dt_model* model, const std::vector<ffi::Tensor>& args, std::ve
                   const Shapes& output_shapes) {
   std::vector<ffi::AnyView> packed(args.begin(), args.end());
   ffi::Any result;
+  model->profile_call = 0;
   model->main->CallPacked(packed.data(), static_cast<int32_t>(packed.size()), &result);
   if (auto tensor = result.try_cast<ffi::Tensor>()) {
     results->push_back(*tensor);
@@ -719,6 +726,61 @@ int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTenso
   } catch (const std::exception& error) {
     return Fail(DT_ERR_RUN, std::string("running the model failed: ") + error.what());
   }
+  return DT_OK;
+}
+
+int dt_profile(dt_model* model, int enable) {
+  if (!model) return Fail(DT_ERR_ARGUMENT, "dt_profile: null model");
+  if (model->device.device_type != kDLCPU) {
+    return Fail(DT_ERR_ARGUMENT, "dt_profile: per-kernel profiles are for CPU packages only (a GPU runs its "
+                                 "kernels asynchronously); profile the GPU with Nsight Systems");
+  }
+  std::lock_guard<std::mutex> guard(model->lock);
+  try {
+    model->profiling = enable != 0;
+    if (!enable) {
+      (*(*model->vm)->GetFunction("set_instrument"))(ffi::Any());  // no instrument: no cost
+      return DT_OK;
+    }
+    model->profile.clear();
+    // The VM calls this before and after each function it runs (kernels and its own builtins).
+    auto instrument = ffi::Function::FromPacked([model](ffi::PackedArgs args, ffi::Any* rv) {
+      *rv = 0;  // carry on as usual
+      std::string name = args[1].cast<ffi::String>();
+      if (!model->profiling || name.rfind("vm.builtin.", 0) == 0) return;
+      if (args[2].cast<bool>()) {
+        model->profile_start = std::chrono::steady_clock::now();
+        return;
+      }
+      double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() -
+                                                            model->profile_start).count();
+      size_t call = model->profile_call++;
+      if (call >= model->profile.size()) model->profile.push_back({name, {}});
+      if (model->profile[call].first == name) model->profile[call].second.push_back(us);
+    });
+    (*(*model->vm)->GetFunction("set_instrument"))(instrument);
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_RUN, std::string("dt_profile: ") + error.what());
+  }
+  return DT_OK;
+}
+
+int dt_profile_report(dt_model* model, char* report, size_t report_size) {
+  if (!model || !report || report_size == 0) return Fail(DT_ERR_ARGUMENT, "dt_profile_report: null argument");
+  std::lock_guard<std::mutex> guard(model->lock);
+  std::string text;
+  for (auto& [name, times] : model->profile) {
+    std::vector<double> sorted = times;
+    std::sort(sorted.begin(), sorted.end());
+    char line[64];
+    std::snprintf(line, sizeof(line), "%.3f %zu ", sorted.empty() ? 0.0 : sorted[sorted.size() / 2], sorted.size());
+    text += line + name + "\n";
+  }
+  if (text.size() + 1 > report_size) {
+    return Fail(DT_ERR_ARGUMENT, "dt_profile_report: the report needs " + std::to_string(text.size() + 1) +
+                                     " bytes, the buffer has " + std::to_string(report_size));
+  }
+  std::memcpy(report, text.c_str(), text.size() + 1);
   return DT_OK;
 }
 

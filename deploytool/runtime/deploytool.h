@@ -88,6 +88,14 @@ int dt_verify(const char* package_dir);
  * If report is not NULL, a line per output (max abs error, PASSED/FAILED) is written to it. */
 int dt_self_test(dt_model* model, char* report, size_t report_size);
 
+/* Per-kernel profile (CPU packages): after dt_profile(model, 1), every run also times each kernel
+ * the model calls; dt_profile(model, 0) stops timing and keeps what was measured (enabling again
+ * starts afresh). dt_profile_report writes one line per kernel call of a run, in call order:
+ * "<microseconds, median over the profiled runs> <runs timed> <kernel name>\n". A GPU package refuses
+ * (DT_ERR_ARGUMENT): its kernels run asynchronously. */
+int dt_profile(dt_model* model, int enable);
+int dt_profile_report(dt_model* model, char* report, size_t report_size);
+
 #ifdef __cplusplus
 }
 #endif

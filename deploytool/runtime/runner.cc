@@ -26,7 +26,7 @@ const char* kUsage =
     "usage: deploytool-run [PACKAGE] [--device cpu|cuda:N] [--input NAME=FILE.npy]... [--seed N]\n"
     "                      [--output-dir DIR] [--repeat N] [--verify] [--self-test] [--threads N]\n"
     "                      [--warmup-ms MS] [--min-iters N] [--min-seconds S] [--json FILE]\n"
-    "                      [--shape NAME=4x512]...\n"
+    "                      [--shape NAME=4x512]... [--profile FILE]\n"
     "PACKAGE defaults to the package this program belongs to, --device to its own device (cpu,\n"
     "cuda:0). Inputs not given are seeded random (floats in [-1, 1), integers in [0, 10)).\n"
     "A package with a symbolic dimension (a dynamic batch) takes its size from each --input file;\n"
@@ -35,7 +35,9 @@ const char* kUsage =
     "--self-test  verify, then run the package's test vectors against its reference outputs\n"
     "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
     "--min-iters (50), --min-seconds (3) or --json runs a benchmark: warm-up, then timed runs until\n"
-    "both minimums are met; --json writes every latency, the statistics and the peak RSS.\n";
+    "both minimums are met; --json writes every latency, the statistics and the peak RSS.\n"
+    "--profile    then times every kernel inside the model (CPU packages; at least 10 runs and 1 s)\n"
+    "             and writes FILE: a line per kernel call, '<median us> <runs> <kernel>', in call order.\n";
 
 double Millis(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
@@ -230,6 +232,29 @@ void WriteJson(const std::string& path, const std::string& package, const char* 
   }
 }
 
+// --profile: at least 10 runs and 1 s with the per-kernel timing on, the report written to `path`
+// (FILE.tmp, then renamed, like WriteJson).
+template <typename Run>
+void Profile(deploytool::Model& model, Run& run, const std::string& path) {
+  auto check = [](int code) {
+    if (code != DT_OK) throw std::runtime_error(dt_last_error());
+  };
+  check(dt_profile(model.handle(), 1));
+  auto start = std::chrono::steady_clock::now();
+  for (int runs = 0; runs < 10 || Millis(start) < 1000; ++runs) run();
+  check(dt_profile(model.handle(), 0));
+  std::vector<char> report(1 << 20);
+  check(dt_profile_report(model.handle(), report.data(), report.size()));
+  std::string scratch = path + ".tmp";
+  FILE* f = std::fopen(scratch.c_str(), "w");
+  bool ok = f != nullptr && std::fputs(report.data(), f) >= 0;
+  ok = f != nullptr && std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(scratch.c_str(), path.c_str()) != 0) {
+    std::remove(scratch.c_str());
+    throw std::runtime_error("cannot write " + path);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -240,6 +265,7 @@ int main(int argc, char** argv) {
   long repeat = 0;
   bool verify = false, self_test = false;
   BenchOptions bench;
+  std::string profile;
   long rss_before_load_kb = PeakRssKb();
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -293,6 +319,8 @@ int main(int argc, char** argv) {
     } else if (arg == "--min-seconds") {
       bench.enabled = true;
       bench.min_seconds = ParseNumber(arg, value(), 0);
+    } else if (arg == "--profile") {
+      profile = value();
     } else if (arg == "--json") {
       bench.enabled = true;
       bench.json = value();
@@ -441,6 +469,7 @@ int main(int argc, char** argv) {
                   wall_s, stats);
       }
     }
+    if (!profile.empty()) Profile(model, run, profile);
     if (!output_dir.empty()) {
       MakeDirs(output_dir);
       for (size_t i = 0; i < outputs.size(); ++i) {
