@@ -2,19 +2,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "deploytool.h"
+#include "load.h"
 
 /* Runs input 0 from an aligned and from an unaligned buffer and prints whether the outputs
    differ, the names, and the code of an out-of-range query. */
 int main(int argc, char** argv) {
-  dt_model* model;
-  if (dt_load(argv[1], "cpu", &model) != DT_OK) {
-    fprintf(stderr, "%s\n", dt_last_error());
-    return 1;
-  }
   dt_tensor_info in, out;
-  dt_input_info(model, 0, &in);
-  dt_output_info(model, 0, &out);
+  dt_model* model = load_or_exit(argv[1], &in, &out);
   char* aligned = aligned_alloc(64, (in.nbytes + 127) / 64 * 64);
   char* raw = malloc(in.nbytes + 64);
   char* unaligned = raw + (((uintptr_t)raw % 64) ? 0 : 4);

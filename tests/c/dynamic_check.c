@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "deploytool_dlpack.h"
+#include "load.h"
 
 /* For a package whose input 0 has a symbolic batch (dimension 0): prints the reported info, what
    dt_run says, the output shape at batch argv[2], the outputs of an aligned and an unaligned
@@ -10,14 +11,8 @@
    and what a batch of argv[3] gives. Input values: element i is ((i * 37) % 11) / 11 - 0.5. */
 int main(int argc, char** argv) {
   if (argc != 4) return 2;
-  dt_model* model;
-  if (dt_load(argv[1], NULL, &model) != DT_OK) {
-    fprintf(stderr, "%s\n", dt_last_error());
-    return 1;
-  }
   dt_tensor_info in, out;
-  dt_input_info(model, 0, &in);
-  dt_output_info(model, 0, &out);
+  dt_model* model = load_or_exit(argv[1], &in, &out);
   fprintf(stderr, "info %lld %lld %zu %lld %zu\n", (long long)in.shape[0], (long long)in.max_shape[0],
           in.nbytes, (long long)out.shape[0], out.nbytes);
   const void* none[] = {NULL};

@@ -1,18 +1,12 @@
 #include <stdio.h>
 #include <stdlib.h>
-#include "deploytool.h"
+#include "load.h"
 
 /* Profiles 3 runs, stops, runs 5 more, prints the report; then a fresh profile's empty report,
    and the code of a report into a buffer too small. */
 int main(int argc, char** argv) {
-  dt_model* model;
-  if (dt_load(argv[1], "cpu", &model) != DT_OK) {
-    fprintf(stderr, "%s\n", dt_last_error());
-    return 1;
-  }
   dt_tensor_info in, out;
-  dt_input_info(model, 0, &in);
-  dt_output_info(model, 0, &out);
+  dt_model* model = load_or_exit(argv[1], &in, &out);
   float* x = aligned_alloc(64, (in.nbytes + 63) / 64 * 64);
   for (size_t i = 0; i < in.nbytes / 4; ++i) x[i] = (float)(i % 7) * 0.1f;
   float* y = malloc(out.nbytes);
