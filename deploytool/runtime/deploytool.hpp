@@ -80,6 +80,15 @@ class Model {
     Check(dt_run_shaped(handle_, in.data(), inputs.data(), outputs.data()));
   }
 
+  // Per-kernel profile (CPU packages; see dt_profile): profile(true) times each kernel of the runs that follow,
+  // profile(false) stops; profile_report() has a line per kernel call, "<median us> <runs> <kernel>".
+  void profile(bool enable) { Check(dt_profile(handle_, enable ? 1 : 0)); }
+  std::string profile_report() {
+    std::vector<char> report(1 << 20);
+    Check(dt_profile_report(handle_, report.data(), report.size()));
+    return report.data();
+  }
+
   dt_model* handle() { return handle_; }
 
  private:

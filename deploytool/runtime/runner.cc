@@ -236,18 +236,14 @@ void WriteJson(const std::string& path, const std::string& package, const char* 
 // (FILE.tmp, then renamed, like WriteJson).
 template <typename Run>
 void Profile(deploytool::Model& model, Run& run, const std::string& path) {
-  auto check = [](int code) {
-    if (code != DT_OK) throw std::runtime_error(dt_last_error());
-  };
-  check(dt_profile(model.handle(), 1));
+  model.profile(true);
   auto start = std::chrono::steady_clock::now();
   for (int runs = 0; runs < 10 || Millis(start) < 1000; ++runs) run();
-  check(dt_profile(model.handle(), 0));
-  std::vector<char> report(1 << 20);
-  check(dt_profile_report(model.handle(), report.data(), report.size()));
+  model.profile(false);
+  std::string report = model.profile_report();
   std::string scratch = path + ".tmp";
   FILE* f = std::fopen(scratch.c_str(), "w");
-  bool ok = f != nullptr && std::fputs(report.data(), f) >= 0;
+  bool ok = f != nullptr && std::fputs(report.c_str(), f) >= 0;
   ok = f != nullptr && std::fclose(f) == 0 && ok;
   if (!ok || std::rename(scratch.c_str(), path.c_str()) != 0) {
     std::remove(scratch.c_str());
