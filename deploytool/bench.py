@@ -385,10 +385,7 @@ def _run_round(backend: Backend, job: Job, settings, workdir: Path, label: str,
     env = {**os.environ, **extra_env}
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not json_path.is_file():
-        lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line]
-        raise DeploytoolError(f"the {backend.name} backend failed (exit {proc.returncode}: "
-                              f"{lines[-1] if lines else 'no output'})",
-                              f"Run it alone to see all its output: {' '.join(command)}")
+        raise _failed(f"the {backend.name} backend", proc, command)
     report = json.loads(json_path.read_text())
     if output_dir:
         names = ([_npy_name(s.name) for s in job.package.outputs] if backend.name == PACKAGE
@@ -396,6 +393,14 @@ def _run_round(backend: Backend, job: Job, settings, workdir: Path, label: str,
                              key=lambda n: int(n[6:-4])))
         report["outputs"] = [np.load(output_dir / n) for n in names]
     return report
+
+
+def _failed(what: str, proc: subprocess.CompletedProcess, command: list[str]) -> DeploytoolError:
+    """The error for a benchmark process that failed: its exit code and last line of output."""
+    lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line]
+    return DeploytoolError(f"{what} failed (exit {proc.returncode}: "
+                           f"{lines[-1] if lines else 'no output'})",
+                           f"Run it alone to see all its output: {' '.join(command)}")
 
 
 def _combine(name: str, reports: list[dict]) -> BackendResult:
@@ -496,10 +501,7 @@ def profile_kernels(job: Job, workdir: Path) -> list[dict]:
     command += ["--profile", str(path)]
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
     if proc.returncode != 0 or not path.is_file():
-        lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line]
-        raise DeploytoolError(f"the per-kernel profile failed (exit {proc.returncode}: "
-                              f"{lines[-1] if lines else 'no output'})",
-                              f"Run it alone to see all its output: {' '.join(command)}")
+        raise _failed("the per-kernel profile", proc, command)
     kernels: dict[str, dict] = {}
     for line in path.read_text().splitlines():
         us, _runs, name = line.split(" ", 2)
