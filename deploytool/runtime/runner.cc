@@ -195,13 +195,24 @@ long ParseCount(const std::string& option, const std::string& text) {
   return static_cast<long>(value);
 }
 
-// Writes FILE.tmp, then renames it to FILE, so a reader never sees half a file.
-void WriteJson(const std::string& path, const std::string& package, const char* threads, double load_ms,
-               double first_ms, long rss_before_load_kb, const BenchOptions& bench, long warmup_iters,
-               const std::vector<double>& times_ms, double wall_s, const Stats& stats) {
+// Calls write(f) on FILE.tmp, then renames it to FILE, so a reader never sees half a file.
+template <typename Write>
+void WriteAtomically(const std::string& path, Write write) {
   std::string scratch = path + ".tmp";
   FILE* f = std::fopen(scratch.c_str(), "w");
   if (f == nullptr) throw std::runtime_error("cannot write " + path);
+  write(f);
+  bool ok = std::fflush(f) == 0;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(scratch.c_str(), path.c_str()) != 0) {
+    std::remove(scratch.c_str());
+    throw std::runtime_error("cannot write " + path);
+  }
+}
+
+void WriteJson(FILE* f, const std::string& package, const char* threads, double load_ms, double first_ms,
+               long rss_before_load_kb, const BenchOptions& bench, long warmup_iters,
+               const std::vector<double>& times_ms, double wall_s, const Stats& stats) {
   std::string escaped;
   for (char c : package) {
     if (c == '"' || c == '\\') escaped += '\\';
@@ -224,16 +235,9 @@ void WriteJson(const std::string& path, const std::string& package, const char* 
   std::fprintf(f, "  \"latencies_ms\": [");
   for (size_t i = 0; i < times_ms.size(); ++i) std::fprintf(f, "%s%.9g", i ? ", " : "", times_ms[i]);
   std::fprintf(f, "]\n}\n");
-  bool ok = std::fflush(f) == 0;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok || std::rename(scratch.c_str(), path.c_str()) != 0) {
-    std::remove(scratch.c_str());
-    throw std::runtime_error("cannot write " + path);
-  }
 }
 
-// --profile: at least 10 runs and 1 s with the per-kernel timing on, the report written to `path`
-// (FILE.tmp, then renamed, like WriteJson).
+// --profile: at least 10 runs and 1 s with the per-kernel timing on, the report written to `path`.
 template <typename Run>
 void Profile(deploytool::Model& model, Run& run, const std::string& path) {
   model.profile(true);
@@ -241,14 +245,7 @@ void Profile(deploytool::Model& model, Run& run, const std::string& path) {
   for (int runs = 0; runs < 10 || Millis(start) < 1000; ++runs) run();
   model.profile(false);
   std::string report = model.profile_report();
-  std::string scratch = path + ".tmp";
-  FILE* f = std::fopen(scratch.c_str(), "w");
-  bool ok = f != nullptr && std::fputs(report.c_str(), f) >= 0;
-  ok = f != nullptr && std::fclose(f) == 0 && ok;
-  if (!ok || std::rename(scratch.c_str(), path.c_str()) != 0) {
-    std::remove(scratch.c_str());
-    throw std::runtime_error("cannot write " + path);
-  }
+  WriteAtomically(path, [&](FILE* f) { std::fputs(report.c_str(), f); });
 }
 
 }  // namespace
@@ -461,8 +458,10 @@ int main(int argc, char** argv) {
                   stats.p50, stats.p90, stats.p99, stats.max);
       std::printf("throughput: %.2f runs/s\npeak RSS: %.1f MiB\n", stats.throughput, PeakRssKb() / 1024.0);
       if (!bench.json.empty()) {
-        WriteJson(bench.json, package, threads, load_ms, first_ms, rss_before_load_kb, bench, warmup_iters, times,
-                  wall_s, stats);
+        WriteAtomically(bench.json, [&](FILE* f) {
+          WriteJson(f, package, threads, load_ms, first_ms, rss_before_load_kb, bench, warmup_iters, times, wall_s,
+                    stats);
+        });
       }
     }
     if (!profile.empty()) Profile(model, run, profile);
