@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m deploytool.demo
+	$(PY) -m deploytool.testing.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

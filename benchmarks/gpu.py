@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's deploytool, however it is installed
 
-from deploytool.bench import BenchOptions, bench_package, format_ms  # noqa: E402
+from deploytool.bench.timing import BenchOptions, bench_package, format_ms  # noqa: E402
 from deploytool.errors import DeploytoolError  # noqa: E402
 
 MODELS = ("mlp", "cnn", "resnet18", "mobilenet_v2")
@@ -57,8 +57,8 @@ def prepare(folder: Path, arch: str, ternary: bool) -> None:
     import torch
 
     from deploytool.compiler import CompileOptions, compile_model
-    from deploytool.examples import EXAMPLES, save_torchscript
-    from deploytool.zoo import ZOO
+    from deploytool.testing.examples import EXAMPLES, save_torchscript
+    from deploytool.testing.zoo import ZOO
 
     target = f"cuda-sm{arch.removeprefix('sm_')}"
     jobs = [(folder, name, ZOO[name], target, name) for name in MODELS]

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's deploytool, however it is installed
 
-from deploytool.bench import (  # noqa: E402
+from deploytool.bench.timing import (  # noqa: E402
     BenchOptions,
     BenchResult,
     bench_package,
@@ -23,7 +23,7 @@ from deploytool.bench import (  # noqa: E402
 )
 from deploytool.errors import DeploytoolError  # noqa: E402
 from deploytool.tensors import TensorSpec  # noqa: E402
-from deploytool.zoo import ZOO  # noqa: E402
+from deploytool.testing.zoo import ZOO  # noqa: E402
 
 GPU_SECTION = "\n## GPU"  # measured on another machine (benchmarks/gpu.py run), kept as it is
 
@@ -78,7 +78,7 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
     import torch
 
     from deploytool.compiler import CompileOptions, compile_model
-    from deploytool.examples import save_torchscript
+    from deploytool.testing.examples import save_torchscript
 
     torch.manual_seed(0)
     module, inputs = case.build()

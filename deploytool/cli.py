@@ -31,7 +31,7 @@ def _input_specs(ctx, param, values):
 
 
 def _duration(ctx, param, value):
-    from .tuning import parse_duration
+    from .tuning.search import parse_duration
 
     try:
         return parse_duration(value) if value else None
@@ -56,7 +56,7 @@ def _tuning_options(command):
 def main(ctx):
     """deploytool: compile PyTorch models into Python-free packages with Apache TVM."""
     if ctx.invoked_subcommand in ("tune", "compile"):  # before any library starts a thread
-        from .interrupts import hold_ctrl_c, release_ctrl_c
+        from .tuning.interrupts import hold_ctrl_c, release_ctrl_c
 
         hold_ctrl_c()
         ctx.call_on_close(release_ctrl_c)  # also when the command fails before releasing it
@@ -126,7 +126,7 @@ def _sizes(ctx, param, value):
 
 
 def _validation(atol, rtol, tols, seed, ranges, batch_sizes=(), **extra):
-    from .validate import ValidationOptions
+    from .verify.validate import ValidationOptions
 
     return ValidationOptions(atol=atol, rtol=rtol, seed=seed, batch_sizes=batch_sizes,
                              tolerances=_triples("--tol", tols, (float, float)),
@@ -162,8 +162,8 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
     schedule.
     """
     from .compiler import CompileOptions, compile_model
-    from .interrupts import release_ctrl_c
-    from .tuning import TuneSettings
+    from .tuning.interrupts import release_ctrl_c
+    from .tuning.settings import TuneSettings
 
     if not tune:
         release_ctrl_c()  # main() held it in case of --tune
@@ -195,7 +195,8 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
     target uses the records.
     """
     from .targets import load_target
-    from .tuning import TuneOptions, TuneSettings, tune_model
+    from .tuning.search import TuneOptions, tune_model
+    from .tuning.settings import TuneSettings
 
     options = TuneOptions(model=model, target=target, inputs=inputs,
                           settings=TuneSettings(trials=trials, time_budget=time_budget, db=db,
@@ -226,8 +227,8 @@ def validate(package, model, atol, rtol, tols, seed, ranges, batch_sizes, inputs
 
     Exit 0 only if every output of every sample is within tolerance of every reference.
     """
-    from .package import load_package
-    from .validate import record_validation, validate_package, write_report_json
+    from .package.manifest import load_package
+    from .verify.validate import record_validation, validate_package, write_report_json
 
     if model is not None and not model.is_file():
         raise DeploytoolError(f"model file {model} not found", "Check the --model path")
@@ -266,7 +267,7 @@ def inspect(path):
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: NAME.pt]")
 def example(name, output):
     """Write a built-in example model as TorchScript with its input shapes."""
-    from .examples import write_example
+    from .testing.examples import write_example
 
     path = write_example(name, output or Path(f"{name}.pt"))
     click.echo(f"wrote {path}")
@@ -298,7 +299,13 @@ def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, r
           json_path, device, per_kernel):
     """Measure PACKAGE's latency and memory through its native runner (no Python in the loop),
     optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest."""
-    from .bench import BenchOptions, bench_package, format_kernels, format_table, parse_compare
+    from .bench.timing import (
+        BenchOptions,
+        bench_package,
+        format_kernels,
+        format_table,
+        parse_compare,
+    )
 
     options = BenchOptions(package=package, model=model, compare=parse_compare(compare),
                            warmup_ms=warmup_ms, min_iters=min_iters, min_seconds=min_seconds,

@@ -5,44 +5,46 @@ from __future__ import annotations
 import datetime
 import platform
 import time
-from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .build import build_library, check_compiler
-from .cuda import check_toolchain, is_cuda, readme_section, runtime_manifest
-from .dynamic import example_sizes
-from .dynamic import readme_section as dynamic_readme_section
+from .build.cpu_pipeline import schedule_build
+from .build.library import build_library
+from .common import Log
 from .errors import DeploytoolError
-from .frontends import load_model, run_torchscript, to_onnx
-from .importer import import_relax
-from .interrupts import ctrl_c_stops_tuning
-from .java import build_java, find_jdk
-from .native import build_native, tvm_runtime_libraries
-from .package import (
+from .frontends.dynamic import example_sizes
+from .frontends.load import load_model, to_onnx
+from .frontends.model import OnnxModel
+from .frontends.torchscript import run_torchscript
+from .importer.relax import import_model
+from .package.manifest import (
     FORMAT_VERSION,
     Package,
     atomic_folder,
+    copy_cpp_example,
     file_digests,
     write_archive,
-    write_examples,
     write_test_vectors,
 )
-from .runners import can_run_target
+from .package.readme import write_readme
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
-from .tuning import TuneSettings, schedule_build, tune_module
-from .validate import (
+from .toolchains.cuda import check_toolchain, is_cuda, runtime_manifest
+from .toolchains.emulation import can_run_target
+from .toolchains.java import build_java, find_jdk
+from .toolchains.native import build_native, check_compiler, tvm_runtime_libraries
+from .tuning.interrupts import ctrl_c_stops_tuning
+from .tuning.search import tune_module
+from .tuning.settings import TuneSettings
+from .verify.validate import (
     ValidationOptions,
     make_inputs,
     onnxruntime_backend,
     record_validation,
     validate_package,
 )
-
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -128,35 +130,34 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             with timer.stage("load"):
                 source = load_model(options.model, options.inputs)
             with timer.stage("export"):
-                onnx_model = to_onnx(source)
-                if onnx_model.proto is not None:  # None on the torch.export route
-                    (scratch / "model.onnx").write_bytes(onnx_model.proto.SerializeToString())
+                graph = to_onnx(source)
+                if isinstance(graph, OnnxModel):  # the torch.export route has no ONNX
+                    (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
             with timer.stage("import"):
-                mod = import_relax(onnx_model)
+                imported = import_model(graph)
             tuned = None
             if options.tune:
                 with timer.stage("tune"):
-                    tuned = tune_module(mod, target, options.tuning, log)
+                    tuned = tune_module(imported.mod, target, options.tuning, log)
                     log(tuned.table())
-        for note in onnx_model.notes:
+        for note in imported.notes:
             log(f"  note: {note}")
         with timer.stage("build"):
             pipeline, tuning = schedule_build(target, options.tuning, tuned)
-            build_library(mod, target, scratch / "model.so", pipeline)
+            build_library(imported.mod, target, scratch / "model.so", pipeline)
             if tuning:
                 log(f"  schedules  {tuning.summary()}")
         with timer.stage("package"):
             build_native(target, scratch, runtime_libraries)
             java = build_java(target, scratch, options.java, log)
-            manifest = _manifest(options, target, source, onnx_model, timer, tuning, java)
+            manifest = _manifest(options, target, source, imported, timer, tuning, java)
             package = Package(scratch, manifest)
             manifest["self_test"] = _write_test_vectors(package, source, options.validation)
             manifest["files"] = file_digests(scratch)
             manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
             package.save_manifest()
-            write_examples(scratch, manifest)
-            with open(scratch / "README.md", "a") as readme:
-                readme.write(readme_section(manifest) + dynamic_readme_section(manifest))
+            copy_cpp_example(scratch)
+            write_readme(scratch, manifest)
         _validate(package, target, source, options, timer, log)
     package = Package(destination, package.manifest)
     if options.archive:
@@ -164,17 +165,17 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     return package
 
 
-def _manifest(options: CompileOptions, target: TargetSpec, source, onnx_model, timer: StageTimer,
+def _manifest(options: CompileOptions, target: TargetSpec, source, imported, timer: StageTimer,
               tuning, java: dict) -> dict:
     """The manifest of a new package; validation and benchmarks are filled in later."""
     return {
         "format_version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "model": {"name": source.name, "file": source.path.name, "sha256": source.sha256,
-                  "format": source.format, "route": onnx_model.route,
-                  "notes": onnx_model.notes},
-        "inputs": [s.to_dict() for s in onnx_model.inputs],
-        "outputs": [s.to_dict() for s in onnx_model.outputs],
+                  "format": source.format, "route": imported.route,
+                  "notes": imported.notes},
+        "inputs": [s.to_dict() for s in imported.inputs],
+        "outputs": [s.to_dict() for s in imported.outputs],
         "target": {**target.to_dict(), "resolved_cpu": target.cpu},
         "runtime": {"arch": target.arch, "cpu_features": target.cpu_features(),
                     **runtime_manifest(target)},
@@ -182,7 +183,7 @@ def _manifest(options: CompileOptions, target: TargetSpec, source, onnx_model, t
         "compile_options": {**asdict(options), "model": str(options.model),
                             "tuning": options.tuning.to_dict(),
                             "output": str(options.output_dir()),
-                            "inputs": [str(s) for s in onnx_model.inputs],
+                            "inputs": [str(s) for s in imported.inputs],
                             "runtime_dir": (str(options.runtime_dir)
                                             if options.runtime_dir else None)},
         "stage_seconds": timer.seconds,
@@ -200,7 +201,7 @@ def _write_test_vectors(package: Package, source, validation: ValidationOptions)
     if source.format == "torchscript":
         reference, outputs = "torchscript", run_torchscript(source.module, arrays)
     elif source.format == "torch.export":
-        from .exported import run_exported
+        from .frontends.exported import run_exported
 
         reference, outputs = "torch.export", run_exported(source.module, arrays)
     else:

@@ -7,9 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import DeploytoolError
-from .frontends import load_model, to_onnx
-from .importer import operator_counts, unsupported_operators
-from .package import load_package
+from .frontends.load import load_model, to_onnx
+from .frontends.model import ExportedModel
+from .importer.relax import operator_counts, unsupported_operators
+from .package.manifest import load_package
 
 
 def describe(path: str | Path) -> str:
@@ -27,7 +28,7 @@ def describe(path: str | Path) -> str:
             raise
         return f"{path}: TorchScript with no stored input shapes (pass --input when compiling)"
     onnx_model = to_onnx(source)
-    if onnx_model.program is not None:  # torch.export: count the decomposed ATen operators
+    if isinstance(onnx_model, ExportedModel):  # count the decomposed ATen operators
         counts = Counter(str(n.target) for n in onnx_model.program.graph.nodes
                          if n.op == "call_function")
         missing, kind = [], "ATen"

@@ -48,7 +48,7 @@ class TargetSpec:
     def resolved(self) -> TargetSpec:
         """Replace ``mcpu: native`` by this machine's CPU name (``arch: native``: its GPU's)."""
         if self.device == "cuda" and self.target.get("arch") == "native":
-            from .cuda import detect_gpu_arch
+            from .toolchains.cuda import detect_gpu_arch
 
             return replace(self, target={**self.target, "arch": detect_gpu_arch()})
         if self.cpu != "native":
@@ -87,7 +87,7 @@ class TargetSpec:
         if self.arch != platform.machine():
             return False
         if self.device == "cuda":
-            from .cuda import gpu_present
+            from .toolchains.cuda import gpu_present
 
             if not gpu_present():
                 return False

@@ -6,6 +6,8 @@ import json
 import re
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from .errors import UsageError
 
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -194,3 +196,19 @@ def parse_inputs_json(text: str) -> list[TensorSpec]:
         raise UsageError("inputs.json must be a non-empty list of tensor entries",
                          'Write [{"name": "x", "shape": [1, 512], "dtype": "float32"}]')
     return [TensorSpec.from_dict(item if isinstance(item, dict) else {}) for item in data]
+
+
+def sample_inputs(specs: list[TensorSpec], seed: int = 0,
+                  sizes: dict[str, int] | None = None) -> list[np.ndarray]:
+    """Seeded sample data: floats in [-1, 1), integers in [0, 10), booleans; symbolic
+    dimensions take their size in ``sizes`` (default 1)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in concrete_specs(specs, sizes):
+        if spec.dtype.startswith("float"):
+            arrays.append(rng.uniform(-1, 1, spec.shape).astype(spec.dtype))
+        elif spec.dtype == "bool":
+            arrays.append(rng.integers(0, 2, spec.shape).astype(bool))
+        else:
+            arrays.append(rng.integers(0, 10, spec.shape).astype(spec.dtype))
+    return arrays

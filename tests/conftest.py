@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.examples import write_example
 from deploytool.tensors import TensorSpec
+from deploytool.testing.examples import write_example
 
 
 @pytest.fixture(scope="session")

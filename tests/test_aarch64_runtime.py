@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from deploytool import aarch64_runtime
-from deploytool.aarch64_runtime import (
+from deploytool.common import sha256_of
+from deploytool.errors import DeploytoolError
+from deploytool.toolchains import tvm_runtime as aarch64_runtime
+from deploytool.toolchains.tvm_runtime import (
     cache_dir,
     cached_runtime,
     check_elf_arch,
     elf_arch,
     libraries_in_dir,
 )
-from deploytool.errors import DeploytoolError
-from deploytool.frontends import sha256_of
 
 WHEEL_NAMES = {
     "apache-tvm": "apache_tvm-{v}-py3-none-manylinux_2_28_aarch64.whl",
@@ -162,7 +162,7 @@ def test_compile_without_network_fails_before_any_work(tmp_path, empty_cache, mo
     from click.testing import CliRunner
 
     from deploytool.cli import main
-    from deploytool.examples import mlp, save_torchscript
+    from deploytool.testing.examples import mlp, save_torchscript
 
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     model = save_torchscript(*mlp(), tmp_path / "mlp.pt")

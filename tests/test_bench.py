@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import copy_package
 
-from deploytool import bench_worker
-from deploytool.bench import (
+from deploytool.bench import worker as bench_worker
+from deploytool.bench.timing import (
     BenchOptions,
     bench_package,
     compute_stats,

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deploytool.comparison import compare
+from deploytool.verify.comparison import compare
 
 
 def test_figures_match_numpy():

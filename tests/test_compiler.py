@@ -12,7 +12,7 @@ import torch
 from conftest import copy_package, run_clean, run_package
 
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.frontends import sample_inputs
+from deploytool.tensors import sample_inputs
 
 
 def torchscript(model_pt, arrays):

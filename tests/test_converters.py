@@ -13,8 +13,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from deploytool.converters import CONVERTERS, ConverterError, apply_converters
-from deploytool.importer import tvm_missing_operators, unsupported_operators
+from deploytool.importer.converters import CONVERTERS, ConverterError, apply_converters
+from deploytool.importer.relax import tvm_missing_operators, unsupported_operators
 
 
 def run(proto, feeds: dict) -> list[np.ndarray]:

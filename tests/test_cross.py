@@ -15,15 +15,17 @@ import pytest
 from click.testing import CliRunner
 from conftest import depthwise, residual_conv
 
-from deploytool import runners
-from deploytool.aarch64_runtime import elf_arch
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
-from deploytool.examples import cnn, mlp, save_torchscript
-from deploytool.frontends import load_model, run_torchscript, sample_inputs
-from deploytool.runners import can_run, runner_command
+from deploytool.frontends.load import load_model
+from deploytool.frontends.torchscript import run_torchscript
 from deploytool.targets import load_target
+from deploytool.tensors import sample_inputs
+from deploytool.testing.examples import cnn, mlp, save_torchscript
+from deploytool.toolchains import emulation as runners
+from deploytool.toolchains.emulation import can_run, runner_command
+from deploytool.toolchains.tvm_runtime import elf_arch
 
 ARM_TARGETS = ("arm64", "raspberry-pi-4", "raspberry-pi-5", "jetson-orin-cpu")
 CROSS_CXX = "aarch64-linux-gnu-g++"
@@ -192,8 +194,8 @@ def test_every_binary_is_aarch64(arm_packages):
 
 @pytest.mark.cross
 def test_runtime_comes_from_the_checked_cache(arm_packages):
-    from deploytool.aarch64_runtime import SOURCES, cache_dir
-    from deploytool.frontends import sha256_of
+    from deploytool.common import sha256_of
+    from deploytool.toolchains.tvm_runtime import SOURCES, cache_dir
 
     record = json.loads((cache_dir("aarch64") / SOURCES).read_text())
     assert all(req.split("==")[0] in ("apache-tvm", "apache-tvm-ffi")
@@ -226,7 +228,7 @@ def test_moved_package_runs_again(arm_packages, tmp_path):
 @pytest.mark.cross
 @on_x86
 def test_arm_package_is_refused_by_the_x86_runner(arm_packages, tmp_path):
-    from deploytool.native import build_native
+    from deploytool.toolchains.native import build_native
 
     build_native(load_target("x86_64-avx2"), tmp_path)  # an x86 runner and C API alone
     package, _ = arm_packages["mlp"]
@@ -238,7 +240,7 @@ def test_arm_package_is_refused_by_the_x86_runner(arm_packages, tmp_path):
 
 @pytest.mark.cross
 def test_compile_with_runtime_dir(arm_packages, tmp_path):
-    from deploytool.aarch64_runtime import cache_dir
+    from deploytool.toolchains.tvm_runtime import cache_dir
 
     runtime = tmp_path / "runtime"
     runtime.mkdir()

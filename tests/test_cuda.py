@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deploytool import cuda
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
-from deploytool.examples import cnn, mlp, save_torchscript
 from deploytool.targets import load_target
+from deploytool.testing.examples import cnn, mlp, save_torchscript
+from deploytool.toolchains import cuda
 
 HAS_GPU = cuda.gpu_present()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no NVIDIA GPU here (nvidia-smi found none)")
@@ -146,8 +146,8 @@ def test_jetson_orin_fails_clearly_for_now(tmp_path):
 
 @pytest.fixture(scope="module")
 def mlp_relax(tmp_path_factory):
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
 
     module, inputs = mlp()
     path = save_torchscript(module, inputs, tmp_path_factory.mktemp("relax") / "mlp.pt")
@@ -161,15 +161,16 @@ def _gpu_kernels(module, shape, tmp_path, default_rules: bool) -> dict:
     from tvm import tirx
     from tvm.s_tir import dlight as dl
 
-    from deploytool import gpu_schedules
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
+    from deploytool.build import gpu_pipeline
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
+    from deploytool.schedules import gpu as gpu_schedules
     from deploytool.tensors import TensorSpec
 
     path = save_torchscript(module, [TensorSpec("x", shape)], tmp_path / "model.pt")
     mod = import_relax(to_onnx(load_model(path, None)))
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
-    passes = gpu_schedules.legalize_passes(target)
+    passes = gpu_pipeline.legalize_passes(target)
     if default_rules:
         passes[-1] = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback())
@@ -198,7 +199,7 @@ def test_long_reductions_with_few_outputs_are_split(tmp_path):
     of every output is a thread, and the parts are added up in a second kernel."""
     from torch import nn
 
-    from deploytool.gpu_schedules import MIN_BLOCKS
+    from deploytool.schedules.gpu import MIN_BLOCKS
 
     module = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1, bias=False), nn.ReLU())
     (blocks, threads), = _gpu_kernels(module, (1, 512, 7, 7), tmp_path, False).values()
@@ -213,7 +214,7 @@ def test_matmul_kernels_with_few_outputs_take_smaller_tiles(tmp_path):
     MIN_BLOCKS blocks, and keeps its own tile where that gives enough."""
     from torch import nn
 
-    from deploytool.gpu_schedules import MIN_BLOCKS
+    from deploytool.schedules.gpu import MIN_BLOCKS
 
     cases = [(nn.Conv2d(960, 160, 1, bias=False), (1, 960, 7, 7)),
              (nn.Conv2d(128, 128, 3, padding=1, bias=False), (1, 128, 28, 28))]
@@ -232,7 +233,7 @@ def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypat
     import tvm
     import tvm_ffi
 
-    from deploytool import build
+    from deploytool.build import library as build
 
     before = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
     monkeypatch.setitem(build.DEFAULT_PIPELINES, "cuda",
@@ -245,7 +246,7 @@ def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypat
 
 @needs_nvcc
 def test_nvcc_failure_is_one_clear_line(mlp_relax, monkeypatch, tmp_path):
-    from deploytool import build
+    from deploytool.build import library as build
 
     real = cuda.nvcc_command
     monkeypatch.setattr(cuda, "nvcc_command",
@@ -583,9 +584,9 @@ def test_bench_worker_without_a_gpu_build_of_torch_says_so(tmp_path):
     module, inputs = mlp()
     model = save_torchscript(module, inputs, tmp_path / "mlp.pt")
     np.save(tmp_path / "x.npy", np.zeros(inputs[0].shape, np.float32))
-    from deploytool.bench import WORKER
+    from deploytool.bench.timing import WORKER
 
-    proc = subprocess.run([sys.executable, str(WORKER), "torchscript", "--model", str(model),
+    proc = subprocess.run([sys.executable, "-m", WORKER, "torchscript", "--model", str(model),
                            "--device", "cuda:0", "--threads", "1", "--input",
                            f"{inputs[0].name}={tmp_path / 'x.npy'}", "--json",
                            str(tmp_path / "r.json")], capture_output=True, text=True)
@@ -597,7 +598,7 @@ def test_bench_worker_without_a_gpu_build_of_torch_says_so(tmp_path):
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_bench_beside_pytorch_on_the_same_gpu(packages, tmp_path):
-    from deploytool.bench import BenchOptions, bench_package
+    from deploytool.bench.timing import BenchOptions, bench_package
 
     package = packages("cnn", "cuda")
     result = bench_package(BenchOptions(package=package, model=package.parent / "cnn.pt",

@@ -11,12 +11,12 @@ from conftest import build_c_program, copy_package, run_clean, run_package
 
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.dynamic import validation_sizes
 from deploytool.errors import DeploytoolError, UsageError
-from deploytool.examples import cnn, mlp, save_torchscript
-from deploytool.frontends import load_model
-from deploytool.package import load_package
+from deploytool.frontends.dynamic import validation_sizes
+from deploytool.frontends.load import load_model
+from deploytool.package.manifest import load_package
 from deploytool.tensors import TensorSpec, parse_input_spec, parse_inputs_json, symbol_bounds
+from deploytool.testing.examples import cnn, mlp, save_torchscript
 
 
 def torchscript_outputs(model_path: Path, array: np.ndarray) -> np.ndarray:
@@ -252,7 +252,7 @@ def test_onnx_with_a_named_dynamic_axis_compiles_as_dynamic(dynamic_models, tmp_
 def test_java_refuses_a_dynamic_package(dynamic_models, tmp_path):
     from test_java import build_example, java_run
 
-    from deploytool.java import find_jdk
+    from deploytool.toolchains.java import find_jdk
 
     try:
         jdk = find_jdk()

@@ -6,9 +6,9 @@ import torch
 from click.testing import CliRunner
 
 from deploytool.cli import main
-from deploytool.exported import fix_negative_select, load_exported
-from deploytool.frontends import load_model
-from deploytool.zoo import save_exported, two_io
+from deploytool.frontends.exported import fix_negative_select, load_exported
+from deploytool.frontends.load import load_model
+from deploytool.testing.zoo import save_exported, two_io
 
 
 def test_inputs_come_from_the_program(tmp_path):

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from torch import nn
 
 from deploytool.cli import main
-from deploytool.examples import save_torchscript
-from deploytool.fallbacks import specialise_for_inference, unsupported_aten_operator
-from deploytool.frontends import load_model, sample_inputs, to_onnx
-from deploytool.tensors import TensorSpec
-from deploytool.zoo import transformer
+from deploytool.frontends.fallbacks import specialise_for_inference, unsupported_aten_operator
+from deploytool.frontends.load import load_model, to_onnx
+from deploytool.tensors import TensorSpec, sample_inputs
+from deploytool.testing.examples import save_torchscript
+from deploytool.testing.zoo import transformer
 
 
 class AutocastAware(nn.Module):

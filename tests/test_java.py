@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deploytool.aarch64_runtime import elf_arch
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
-from deploytool.examples import write_example
-from deploytool.frontends import load_model, run_torchscript, sample_inputs
-from deploytool.java import build_java, find_jdk
+from deploytool.frontends.load import load_model
+from deploytool.frontends.torchscript import run_torchscript
 from deploytool.targets import load_target
+from deploytool.tensors import sample_inputs
+from deploytool.testing.examples import write_example
+from deploytool.toolchains.java import build_java, find_jdk
+from deploytool.toolchains.tvm_runtime import elf_arch
 
 HARNESS = Path(__file__).parent / "java" / "ApiCheck.java"
 TOLERANCE = 1e-5

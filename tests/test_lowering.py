@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from deploytool import lowering
+from deploytool.build import lowering
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.examples import save_torchscript
 from deploytool.tensors import TensorSpec
-from deploytool.tuning import TuneSettings
+from deploytool.testing.examples import save_torchscript
+from deploytool.tuning.settings import TuneSettings
 
 WORKSPACE_CALL = "load ptr, ptr @__TVMBackendAllocWorkspace"
 PARALLEL_LAUNCH = "load ptr, ptr @__TVMBackendParallelLaunch"
@@ -36,10 +36,11 @@ def _workspace_calls(path, tir_pipeline: str) -> int:
     """How many times the compiled kernels ask TVM's workspace pool for memory."""
     import tvm
 
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
+    from deploytool.build.cpu_pipeline import build_pipeline
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
+    from deploytool.schedules.metaschedule import tuning_target
     from deploytool.targets import load_target
-    from deploytool.tuning import build_pipeline, tuning_target
 
     target = load_target("cpu")
     executable = tvm.compile(import_relax(to_onnx(load_model(path))),
@@ -63,9 +64,9 @@ def _linear_layer_ir(inputs: int, outputs: int) -> str:
     import tvm
     from tvm import te
 
-    from deploytool.schedules import schedule_kernel
+    from deploytool.schedules.cpu import schedule_kernel
+    from deploytool.schedules.metaschedule import tuning_target
     from deploytool.targets import load_target
-    from deploytool.tuning import tuning_target
 
     x = te.placeholder((1, inputs), name="x")
     w = te.placeholder((inputs, outputs), name="w")

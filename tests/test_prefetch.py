@@ -8,9 +8,9 @@ import json
 import pytest
 
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.examples import save_torchscript
 from deploytool.tensors import TensorSpec
-from deploytool.tuning import TuneSettings, _prim_funcs
+from deploytool.testing.examples import save_torchscript
+from deploytool.tuning.settings import TuneSettings
 
 
 def late_and_early_layers():
@@ -43,20 +43,21 @@ def model_path(tmp_path_factory):
 
 
 def _kernels_with_prefetches(path) -> dict[str, int]:
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
-    from deploytool.prefetch import insert_prefetches
-    from deploytool.schedules import schedule_kernel
+    from deploytool.build.cpu_pipeline import fuse, pack_weights, prim_funcs
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
+    from deploytool.schedules.cpu import schedule_kernel
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.schedules.prefetch import insert_prefetches
     from deploytool.targets import load_target
-    from deploytool.tuning import fuse, pack_weights, tuning_target
 
     mod = fuse(import_relax(to_onnx(load_model(path))), tuning_target(load_target("cpu")))
-    for gv, func in _prim_funcs(mod):
+    for gv, func in prim_funcs(mod):
         scheduled = schedule_kernel(func)
         if scheduled is not None:
             mod[gv] = scheduled
     mod = insert_prefetches(pack_weights(mod))
-    return {gv.name_hint: func.script().count("llvm.prefetch") for gv, func in _prim_funcs(mod)}
+    return {gv.name_hint: func.script().count("llvm.prefetch") for gv, func in prim_funcs(mod)}
 
 
 def test_only_slices_swept_by_few_rows_are_prefetched(model_path):

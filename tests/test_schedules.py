@@ -8,11 +8,12 @@ import re
 import pytest
 from conftest import depthwise, residual_conv
 
+from deploytool.build.cpu_pipeline import prim_funcs
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.examples import save_torchscript
-from deploytool.schedules import _tile_sizes, schedule_kernel, schedule_pool
+from deploytool.schedules.cpu import _tile_sizes, schedule_kernel, schedule_pool
 from deploytool.tensors import TensorSpec
-from deploytool.tuning import TuneSettings, _prim_funcs
+from deploytool.testing.examples import save_torchscript
+from deploytool.tuning.settings import TuneSettings
 
 
 def every_kernel_kind():
@@ -52,10 +53,11 @@ def kinds_package(tmp_path_factory):
 
 
 def _fused(path, target_name: str = "cpu"):
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
+    from deploytool.build.cpu_pipeline import fuse
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
+    from deploytool.schedules.metaschedule import tuning_target
     from deploytool.targets import load_target
-    from deploytool.tuning import fuse, tuning_target
 
     target = tuning_target(load_target(target_name))
     return fuse(import_relax(to_onnx(load_model(path))), target)
@@ -63,7 +65,7 @@ def _fused(path, target_name: str = "cpu"):
 
 def _first_convolution(path):
     """The model's first fused convolution kernel, fused for AVX2 (narrow registers)."""
-    return next(f for gv, f in _prim_funcs(_fused(path, "x86_64-avx2"))
+    return next(f for gv, f in prim_funcs(_fused(path, "x86_64-avx2"))
                 if gv.name_hint.startswith("fused_conv2d"))
 
 
@@ -99,11 +101,11 @@ def test_weights_are_packed_at_compile_time(kinds_package):
     import tvm
     from tvm import relax
 
-    from deploytool.tuning import pack_weights
+    from deploytool.build.cpu_pipeline import pack_weights
 
     _, path = kinds_package
     mod = _fused(path)
-    for gv, func in _prim_funcs(mod):
+    for gv, func in prim_funcs(mod):
         scheduled = schedule_kernel(func)
         if scheduled is not None:
             mod[gv] = scheduled
@@ -129,7 +131,7 @@ def test_relu6_keeps_convolutions_channels_last(kinds_package):
     transposes left are the model's input (NCHW to NHWC) and the mean's output."""
     _, path = kinds_package
     mod = _fused(path)
-    transposes = [gv.name_hint for gv, _ in _prim_funcs(mod) if "transpose" in gv.name_hint]
+    transposes = [gv.name_hint for gv, _ in prim_funcs(mod) if "transpose" in gv.name_hint]
     assert len(transposes) <= 2, transposes
 
 
@@ -140,7 +142,7 @@ def test_threads_split_rows_where_activations_outweigh_weights(kinds_package):
 
     _, path = kinds_package
     order = {}
-    for gv, func in _prim_funcs(_fused(path)):
+    for gv, func in prim_funcs(_fused(path)):
         scheduled = schedule_kernel(func)
         if scheduled is not None:
             loops = re.findall(r"for (\w+) in T.parallel", scheduled.script())
@@ -194,7 +196,7 @@ def test_a_symbolic_batch_is_left_to_the_other_schedules():
 def test_tiles_fit_the_targets_registers(target, lanes):
     import tvm
 
-    from deploytool.schedules import accumulator_lanes
+    from deploytool.schedules.cpu import accumulator_lanes
     from deploytool.targets import load_target
 
     assert accumulator_lanes(tvm.target.Target(load_target(target).target)) == lanes
@@ -229,7 +231,7 @@ def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
     model, inputs = pooling_layers()
     path = save_torchscript(model, inputs, tmp_path / "pooling.pt")
     pools = {int(func.params[0].ty.shape[1]): func  # channels first: 3 (NCHW), 16 (NHWC)
-             for gv, func in _prim_funcs(_fused(path)) if gv.name_hint.startswith("max_pool")}
+             for gv, func in prim_funcs(_fused(path)) if gv.name_hint.startswith("max_pool")}
     assert sorted(pools) == [3, 16], pools
     assert schedule_pool(pools[3]) is None
     scheduled = schedule_pool(pools[16]).script()

@@ -16,8 +16,9 @@ from click.testing import CliRunner
 
 from deploytool.cli import main
 from deploytool.errors import DeploytoolError
-from deploytool.examples import cnn, mlp, save_torchscript
-from deploytool.tuning import default_db_dir, open_database, parse_duration
+from deploytool.testing.examples import cnn, mlp, save_torchscript
+from deploytool.tuning.database import default_db_dir, open_database
+from deploytool.tuning.search import parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,7 +143,7 @@ def test_tuning_a_cnn_starts_from_the_register_tiled_schedules(models, tmp_path,
     before the search; a
     compile from the database (validated against ONNX Runtime and TorchScript) still matches.
     Its trials run from a flushed cache, as a model with more weights than the cache would."""
-    monkeypatch.setattr("deploytool.tuning.COLD_WEIGHT_BYTES", 0)
+    monkeypatch.setattr("deploytool.tuning.search.COLD_WEIGHT_BYTES", 0)
     db = tmp_path / "db"
     outcome = CliRunner().invoke(main, ["tune", str(models["cnn"]), "--trials", "6",
                                         "--db", str(db)])
@@ -195,7 +196,7 @@ def test_ctrl_c_keeps_a_usable_database(models, tmp_path):
 
 CTRL_C_SCRIPT = """
 import ctypes, json, os, signal, time
-from deploytool.interrupts import ctrl_c_stops_tuning, hold_ctrl_c
+from deploytool.tuning.interrupts import ctrl_c_stops_tuning, hold_ctrl_c
 
 hold_ctrl_c()  # as deploytool's CLI does for tune and compile, before anything starts a thread
 import torch  # starts threads: OpenBLAS's, PyTorch's pool
@@ -246,14 +247,15 @@ def _first_linear_layer(model_path: Path):
     """(tuning target, the model's first fused Linear kernel, its module as tuning keys it)."""
     import tvm
 
-    from deploytool.frontends import load_model, to_onnx
-    from deploytool.importer import import_relax
+    from deploytool.build.cpu_pipeline import fuse, prim_funcs
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
+    from deploytool.schedules.metaschedule import tuning_target
     from deploytool.targets import load_target
-    from deploytool.tuning import _prim_funcs, fuse, tuning_target
 
     target = tuning_target(load_target("cpu"))
     fused = fuse(import_relax(to_onnx(load_model(model_path))), target)
-    func = next(f for gv, f in _prim_funcs(fused) if gv.name_hint.startswith("fused_matmul"))
+    func = next(f for gv, f in prim_funcs(fused) if gv.name_hint.startswith("fused_matmul"))
     return target, func, tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
@@ -263,8 +265,8 @@ def test_a_searched_schedule_must_beat_the_register_tiled_one_by_a_margin(models
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from deploytool.schedules import accumulator_lanes, register_tiled
-    from deploytool.tuning import SEARCH_MARGIN, _search_won
+    from deploytool.schedules.cpu import accumulator_lanes, register_tiled
+    from deploytool.tuning.database import SEARCH_MARGIN, search_won
 
     target, func, mod = _first_linear_layer(models["mlp"])
     db = open_database(tmp_path / "db", create=True)
@@ -280,13 +282,13 @@ def test_a_searched_schedule_must_beat_the_register_tiled_one_by_a_margin(models
         sch.split(loop, sch.sample_perfect_tile(loop, n=2))
         return sch
 
-    assert _search_won(db, func)  # no records at all: the database's best, if any, stands
+    assert search_won(db, func)  # no records at all: the database's best, if any, stands
     commit(register_tiled(mod, accumulator_lanes(target)), 100)
-    assert not _search_won(db, func)  # the register-tiled record is the best
+    assert not search_won(db, func)  # the register-tiled record is the best
     commit(searched(), 80)
-    assert SEARCH_MARGIN < 0.8 and not _search_won(db, func)  # 20% faster: not enough
+    assert SEARCH_MARGIN < 0.8 and not search_won(db, func)  # 20% faster: not enough
     commit(searched(), 70)
-    assert _search_won(db, func)
+    assert search_won(db, func)
 
 
 @pytest.mark.slow
@@ -296,7 +298,7 @@ def test_a_register_tiled_record_of_an_older_schedule_is_measured_again(models, 
     the same schedules measures nothing twice)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from deploytool.schedules import accumulator_lanes, register_tiled
+    from deploytool.schedules.cpu import accumulator_lanes, register_tiled
 
     target, func, mod = _first_linear_layer(models["mlp"])
     db = open_database(tmp_path / "db", create=True)

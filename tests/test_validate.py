@@ -8,14 +8,14 @@ import torch
 from click.testing import CliRunner
 from conftest import copy_package, run_clean
 
-from deploytool import validate as validate_module
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
-from deploytool.examples import mlp, save_torchscript
-from deploytool.package import load_package
+from deploytool.package.manifest import load_package
 from deploytool.tensors import TensorSpec
-from deploytool.validate import ValidationOptions, make_inputs, validate_package
+from deploytool.testing.examples import mlp, save_torchscript
+from deploytool.verify import validate as validate_module
+from deploytool.verify.validate import ValidationOptions, make_inputs, validate_package
 
 
 def invoke(*args):

@@ -15,14 +15,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deploytool import exported
 from deploytool.cli import main
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
-from deploytool.examples import save_torchscript
-from deploytool.frontends import run_torchscript, sample_inputs
-from deploytool.package import load_package
-from deploytool.zoo import ZOO, save_exported
+from deploytool.frontends import exported
+from deploytool.frontends.torchscript import run_torchscript
+from deploytool.package.manifest import load_package
+from deploytool.tensors import sample_inputs
+from deploytool.testing.examples import save_torchscript
+from deploytool.testing.zoo import ZOO, save_exported
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,1 @@
+"""Benchmarks: a package timed beside ONNX Runtime and TorchScript, and the report."""

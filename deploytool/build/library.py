@@ -1,0 +1,62 @@
+"""Build a Relax module for a target into a shared library."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+from ..errors import DeploytoolError
+from ..targets import TargetSpec
+from ..toolchains.native import check_compiler
+from .gpu_pipeline import gpu_pipeline
+from .lowering import tir_pipeline
+
+
+def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
+    """Compile ``mod`` for ``target`` and write it to ``path`` (a .so with the weights inside).
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The Relax module.
+    target : TargetSpec
+        A resolved target.
+    path : Path
+        The shared library to write.
+    pipeline : tvm.transform.Pass, optional
+        The Relax pipeline (cpu_pipeline.build_pipeline for CPU targets); None means TVM's default.
+    """
+    import tvm
+    from tvm.support import cc
+
+    check_compiler(target.cxx)
+    tvm_target = target.tvm_target()
+    kind = target.target.get("kind")
+    if pipeline is None:
+        pipeline = (DEFAULT_PIPELINES[kind](tvm_target) if kind in DEFAULT_PIPELINES
+                    else "default")
+    lowering = tir_pipeline() if kind == "llvm" else "default"
+    with _device_toolchain(target):
+        try:
+            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline,
+                                     tir_pipeline=lowering)
+        except Exception as err:
+            lines = str(err).strip().splitlines()
+            raise DeploytoolError(f"TVM could not build the model for {target.name} "
+                                  f"({lines[-1] if lines else err})",
+                                  "Report it with the model attached") from err
+    fcompile = cc.cross_compiler(target.cxx) if target.cxx != "g++" else None
+    executable.export_library(str(path), fcompile=fcompile)
+
+
+# target kind -> the Relax pipeline an untuned build uses (others: TVM's "default")
+DEFAULT_PIPELINES = {"cuda": gpu_pipeline}
+
+
+def _device_toolchain(target: TargetSpec):
+    """nvcc for CUDA kernels while building a GPU target; nothing for a CPU target."""
+    if target.target.get("kind") == "cuda":
+        from ..toolchains.cuda import kernel_compiler
+
+        return kernel_compiler(target)
+    return nullcontext()

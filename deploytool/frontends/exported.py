@@ -1,0 +1,134 @@
+"""The torch.export frontend: ``.pt2`` archives imported with TVM's from_exported_program."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..common import last_line, sha256_of
+from ..errors import DeploytoolError
+from ..tensors import TensorSpec, sample_inputs
+from ..verify.references import flat_outputs, to_numpy
+from .model import ExportedModel, SourceModel
+
+PT2_HINT = ("Save it with torch.export.save(torch.export.export(model, example_args), "
+            "'model.pt2')")
+
+
+def load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
+    """Load a ``torch.export.save`` archive; its input specs come from the program.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.pt2`` file.
+    inputs : list of TensorSpec, optional
+        Must match the program's own input shapes when given (an exported program is specialised
+        to them).
+
+    Returns
+    -------
+    SourceModel
+    """
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:
+        raise DeploytoolError(f"{path} could not be loaded as a torch.export archive "
+                              f"({last_line(err)})", PT2_HINT) from err
+    stored = _program_inputs(program, path)
+    if inputs is not None and [(s.shape, s.dtype) for s in inputs] != [
+            (s.shape, s.dtype) for s in stored]:
+        raise DeploytoolError(
+            f"--input {' '.join(map(str, inputs))} does not match the exported program's inputs "
+            f"{' '.join(map(str, stored))}",
+            "Drop --input (a .pt2 carries its shapes), or export the model again with those shapes")
+    return SourceModel(path, "torch.export", sha256_of(path), stored, program)
+
+
+def _program_inputs(program, path: Path) -> list[TensorSpec]:
+    import torch
+
+    user_inputs = set(program.graph_signature.user_inputs)
+    specs = []
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            raise DeploytoolError(f"input '{node.name}' of {path} is not a tensor",
+                                  "Export a model whose forward() takes tensors only")
+        if not all(isinstance(d, int) for d in value.shape):
+            raise DeploytoolError(
+                f"input '{node.name}' of {path} has a dynamic shape {tuple(value.shape)}",
+                "Export it with static shapes (no dynamic_shapes argument)")
+        specs.append(TensorSpec(node.name, tuple(value.shape), str(value.dtype).split(".")[-1]))
+    return specs
+
+
+def fix_negative_select(program) -> int:
+    """Make ``aten.select`` indices non-negative; returns how many were changed.
+
+    TVM 0.27's translator turns ``x[:, -1]`` into a take with index -1 that reads out of bounds
+    (wrong numbers, no error); this is what made an LSTM ending in ``y[:, -1]`` go wrong.
+    """
+    import torch
+
+    changed = 0
+    for node in program.graph.nodes:
+        if (node.op == "call_function" and node.target == torch.ops.aten.select.int
+                and isinstance(node.args[2], int) and node.args[2] < 0):
+            size = node.args[0].meta["val"].shape[node.args[1]]
+            node.args = (node.args[0], node.args[1], node.args[2] + int(size))
+            changed += 1
+    if changed:
+        program.graph_module.recompile()
+    return changed
+
+
+# Rewrites of the decomposed program that avoid known TVM importer bugs, by name.
+PROGRAM_FIXES: dict[str, Callable] = {"negative select index": fix_negative_select}
+
+
+def prepare_exported(model: SourceModel) -> ExportedModel:
+    """Decompose the program, apply :data:`PROGRAM_FIXES`, and find its output specs."""
+
+    try:
+        program = model.module.run_decompositions()
+    except Exception as err:
+        raise DeploytoolError(f"decomposing the exported program failed ({last_line(err)}) "
+                              "(stage export)", "Export the model again with this torch") from err
+    notes = []
+    for name, fix in PROGRAM_FIXES.items():
+        count = fix(program)
+        if count:
+            notes.append(f"applied torch.export fix '{name}' to {count} node(s)")
+    flat = run_exported(program, sample_inputs(model.inputs))
+    names = ["output"] if len(flat) == 1 else [f"output{i}" for i in range(len(flat))]
+    outputs = [TensorSpec(n, tuple(t.shape), str(t.dtype))
+               for n, t in zip(names, flat, strict=True)]
+    return ExportedModel(program, model.inputs, outputs, notes)
+
+
+def run_exported(program, arrays) -> list:
+    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as numpy arrays."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        result = program.module()(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    return to_numpy(flat_outputs(result))
+
+
+def import_exported(model: ExportedModel):
+    """Convert a prepared program to a Relax IRModule with the weights bound as constants."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        return from_exported_program(model.program, keep_params_as_input=False,
+                                     run_ep_decomposition=False)
+    except Exception as err:
+        raise DeploytoolError(
+            f"TVM's torch.export import failed ({last_line(err)}) (stage import)",
+            "Compile the TorchScript (.pt) or ONNX form of the model instead") from err

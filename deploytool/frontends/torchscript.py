@@ -1,0 +1,125 @@
+"""The TorchScript frontend: load a .pt file, run it, export it with the TorchScript exporter."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+import warnings
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..common import last_line, sha256_of
+from ..errors import DeploytoolError
+from ..tensors import TensorSpec, parse_inputs_json, sample_inputs
+from ..verify.references import flat_outputs, to_numpy
+from .dynamic import dynamic_axes, example_sizes
+from .fallbacks import export_with_fallbacks
+from .model import OnnxModel, SourceModel
+
+SAVE_HINT = "Save it with torch.jit.save(torch.jit.script(model), path)"
+
+
+def load_torchscript(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        raise DeploytoolError(f"{path} is not a TorchScript file (not a zip archive)", SAVE_HINT)
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if not any("/code/" in n or n.startswith("code/") for n in names):
+        raise DeploytoolError(
+            f"{path} was saved with torch.save (a state_dict or a pickled module), "
+            "not as TorchScript", SAVE_HINT)
+    extra = {"inputs.json": ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as err:
+        raise DeploytoolError(f"{path} could not be loaded as TorchScript "
+                              f"({str(err).strip().splitlines()[0]})", SAVE_HINT) from err
+    module.eval()
+    if inputs is None:
+        stored = extra["inputs.json"]
+        if not stored:
+            raise DeploytoolError(
+                f"{path} carries no input shapes",
+                "Pass --input NAME:SHAPE:DTYPE (for example --input x:1x512:float32), or save "
+                "inputs.json in the file's extra files (see README)")
+        inputs = parse_inputs_json(stored.decode() if isinstance(stored, bytes) else stored)
+    expected = len(module.forward.schema.arguments) - 1
+    if len(inputs) != expected:
+        raise DeploytoolError(
+            f"the model's forward() takes {expected} input(s) but {len(inputs)} were given "
+            f"({', '.join(map(str, inputs))})", "Pass one --input per forward() argument")
+    return SourceModel(path, "torchscript", sha256_of(path), list(inputs), module)
+
+
+def run_torchscript(module, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Run a ScriptModule on numpy arrays; returns its outputs flattened to a list."""
+    import torch
+
+    with torch.no_grad():
+        result = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    flat = flat_outputs(result)
+    if not all(isinstance(t, torch.Tensor) for t in flat):
+        raise DeploytoolError("the model returns something other than tensors",
+                              "Return a tensor or a tuple of tensors from forward()")
+    return to_numpy(flat)
+
+
+def export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
+    import onnx
+    import torch
+
+    arrays = sample_inputs(model.inputs, sizes=example_sizes(model.inputs))
+    try:
+        outputs = run_torchscript(model.module, arrays)
+    except DeploytoolError:
+        raise
+    except Exception as err:
+        raise DeploytoolError(
+            f"the model rejected inputs {', '.join(map(str, model.inputs))} "
+            f"({last_line(err)})", "Pass the shapes the model expects with --input") from err
+    names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
+    args = tuple(torch.from_numpy(a) for a in arrays)
+    notes: list[str] = []
+
+    def export(module) -> bytes:
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), output_silenced():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
+                              input_names=[s.name for s in model.inputs], output_names=names,
+                              dynamic_axes=dynamic_axes(model.inputs) or None)
+        return buffer.getvalue()
+
+    try:
+        exported = export(model.module)
+    except Exception as err:
+        exported = export_with_fallbacks(model.module, args, export, err, notes)
+    output_specs = [TensorSpec(n, tuple(o.shape), str(o.dtype))
+                    for n, o in zip(names, outputs, strict=True)]
+    return OnnxModel(onnx.load_from_string(exported), model.inputs, output_specs, notes,
+                     route="torchscript -> onnx -> relax")
+
+
+@contextmanager
+def output_silenced():
+    """Hide what C++ code prints (the ONNX exporter dumps whole graphs when it fails)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

@@ -1,0 +1,1 @@
+"""The package: its folder, manifest, test vectors, README and archive."""

@@ -1,0 +1,1 @@
+"""Default schedules: register-tiled CPU kernels, weight prefetch, CUDA rules."""

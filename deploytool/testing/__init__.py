@@ -1,0 +1,1 @@
+"""Models and programs for tests, benchmarks and make demo."""

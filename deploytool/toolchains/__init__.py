@@ -1,0 +1,1 @@
+"""Toolchains: C++ compilers, TVM runtime libraries, CUDA, Java and emulation."""

@@ -1,0 +1,101 @@
+"""Build the package's native parts (C API library, runner) with the target's C++ compiler."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..common import cache_root
+from ..errors import DeploytoolError
+from ..targets import TargetSpec
+from . import tvm_runtime
+from .cuda import runtime_libraries as device_runtime_libraries
+
+RUNTIME_SRC = Path(__file__).resolve().parent.parent / "runtime"
+HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp", "sha256.hpp")
+
+
+def check_compiler(cxx: str) -> None:
+    """Raise a clear error when the C++ compiler a target needs is not installed."""
+    if shutil.which(cxx) is None:
+        package = "g++-aarch64-linux-gnu" if "aarch64" in cxx else "g++"
+        raise DeploytoolError(f"the C++ compiler {cxx} is not installed",
+                              f"Install it (apt-get install {package})")
+
+
+def tvm_runtime_libraries(target: TargetSpec, runtime_dir: Path | None = None,
+                          log=None) -> list[Path]:
+    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` for the target's architecture.
+
+    From ``runtime_dir`` when given, else the installed wheels for this machine's architecture,
+    else (aarch64) the pinned aarch64 wheels, fetched once into the cache.
+    """
+    import tvm
+    import tvm_ffi
+
+    if runtime_dir is not None:
+        return tvm_runtime.libraries_in_dir(Path(runtime_dir), target.arch)
+    if target.arch != platform.machine():
+        return tvm_runtime.cached_runtime(target.arch, log)
+    return [Path(tvm.__file__).parent / "lib" / "libtvm_runtime.so",
+            Path(tvm_ffi.__file__).parent / "lib" / "libtvm_ffi.so"]
+
+
+def ffi_include_dir() -> Path:
+    import tvm_ffi
+
+    return Path(tvm_ffi.__file__).parent / "include"
+
+
+def compile_cached(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
+    """Run the compiler, reusing a cached result for identical sources, flags and compiler."""
+    package_dir = str(output.parent.parent)
+    digest = hashlib.sha256(" ".join([target.cxx, *args]).replace(package_dir, "").encode())
+    for source in sources:
+        digest.update(source.read_bytes())
+    cached = cache_root() / "native" / digest.hexdigest()[:24] / output.name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        scratch = cached.with_suffix(f".tmp{os.getpid()}")
+        proc = subprocess.run([target.cxx, *args, "-o", str(scratch)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            raise DeploytoolError(f"{target.cxx} failed to build {output.name}: "
+                                  f"{proc.stderr.strip()[-2000:]}",
+                                  "Check the compiler installation")
+        os.replace(scratch, cached)
+    shutil.copy2(cached, output)
+
+
+
+
+def build_native(target: TargetSpec, package_dir: Path,
+                 runtime_libraries: list[Path] | None = None) -> None:
+    """Write ``lib/`` (TVM runtime, C API), ``include/`` and ``bin/deploytool-run``."""
+    check_compiler(target.cxx)
+    lib, include, bin_dir = (package_dir / d for d in ("lib", "include", "bin"))
+    for folder in (lib, include, bin_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for library in runtime_libraries or tvm_runtime_libraries(target):
+        shutil.copy2(library, lib / library.name)
+    for library in device_runtime_libraries(target):  # CUDA: libtvm_runtime_cuda, libcudart
+        shutil.copy2(library, lib / library.name)
+    for header in HEADERS:
+        shutil.copy2(RUNTIME_SRC / header, include / header)
+    shutil.copy2(RUNTIME_SRC / "deploytool_dlpack.h", include / "deploytool_dlpack.h")
+    (include / "dlpack").mkdir(exist_ok=True)
+    shutil.copy2(ffi_include_dir() / "dlpack" / "dlpack.h", include / "dlpack" / "dlpack.h")
+    api_source = RUNTIME_SRC / "deploytool.cc"
+    compile_cached(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(api_source),
+                      f"-I{include}", f"-I{ffi_include_dir()}", f"-L{lib}", "-ltvm_ffi",
+                      "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"],
+             lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS),
+                                        RUNTIME_SRC / "deploytool_dlpack.h"])
+    runner = RUNTIME_SRC / "runner.cc"
+    compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
+                      "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
+             bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])

@@ -1,0 +1,1 @@
+"""Tuning with MetaSchedule: the database, trial measurement, the search."""

@@ -1,0 +1,1 @@
+"""Verification: reference runners, output comparison and package validation."""

@@ -1,0 +1,62 @@
+"""The references a package is checked and timed against: ONNX Runtime, TorchScript, torch.export.
+
+Validation (verify/validate.py) and the benchmark worker (bench/worker.py) both load them here,
+so that both compare the package with the same sessions and the same output flattening.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..common import sha256_of
+
+if TYPE_CHECKING:
+    from ..package.manifest import Package
+
+
+class Unavailable(Exception):
+    """A reference cannot run on the asked device here (its message says what to install)."""
+
+
+def onnxruntime_session(model: Path | str, threads: int | None = None, device: str = "cpu"):
+    """An ONNX Runtime session on ``model``, sequential, on ``threads`` intra-op threads (None:
+    ONNX Runtime's default), on the CPU or (``cuda:N``) the CUDA execution provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers: list = ["CPUExecutionProvider"]
+    if device != "cpu":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise Unavailable("this onnxruntime has no CUDAExecutionProvider: install "
+                              "onnxruntime-gpu, or drop onnxruntime from --compare")
+        providers = [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])})]
+    return ort.InferenceSession(str(model), options, providers=providers)
+
+
+def flat_outputs(result) -> list:
+    """A model's result as a flat list: a tensor, or the tensors of a tuple or list."""
+    return list(result) if isinstance(result, list | tuple) else [result]
+
+
+def to_numpy(tensors: list) -> list[np.ndarray]:
+    """torch tensors (on any device) as numpy arrays."""
+    return [t.detach().cpu().numpy() for t in tensors]
+
+
+def compiled_model_file(package: Package, fmt: str) -> Path | None:
+    """The model file ``package`` was compiled from, when it is still where the manifest says,
+    unchanged (same sha256), and of format ``fmt``; else None."""
+    source = package.manifest.get("model") or {}
+    if source.get("format") != fmt:
+        return None
+    recorded = Path(str((package.manifest.get("compile_options") or {}).get("model", "")))
+    if recorded.is_file() and sha256_of(recorded) == source.get("sha256"):
+        return recorded
+    return None
