@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .errors import DeploytoolError
+from .verify.comparison import DEFAULT_MAX_ERROR
 
 
 class Group(click.Group):
@@ -96,16 +97,21 @@ def model_options(func):
 def validation_options(func):
     """The options shared by compile and validate."""
     options = [
-        click.option("--atol", type=float, default=1e-5, show_default=True,
-                     help="Absolute tolerance."),
-        click.option("--rtol", type=float, default=1e-3, show_default=True,
-                     help="Relative tolerance: pass if |out - ref| <= atol + rtol * |ref|."),
+        click.option("--max-error", type=float, default=DEFAULT_MAX_ERROR, show_default=True,
+                     help="Bound on each output's scaled error, max|out - ref| / max|ref|."),
+        click.option("--atol", type=float,
+                     help="Also require allclose: |out - ref| <= atol + rtol * |ref|."),
+        click.option("--rtol", type=float, help="Relative tolerance of that allclose rule."),
         click.option("--tol", "tols", multiple=True, metavar="OUTPUT:ATOL:RTOL",
                      help="Tolerance for one output (repeatable)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the random inputs."),
         click.option("--range", "ranges", multiple=True, metavar="INPUT:LO:HI",
                      help="Value range of one input's random data, HI excluded (repeatable)."),
+        click.option("--samples", type=int, default=3, show_default=True,
+                     help="Number of random input samples (seeds SEED, SEED+1, ...)."),
+        click.option("--allow-vacuous", is_flag=True,
+                     help="Pass outputs that do not depend on the input (zero, or constant)."),
         click.option("--batch-sizes", callback=_sizes, metavar="N,N,...",
                      help="Sizes to validate a package with symbolic dimensions at "
                           "[default: 1, 2 and the upper bound]."),
@@ -125,10 +131,13 @@ def _sizes(ctx, param, value):
     return sizes
 
 
-def _validation(atol, rtol, tols, seed, ranges, batch_sizes=(), **extra):
+def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous, batch_sizes=(),
+                **extra):
     from .verify.validate import ValidationOptions
 
-    return ValidationOptions(atol=atol, rtol=rtol, seed=seed, batch_sizes=batch_sizes,
+    return ValidationOptions(max_error=max_error, atol=atol, rtol=rtol, seed=seed,
+                             samples=samples, allow_vacuous=allow_vacuous,
+                             batch_sizes=batch_sizes,
                              tolerances=_triples("--tol", tols, (float, float)),
                              ranges=_triples("--range", ranges, (float, float)), **extra)
 
@@ -153,7 +162,8 @@ def _validation(atol, rtol, tols, seed, ranges, batch_sizes=(), **extra):
 @click.option("--tune", is_flag=True, help="Tune with MetaSchedule first (see deploytool tune).")
 @_tuning_options
 def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
-            atol, rtol, tols, seed, ranges, batch_sizes, java, tune, trials, time_budget, db):
+            max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous, batch_sizes, java,
+            tune, trials, time_budget, db):
     """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
@@ -172,8 +182,9 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
                              force=force, archive=archive, runtime_dir=runtime_dir,
                              validate=validate,
                              allow_mismatch=allow_mismatch,
-                             validation=_validation(atol, rtol, tols, seed, ranges,
-                                                    batch_sizes), java=java, tune=tune,
+                             validation=_validation(max_error, atol, rtol, tols, seed, ranges,
+                                                    samples, allow_vacuous, batch_sizes),
+                             java=java, tune=tune,
                              tuning=TuneSettings(trials=trials, time_budget=time_budget, db=db))
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
@@ -217,12 +228,12 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
 @validation_options
 @click.option("--inputs", "inputs_dir", type=click.Path(path_type=Path),
               help="A folder of <input name>.npy files to use instead of random data.")
-@click.option("--samples", type=int, default=1, show_default=True,
-              help="Number of random input samples (seeds SEED, SEED+1, ...).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON.")
-def validate(package, model, atol, rtol, tols, seed, ranges, batch_sizes, inputs_dir, samples,
-             json_path):
+@click.option("--localize", is_flag=True,
+              help="When an output differs, find the first layer that differs and name it.")
+def validate(package, model, max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous,
+             batch_sizes, inputs_dir, json_path, localize):
     """Run PACKAGE (natively), ONNX Runtime and TorchScript on the same inputs and compare.
 
     Exit 0 only if every output of every sample is within tolerance of every reference.
@@ -233,15 +244,23 @@ def validate(package, model, atol, rtol, tols, seed, ranges, batch_sizes, inputs
     if model is not None and not model.is_file():
         raise DeploytoolError(f"model file {model} not found", "Check the --model path")
     pkg = load_package(package)
-    options = _validation(atol, rtol, tols, seed, ranges, batch_sizes, model=model,
-                          samples=samples, inputs_dir=inputs_dir)
+    options = _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous,
+                          batch_sizes, model=model, inputs_dir=inputs_dir)
     report = validate_package(pkg, options)
     click.echo(report.format())
+    if localize and not report.compared:
+        from .verify.localize import localize_package
+
+        found = localize_package(pkg, options, log=click.echo)
+        click.echo(found.format())
     if json_path:
         write_report_json(report, json_path)
     record_validation(pkg, report, "passed" if report.passed else "failed")
     if not report.passed:
-        raise DeploytoolError("validation FAILED", "See the report above")
+        from .verify.validate import failure_advice, failure_summary
+
+        raise DeploytoolError(f"validation {report.status}: {failure_summary(report)}",
+                              "See the report above. " + failure_advice(report))
 
 
 @main.command()

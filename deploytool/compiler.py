@@ -9,6 +9,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .build.cpu_pipeline import schedule_build
 from .build.library import build_library
@@ -38,9 +40,11 @@ from .toolchains.native import build_native, check_compiler, tvm_runtime_librari
 from .tuning.interrupts import ctrl_c_stops_tuning
 from .tuning.search import tune_module
 from .tuning.settings import TuneSettings
+from .verify.inputs import integer_ranges, make_inputs
 from .verify.validate import (
     ValidationOptions,
-    make_inputs,
+    failure_advice,
+    failure_summary,
     onnxruntime_backend,
     record_validation,
     validate_package,
@@ -150,7 +154,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
         with timer.stage("package"):
             build_native(target, scratch, runtime_libraries)
             java = build_java(target, scratch, options.java, log)
-            manifest = _manifest(options, target, source, imported, timer, tuning, java)
+            manifest = _manifest(options, target, source, imported, timer, tuning, java,
+                                 integer_ranges(graph))
             package = Package(scratch, manifest)
             manifest["self_test"] = _write_test_vectors(package, source, options.validation)
             manifest["files"] = file_digests(scratch)
@@ -166,7 +171,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
 
 
 def _manifest(options: CompileOptions, target: TargetSpec, source, imported, timer: StageTimer,
-              tuning, java: dict) -> dict:
+              tuning, java: dict, input_ranges: dict) -> dict:
     """The manifest of a new package; validation and benchmarks are filled in later."""
     return {
         "format_version": FORMAT_VERSION,
@@ -175,6 +180,7 @@ def _manifest(options: CompileOptions, target: TargetSpec, source, imported, tim
                   "format": source.format, "route": imported.route,
                   "notes": imported.notes},
         "inputs": [s.to_dict() for s in imported.inputs],
+        "input_ranges": input_ranges,
         "outputs": [s.to_dict() for s in imported.outputs],
         "target": {**target.to_dict(), "resolved_cpu": target.cpu},
         "runtime": {"arch": target.arch, "cpu_features": target.cpu_features(),
@@ -195,9 +201,14 @@ def _manifest(options: CompileOptions, target: TargetSpec, source, imported, tim
 
 
 def _write_test_vectors(package: Package, source, validation: ValidationOptions) -> dict:
-    """The package's own test vectors: seeded inputs and the original model's outputs."""
+    """The package's own test vectors: seeded inputs and the original model's outputs.
+
+    The runner's self-test compares under allclose; without --atol its atol is the scaled-error
+    bound times the smallest output's scale, so the self-test is as strict as validation.
+    """
+    ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
     arrays = make_inputs(package.inputs, validation.seed, validation.ranges,
-                         example_sizes(package.inputs))  # one size of any symbolic dimension
+                         example_sizes(package.inputs), ranges)  # one size of a symbolic dim
     if source.format == "torchscript":
         reference, outputs = "torchscript", run_torchscript(source.module, arrays)
     elif source.format == "torch.export":
@@ -206,8 +217,12 @@ def _write_test_vectors(package: Package, source, validation: ValidationOptions)
         reference, outputs = "torch.export", run_exported(source.module, arrays)
     else:
         reference, outputs = "onnxruntime", onnxruntime_backend(package)(arrays)
+    atol, rtol = validation.atol, validation.rtol
+    if atol is None:
+        scales = [float(np.abs(o).max()) for o in outputs if o.size and np.abs(o).max() > 0]
+        atol = validation.max_error * min(scales) if scales else 0.0
     return write_test_vectors(package.path, package.inputs, package.outputs, arrays, outputs,
-                              reference, validation.atol, validation.rtol)
+                              reference, atol, rtol or 0.0)
 
 
 def _validate(package: Package, target: TargetSpec, source, options: CompileOptions,
@@ -231,9 +246,5 @@ def _validate(package: Package, target: TargetSpec, source, options: CompileOpti
         log("    " + line)
     record_validation(package, report, "passed" if report.passed else "failed")
     if not report.passed and not options.allow_mismatch:
-        worst = max((c for c in report.comparisons if not c.passed), key=lambda c: c.min_atol)
-        raise DeploytoolError(
-            f"validation FAILED: output '{worst.output}' differs from {worst.reference} by up to "
-            f"{worst.max_abs_error:.3g} (atol {worst.atol:g}, rtol {worst.rtol:g})",
-            "Pass --allow-mismatch to keep the package marked as not validated, or adjust the "
-            "tolerance with --atol/--rtol if the difference is acceptable")
+        raise DeploytoolError(f"validation {report.status}: {failure_summary(report)}",
+                              failure_advice(report))

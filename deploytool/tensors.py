@@ -199,8 +199,8 @@ def parse_inputs_json(text: str) -> list[TensorSpec]:
 
 
 def sample_inputs(specs: list[TensorSpec], seed: int = 0,
-                  sizes: dict[str, int] | None = None) -> list[np.ndarray]:
-    """Seeded sample data: floats in [-1, 1), integers in [0, 10), booleans; symbolic
+                  sizes: dict[str, int] | None = None, integers: int = 10) -> list[np.ndarray]:
+    """Seeded sample data: floats in [-1, 1), integers in [0, ``integers``), booleans; symbolic
     dimensions take their size in ``sizes`` (default 1)."""
     rng = np.random.default_rng(seed)
     arrays = []
@@ -210,5 +210,5 @@ def sample_inputs(specs: list[TensorSpec], seed: int = 0,
         elif spec.dtype == "bool":
             arrays.append(rng.integers(0, 2, spec.shape).astype(bool))
         else:
-            arrays.append(rng.integers(0, 10, spec.shape).astype(spec.dtype))
+            arrays.append(rng.integers(0, integers, spec.shape).astype(spec.dtype))
     return arrays

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
+from ..common import last_line
 from ..errors import DeploytoolError
 from ..targets import TargetSpec
 from ..toolchains.native import check_compiler
@@ -24,12 +25,21 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
     path : Path
         The shared library to write.
     pipeline : tvm.transform.Pass, optional
-        The Relax pipeline (cpu_pipeline.build_pipeline for CPU targets); None means TVM's default.
+        The Relax pipeline (cpu_pipeline.build_pipeline for CPU targets); None means TVM's
+        default.
     """
-    import tvm
     from tvm.support import cc
 
     check_compiler(target.cxx)
+    executable = compile_executable(mod, target, pipeline)
+    fcompile = cc.cross_compiler(target.cxx) if target.cxx != "g++" else None
+    executable.export_library(str(path), fcompile=fcompile)
+
+
+def compile_executable(mod, target: TargetSpec, pipeline=None):
+    """The Relax VM executable of ``mod`` for ``target`` (see build_library), not yet exported."""
+    import tvm
+
     tvm_target = target.tvm_target()
     kind = target.target.get("kind")
     if pipeline is None:
@@ -38,15 +48,12 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
     lowering = tir_pipeline() if kind == "llvm" else "default"
     with _device_toolchain(target):
         try:
-            executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline,
-                                     tir_pipeline=lowering)
+            return tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline,
+                               tir_pipeline=lowering)
         except Exception as err:
-            lines = str(err).strip().splitlines()
             raise DeploytoolError(f"TVM could not build the model for {target.name} "
-                                  f"({lines[-1] if lines else err})",
+                                  f"({last_line(err)})",
                                   "Report it with the model attached") from err
-    fcompile = cc.cross_compiler(target.cxx) if target.cxx != "g++" else None
-    executable.export_library(str(path), fcompile=fcompile)
 
 
 # target kind -> the Relax pipeline an untuned build uses (others: TVM's "default")

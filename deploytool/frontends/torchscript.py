@@ -75,7 +75,8 @@ def export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
     import onnx
     import torch
 
-    arrays = sample_inputs(model.inputs, sizes=example_sizes(model.inputs))
+    # Integers 0 and 1 only: valid indices into any embedding table, whatever its size.
+    arrays = sample_inputs(model.inputs, sizes=example_sizes(model.inputs), integers=2)
     try:
         outputs = run_torchscript(model.module, arrays)
     except DeploytoolError:

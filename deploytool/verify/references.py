@@ -21,9 +21,11 @@ class Unavailable(Exception):
     """A reference cannot run on the asked device here (its message says what to install)."""
 
 
-def onnxruntime_session(model: Path | str, threads: int | None = None, device: str = "cpu"):
-    """An ONNX Runtime session on ``model``, sequential, on ``threads`` intra-op threads (None:
-    ONNX Runtime's default), on the CPU or (``cuda:N``) the CUDA execution provider."""
+def onnxruntime_session(model: Path | str | bytes, threads: int | None = None,
+                        device: str = "cpu"):
+    """An ONNX Runtime session on ``model`` (a file, or a serialised ModelProto), sequential,
+    on ``threads`` intra-op threads (None: ONNX Runtime's default), on the CPU or (``cuda:N``)
+    the CUDA execution provider."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -37,7 +39,8 @@ def onnxruntime_session(model: Path | str, threads: int | None = None, device: s
             raise Unavailable("this onnxruntime has no CUDAExecutionProvider: install "
                               "onnxruntime-gpu, or drop onnxruntime from --compare")
         providers = [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])})]
-    return ort.InferenceSession(str(model), options, providers=providers)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=providers)
 
 
 def flat_outputs(result) -> list:

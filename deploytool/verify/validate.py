@@ -7,7 +7,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,30 +18,54 @@ from ..frontends.dynamic import validation_sizes
 from ..frontends.load import load_model
 from ..frontends.torchscript import run_torchscript
 from ..package.manifest import Package
-from ..tensors import TensorSpec, concrete_specs, symbol_bounds
+from ..tensors import symbol_bounds
 from ..toolchains.emulation import runner_command
-from .comparison import Comparison, compare
+from .comparison import DEFAULT_MAX_ERROR, Comparison, compare
+from .inputs import make_inputs, read_inputs_dir
 from .references import compiled_model_file, onnxruntime_session
 
 Arrays = list[np.ndarray]
 
 
+# An output is vacuous when it moves between samples by less than this many times the error
+# bound: a package that ignored its input would then pass. Correct fp32 zoo packages err by
+# about 2e-6 of scale; models whose outputs do depend on the input move by 1e-2 or more.
+VACUITY_FACTOR = 10
+VACUITY_HINT = ("Validate with trained weights, or real data (--inputs DIR), or inputs that "
+                "activate the model (--range NAME:LO:HI); --allow-vacuous accepts it as it is")
+
+
 @dataclass
 class ValidationOptions:
-    """Tolerances and inputs of a validation; None means the default."""
+    """Tolerances and inputs of a validation; None means the default (see comparison.py)."""
 
-    atol: float = 1e-5
-    rtol: float = 1e-3
+    max_error: float = DEFAULT_MAX_ERROR  # bound on max|out - ref| / max|ref|
+    atol: float | None = None  # with rtol: the allclose rule too, when given
+    rtol: float | None = None
     tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)  # per output
     seed: int = 0
-    samples: int = 1
+    samples: int = 3
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # per input
     inputs_dir: Path | None = None
     model: Path | None = None  # the TorchScript reference; None: the compiled file if unchanged
     batch_sizes: tuple[int, ...] = ()  # sizes of the symbolic dims; () means 1, 2 and the bound
+    allow_vacuous: bool = False  # pass an output that does not depend on the input
 
-    def tolerance(self, output: str) -> tuple[float, float]:
+    def tolerance(self, output: str) -> tuple[float | None, float | None]:
         return self.tolerances.get(output, (self.atol, self.rtol))
+
+
+@dataclass
+class Vacuity:
+    """Why an output cannot tell a right package from a wrong one."""
+
+    output: str
+    reason: str
+    scale: float
+    spread: float | None  # how far it moved between samples, relative to its scale
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -54,91 +78,89 @@ class ValidationReport:
     seed: int
     notes: list[str] = field(default_factory=list)
     batch_sizes: list[int] | None = None  # the sizes a dynamic package ran at; None: static
+    vacuous: list[Vacuity] = field(default_factory=list)
+    allow_vacuous: bool = False
+
+    @property
+    def compared(self) -> bool:
+        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
 
     @property
     def passed(self) -> bool:
-        return bool(self.comparisons) and all(c.passed for c in self.comparisons)
+        return self.compared and (not self.vacuous or self.allow_vacuous)
+
+    @property
+    def status(self) -> str:
+        if not self.compared:
+            return "FAILED"
+        if self.vacuous:
+            return "PASSED (vacuous, accepted)" if self.allow_vacuous else "VACUOUS"
+        return "PASSED"
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "references": self.references, "samples": self.samples,
-                "seed": self.seed, "notes": self.notes,
+        return {"passed": self.passed, "result": self.status, "references": self.references,
+                "samples": self.samples, "seed": self.seed, "notes": self.notes,
                 "comparisons": [c.to_dict() for c in self.comparisons],
+                "vacuous": [v.to_dict() for v in self.vacuous],
                 **({"batch_sizes": self.batch_sizes} if self.batch_sizes else {})}
 
     def format(self) -> str:
-        lines = [f"{'output':<12} {'reference':<12} {'max abs':>10} {'max rel':>10} "
-                 f"{'mean abs':>10} {'min atol':>10}  {'worst at':<14} result"]
+        lines = [f"{'output':<12} {'reference':<12} {'scaled':>9} {'max abs':>9} "
+                 f"{'scale':>9} {'cosine':>10} {'SNR dB':>7}  {'worst at':<14} result"]
         for c in self.comparisons:
-            lines.append(f"{c.output:<12} {c.reference:<12} {c.max_abs_error:10.3g} "
-                         f"{c.max_rel_error:10.3g} {c.mean_abs_error:10.3g} {c.min_atol:10.3g}  "
-                         f"{str(c.worst_index):<14} {'PASSED' if c.passed else 'FAILED'}"
+            lines.append(f"{c.output[:12]:<12} {c.reference:<12} {c.scaled_error:9.2g} "
+                         f"{c.max_abs_error:9.2g} {c.scale:9.2g} {c.cosine:10.7f} "
+                         f"{c.snr_db:7.1f}  {str(c.worst_index):<14} "
+                         f"{'PASSED' if c.passed else 'FAILED'}"
                          + (f" ({c.nan_count} NaN)" if c.nan_count else ""))
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"vacuous: output '{v.output}' {v.reason}. {VACUITY_HINT}"
+                  for v in self.vacuous]
+        return "\n".join(lines + [self._summary()])
+
+    def _summary(self) -> str:
         failed = [c for c in self.comparisons if not c.passed]
-        tol = {(c.atol, c.rtol) for c in self.comparisons}
-        rule = ", ".join(f"atol {a:g} rtol {r:g}" for a, r in sorted(tol))
-        lines.append(f"validation {'PASSED' if self.passed else 'FAILED'}: "
-                     f"{len(self.comparisons) - len(failed)}/{len(self.comparisons)} comparisons "
-                     f"within {rule} against {', '.join(self.references)} "
-                     f"({self.samples} sample{'s' if self.samples > 1 else ''}, seed {self.seed}"
-                     + (f", batch sizes {', '.join(map(str, self.batch_sizes))}"
-                        if self.batch_sizes else "") + ")")
-        return "\n".join(lines)
+        rules = sorted({_rule_text(c) for c in self.comparisons})
+        sizes = (f", batch sizes {', '.join(map(str, self.batch_sizes))}"
+                 if self.batch_sizes else "")
+        return (f"validation {self.status}: {len(self.comparisons) - len(failed)}/"
+                f"{len(self.comparisons)} comparisons within {'; '.join(rules)} against "
+                f"{', '.join(self.references)} ({self.samples} sample"
+                f"{'s' if self.samples > 1 else ''}, seed {self.seed}{sizes})")
 
 
-def make_inputs(specs: list[TensorSpec], seed: int,
-                ranges: dict[str, tuple[float, float]] | None = None,
-                sizes: dict[str, int] | None = None) -> Arrays:
-    """Seeded inputs: floats uniform in [lo, hi) (default [-1, 1)), integers in [lo, hi)
-    (default [0, 10)), booleans. Symbolic dimensions take their size in ``sizes`` (default 1)."""
-    ranges = ranges or {}
-    unknown = set(ranges) - {s.name for s in specs}
-    if unknown:
-        raise DeploytoolError(f"--range names unknown input(s) {', '.join(sorted(unknown))}",
-                              f"Use one of {', '.join(s.name for s in specs)}")
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for spec in concrete_specs(specs, sizes):
-        if spec.dtype == "bool":
-            arrays.append(rng.integers(0, 2, spec.shape).astype(bool))
-        elif spec.dtype.startswith("float"):
-            lo, hi = ranges.get(spec.name, (-1.0, 1.0))
-            arrays.append(rng.uniform(lo, hi, spec.shape).astype(spec.dtype))
-        else:
-            lo, hi = ranges.get(spec.name, (0, 10))
-            if int(hi) <= int(lo):
-                raise DeploytoolError(f"empty integer range [{lo}, {hi}) for {spec.name}",
-                                      "Give --range NAME:LO:HI with HI > LO")
-            arrays.append(rng.integers(int(lo), int(hi), spec.shape).astype(spec.dtype))
-    return arrays
+def _rule_text(c: Comparison) -> str:
+    parts = [] if c.max_error is None else [f"scaled error {c.max_error:g}"]
+    if c.atol is not None or c.rtol is not None:
+        parts.append(f"atol {c.atol or 0:g} rtol {c.rtol or 0:g}")
+    return ", ".join(parts) or "exact match"
 
 
-def read_inputs_dir(folder: Path, specs: list[TensorSpec]) -> Arrays:
-    """Read ``<input name>.npy`` for each input, checking shape and dtype."""
-    arrays = []
-    for spec in specs:
-        path = folder / f"{spec.name}.npy"
-        if not path.is_file():
-            raise DeploytoolError(f"{path} not found",
-                                  f"Write one .npy per input, named after it ({spec.name}.npy)")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DeploytoolError(f"{path} is not a valid .npy file ({err})",
-                                  "Save it with numpy.save") from err
-        if not spec.matches(array.shape) or str(array.dtype) != spec.dtype:
-            raise DeploytoolError(
-                f"{path} holds {array.dtype} {tuple(array.shape)} but input '{spec.name}' "
-                f"needs {spec.dtype} {_shape_text(spec)}",
-                "Save an array of that shape and dtype")
-        arrays.append(array)
-    return arrays
-
-
-def _shape_text(spec: TensorSpec) -> str:
-    """(1, 512), or (N<=32, 512) for a symbolic dimension."""
-    return "(" + ", ".join(f"{d}<={spec.bound(d)}" if spec.bound(d) else str(d)
-                           for d in spec.shape) + ")"
+def find_vacuous(outputs: list[str], per_sample: list[Arrays], max_error: float,
+                 atol: dict[str, float | None]) -> list[Vacuity]:
+    """The outputs whose reference values cannot tell a right package from a wrong one: all
+    zero (or not finite), smaller than the absolute tolerance, or (with 2+ samples of different
+    inputs) moving by less than VACUITY_FACTOR times the error bound between samples."""
+    found = []
+    for i, name in enumerate(outputs):
+        values = [np.asarray(sample[i], dtype=np.float64) for sample in per_sample]
+        finite = [v[np.isfinite(v)] for v in values]
+        scale = max((float(np.abs(v).max()) for v in finite if v.size), default=0.0)
+        if scale == 0.0:
+            found.append(Vacuity(name, "is zero for every input", scale, None))
+            continue
+        if atol.get(name) is not None and atol[name] >= scale:
+            found.append(Vacuity(name, f"is at most {scale:.3g}, within --atol {atol[name]:g}",
+                                 scale, None))
+            continue
+        if len(values) < 2 or any(v.shape != values[0].shape for v in values):
+            continue
+        spread = max(float(np.nan_to_num(np.abs(v - values[0])).max()) for v in values) / scale
+        if spread <= VACUITY_FACTOR * max_error:
+            found.append(Vacuity(
+                name, f"does not depend on the input (it moves by {spread:.2g} of its scale "
+                f"{scale:.3g} between {len(values)} samples)", scale, spread))
+    return found
 
 
 def run_native(package: Package, arrays: Arrays) -> Arrays:
@@ -258,28 +280,59 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
                                                                     strict=True)
                               for axis, d in enumerate(spec.shape) if isinstance(d, str)}) or None
     else:  # every sample at every size of the symbolic dimensions (one size when static)
+        model_ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
         samples = [make_inputs(package.inputs, options.seed + k, options.ranges,
-                               {sym: size for sym in symbol_bounds(package.inputs)})
+                               {sym: size for sym in symbol_bounds(package.inputs)},
+                               model_ranges)
                    for size in batch_sizes or [1] for k in range(options.samples)]
     worst: dict[tuple[str, str], Comparison] = {}
+    first_reference: list[Arrays] = []
     for arrays in samples:
         actual = native(package, arrays)
         for ref_name, run in references.items():
             expected = run(arrays)
+            if ref_name == next(iter(references)):
+                first_reference.append(expected)
             for spec, a, r in zip(package.outputs, actual, expected, strict=True):
                 atol, rtol = options.tolerance(spec.name)
-                c = compare(spec.name, ref_name, np.asarray(a), np.asarray(r), atol, rtol)
+                c = compare(spec.name, ref_name, np.asarray(a), np.asarray(r), atol, rtol,
+                            options.max_error)
                 key = (spec.name, ref_name)
                 if key not in worst or _badness(c) > _badness(worst[key]):
                     worst[key] = c
+    names = [s.name for s in package.outputs]
+    per_size = len(samples) // max(1, len(batch_sizes or [1]))
+    vacuous = find_vacuous(names, first_reference[:per_size], options.max_error,
+                           {n: options.tolerance(n)[0] for n in names})
     return ValidationReport(list(worst.values()), list(references),
                             1 if options.inputs_dir is not None else options.samples,
-                            options.seed, notes, batch_sizes)
+                            options.seed, notes, batch_sizes, vacuous, options.allow_vacuous)
 
 
 def _badness(c: Comparison) -> tuple:
     """Orders comparisons so the report keeps each output's worst sample."""
-    return (not c.passed, c.min_atol, c.max_abs_error)
+    return (not c.passed, c.scaled_error, c.min_atol, c.max_abs_error)
+
+
+def failure_summary(report: ValidationReport) -> str:
+    """One line on why a report did not pass: the worst comparison, or the vacuous outputs."""
+    failed = [c for c in report.comparisons if not c.passed]
+    if failed:
+        c = max(failed, key=lambda c: (c.scaled_error, c.min_atol))
+        return (f"output '{c.output}' differs from {c.reference} by up to {c.max_abs_error:.3g}"
+                f", {c.scaled_error:.3g} of its scale {c.scale:.3g} ({_rule_text(c)})")
+    if not report.comparisons:
+        return "no reference could run"
+    return "; ".join(f"output '{v.output}' {v.reason}" for v in report.vacuous)
+
+
+def failure_advice(report: ValidationReport) -> str:
+    """What to do about a report that did not pass."""
+    if not report.compared:
+        return ("Run deploytool validate PACKAGE --localize to find the first layer that "
+                "differs (compile with --allow-mismatch to keep the package), or loosen "
+                "--max-error if the difference is acceptable")
+    return VACUITY_HINT
 
 
 def record_validation(package: Package, report: ValidationReport | None, status: str) -> None:

@@ -1,0 +1,160 @@
+"""Validation that a miscompile cannot slip through: vacuous outputs, real-looking inputs, and
+deliberately wrong builds that validation catches and --localize pins to their layer."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from deploytool.cli import main
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.frontends.load import load_model, to_onnx
+from deploytool.tensors import TensorSpec
+from deploytool.testing.examples import save_torchscript
+from deploytool.testing.inject import drop_bias, injected, scale_weight, transpose_kernel
+from deploytool.testing.zoo import ZOO
+from deploytool.verify.inputs import integer_ranges, make_inputs
+from deploytool.verify.validate import find_vacuous
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Vacuity, from the reference outputs alone
+
+
+def test_zero_constant_and_tiny_outputs_are_vacuous():
+    rng = np.random.default_rng(0)
+    moving = [[rng.standard_normal(8)] for _ in range(3)]
+    assert find_vacuous(["y"], moving, 1e-4, {}) == []
+    zeros = [[np.zeros(8)] for _ in range(3)]
+    assert "zero for every input" in find_vacuous(["y"], zeros, 1e-4, {})[0].reason
+    constant = np.linspace(-1, 1, 8)
+    same = [[constant + 1e-7 * k] for k in range(3)]
+    found = find_vacuous(["y"], same, 1e-4, {})
+    assert "does not depend on the input" in found[0].reason and found[0].spread < 1e-6
+    tiny = [[rng.standard_normal(8) * 1e-8] for _ in range(3)]
+    assert find_vacuous(["y"], tiny, 1e-4, {}) == []  # tiny but input-dependent: fine
+    assert "within --atol" in find_vacuous(["y"], tiny, 1e-4, {"y": 1e-5})[0].reason
+
+
+class _Constant(nn.Module):
+    """A model whose output ignores its input (zero-initialised head, as vit_b_16's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+@pytest.mark.slow
+def test_an_input_independent_model_is_not_reported_as_passed(tmp_path):
+    pt = save_torchscript(_Constant(), [TensorSpec("x", (1, 16))], tmp_path / "constant.pt")
+    result = invoke("compile", pt, "-o", tmp_path / "pkg")
+    assert result.exit_code == 1
+    assert "validation VACUOUS" in result.output and "does not depend on the input" in result.output
+    assert "--inputs DIR" in result.output and "PASSED" not in result.output.splitlines()[-1]
+    assert not (tmp_path / "pkg").exists()
+    result = invoke("compile", pt, "-o", tmp_path / "pkg", "--allow-vacuous")
+    assert result.exit_code == 0, result.output
+    assert "validation PASSED (vacuous, accepted)" in result.output
+    validation = json.loads((tmp_path / "pkg" / "manifest.json").read_text())["validation"]
+    assert validation["status"] == "passed" and validation["vacuous"][0]["output"] == "output"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that look like real data
+
+
+class _Tagger(nn.Module):
+    def __init__(self, vocab=37, types=3):
+        super().__init__()
+        self.words, self.types = nn.Embedding(vocab, 8), nn.Embedding(types, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        hidden = self.words(input_ids) + self.types(token_type_ids)
+        return self.out(hidden * attention_mask.unsqueeze(-1).float())
+
+
+def test_integer_inputs_stay_within_the_embedding_tables_and_masks_are_0_1(tmp_path):
+    specs = [TensorSpec("input_ids", (2, 64), "int64"),
+             TensorSpec("token_type_ids", (2, 64), "int64"),
+             TensorSpec("attention_mask", (2, 64), "int64")]
+    pt = save_torchscript(_Tagger(), specs, tmp_path / "tagger.pt")
+    ranges = integer_ranges(to_onnx(load_model(pt)))
+    assert ranges == {"input_ids": (0, 37), "token_type_ids": (0, 3)}
+    ids, types, mask = make_inputs(specs, seed=0, model_ranges=ranges)
+    assert ids.min() >= 0 and ids.max() < 37 and len(np.unique(ids)) > 20
+    assert set(np.unique(types)) == {0, 1, 2}
+    assert set(np.unique(mask)) <= {0, 1} and mask[:, 0].all()
+    floats = make_inputs([TensorSpec("x", (10000,))], seed=0)[0]
+    assert abs(floats.std() - 1) < 0.05 and floats.min() < -3  # standard normal
+
+
+@pytest.mark.slow
+def test_a_token_model_validates_with_its_model_ranges(tmp_path):
+    specs = [TensorSpec("input_ids", (1, 16), "int64"),
+             TensorSpec("token_type_ids", (1, 16), "int64"),
+             TensorSpec("attention_mask", (1, 16), "int64")]
+    pt = save_torchscript(_Tagger(vocab=500), specs, tmp_path / "tagger.pt")
+    package = compile_model(CompileOptions(model=pt, output=tmp_path / "pkg", java=False))
+    assert package.manifest["input_ranges"] == {"input_ids": [0, 500], "token_type_ids": [0, 3]}
+    ids = np.load(tmp_path / "pkg" / "testdata" / "input0.npy")
+    assert ids.max() >= 10  # not the old [0, 10) default
+    assert package.manifest["validation"]["status"] == "passed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Deliberately wrong builds: caught, and localised to the injected layer
+
+FAULTS = {"scale-1.001": scale_weight(1.001), "drop-bias": drop_bias,
+          "transpose": transpose_kernel}
+
+
+def _middle_layer(package_dir) -> str:
+    proto = onnx.load(str(package_dir / "model.onnx"))
+    weights = {i.name for i in proto.graph.initializer}
+    layers = [n for n in proto.graph.node
+              if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in weights
+              and len(n.input) > 2]
+    return layers[len(layers) // 2].name
+
+
+@pytest.fixture(scope="module")
+def zoo_pt(tmp_path_factory):
+    def save(name):
+        model, inputs = ZOO[name]()
+        return save_torchscript(model, inputs, tmp_path_factory.mktemp(name) / f"{name}.pt")
+
+    return save
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn", "mlp", "mobilenet_v2"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_an_injected_fault_fails_validation_and_is_localised(name, fault, zoo_pt, tmp_path,
+                                                             monkeypatch):
+    pt = zoo_pt(name)
+    clean = compile_model(CompileOptions(model=pt, output=tmp_path / "clean", java=False))
+    assert clean.manifest["validation"]["status"] == "passed"
+    layer = _middle_layer(clean.path)
+    with injected(monkeypatch, FAULTS[fault], layer):
+        result = invoke("compile", pt, "-o", tmp_path / "bad", "--no-java", "--allow-mismatch")
+        assert "validation FAILED" in result.output, result.output
+        result = invoke("validate", tmp_path / "bad", "--localize")
+    assert result.exit_code == 1
+    assert f"first differing layer: {'Gemm' if name == 'mlp' else 'Conv'} node '{layer}'" \
+        in result.output, result.output
