@@ -8,11 +8,13 @@ from pathlib import Path
 from ..errors import DeploytoolError
 from ..targets import TargetSpec
 from ..toolchains.native import check_compiler
+from .dump import dump_code, dumping_pipeline
 from .gpu_pipeline import gpu_pipeline
 from .lowering import tir_pipeline
 
 
-def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
+def build_library(mod, target: TargetSpec, path: Path, pipeline=None,
+                  dump: Path | None = None) -> None:
     """Compile ``mod`` for ``target`` and write it to ``path`` (a .so with the weights inside).
 
     Parameters
@@ -25,6 +27,9 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
         The shared library to write.
     pipeline : tvm.transform.Pass, optional
         The Relax pipeline (cpu_pipeline.build_pipeline for CPU targets); None means TVM's default.
+    dump : Path, optional
+        A folder to write the module after the pipeline, its kernels and the generated code into
+        (see :mod:`.dump`); None writes none.
     """
     import tvm
     from tvm.support import cc
@@ -36,6 +41,8 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
         pipeline = (DEFAULT_PIPELINES[kind](tvm_target) if kind in DEFAULT_PIPELINES
                     else "default")
     lowering = tir_pipeline() if kind == "llvm" else "default"
+    if dump is not None:
+        pipeline = dumping_pipeline(pipeline, tvm_target, dump)
     with _device_toolchain(target):
         try:
             executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline,
@@ -45,6 +52,8 @@ def build_library(mod, target: TargetSpec, path: Path, pipeline=None) -> None:
             raise DeploytoolError(f"TVM could not build the model for {target.name} "
                                   f"({lines[-1] if lines else err})",
                                   "Report it with the model attached") from err
+    if dump is not None:
+        dump_code(executable, dump)
     fcompile = cc.cross_compiler(target.cxx) if target.cxx != "g++" else None
     executable.export_library(str(path), fcompile=fcompile)
 
