@@ -19,7 +19,17 @@ class Group(click.Group):
             return super().invoke(ctx)
         except DeploytoolError as err:
             click.echo(f"Error: {err}", err=True)
+            _echo_notes(err)
             sys.exit(err.exit_code)
+        except KeyboardInterrupt as err:  # Click then prints "Aborted!"
+            _echo_notes(err)
+            raise
+
+
+def _echo_notes(err: BaseException) -> None:
+    """The notes the core added to an error (e.g. "scratch folder kept at PATH"), one a line."""
+    for note in getattr(err, "__notes__", ()):
+        click.echo(note, err=True)
 
 
 def _input_specs(ctx, param, values):
@@ -161,9 +171,15 @@ def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuou
                    "[default: when a JDK is found].")
 @click.option("--tune", is_flag=True, help="Tune with MetaSchedule first (see deploytool tune).")
 @_tuning_options
+@click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write the Relax module after import and after the build's pipeline, each "
+                   "kernel's TIR, the VM bytecode and the generated code (assembly, LLVM IR, "
+                   "CUDA) into DIR.")
+@click.option("--keep-temps", is_flag=True,
+              help="On failure keep the half-built package folder and print its path.")
 def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
             max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous, batch_sizes, java,
-            tune, trials, time_budget, db):
+            tune, trials, time_budget, db, dump_ir, keep_temps):
     """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
@@ -185,7 +201,8 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
                              validation=_validation(max_error, atol, rtol, tols, seed, ranges,
                                                     samples, allow_vacuous, batch_sizes),
                              java=java, tune=tune,
-                             tuning=TuneSettings(trials=trials, time_budget=time_budget, db=db))
+                             tuning=TuneSettings(trials=trials, time_budget=time_budget, db=db),
+                             dump_ir=dump_ir, keep_temps=keep_temps)
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
     click.echo(f"package written to {package.path}" + (" (and .tar.gz)" if archive else ""))

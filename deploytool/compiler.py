@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .build.cpu_pipeline import schedule_build
+from .build.dump import dump_summary, start_dump
 from .build.library import build_library
 from .common import Log
 from .errors import DeploytoolError
@@ -68,6 +69,8 @@ class CompileOptions:
     allow_mismatch: bool = False
     validation: ValidationOptions = field(default_factory=ValidationOptions)
     java: bool | None = None  # None: build the Java binding when a JDK is present
+    dump_ir: Path | None = None  # a folder for the IR and generated code (see build/dump.py)
+    keep_temps: bool = False  # keep the scratch folder of a failed compile
 
     def output_dir(self) -> Path:
         return self.output or Path("artifacts") / self.model.stem
@@ -76,7 +79,9 @@ class CompileOptions:
         inputs = ", ".join(map(str, self.inputs)) if self.inputs else "from the model file"
         return (f"model   {self.model}\ntarget  {self.target}\ninputs  {inputs}\n"
                 f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}"
-                + (f"\nruntime {self.runtime_dir}" if self.runtime_dir else ""))
+                + (f"\nruntime {self.runtime_dir}" if self.runtime_dir else "")
+                + (f"\ndump-ir {self.dump_ir}" if self.dump_ir else "")
+                + ("\ntemps   kept on failure" if self.keep_temps else ""))
 
 
 @dataclass
@@ -128,7 +133,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
     if options.java:
         find_jdk()  # fail before the long stages when --java was asked for and there is no JDK
-    with atomic_folder(destination, options.force) as scratch:
+    with atomic_folder(destination, options.force, options.keep_temps) as scratch:
         # Ctrl-C's handling is set before the model's load starts threads (see the function).
         with ctrl_c_stops_tuning(log) if options.tune else nullcontext():
             with timer.stage("load"):
@@ -139,6 +144,8 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                     (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
             with timer.stage("import"):
                 imported = import_model(graph)
+                if options.dump_ir:
+                    start_dump(options.dump_ir, imported.mod)
             tuned = None
             if options.tune:
                 with timer.stage("tune"):
@@ -148,9 +155,11 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             log(f"  note: {note}")
         with timer.stage("build"):
             pipeline, tuning = schedule_build(target, options.tuning, tuned)
-            build_library(imported.mod, target, scratch / "model.so", pipeline)
+            build_library(imported.mod, target, scratch / "model.so", pipeline, options.dump_ir)
             if tuning:
                 log(f"  schedules  {tuning.summary()}")
+        if options.dump_ir:
+            log(dump_summary(options.dump_ir))
         with timer.stage("package"):
             build_native(target, scratch, runtime_libraries)
             java = build_java(target, scratch, options.java, log)
@@ -191,7 +200,8 @@ def _manifest(options: CompileOptions, target: TargetSpec, source, imported, tim
                             "output": str(options.output_dir()),
                             "inputs": [str(s) for s in imported.inputs],
                             "runtime_dir": (str(options.runtime_dir)
-                                            if options.runtime_dir else None)},
+                                            if options.runtime_dir else None),
+                            "dump_ir": str(options.dump_ir) if options.dump_ir else None},
         "stage_seconds": timer.seconds,
         "validation": None,
         "tuning": tuning.to_dict() if tuning else None,

@@ -258,6 +258,20 @@ def test_nvcc_failure_is_one_clear_line(mlp_relax, monkeypatch, tmp_path):
     assert not (tmp_path / "model.so").exists()
 
 
+@pytest.mark.slow
+@needs_nvcc
+def test_dump_ir_writes_the_cuda_source_and_the_gpu_kernels(mlp_relax, tmp_path):
+    from deploytool.build.library import build_library
+
+    dump = tmp_path / "ir"
+    build_library(mlp_relax, load_target("cuda-sm80"), tmp_path / "model.so", dump=dump)
+    assert "__global__" in (dump / "model.cu").read_text()
+    kernels = [p.read_text() for p in (dump / "tir").glob("*.py")]
+    assert kernels and all("threadIdx.x" in k for k in kernels)  # each kernel on GPU threads
+    assert "vm.builtin" in (dump / "relax-final.py").read_text()
+    assert (dump / "model.s").is_file()  # the host code
+
+
 # --- compiled packages (no GPU needed) -----------------------------------------------------------
 
 @needs_nvcc

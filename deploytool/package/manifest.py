@@ -67,8 +67,12 @@ def load_package(path: str | Path) -> Package:
 
 
 @contextmanager
-def atomic_folder(destination: Path, force: bool) -> Iterator[Path]:
-    """Yield a scratch folder beside ``destination`` that becomes it only if the block succeeds."""
+def atomic_folder(destination: Path, force: bool, keep_on_failure: bool = False) -> Iterator[Path]:
+    """Yield a scratch folder beside ``destination`` that becomes it only if the block succeeds.
+
+    On failure the scratch folder is removed, or with ``keep_on_failure`` kept, the error then
+    carrying a note with its path (``compile --keep-temps``).
+    """
     if destination.exists() and not force:
         raise DeploytoolError(f"output folder {destination} already exists",
                               "Pass --force to replace it, or choose another with -o")
@@ -76,16 +80,25 @@ def atomic_folder(destination: Path, force: bool) -> Iterator[Path]:
     scratch = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
         yield scratch
-        if destination.exists():
-            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-            os.replace(destination, old)
-            os.replace(scratch, destination)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(scratch, destination)
+        _replace_folder(scratch, destination)
+    except BaseException as err:
+        if keep_on_failure:
+            err.add_note(f"scratch folder kept at {scratch}")
+        raise
     finally:
-        if scratch.exists():
+        if scratch.exists() and not keep_on_failure:
             shutil.rmtree(scratch)
+
+
+def _replace_folder(scratch: Path, destination: Path) -> None:
+    """Rename ``scratch`` to ``destination``, replacing what is there."""
+    if destination.exists():
+        old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+        os.replace(destination, old)
+        os.replace(scratch, destination)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(scratch, destination)
 
 
 def copy_cpp_example(package_dir: Path) -> None:
