@@ -164,7 +164,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             build_native(target, scratch, runtime_libraries)
             java = build_java(target, scratch, options.java, log)
             manifest = _manifest(options, target, source, imported, timer, tuning, java,
-                                 integer_ranges(graph))
+                                 {k: list(v) for k, v in integer_ranges(graph).items()})
             package = Package(scratch, manifest)
             manifest["self_test"] = _write_test_vectors(package, source, options.validation)
             manifest["files"] = file_digests(scratch)

@@ -52,14 +52,21 @@ def drop_bias(proto, node_name) -> None:
 
 
 def transpose_kernel(proto, node_name) -> None:
-    """Transpose the node's weight: a convolution's kernel rows and columns, a matrix's axes."""
+    """Transpose the node's weight: a convolution kernel's rows and columns (a 1x1 kernel's
+    input and output channels, or its input channels reversed), a matrix's two axes."""
     from onnx import numpy_helper
 
     _, init = _weight(proto, node_name, 1)
     if init is None:
         return
     w = numpy_helper.to_array(init)
-    _rewrite(init, np.swapaxes(w, -1, -2) if w.shape[-1] == w.shape[-2] else w[..., ::-1])
+    if w.ndim == 4 and w.shape[2] * w.shape[3] > 1:
+        w = np.swapaxes(w, 2, 3) if w.shape[2] == w.shape[3] else w[:, :, ::-1, ::-1]
+    elif w.shape[0] == w.shape[1]:
+        w = np.swapaxes(w, 0, 1)
+    else:
+        w = np.flip(w, axis=1)
+    _rewrite(init, np.ascontiguousarray(w))
 
 
 @contextmanager
