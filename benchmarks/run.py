@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +26,10 @@ from deploytool.errors import DeploytoolError  # noqa: E402
 from deploytool.tensors import TensorSpec  # noqa: E402
 from deploytool.testing.zoo import ZOO  # noqa: E402
 
+# The peers every model is timed beside; OpenVINO where it is installed (pip install openvino).
+PEERS = ("onnxruntime", "openvino", "torchscript") if importlib.util.find_spec("openvino") \
+    else ("onnxruntime", "torchscript")
+LABELS = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "torchscript": "TorchScript"}
 GPU_SECTION = "\n## GPU"  # measured on another machine (benchmarks/gpu.py run), kept as it is
 
 
@@ -101,7 +106,7 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
     elif tuning.get("default"):
         row.tuning = "default schedules"
     options = BenchOptions(package=package.path, model=model,
-                           compare=("onnxruntime", "torchscript"), warmup_ms=case.warmup_ms,
+                           compare=PEERS, warmup_ms=case.warmup_ms,
                            min_iters=max(1, round(case.min_iters * scale)),
                            min_seconds=case.min_seconds * scale, threads=threads, rounds=rounds)
     print(f"== {case.name}: bench\n{options.display()}", flush=True)
@@ -113,6 +118,14 @@ def _mib(kb: int) -> str:
     return f"{kb / 1024:.0f} MiB"
 
 
+def _openvino_version() -> str:
+    if "openvino" not in PEERS:
+        return ""
+    import openvino
+
+    return f"OpenVINO {openvino.__version__.split('-')[0]} (CPU plugin, f32, latency mode), "
+
+
 def render(rows: list[Row], machine: dict, threads: int, end_load: float,
            note: str | None) -> str:
     import onnxruntime
@@ -121,7 +134,7 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
 
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "# Benchmarks: package vs ONNX Runtime vs TorchScript",
+        "# Benchmarks: package vs " + " vs ".join(LABELS[p] for p in PEERS),
         "",
         f"Machine: {machine['cpu']}, {machine['arch']}, {machine['cores']} cores "
         f"({machine['usable_cpus']} usable), {threads} thread{'s' if threads != 1 else ''} for "
@@ -129,7 +142,7 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         f"Load average {machine['load_average_1min']} at the start, {end_load:.2f} at the end. "
         f"{date}.",
         f"Versions: TVM {tvm.__version__}, ONNX Runtime {onnxruntime.__version__}, "
-        f"torch {torch.__version__}. Batch 1, float32, target `cpu`.",
+        f"{_openvino_version()}torch {torch.__version__}. Batch 1, float32, target `cpu`.",
         "",
     ]
     if note:
@@ -141,20 +154,21 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         "(the package is 1.00x; below 1 the backend is faster). Memory is the peak resident set "
         "(VmHWM) of the process that ran the backend.",
         "",
-        "| model | input | compile | tuning | package p50 | ONNX Runtime p50 | TorchScript p50 "
-        "| package peak RSS | ONNX Runtime peak RSS | TorchScript peak RSS |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | input | compile | tuning | package p50 | "
+        + " | ".join(f"{LABELS[p]} p50" for p in PEERS) + " | package peak RSS | "
+        + " | ".join(f"{LABELS[p]} peak RSS" for p in PEERS) + " |",
+        "| --- " * (5 + 2 * len(PEERS) + 1) + "|",
     ]
     for row in rows:
         name = f"`{row.case.name}`"
         if row.result is None:
-            lines.append(f"| {name} | {row.inputs} | {row.error} | | | | | | | |")
+            lines.append(f"| {name} | {row.inputs} | {row.error} |" + " |" * (3 + 2 * len(PEERS)))
             continue
         r = row.result
         cells = [format_ms(r.get("package").stats.p50_ms)]
-        for other in ("onnxruntime", "torchscript"):
+        for other in PEERS:
             cells.append(f"{format_ms(r.get(other).stats.p50_ms)} ({r.ratio(other):.2f}x)")
-        memory = [_mib(r.get(n).peak_rss_kb) for n in ("package", "onnxruntime", "torchscript")]
+        memory = [_mib(r.get(n).peak_rss_kb) for n in ("package", *PEERS)]
         lines.append(f"| {name} | {row.inputs} | {row.compile_s:.1f} s | {row.tuning} | "
                      + " | ".join(cells + memory) + " |")
     lines += ["", "## Every figure", "",
@@ -190,7 +204,8 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
               "    make bench            # or: python benchmarks/run.py [--models mlp,cnn] "
               "[--threads N]", "",
               "It compiles each model into build/bench/, runs `deploytool bench` on it with "
-              "`--compare onnxruntime,torchscript` and the settings above, and rewrites this file.",
+              f"`--compare {','.join(PEERS)}` and the settings above, and rewrites this file "
+              "up to its GPU section.",
               ""]
     return "\n".join(lines)
 

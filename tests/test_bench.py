@@ -122,7 +122,7 @@ def test_cli_refuses_zero_iterations(tmp_path):
 def test_cli_refuses_an_unknown_backend(tmp_path):
     result = _cli(str(_fake_package(tmp_path / "p")), "--compare", "tflite")
     assert result.exit_code == 2
-    assert "Error: unknown backend 'tflite' in --compare. Use onnxruntime, torchscript" \
+    assert "Error: unknown backend 'tflite' in --compare. Use onnxruntime, torchscript, openvino" \
         in result.output
 
 
@@ -325,3 +325,17 @@ def test_per_kernel_profile_of_a_gpu_package_is_refused(tmp_path):
     assert result.exit_code != 0
     assert "--per-kernel times the kernels of CPU packages only" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_openvino_runs_as_a_peer_on_the_same_inputs(mlp_copy):
+    pytest.importorskip("openvino")
+    package, _ = mlp_copy
+    result = bench_package(BenchOptions(package=package, compare=("openvino",), warmup_ms=10,
+                                        min_iters=6, min_seconds=0, threads=1, rounds=1))
+    package_result, openvino = result.backends
+    assert openvino.name == "openvino" and openvino.threads == 1
+    assert openvino.stats.iterations >= 6 and openvino.peak_rss_kb > 0
+    np.testing.assert_allclose(openvino.outputs[0], package_result.outputs[0], rtol=1e-4,
+                               atol=1e-5)
+    assert openvino.max_abs_diff < 1e-4

@@ -197,6 +197,9 @@ BACKENDS: dict[str, Backend] = {
                                            / "model.onnx"), "onnxruntime"),
     "torchscript": Backend("torchscript", "the TorchScript model with torch.jit.load",
                            _worker_command("torchscript", lambda job: job.model), "torch"),
+    "openvino": Backend("openvino", "OpenVINO's CPU plugin on the package's model.onnx (f32, "
+                        "latency mode)", _worker_command("openvino", lambda job: job.package.path
+                                                         / "model.onnx"), "openvino"),
 }
 
 
@@ -452,9 +455,10 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
                                   f"Install it (pip install {module})")
     model = _torchscript_model(package, options.model) if "torchscript" in options.compare \
         else None
-    if "onnxruntime" in options.compare and not (package.path / "model.onnx").is_file():
-        raise DeploytoolError(f"package {package.path} has no model.onnx for ONNX Runtime",
-                              "Compile the package again")
+    for name in {"onnxruntime", "openvino"} & set(options.compare):
+        if not (package.path / "model.onnx").is_file():
+            raise DeploytoolError(f"package {package.path} has no model.onnx for {name}",
+                                  "Compile the TorchScript or ONNX form of the model")
     threads = options.resolved_threads()
     machine = {**machine_info(), **({"device": device, "gpu": gpu} if gpu else {})}
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -43,6 +43,20 @@ def onnxruntime_session(model: Path | str | bytes, threads: int | None = None,
     return ort.InferenceSession(source, options, providers=providers)
 
 
+def openvino_model(model: Path | str, threads: int | None = None, device: str = "cpu"):
+    """OpenVINO's CPU plugin compiling ``model`` (ONNX) as a peer is measured: fp32
+    (``INFERENCE_PRECISION_HINT``), latency mode, on ``threads`` threads (None: its default)."""
+    import openvino as ov
+
+    if device != "cpu":
+        raise Unavailable("deploytool compares OpenVINO on the CPU only: drop openvino from "
+                          "--compare for a GPU package")
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    return ov.Core().compile_model(str(model), "CPU", config)
+
+
 def flat_outputs(result) -> list:
     """A model's result as a flat list: a tensor, or the tensors of a tuple or list."""
     return list(result) if isinstance(result, list | tuple) else [result]
