@@ -304,6 +304,8 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     per_size = len(samples) // max(1, len(batch_sizes or [1]))
     vacuous = find_vacuous(names, first_reference[:per_size], options.max_error,
                            {n: options.tolerance(n)[0] for n in names})
+    if per_size < 2:
+        notes.append("one sample: whether the outputs depend on the input is not checked")
     return ValidationReport(list(worst.values()), list(references),
                             1 if options.inputs_dir is not None else options.samples,
                             options.seed, notes, batch_sizes, vacuous, options.allow_vacuous)
