@@ -1,4 +1,5 @@
-"""Shared fixtures: example models saved as TorchScript and packages compiled from them."""
+"""Shared fixtures: example models saved as TorchScript and packages compiled from them once a
+session."""
 
 from __future__ import annotations
 
@@ -10,8 +11,52 @@ import numpy as np
 import pytest
 
 from deploytool.compiler import CompileOptions, compile_model
+from deploytool.frontends.load import load_model, to_onnx
+from deploytool.importer.relax import import_relax
+from deploytool.package.manifest import Package
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import write_example
+
+
+def example_model(name: str, folder: Path) -> Path:
+    """The example ``name`` ("mlp", "cnn") saved as ``folder/name.pt``, written once."""
+    path = folder / f"{name}.pt"
+    return path if path.exists() else write_example(name, path)
+
+
+def relax_module(path: Path):
+    """A model file's Relax module, as compile imports it (before fusing and scheduling)."""
+    return import_relax(to_onnx(load_model(path)))
+
+
+class PackageFactory:
+    """Compiles each model, target and set of options once a session. A model is a path or
+    the name of an example model; examples and packages share one folder, so a package's
+    parent folder holds ``<example>.pt``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.packages: dict[str, Package] = {}
+        self.logs: dict[Path, list[str]] = {}
+
+    def __call__(self, model: str | Path, target: str = "cpu", **options) -> Package:
+        path = self.model_path(model)
+        key = repr((str(path), target, sorted(options.items())))
+        if key not in self.packages:
+            output = self.folder / f"{path.stem}-{len(self.packages)}"
+            lines: list[str] = []
+            self.packages[key] = compile_model(
+                CompileOptions(model=path, target=target, output=output, **options),
+                log=lines.append)
+            self.logs[output] = lines
+        return self.packages[key]
+
+    def model_path(self, model: str | Path) -> Path:
+        return model if isinstance(model, Path) else example_model(model, self.folder)
+
+    def log(self, package: Package) -> list[str]:
+        """The lines the compile of ``package`` logged."""
+        return self.logs[package.path]
 
 
 @pytest.fixture(scope="session")
@@ -20,25 +65,30 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mlp_pt(models_dir) -> Path:
-    return write_example("mlp", models_dir / "mlp.pt")
+def compile_package(models_dir) -> PackageFactory:
+    """``compile_package(model, target="cpu", **options) -> Package``, compiled once a session
+    for each set of arguments (options are CompileOptions fields)."""
+    return PackageFactory(models_dir)
 
 
 @pytest.fixture(scope="session")
-def cnn_pt(models_dir) -> Path:
-    return write_example("cnn", models_dir / "cnn.pt")
+def mlp_pt(compile_package) -> Path:
+    return compile_package.model_path("mlp")
 
 
 @pytest.fixture(scope="session")
-def mlp_package(mlp_pt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packages") / "mlp"
-    return compile_model(CompileOptions(model=mlp_pt, output=out))
+def cnn_pt(compile_package) -> Path:
+    return compile_package.model_path("cnn")
 
 
 @pytest.fixture(scope="session")
-def cnn_package(cnn_pt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packages") / "cnn"
-    return compile_model(CompileOptions(model=cnn_pt, output=out))
+def mlp_package(compile_package) -> Package:
+    return compile_package("mlp")
+
+
+@pytest.fixture(scope="session")
+def cnn_package(compile_package) -> Package:
+    return compile_package("cnn")
 
 
 def run_clean(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:

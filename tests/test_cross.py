@@ -16,13 +16,12 @@ from click.testing import CliRunner
 from conftest import depthwise, residual_conv
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.frontends.load import load_model
 from deploytool.frontends.torchscript import run_torchscript
 from deploytool.targets import load_target
 from deploytool.tensors import sample_inputs
-from deploytool.testing.examples import cnn, mlp, save_torchscript
+from deploytool.testing.examples import mlp, save_torchscript
 from deploytool.toolchains import emulation as runners
 from deploytool.toolchains.emulation import can_run, runner_command
 from deploytool.toolchains.tvm_runtime import elf_arch
@@ -43,21 +42,18 @@ def needs_cross():
 
 
 @pytest.fixture(scope="module")
-def arm_packages(tmp_path_factory):
+def arm_packages(compile_package):
     """The example MLP and CNN compiled for arm64: {name: (package, source model)}."""
     needs_cross()
-    root = tmp_path_factory.mktemp("arm")
     packages = {}
-    for name, factory in (("mlp", mlp), ("cnn", cnn)):
-        model_path = save_torchscript(*factory(), root / f"{name}.pt")
+    for name in ("mlp", "cnn"):
         try:
-            package = compile_model(CompileOptions(model=model_path, target="arm64",
-                                                   output=root / name))
+            package = compile_package(name, "arm64")
         except DeploytoolError as err:
             if "could not download" in str(err):
                 pytest.skip(f"the aarch64 TVM runtime is not cached and cannot be fetched: {err}")
             raise
-        packages[name] = (package, load_model(model_path))
+        packages[name] = (package, load_model(compile_package.model_path(name)))
     return packages
 
 
@@ -277,10 +273,9 @@ def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
     (residual_conv, (64, 14)),  # a row's 2 leftover pixels by two channel tiles (2x32)
     (depthwise, (16, 16)),  # 4-pixel tiles reading each tap in place
 ])
-def test_narrow_register_tiles_validate_under_emulation(tmp_path, model, shape):
+def test_narrow_register_tiles_validate_under_emulation(compile_package, tmp_path, model, shape):
     """NEON takes the narrow-register tiles test_schedules checks on AVX2."""
     needs_cross()
     path = save_torchscript(*model(*shape), tmp_path / "conv.pt")
-    package = compile_model(CompileOptions(model=path, target="arm64", java=False,
-                                           output=tmp_path / "pkg"))
+    package = compile_package(path, "arm64", java=False)
     assert package.manifest["validation"]["status"] == "passed"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import relax_module
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.targets import load_target
 from deploytool.testing.examples import cnn, mlp, save_torchscript
@@ -51,24 +51,17 @@ PREBUILT = os.environ.get("DEPLOYTOOL_CUDA_PACKAGES")
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
-    """Compile each (model, target) once per module, on demand; each package's folder holds
-    the TorchScript it was compiled from, ``<model>.pt``."""
-    root = Path(PREBUILT) if PREBUILT else tmp_path_factory.mktemp("cuda")
-    built: dict[tuple[str, str], Path] = {}
+def packages(compile_package):
+    """The folder of each (model, target)'s package, compiled on demand (or prebuilt); each
+    package's parent folder holds the TorchScript it was compiled from, ``<model>.pt``."""
 
     def get(model: str, target: str) -> Path:
-        if PREBUILT:
-            if not (root / f"{model}-{target}" / "manifest.json").is_file():
-                pytest.skip(f"{model}-{target} is not among the packages in {root}")
-            return root / f"{model}-{target}"
-        if (model, target) not in built:
-            module, inputs = MODELS[model]()
-            source = save_torchscript(module, inputs, root / f"{model}.pt")
-            package = compile_model(CompileOptions(model=source, target=target,
-                                                   output=root / f"{model}-{target}"))
-            built[(model, target)] = package.path
-        return built[(model, target)]
+        if not PREBUILT:
+            return compile_package(model, target).path
+        folder = Path(PREBUILT) / f"{model}-{target}"
+        if not (folder / "manifest.json").is_file():
+            pytest.skip(f"{model}-{target} is not among the packages in {PREBUILT}")
+        return folder
 
     return get
 
@@ -145,13 +138,8 @@ def test_jetson_orin_fails_clearly_for_now(tmp_path):
 # --- building (no GPU needed) --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def mlp_relax(tmp_path_factory):
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
-
-    module, inputs = mlp()
-    path = save_torchscript(module, inputs, tmp_path_factory.mktemp("relax") / "mlp.pt")
-    return import_relax(to_onnx(load_model(path, None)))
+def mlp_relax(mlp_pt):
+    return relax_module(mlp_pt)
 
 
 def _gpu_kernels(module, shape, tmp_path, default_rules: bool) -> dict:
@@ -162,13 +150,10 @@ def _gpu_kernels(module, shape, tmp_path, default_rules: bool) -> dict:
     from tvm.s_tir import dlight as dl
 
     from deploytool.build import gpu_pipeline
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
     from deploytool.schedules import gpu as gpu_schedules
     from deploytool.tensors import TensorSpec
 
-    path = save_torchscript(module, [TensorSpec("x", shape)], tmp_path / "model.pt")
-    mod = import_relax(to_onnx(load_model(path, None)))
+    mod = relax_module(save_torchscript(module, [TensorSpec("x", shape)], tmp_path / "model.pt"))
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
     passes = gpu_pipeline.legalize_passes(target)
     if default_rules:
@@ -424,12 +409,9 @@ int main(int argc, char** argv) {
 """
 
 
-def test_dlpack_entry_point_on_a_cpu_package(tmp_path):
+def test_dlpack_entry_point_on_a_cpu_package(compile_package, tmp_path):
     """dt_run_dlpack is device-generic: on a CPU package it runs here, and must match dt_run."""
-    module, inputs = mlp()
-    source = save_torchscript(module, inputs, tmp_path / "mlp.pt")
-    package = compile_model(CompileOptions(model=source, target="x86_64-avx2",
-                                           output=tmp_path / "pkg")).path
+    package = compile_package("mlp", "x86_64-avx2").path
     (tmp_path / "main.c").write_text(CPU_DLPACK_PROGRAM)
     subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", str(tmp_path / "main.c"),
                     f"-I{package / 'include'}", f"-L{package / 'lib'}", "-ldeploytool",

@@ -15,7 +15,6 @@ import pytest
 from click.testing import CliRunner
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.frontends.load import load_model
 from deploytool.frontends.torchscript import run_torchscript
@@ -38,15 +37,10 @@ def jdk():
 
 
 @pytest.fixture(scope="module")
-def packages(jdk, tmp_path_factory):
+def packages(jdk, compile_package):
     """The MLP and the CNN compiled with the Java binding: {name: (package dir, model file)}."""
-    root = tmp_path_factory.mktemp("java")
-    built = {}
-    for name in ("mlp", "cnn"):
-        model = write_example(name, root / f"{name}.pt")
-        package = compile_model(CompileOptions(model=model, output=root / name, java=True))
-        built[name] = (package.path, model)
-    return built
+    return {name: (compile_package(name, java=True).path, compile_package.model_path(name))
+            for name in ("mlp", "cnn")}
 
 
 def java_run(jdk, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -212,13 +206,11 @@ def test_api_conversions_errors_and_close(jdk, packages, harness):
 
 
 @pytest.mark.cross
-def test_arm_package_gets_an_aarch64_jni_library(jdk, packages, tmp_path):
+def test_arm_package_gets_an_aarch64_jni_library(jdk, packages, compile_package):
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("needs aarch64-linux-gnu-g++ (apt-get install g++-aarch64-linux-gnu)")
-    model = write_example("mlp", tmp_path / "mlp.pt")
     try:
-        package = compile_model(CompileOptions(model=model, target="arm64", output=tmp_path / "arm",
-                                               validate=False, java=True))
+        package = compile_package("mlp", target="arm64", validate=False, java=True)
     except DeploytoolError as err:
         if "could not download" in str(err):
             pytest.skip(f"the aarch64 TVM runtime is not cached and cannot be fetched: {err}")

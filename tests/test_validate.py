@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from conftest import copy_package, run_clean
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.package.manifest import load_package
 from deploytool.tensors import TensorSpec
@@ -64,8 +63,9 @@ def test_a_different_model_fails_and_names_the_output(mlp_package, other_mlp_pt,
     assert json.loads((pkg / "manifest.json").read_text())["validation"]["status"] == "failed"
 
 
-def test_a_swapped_model_so_fails_against_both_references(mlp_package, other_mlp_pt, tmp_path):
-    other = compile_model(CompileOptions(model=other_mlp_pt, output=tmp_path / "other"))
+def test_a_swapped_model_so_fails_against_both_references(compile_package, mlp_package,
+                                                         other_mlp_pt, tmp_path):
+    other = compile_package(other_mlp_pt)
     pkg = copy_package(mlp_package.path, tmp_path / "pkg")
     (pkg / "model.so").write_bytes((other.path / "model.so").read_bytes())
     report = validate_package(load_package(pkg))

@@ -90,9 +90,9 @@ def assert_close(got: list[np.ndarray], want: list[np.ndarray], what: str) -> No
 
 @pytest.mark.parametrize(("name", "fmt", "kwargs"), CASES,
                          ids=[f"{n}.{f}" for n, f, _ in CASES])
-def test_zoo_model_compiles_and_matches(name, fmt, kwargs, tmp_path):
+def test_zoo_model_compiles_and_matches(compile_package, name, fmt, kwargs, tmp_path):
     model, inputs, path = build(name, fmt, kwargs, tmp_path)
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg", java=False))
+    package = compile_package(path, java=False)
     assert package.manifest["validation"]["status"] == "passed"  # deploytool's own check
     assert package.manifest["model"]["route"] == (
         "torch.export -> relax" if fmt == "pt2" else "torchscript -> onnx -> relax")
