@@ -14,6 +14,8 @@ from conftest import copy_package, run_clean, run_package
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.tensors import sample_inputs
 
+pytestmark = pytest.mark.slow
+
 
 def torchscript(model_pt, arrays):
     module = torch.jit.load(str(model_pt))

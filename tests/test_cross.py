@@ -176,6 +176,7 @@ def test_runtime_dir_of_the_wrong_architecture_is_refused(tmp_path):
 
 # End to end: cross-compile, check binaries, run under qemu.
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_every_binary_is_aarch64(arm_packages):
     for package, _ in arm_packages.values():
@@ -188,6 +189,7 @@ def test_every_binary_is_aarch64(arm_packages):
         assert "qemu-aarch64-static bin/deploytool-run" in (package.path / "README.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_runtime_comes_from_the_checked_cache(arm_packages):
     from deploytool.common import sha256_of
@@ -201,6 +203,7 @@ def test_runtime_comes_from_the_checked_cache(arm_packages):
         assert sha256_of(package.path / "lib" / name) == record["sha256"][name]
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_runs_under_qemu_like_torchscript(arm_packages, name, tmp_path):
@@ -208,6 +211,7 @@ def test_runs_under_qemu_like_torchscript(arm_packages, name, tmp_path):
     run_and_compare(package.path, source, tmp_path, use_default_package=False)
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_moved_package_runs_again(arm_packages, tmp_path):
     package, source = arm_packages["mlp"]
@@ -221,6 +225,7 @@ def test_moved_package_runs_again(arm_packages, tmp_path):
         os.rename(hidden, package.path)
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @on_x86
 def test_arm_package_is_refused_by_the_x86_runner(arm_packages, tmp_path):
@@ -234,6 +239,7 @@ def test_arm_package_is_refused_by_the_x86_runner(arm_packages, tmp_path):
     assert "the package was compiled for aarch64 but this machine is x86_64" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_compile_with_runtime_dir(arm_packages, tmp_path):
     from deploytool.toolchains.tvm_runtime import cache_dir
@@ -252,6 +258,7 @@ def test_compile_with_runtime_dir(arm_packages, tmp_path):
     run_and_compare(tmp_path / "pi4", source, tmp_path, use_default_package=False)
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
@@ -267,6 +274,7 @@ def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
     assert "self-test PASSED" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @pytest.mark.parametrize("model, shape", [
     (residual_conv, (128, 7)),  # 6x16 tiles, then the leftover pixel's own tile

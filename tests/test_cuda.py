@@ -213,6 +213,7 @@ def test_matmul_kernels_with_few_outputs_take_smaller_tiles(tmp_path):
             == _gpu_kernels(wide, (1, 64, 56, 56), tmp_path, True))
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypatch, tmp_path):
     import tvm
@@ -229,6 +230,7 @@ def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypat
     assert (before is None) == (after is None)  # TVM's callback put back
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_nvcc_failure_is_one_clear_line(mlp_relax, monkeypatch, tmp_path):
     from deploytool.build import library as build
@@ -245,6 +247,7 @@ def test_nvcc_failure_is_one_clear_line(mlp_relax, monkeypatch, tmp_path):
 
 # --- compiled packages (no GPU needed) -----------------------------------------------------------
 
+@pytest.mark.slow
 @needs_nvcc
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("target,sm", [("cuda-sm80", 80), ("cuda-sm90", 90)])
@@ -258,6 +261,7 @@ def test_package_carries_kernels_for_the_named_arch(packages, model, target, sm)
     assert b"__global__" not in data, "kernels compiled, not left as CUDA source"
 
 
+@pytest.mark.slow
 @needs_nvcc
 @pytest.mark.parametrize("target", ["cuda-sm80", "cuda-sm90"])
 def test_package_contents_and_manifest(packages, target):
@@ -276,6 +280,7 @@ def test_package_contents_and_manifest(packages, target):
     assert "--device cuda:0" in readme and runtime["cuda"]["min_driver"] in readme
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_runtime_libraries_resolve_inside_the_package(packages):
     package = packages("mlp", "cuda-sm80")
@@ -290,6 +295,7 @@ def test_runtime_libraries_resolve_inside_the_package(packages):
 
 # --- loading without a GPU: clear errors, no crash -----------------------------------------------
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_runner_without_gpu_gives_a_clear_error(packages):
@@ -301,6 +307,7 @@ def test_runner_without_gpu_gives_a_clear_error(packages):
             or "no CUDA GPU cuda:0 on this machine" in proc.stderr)  # a driver but no GPU
 
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_driver_without_gpu_gives_a_clear_error(packages):
@@ -313,6 +320,7 @@ def test_driver_without_gpu_gives_a_clear_error(packages):
     assert "no CUDA GPU cuda:0 on this machine" in proc.stderr
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_device_mismatch_and_unknown_device(packages):
     runner = packages("mlp", "cuda-sm80") / "bin" / "deploytool-run"
@@ -344,6 +352,7 @@ int main(int argc, char** argv) {
 """
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_c_api_header_compiles_as_c_and_load_fails_cleanly(packages, tmp_path):
     package = packages("mlp", "cuda-sm80")
@@ -409,6 +418,7 @@ int main(int argc, char** argv) {
 """
 
 
+@pytest.mark.slow
 def test_dlpack_entry_point_on_a_cpu_package(compile_package, tmp_path):
     """dt_run_dlpack is device-generic: on a CPU package it runs here, and must match dt_run."""
     package = compile_package("mlp", "x86_64-avx2").path
@@ -475,6 +485,7 @@ int main(int argc, char** argv) {
 """
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -499,6 +510,7 @@ def test_gpu_package_matches_pytorch(packages, model, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("target", ["cuda", "cuda-sm80"])
@@ -511,6 +523,7 @@ def test_gpu_self_test_passes(packages, target):
     assert "self-test PASSED" in proc.stdout
 
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_compile_without_gpu_leaves_validation_pending(packages):
@@ -519,6 +532,7 @@ def test_compile_without_gpu_leaves_validation_pending(packages):
     assert manifest["self_test"], "test vectors for the GPU machine's --self-test"
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_dlpack_keeps_data_on_the_device(packages, tmp_path):
@@ -536,6 +550,7 @@ def test_gpu_dlpack_keeps_data_on_the_device(packages, tmp_path):
 
 # --- bench on a GPU --------------------------------------------------------------------------
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_bench_of_a_gpu_package_without_a_gpu_is_one_line(packages):
@@ -545,6 +560,7 @@ def test_bench_of_a_gpu_package_without_a_gpu_is_one_line(packages):
     assert "Traceback" not in outcome.output
 
 
+@pytest.mark.slow
 @needs_nvcc
 @pytest.mark.parametrize("device, message", [("cpu", "runs on cuda, not on cpu"),
                                              ("gpu0", "--device gpu0 is not a device")])
@@ -577,6 +593,7 @@ def test_bench_worker_without_a_gpu_build_of_torch_says_so(tmp_path):
                                    "has no CUDA, or sees no GPU): install a CUDA build of PyTorch")
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_bench_beside_pytorch_on_the_same_gpu(packages, tmp_path):

@@ -106,6 +106,7 @@ def test_torch_export_archives_refuse_symbolic_dims(tmp_path):
 
 # --- packages ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_manifest_records_symbols_and_bounds(cnn_dynamic):
     package, _ = cnn_dynamic
     manifest = package.manifest
@@ -116,6 +117,7 @@ def test_manifest_records_symbols_and_bounds(cnn_dynamic):
     assert manifest["compile_options"]["inputs"] == ["image:N<=8x3x32x32:float32"]
 
 
+@pytest.mark.slow
 def test_compile_validates_at_several_sizes(cnn_dynamic):
     package, lines = cnn_dynamic
     validation = package.manifest["validation"]
@@ -124,6 +126,7 @@ def test_compile_validates_at_several_sizes(cnn_dynamic):
     assert any("batch sizes 1, 2, 8" in line for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_cnn_runs_every_batch_up_to_the_bound(cnn_dynamic, cnn_pt, batch, tmp_path):
     package, _ = cnn_dynamic
@@ -133,6 +136,7 @@ def test_cnn_runs_every_batch_up_to_the_bound(cnn_dynamic, cnn_pt, batch, tmp_pa
     np.testing.assert_allclose(out, torchscript_outputs(cnn_pt, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 8, 20])
 def test_unbounded_mlp_runs_any_batch(mlp_dynamic, mlp_pt, batch, tmp_path):
     x = np.random.default_rng(batch).uniform(-1, 1, (batch, 512)).astype(np.float32)
@@ -143,6 +147,7 @@ def test_unbounded_mlp_runs_any_batch(mlp_dynamic, mlp_pt, batch, tmp_path):
     assert "bounds" not in mlp_dynamic.manifest["inputs"][0]
 
 
+@pytest.mark.slow
 def test_batch_above_the_bound_and_wrong_static_dims_are_refused(cnn_dynamic, tmp_path):
     package, _ = cnn_dynamic
     np.save(tmp_path / "big.npy", np.zeros((9, 3, 32, 32), np.float32))
@@ -155,6 +160,7 @@ def test_batch_above_the_bound_and_wrong_static_dims_are_refused(cnn_dynamic, tm
     assert "dimension 2 is 31 but the model takes (N<=8, 3, 32, 32)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_runner_random_inputs_self_test_and_shape_option(cnn_dynamic, tmp_path):
     package, _ = cnn_dynamic
     proc = run_clean([package.runner, "--self-test"])
@@ -171,6 +177,7 @@ def test_runner_random_inputs_self_test_and_shape_option(cnn_dynamic, tmp_path):
     assert proc.returncode == 2 and "--shape takes NAME=SIZExSIZE" in proc.stderr
 
 
+@pytest.mark.slow
 def test_c_api_dt_run_shaped(cnn_dynamic, cnn_pt, tmp_path):
     package, _ = cnn_dynamic
     pkg = package.path
@@ -192,6 +199,7 @@ def test_c_api_dt_run_shaped(cnn_dynamic, cnn_pt, tmp_path):
     np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_validate_command_batch_sizes(cnn_dynamic, mlp_package, tmp_path):
     package = load_package(copy_package(cnn_dynamic[0].path, tmp_path / "pkg"))
     runner = CliRunner()
@@ -208,6 +216,7 @@ def test_validate_command_batch_sizes(cnn_dynamic, mlp_package, tmp_path):
     assert result.exit_code == 1 and "has static shapes" in result.output
 
 
+@pytest.mark.slow
 def test_onnx_with_a_named_dynamic_axis_compiles_as_dynamic(compile_package, mlp_pt, tmp_path):
     import torch
 
@@ -227,6 +236,7 @@ def test_onnx_with_a_named_dynamic_axis_compiles_as_dynamic(compile_package, mlp
     assert static.manifest["outputs"][0]["shape"] == [3, 2]  # was refused as symbolic before
 
 
+@pytest.mark.slow
 def test_java_refuses_a_dynamic_package(compile_package, tmp_path):
     from test_java import build_example, java_run
 
@@ -244,6 +254,7 @@ def test_java_refuses_a_dynamic_package(compile_package, tmp_path):
     assert "dt_run_shaped" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cpp_example_runs_a_dynamic_package(cnn_dynamic, cnn_pt, tmp_path):
     package, _ = cnn_dynamic
     pkg = package.path

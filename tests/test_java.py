@@ -73,6 +73,7 @@ def parse_outputs(stdout: str) -> dict[str, np.ndarray]:
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_example_matches_torchscript(jdk, packages, name):
     package_dir, model_file = packages[name]
@@ -94,6 +95,7 @@ def test_example_matches_torchscript(jdk, packages, name):
         np.testing.assert_allclose(values, expected.ravel(), rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_package_layout_and_manifest(jdk, packages):
     package_dir, _ = packages["mlp"]
     manifest = json.loads((package_dir / "manifest.json").read_text())
@@ -109,6 +111,7 @@ def test_package_layout_and_manifest(jdk, packages):
         assert {int.from_bytes(jar.read(n)[6:8], "big") for n in classes} == {55}
 
 
+@pytest.mark.slow
 def test_readme_snippet_compiles_and_runs(jdk, packages, tmp_path):
     package_dir, _ = packages["cnn"]
     readme = (package_dir / "README.md").read_text()
@@ -136,6 +139,7 @@ def c_api_message(package_dir: Path, runner: Path) -> str:
     return proc.stderr[len("error: "):].strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "manifest", "truncated", "not-elf"])
 def test_bad_package_raises_the_c_api_message(jdk, packages, tmp_path, damage):
     good, _ = packages["mlp"]
@@ -173,6 +177,7 @@ def harness(jdk, packages, tmp_path_factory):
     return ["java", "-cp", f"{jar}:{classes}", "ApiCheck"]
 
 
+@pytest.mark.slow
 def test_threads_share_one_model(jdk, packages, harness, tmp_path):
     package_dir, model_file = packages["mlp"]
     source = load_model(model_file)
@@ -193,6 +198,7 @@ def test_threads_share_one_model(jdk, packages, harness, tmp_path):
     assert float(summary["max_abs_err"]) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_api_conversions_errors_and_close(jdk, packages, harness):
     package_dir, _ = packages["mlp"]
     proc = java_run(jdk, [*harness, "api", str(package_dir)], package_dir)
@@ -205,6 +211,7 @@ def test_api_conversions_errors_and_close(jdk, packages, harness):
     assert lines[-1] == "all passed"
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_arm_package_gets_an_aarch64_jni_library(jdk, packages, compile_package):
     if shutil.which("aarch64-linux-gnu-g++") is None:
@@ -260,6 +267,7 @@ def test_cli_java_without_jdk_fails_before_writing(no_jdk, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+@pytest.mark.slow
 def test_cli_no_java_leaves_it_out(tmp_path):
     model = write_example("mlp", tmp_path / "mlp.pt")
     out = tmp_path / "out"

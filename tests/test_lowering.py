@@ -16,6 +16,8 @@ from deploytool.tuning.settings import TuneSettings
 WORKSPACE_CALL = "load ptr, ptr @__TVMBackendAllocWorkspace"
 PARALLEL_LAUNCH = "load ptr, ptr @__TVMBackendParallelLaunch"
 
+pytestmark = pytest.mark.slow  # every test here builds kernels
+
 
 @pytest.fixture(scope="module")
 def grouped_path(tmp_path_factory):

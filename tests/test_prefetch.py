@@ -72,6 +72,7 @@ def test_only_slices_swept_by_few_rows_are_prefetched(model_path):
     assert sum(counts.values()) == 1, counts
 
 
+@pytest.mark.slow
 def test_a_prefetching_package_matches_both_references(compile_package, model_path, tmp_path):
     package = compile_package(model_path, java=False, tuning=TuneSettings(db=tmp_path / "no-db"))
     validation = json.loads((package.path / "manifest.json").read_text())["validation"]

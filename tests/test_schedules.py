@@ -76,6 +76,7 @@ def _assert_validates(compile_package, path, target: str = "cpu") -> None:
     assert validation["status"] == "passed", validation
 
 
+@pytest.mark.slow
 def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(kinds_package):
     manifest = json.loads((kinds_package.path / "manifest.json").read_text())
     plan = manifest["tuning"]
@@ -85,6 +86,7 @@ def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(k
     assert "register-tiled" in plan["default_schedule"]
 
 
+@pytest.mark.slow
 def test_the_package_matches_both_references(kinds_package):
     validation = json.loads((kinds_package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
@@ -220,6 +222,7 @@ def pooling_layers():
     return Model().eval(), [TensorSpec("x", (1, 3, 16, 16))]
 
 
+@pytest.mark.slow
 def test_max_pooling_runs_a_vector_of_channels_at_a_time(compile_package, tmp_path):
     model, inputs = pooling_layers()
     path = save_torchscript(model, inputs, tmp_path / "pooling.pt")
@@ -234,6 +237,7 @@ def test_max_pooling_runs_a_vector_of_channels_at_a_time(compile_package, tmp_pa
     _assert_validates(compile_package, path)
 
 
+@pytest.mark.slow
 def test_short_rows_lend_a_tile_pixels_of_the_next_row(compile_package, tmp_path):
     # A 1x1 convolution over 14x14 pixels, as in MobileNetV2 (its 64 input channels are too few
     # for _tile_remainder): for 96 accumulator lanes (AVX2), one row of 14 pixels fits no tile
@@ -251,6 +255,7 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(compile_package, tmp_path
     _assert_validates(compile_package, path, "x86_64-avx2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_24_channels_take_three_vectors_on_narrow_registers(compile_package, tmp_path, kernel):
     # MobileNetV2's 1x1 convolutions to 24 channels: on AVX2, 4x24 tiles (12 accumulators) of
@@ -267,6 +272,7 @@ def test_24_channels_take_three_vectors_on_narrow_registers(compile_package, tmp
     _assert_validates(compile_package, path, "x86_64-avx2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, stride", [(16, 1), (32, 2)])
 def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(compile_package,
                                                                            tmp_path, size,
@@ -288,6 +294,7 @@ def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(compi
     _assert_validates(compile_package, path, "x86_64-avx2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels, size, threads, tiles, leftover, leftover_tile", [
     # 147K weights for 6K outputs: threads share the 8 channel tiles; 49 pixels in one loop
     # take eight 6x16 tiles, then pixel 48 alone (its thread owns just 16 channels).
