@@ -1,10 +1,12 @@
-"""Shared fixtures: example models saved as TorchScript and packages compiled from them once a
-session."""
+"""Shared fixtures: example models saved as TorchScript, packages compiled from them once a
+session, and a guard that fails a test which compiles without the ``slow`` marker."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,57 @@ from deploytool.importer.relax import import_relax
 from deploytool.package.manifest import Package
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import write_example
+
+# What compiles or tunes, by module: a test that calls one of these must be marked slow.
+COMPILERS = {
+    "deploytool.compiler": ("build_library",),
+    "deploytool.build.library": ("build_library",),
+    "tvm": ("compile", "build"),
+    "tvm.relax": ("build",),
+    "tvm.tirx": ("build",),
+    "tvm.s_tir.meta_schedule": ("tune_tasks",),
+}
+_guards = pytest.MonkeyPatch()
+_guarded: set[tuple[str, str]] = set()
+_running: list[pytest.Item] = []
+
+
+def _slow_only(function, name: str):
+    @functools.wraps(function)
+    def guarded(*args, **kwargs):
+        test = _running[-1] if _running else None
+        if test is not None and test.get_closest_marker("slow") is None:
+            pytest.fail(f"{test.nodeid} calls {name} but is not marked slow: add "
+                        "@pytest.mark.slow (make test-fast leaves out what compiles)",
+                        pytrace=False)
+        return function(*args, **kwargs)
+
+    return guarded
+
+
+def _guard_compilers() -> None:
+    """Wrap every compiler of COMPILERS whose module is loaded (tvm loads lazily)."""
+    for module_name, names in COMPILERS.items():
+        module = sys.modules.get(module_name)
+        for name in names:
+            if module is not None and (module_name, name) not in _guarded:
+                _guards.setattr(module, name, _slow_only(getattr(module, name),
+                                                         f"{module_name}.{name}"))
+                _guarded.add((module_name, name))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item):
+    _guard_compilers()
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.pop()
+
+
+def pytest_unconfigure():
+    _guards.undo()
 
 
 def example_model(name: str, folder: Path) -> Path:
