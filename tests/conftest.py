@@ -1,17 +1,115 @@
-"""Shared fixtures: example models saved as TorchScript and packages compiled from them."""
+"""Shared fixtures: example models saved as TorchScript, packages compiled from them once a
+session, and a guard that fails a test which compiles without the ``slow`` marker."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from deploytool.compiler import CompileOptions, compile_model
+from deploytool.frontends.load import load_model, to_onnx
+from deploytool.importer.relax import import_relax
+from deploytool.package.manifest import Package
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import write_example
+
+# What compiles or tunes, by module: a test that calls one of these must be marked slow.
+COMPILERS = {
+    "deploytool.compiler": ("build_library",),
+    "deploytool.build.library": ("build_library",),
+    "tvm": ("compile", "build"),
+    "tvm.relax": ("build",),
+    "tvm.tirx": ("build",),
+    "tvm.s_tir.meta_schedule": ("tune_tasks",),
+}
+_guards = pytest.MonkeyPatch()
+_guarded: set[tuple[str, str]] = set()
+_running: list[pytest.Item] = []
+
+
+def _slow_only(function, name: str):
+    @functools.wraps(function)
+    def guarded(*args, **kwargs):
+        test = _running[-1] if _running else None
+        if test is not None and test.get_closest_marker("slow") is None:
+            pytest.fail(f"{test.nodeid} calls {name} but is not marked slow: add "
+                        "@pytest.mark.slow (make test-fast leaves out what compiles)",
+                        pytrace=False)
+        return function(*args, **kwargs)
+
+    return guarded
+
+
+def _guard_compilers() -> None:
+    """Wrap every compiler of COMPILERS whose module is loaded (tvm loads lazily)."""
+    for module_name, names in COMPILERS.items():
+        module = sys.modules.get(module_name)
+        for name in names:
+            if module is not None and (module_name, name) not in _guarded:
+                _guards.setattr(module, name, _slow_only(getattr(module, name),
+                                                         f"{module_name}.{name}"))
+                _guarded.add((module_name, name))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item):
+    _guard_compilers()
+    _running.append(item)
+    try:
+        return (yield)
+    finally:
+        _running.pop()
+
+
+def pytest_unconfigure():
+    _guards.undo()
+
+
+def example_model(name: str, folder: Path) -> Path:
+    """The example ``name`` ("mlp", "cnn") saved as ``folder/name.pt``, written once."""
+    path = folder / f"{name}.pt"
+    return path if path.exists() else write_example(name, path)
+
+
+def relax_module(path: Path):
+    """A model file's Relax module, as compile imports it (before fusing and scheduling)."""
+    return import_relax(to_onnx(load_model(path)))
+
+
+class PackageFactory:
+    """Compiles each model, target and set of options once a session. A model is a path or
+    the name of an example model; examples and packages share one folder, so a package's
+    parent folder holds ``<example>.pt``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.packages: dict[str, Package] = {}
+        self.logs: dict[Path, list[str]] = {}
+
+    def __call__(self, model: str | Path, target: str = "cpu", **options) -> Package:
+        path = self.model_path(model)
+        key = repr((str(path), target, sorted(options.items())))
+        if key not in self.packages:
+            output = self.folder / f"{path.stem}-{len(self.packages)}"
+            lines: list[str] = []
+            self.packages[key] = compile_model(
+                CompileOptions(model=path, target=target, output=output, **options),
+                log=lines.append)
+            self.logs[output] = lines
+        return self.packages[key]
+
+    def model_path(self, model: str | Path) -> Path:
+        return model if isinstance(model, Path) else example_model(model, self.folder)
+
+    def log(self, package: Package) -> list[str]:
+        """The lines the compile of ``package`` logged."""
+        return self.logs[package.path]
 
 
 @pytest.fixture(scope="session")
@@ -20,25 +118,30 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mlp_pt(models_dir) -> Path:
-    return write_example("mlp", models_dir / "mlp.pt")
+def compile_package(models_dir) -> PackageFactory:
+    """``compile_package(model, target="cpu", **options) -> Package``, compiled once a session
+    for each set of arguments (options are CompileOptions fields)."""
+    return PackageFactory(models_dir)
 
 
 @pytest.fixture(scope="session")
-def cnn_pt(models_dir) -> Path:
-    return write_example("cnn", models_dir / "cnn.pt")
+def mlp_pt(compile_package) -> Path:
+    return compile_package.model_path("mlp")
 
 
 @pytest.fixture(scope="session")
-def mlp_package(mlp_pt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packages") / "mlp"
-    return compile_model(CompileOptions(model=mlp_pt, output=out))
+def cnn_pt(compile_package) -> Path:
+    return compile_package.model_path("cnn")
 
 
 @pytest.fixture(scope="session")
-def cnn_package(cnn_pt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packages") / "cnn"
-    return compile_model(CompileOptions(model=cnn_pt, output=out))
+def mlp_package(compile_package) -> Package:
+    return compile_package("mlp")
+
+
+@pytest.fixture(scope="session")
+def cnn_package(compile_package) -> Package:
+    return compile_package("cnn")
 
 
 def run_clean(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 import json
 import textwrap
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -23,6 +24,7 @@ def assert_error(result, code, *fragments):
         assert fragment in result.output, result.output
 
 
+@pytest.mark.slow
 def test_compile_prints_each_stage_and_writes_the_package(mlp_pt, tmp_path):
     out = tmp_path / "pkg"
     result = invoke("compile", mlp_pt, "--target", "cpu", "-o", out)
@@ -39,6 +41,7 @@ def test_targets_lists_one_line_per_file():
     assert {"cpu", "x86_64-avx2", "x86_64-avx512"} <= set(names)
 
 
+@pytest.mark.slow
 def test_inspect_model_and_package(mlp_pt, mlp_package):
     result = invoke("inspect", mlp_pt)
     assert result.exit_code == 0
@@ -49,6 +52,7 @@ def test_inspect_model_and_package(mlp_pt, mlp_package):
     assert result.exit_code == 0 and '"format_version": 1' in result.output
 
 
+@pytest.mark.slow
 def test_inspect_onnx(mlp_package):
     result = invoke("inspect", mlp_package.path / "model.onnx")
     assert result.exit_code == 0 and "Relu" in result.output
@@ -113,6 +117,7 @@ def test_unknown_target(mlp_pt, tmp_path):
                  "unknown target 'z80'", "x86_64-avx2")
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_without_force(mlp_pt, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
@@ -147,6 +152,7 @@ def test_unsupported_operator_is_named_and_nothing_is_left(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o")] == []
 
 
+@pytest.mark.slow
 def test_inline_target_json(mlp_pt, tmp_path):
     target = json.dumps({"target": {"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                                     "mcpu": "haswell"}})

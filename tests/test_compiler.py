@@ -14,6 +14,8 @@ from conftest import copy_package, run_clean, run_package
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.tensors import sample_inputs
 
+pytestmark = pytest.mark.slow
+
 
 def torchscript(model_pt, arrays):
     module = torch.jit.load(str(model_pt))
@@ -117,20 +119,18 @@ def test_archive_holds_the_package(mlp_pt, tmp_path):
     assert package.path == tmp_path / "m"
 
 
-def test_explicit_input_overrides_stored_shapes(mlp_pt, tmp_path):
+def test_explicit_input_overrides_stored_shapes(compile_package, mlp_pt, tmp_path):
     from deploytool.tensors import parse_input_spec
 
-    package = compile_model(CompileOptions(model=mlp_pt, output=tmp_path / "b4",
-                                           inputs=[parse_input_spec("x:4x512:float32")]))
+    package = compile_package("mlp", inputs=[parse_input_spec("x:4x512:float32")])
     assert package.outputs[0].shape == (4, 2)
     x = sample_inputs(package.inputs, seed=1)[0]
     out = run_package(package.path, {"x": x}, tmp_path / "out")
     np.testing.assert_allclose(out["output"], torchscript(mlp_pt, [x]), atol=1e-5)
 
 
-def test_onnx_file_compiles_directly(mlp_package, tmp_path):
-    package = compile_model(CompileOptions(model=mlp_package.path / "model.onnx",
-                                           output=tmp_path / "onnx"))
+def test_onnx_file_compiles_directly(compile_package, mlp_package, tmp_path):
+    package = compile_package(mlp_package.path / "model.onnx")
     assert package.manifest["model"]["format"] == "onnx"
     x = sample_inputs(package.inputs, seed=2)[0]
     a = run_package(package.path, {"x": x}, tmp_path / "a")["output"]

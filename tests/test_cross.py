@@ -16,13 +16,12 @@ from click.testing import CliRunner
 from conftest import depthwise, residual_conv
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.frontends.load import load_model
 from deploytool.frontends.torchscript import run_torchscript
 from deploytool.targets import load_target
 from deploytool.tensors import sample_inputs
-from deploytool.testing.examples import cnn, mlp, save_torchscript
+from deploytool.testing.examples import mlp, save_torchscript
 from deploytool.toolchains import emulation as runners
 from deploytool.toolchains.emulation import can_run, runner_command
 from deploytool.toolchains.tvm_runtime import elf_arch
@@ -43,21 +42,18 @@ def needs_cross():
 
 
 @pytest.fixture(scope="module")
-def arm_packages(tmp_path_factory):
+def arm_packages(compile_package):
     """The example MLP and CNN compiled for arm64: {name: (package, source model)}."""
     needs_cross()
-    root = tmp_path_factory.mktemp("arm")
     packages = {}
-    for name, factory in (("mlp", mlp), ("cnn", cnn)):
-        model_path = save_torchscript(*factory(), root / f"{name}.pt")
+    for name in ("mlp", "cnn"):
         try:
-            package = compile_model(CompileOptions(model=model_path, target="arm64",
-                                                   output=root / name))
+            package = compile_package(name, "arm64")
         except DeploytoolError as err:
             if "could not download" in str(err):
                 pytest.skip(f"the aarch64 TVM runtime is not cached and cannot be fetched: {err}")
             raise
-        packages[name] = (package, load_model(model_path))
+        packages[name] = (package, load_model(compile_package.model_path(name)))
     return packages
 
 
@@ -180,6 +176,7 @@ def test_runtime_dir_of_the_wrong_architecture_is_refused(tmp_path):
 
 # End to end: cross-compile, check binaries, run under qemu.
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_every_binary_is_aarch64(arm_packages):
     for package, _ in arm_packages.values():
@@ -192,6 +189,7 @@ def test_every_binary_is_aarch64(arm_packages):
         assert "qemu-aarch64-static bin/deploytool-run" in (package.path / "README.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_runtime_comes_from_the_checked_cache(arm_packages):
     from deploytool.common import sha256_of
@@ -205,6 +203,7 @@ def test_runtime_comes_from_the_checked_cache(arm_packages):
         assert sha256_of(package.path / "lib" / name) == record["sha256"][name]
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_runs_under_qemu_like_torchscript(arm_packages, name, tmp_path):
@@ -212,6 +211,7 @@ def test_runs_under_qemu_like_torchscript(arm_packages, name, tmp_path):
     run_and_compare(package.path, source, tmp_path, use_default_package=False)
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_moved_package_runs_again(arm_packages, tmp_path):
     package, source = arm_packages["mlp"]
@@ -225,6 +225,7 @@ def test_moved_package_runs_again(arm_packages, tmp_path):
         os.rename(hidden, package.path)
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @on_x86
 def test_arm_package_is_refused_by_the_x86_runner(arm_packages, tmp_path):
@@ -238,6 +239,7 @@ def test_arm_package_is_refused_by_the_x86_runner(arm_packages, tmp_path):
     assert "the package was compiled for aarch64 but this machine is x86_64" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 def test_compile_with_runtime_dir(arm_packages, tmp_path):
     from deploytool.toolchains.tvm_runtime import cache_dir
@@ -256,6 +258,7 @@ def test_compile_with_runtime_dir(arm_packages, tmp_path):
     run_and_compare(tmp_path / "pi4", source, tmp_path, use_default_package=False)
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
@@ -271,16 +274,16 @@ def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
     assert "self-test PASSED" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.cross
 @pytest.mark.parametrize("model, shape", [
     (residual_conv, (128, 7)),  # 6x16 tiles, then the leftover pixel's own tile
     (residual_conv, (64, 14)),  # a row's 2 leftover pixels by two channel tiles (2x32)
     (depthwise, (16, 16)),  # 4-pixel tiles reading each tap in place
 ])
-def test_narrow_register_tiles_validate_under_emulation(tmp_path, model, shape):
+def test_narrow_register_tiles_validate_under_emulation(compile_package, tmp_path, model, shape):
     """NEON takes the narrow-register tiles test_schedules checks on AVX2."""
     needs_cross()
     path = save_torchscript(*model(*shape), tmp_path / "conv.pt")
-    package = compile_model(CompileOptions(model=path, target="arm64", java=False,
-                                           output=tmp_path / "pkg"))
+    package = compile_package(path, "arm64", java=False)
     assert package.manifest["validation"]["status"] == "passed"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import relax_module
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.targets import load_target
 from deploytool.testing.examples import cnn, mlp, save_torchscript
@@ -51,24 +51,17 @@ PREBUILT = os.environ.get("DEPLOYTOOL_CUDA_PACKAGES")
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
-    """Compile each (model, target) once per module, on demand; each package's folder holds
-    the TorchScript it was compiled from, ``<model>.pt``."""
-    root = Path(PREBUILT) if PREBUILT else tmp_path_factory.mktemp("cuda")
-    built: dict[tuple[str, str], Path] = {}
+def packages(compile_package):
+    """The folder of each (model, target)'s package, compiled on demand (or prebuilt); each
+    package's parent folder holds the TorchScript it was compiled from, ``<model>.pt``."""
 
     def get(model: str, target: str) -> Path:
-        if PREBUILT:
-            if not (root / f"{model}-{target}" / "manifest.json").is_file():
-                pytest.skip(f"{model}-{target} is not among the packages in {root}")
-            return root / f"{model}-{target}"
-        if (model, target) not in built:
-            module, inputs = MODELS[model]()
-            source = save_torchscript(module, inputs, root / f"{model}.pt")
-            package = compile_model(CompileOptions(model=source, target=target,
-                                                   output=root / f"{model}-{target}"))
-            built[(model, target)] = package.path
-        return built[(model, target)]
+        if not PREBUILT:
+            return compile_package(model, target).path
+        folder = Path(PREBUILT) / f"{model}-{target}"
+        if not (folder / "manifest.json").is_file():
+            pytest.skip(f"{model}-{target} is not among the packages in {PREBUILT}")
+        return folder
 
     return get
 
@@ -145,13 +138,8 @@ def test_jetson_orin_fails_clearly_for_now(tmp_path):
 # --- building (no GPU needed) --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def mlp_relax(tmp_path_factory):
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
-
-    module, inputs = mlp()
-    path = save_torchscript(module, inputs, tmp_path_factory.mktemp("relax") / "mlp.pt")
-    return import_relax(to_onnx(load_model(path, None)))
+def mlp_relax(mlp_pt):
+    return relax_module(mlp_pt)
 
 
 def _gpu_kernels(module, shape, tmp_path, default_rules: bool) -> dict:
@@ -162,13 +150,10 @@ def _gpu_kernels(module, shape, tmp_path, default_rules: bool) -> dict:
     from tvm.s_tir import dlight as dl
 
     from deploytool.build import gpu_pipeline
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
     from deploytool.schedules import gpu as gpu_schedules
     from deploytool.tensors import TensorSpec
 
-    path = save_torchscript(module, [TensorSpec("x", shape)], tmp_path / "model.pt")
-    mod = import_relax(to_onnx(load_model(path, None)))
+    mod = relax_module(save_torchscript(module, [TensorSpec("x", shape)], tmp_path / "model.pt"))
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
     passes = gpu_pipeline.legalize_passes(target)
     if default_rules:
@@ -228,6 +213,7 @@ def test_matmul_kernels_with_few_outputs_take_smaller_tiles(tmp_path):
             == _gpu_kernels(wide, (1, 64, 56, 56), tmp_path, True))
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypatch, tmp_path):
     import tvm
@@ -244,6 +230,7 @@ def test_without_the_gpu_pipeline_no_kernel_reaches_the_gpu(mlp_relax, monkeypat
     assert (before is None) == (after is None)  # TVM's callback put back
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_nvcc_failure_is_one_clear_line(mlp_relax, monkeypatch, tmp_path):
     from deploytool.build import library as build
@@ -274,6 +261,7 @@ def test_dump_ir_writes_the_cuda_source_and_the_gpu_kernels(mlp_relax, tmp_path)
 
 # --- compiled packages (no GPU needed) -----------------------------------------------------------
 
+@pytest.mark.slow
 @needs_nvcc
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("target,sm", [("cuda-sm80", 80), ("cuda-sm90", 90)])
@@ -287,6 +275,7 @@ def test_package_carries_kernels_for_the_named_arch(packages, model, target, sm)
     assert b"__global__" not in data, "kernels compiled, not left as CUDA source"
 
 
+@pytest.mark.slow
 @needs_nvcc
 @pytest.mark.parametrize("target", ["cuda-sm80", "cuda-sm90"])
 def test_package_contents_and_manifest(packages, target):
@@ -305,6 +294,7 @@ def test_package_contents_and_manifest(packages, target):
     assert "--device cuda:0" in readme and runtime["cuda"]["min_driver"] in readme
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_runtime_libraries_resolve_inside_the_package(packages):
     package = packages("mlp", "cuda-sm80")
@@ -319,6 +309,7 @@ def test_runtime_libraries_resolve_inside_the_package(packages):
 
 # --- loading without a GPU: clear errors, no crash -----------------------------------------------
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_runner_without_gpu_gives_a_clear_error(packages):
@@ -330,6 +321,7 @@ def test_runner_without_gpu_gives_a_clear_error(packages):
             or "no CUDA GPU cuda:0 on this machine" in proc.stderr)  # a driver but no GPU
 
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_driver_without_gpu_gives_a_clear_error(packages):
@@ -342,6 +334,7 @@ def test_driver_without_gpu_gives_a_clear_error(packages):
     assert "no CUDA GPU cuda:0 on this machine" in proc.stderr
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_device_mismatch_and_unknown_device(packages):
     runner = packages("mlp", "cuda-sm80") / "bin" / "deploytool-run"
@@ -373,6 +366,7 @@ int main(int argc, char** argv) {
 """
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_c_api_header_compiles_as_c_and_load_fails_cleanly(packages, tmp_path):
     package = packages("mlp", "cuda-sm80")
@@ -438,12 +432,10 @@ int main(int argc, char** argv) {
 """
 
 
-def test_dlpack_entry_point_on_a_cpu_package(tmp_path):
+@pytest.mark.slow
+def test_dlpack_entry_point_on_a_cpu_package(compile_package, tmp_path):
     """dt_run_dlpack is device-generic: on a CPU package it runs here, and must match dt_run."""
-    module, inputs = mlp()
-    source = save_torchscript(module, inputs, tmp_path / "mlp.pt")
-    package = compile_model(CompileOptions(model=source, target="x86_64-avx2",
-                                           output=tmp_path / "pkg")).path
+    package = compile_package("mlp", "x86_64-avx2").path
     (tmp_path / "main.c").write_text(CPU_DLPACK_PROGRAM)
     subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", str(tmp_path / "main.c"),
                     f"-I{package / 'include'}", f"-L{package / 'lib'}", "-ldeploytool",
@@ -507,6 +499,7 @@ int main(int argc, char** argv) {
 """
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -531,6 +524,7 @@ def test_gpu_package_matches_pytorch(packages, model, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("target", ["cuda", "cuda-sm80"])
@@ -543,6 +537,7 @@ def test_gpu_self_test_passes(packages, target):
     assert "self-test PASSED" in proc.stdout
 
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_compile_without_gpu_leaves_validation_pending(packages):
@@ -551,6 +546,7 @@ def test_compile_without_gpu_leaves_validation_pending(packages):
     assert manifest["self_test"], "test vectors for the GPU machine's --self-test"
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_dlpack_keeps_data_on_the_device(packages, tmp_path):
@@ -568,6 +564,7 @@ def test_gpu_dlpack_keeps_data_on_the_device(packages, tmp_path):
 
 # --- bench on a GPU --------------------------------------------------------------------------
 
+@pytest.mark.slow
 @needs_nvcc
 @needs_no_gpu
 def test_bench_of_a_gpu_package_without_a_gpu_is_one_line(packages):
@@ -577,6 +574,7 @@ def test_bench_of_a_gpu_package_without_a_gpu_is_one_line(packages):
     assert "Traceback" not in outcome.output
 
 
+@pytest.mark.slow
 @needs_nvcc
 @pytest.mark.parametrize("device, message", [("cpu", "runs on cuda, not on cpu"),
                                              ("gpu0", "--device gpu0 is not a device")])
@@ -609,6 +607,7 @@ def test_bench_worker_without_a_gpu_build_of_torch_says_so(tmp_path):
                                    "has no CUDA, or sees no GPU): install a CUDA build of PyTorch")
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_bench_beside_pytorch_on_the_same_gpu(packages, tmp_path):

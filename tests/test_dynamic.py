@@ -10,13 +10,11 @@ from click.testing import CliRunner
 from conftest import build_c_program, copy_package, run_clean, run_package
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError, UsageError
 from deploytool.frontends.dynamic import validation_sizes
 from deploytool.frontends.load import load_model
 from deploytool.package.manifest import load_package
 from deploytool.tensors import TensorSpec, parse_input_spec, parse_inputs_json, symbol_bounds
-from deploytool.testing.examples import cnn, mlp, save_torchscript
 
 
 def torchscript_outputs(model_path: Path, array: np.ndarray) -> np.ndarray:
@@ -28,34 +26,18 @@ def torchscript_outputs(model_path: Path, array: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def dynamic_models(tmp_path_factory):
-    import torch
-
-    folder = tmp_path_factory.mktemp("dynamic")
-    torch.manual_seed(0)
-    mlp_model, _ = mlp()
-    cnn_model, _ = cnn()
-    return {"mlp": save_torchscript(mlp_model, [TensorSpec("x", (1, 512))], folder / "mlp.pt"),
-            "cnn": save_torchscript(cnn_model, [TensorSpec("image", (1, 3, 32, 32))],
-                                    folder / "cnn.pt")}
+def cnn_dynamic(compile_package):
+    """The CNN with a batch of 1 to 8, validated by the compile (at 1, 2 and 8), and the lines
+    its compile logged."""
+    package = compile_package("cnn", inputs=[parse_input_spec("image:N<=8x3x32x32:float32")],
+                              java=False)
+    return package, compile_package.log(package)
 
 
 @pytest.fixture(scope="module")
-def cnn_dynamic(dynamic_models, tmp_path_factory):
-    """The CNN with a batch of 1 to 8, validated by the compile (at 1, 2 and 8)."""
-    lines = []
-    package = compile_model(CompileOptions(
-        model=dynamic_models["cnn"], inputs=[parse_input_spec("image:N<=8x3x32x32:float32")],
-        output=tmp_path_factory.mktemp("packages") / "cnn", java=False), log=lines.append)
-    return package, lines
-
-
-@pytest.fixture(scope="module")
-def mlp_dynamic(dynamic_models, tmp_path_factory):
+def mlp_dynamic(compile_package):
     """The MLP with an unbounded batch."""
-    return compile_model(CompileOptions(
-        model=dynamic_models["mlp"], inputs=[parse_input_spec("x:Batchx512")],
-        output=tmp_path_factory.mktemp("packages") / "mlp", java=False))
+    return compile_package("mlp", inputs=[parse_input_spec("x:Batchx512")], java=False)
 
 
 # --- specs ---------------------------------------------------------------------------------------
@@ -96,9 +78,9 @@ def test_a_symbol_has_one_bound_across_inputs():
     assert symbol_bounds([a, parse_input_spec("b:Nx3")]) == {"N": 4}
 
 
-def test_cli_rejects_a_malformed_symbolic_spec(dynamic_models, tmp_path):
-    result = CliRunner().invoke(main, ["compile", str(dynamic_models["mlp"]), "-i",
-                                       "x:N<=zx512", "-o", str(tmp_path / "o")])
+def test_cli_rejects_a_malformed_symbolic_spec(mlp_pt, tmp_path):
+    result = CliRunner().invoke(main, ["compile", str(mlp_pt), "-i", "x:N<=zx512",
+                                       "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "malformed shape 'N<=zx512'" in result.output
     assert not (tmp_path / "o").exists()
 
@@ -124,6 +106,7 @@ def test_torch_export_archives_refuse_symbolic_dims(tmp_path):
 
 # --- packages ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_manifest_records_symbols_and_bounds(cnn_dynamic):
     package, _ = cnn_dynamic
     manifest = package.manifest
@@ -134,6 +117,7 @@ def test_manifest_records_symbols_and_bounds(cnn_dynamic):
     assert manifest["compile_options"]["inputs"] == ["image:N<=8x3x32x32:float32"]
 
 
+@pytest.mark.slow
 def test_compile_validates_at_several_sizes(cnn_dynamic):
     package, lines = cnn_dynamic
     validation = package.manifest["validation"]
@@ -142,27 +126,28 @@ def test_compile_validates_at_several_sizes(cnn_dynamic):
     assert any("batch sizes 1, 2, 8" in line for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_cnn_runs_every_batch_up_to_the_bound(cnn_dynamic, dynamic_models, batch, tmp_path):
+def test_cnn_runs_every_batch_up_to_the_bound(cnn_dynamic, cnn_pt, batch, tmp_path):
     package, _ = cnn_dynamic
     x = np.random.default_rng(batch).uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
     out = run_package(package.path, {"image": x}, tmp_path)["output"]
     assert out.shape == (batch, 10)
-    np.testing.assert_allclose(out, torchscript_outputs(dynamic_models["cnn"], x),
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out, torchscript_outputs(cnn_pt, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 8, 20])
-def test_unbounded_mlp_runs_any_batch(mlp_dynamic, dynamic_models, batch, tmp_path):
+def test_unbounded_mlp_runs_any_batch(mlp_dynamic, mlp_pt, batch, tmp_path):
     x = np.random.default_rng(batch).uniform(-1, 1, (batch, 512)).astype(np.float32)
     out = run_package(mlp_dynamic.path, {"x": x}, tmp_path)["output"]
     assert out.shape == (batch, 2)
-    np.testing.assert_allclose(out, torchscript_outputs(dynamic_models["mlp"], x),
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(out, torchscript_outputs(mlp_pt, x), atol=1e-5, rtol=1e-5)
     assert mlp_dynamic.manifest["inputs"][0]["shape"] == ["Batch", 512]
     assert "bounds" not in mlp_dynamic.manifest["inputs"][0]
 
 
+@pytest.mark.slow
 def test_batch_above_the_bound_and_wrong_static_dims_are_refused(cnn_dynamic, tmp_path):
     package, _ = cnn_dynamic
     np.save(tmp_path / "big.npy", np.zeros((9, 3, 32, 32), np.float32))
@@ -175,6 +160,7 @@ def test_batch_above_the_bound_and_wrong_static_dims_are_refused(cnn_dynamic, tm
     assert "dimension 2 is 31 but the model takes (N<=8, 3, 32, 32)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_runner_random_inputs_self_test_and_shape_option(cnn_dynamic, tmp_path):
     package, _ = cnn_dynamic
     proc = run_clean([package.runner, "--self-test"])
@@ -191,7 +177,8 @@ def test_runner_random_inputs_self_test_and_shape_option(cnn_dynamic, tmp_path):
     assert proc.returncode == 2 and "--shape takes NAME=SIZExSIZE" in proc.stderr
 
 
-def test_c_api_dt_run_shaped(cnn_dynamic, dynamic_models, tmp_path):
+@pytest.mark.slow
+def test_c_api_dt_run_shaped(cnn_dynamic, cnn_pt, tmp_path):
     package, _ = cnn_dynamic
     pkg = package.path
     check = build_c_program(Path(__file__).parent / "c" / "dynamic_check.c", pkg, tmp_path)
@@ -207,11 +194,12 @@ def test_c_api_dt_run_shaped(cnn_dynamic, dynamic_models, tmp_path):
     assert log[5].startswith("too big 1 dt_run_shaped: input 'image' dimension 0 (N) is 9")
     i = np.arange(3 * 3 * 32 * 32)
     x = (((i * 37) % 11).astype(np.float32) / np.float32(11) - np.float32(0.5))
-    expected = torchscript_outputs(dynamic_models["cnn"], x.reshape(3, 3, 32, 32))
+    expected = torchscript_outputs(cnn_pt, x.reshape(3, 3, 32, 32))
     actual = np.array([float(v) for v in proc.stdout.split()], np.float32).reshape(3, 10)
     np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_validate_command_batch_sizes(cnn_dynamic, mlp_package, tmp_path):
     package = load_package(copy_package(cnn_dynamic[0].path, tmp_path / "pkg"))
     runner = CliRunner()
@@ -228,28 +216,28 @@ def test_validate_command_batch_sizes(cnn_dynamic, mlp_package, tmp_path):
     assert result.exit_code == 1 and "has static shapes" in result.output
 
 
-def test_onnx_with_a_named_dynamic_axis_compiles_as_dynamic(dynamic_models, tmp_path):
+@pytest.mark.slow
+def test_onnx_with_a_named_dynamic_axis_compiles_as_dynamic(compile_package, mlp_pt, tmp_path):
     import torch
 
-    module = torch.jit.load(str(dynamic_models["mlp"]))
+    module = torch.jit.load(str(mlp_pt))
     torch.onnx.export(module, (torch.zeros(2, 512),), str(tmp_path / "m.onnx"), dynamo=False,
                       input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    package = compile_model(CompileOptions(model=tmp_path / "m.onnx", output=tmp_path / "pkg",
-                                           java=False))
+    package = compile_package(tmp_path / "m.onnx", java=False)
     assert package.manifest["inputs"][0]["shape"] == ["batch", 512]
     assert package.manifest["outputs"][0]["shape"] == ["batch", 2]
     assert package.manifest["validation"]["batch_sizes"] == [1, 2, 8]
     x = np.random.default_rng(0).uniform(-1, 1, (5, 512)).astype(np.float32)
     out = run_package(package.path, {"x": x}, tmp_path / "run")["y"]
-    np.testing.assert_allclose(out, torchscript_outputs(dynamic_models["mlp"], x),
-                               atol=1e-5, rtol=1e-5)
-    static = compile_model(CompileOptions(model=tmp_path / "m.onnx", output=tmp_path / "static",
-                                          inputs=[parse_input_spec("x:3x512")], java=False))
+    np.testing.assert_allclose(out, torchscript_outputs(mlp_pt, x), atol=1e-5, rtol=1e-5)
+    static = compile_package(tmp_path / "m.onnx", inputs=[parse_input_spec("x:3x512")],
+                             java=False)
     assert static.manifest["outputs"][0]["shape"] == [3, 2]  # was refused as symbolic before
 
 
-def test_java_refuses_a_dynamic_package(dynamic_models, tmp_path):
+@pytest.mark.slow
+def test_java_refuses_a_dynamic_package(compile_package, tmp_path):
     from test_java import build_example, java_run
 
     from deploytool.toolchains.java import find_jdk
@@ -258,16 +246,16 @@ def test_java_refuses_a_dynamic_package(dynamic_models, tmp_path):
         jdk = find_jdk()
     except DeploytoolError as err:
         pytest.skip(f"needs a JDK 11+: {err}")
-    package = compile_model(CompileOptions(
-        model=dynamic_models["mlp"], inputs=[parse_input_spec("x:N<=4x512")],
-        output=tmp_path / "pkg", java=True, validate=False))
+    package = compile_package("mlp", inputs=[parse_input_spec("x:N<=4x512")], java=True,
+                              validate=False)
     proc = java_run(jdk, build_example(jdk, package.path), package.path)
     assert proc.returncode == 1
     assert "symbolic dimension (input 'x', a dynamic batch)" in proc.stderr
     assert "dt_run_shaped" in proc.stderr
 
 
-def test_cpp_example_runs_a_dynamic_package(cnn_dynamic, dynamic_models, tmp_path):
+@pytest.mark.slow
+def test_cpp_example_runs_a_dynamic_package(cnn_dynamic, cnn_pt, tmp_path):
     package, _ = cnn_dynamic
     pkg = package.path
     build = subprocess.run(["g++", "-std=c++17", str(pkg / "examples/cpp/main.cc"),
@@ -281,7 +269,7 @@ def test_cpp_example_runs_a_dynamic_package(cnn_dynamic, dynamic_models, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert "(30 values)" in proc.stdout  # batch 3 x 10 classes
     first = np.array(proc.stdout.split(":")[1].split()[:16], np.float32)
-    expected = torchscript_outputs(dynamic_models["cnn"], x).ravel()[:16]
+    expected = torchscript_outputs(cnn_pt, x).ravel()[:16]
     np.testing.assert_allclose(first, expected, atol=1e-5, rtol=1e-5)
     proc = run_clean([tmp_path / "example", pkg])  # no file: batch 1
     assert proc.returncode == 0 and "(30 values)" not in proc.stdout, proc.stderr

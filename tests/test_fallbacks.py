@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime
+import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
@@ -51,6 +52,7 @@ def test_export_retries_after_freezing_and_says_so(tmp_path):
     np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compile_logs_the_fallback(tmp_path):
     _, path = saved(tmp_path)
     result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "pkg"),

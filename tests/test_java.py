@@ -15,7 +15,6 @@ import pytest
 from click.testing import CliRunner
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.frontends.load import load_model
 from deploytool.frontends.torchscript import run_torchscript
@@ -38,15 +37,10 @@ def jdk():
 
 
 @pytest.fixture(scope="module")
-def packages(jdk, tmp_path_factory):
+def packages(jdk, compile_package):
     """The MLP and the CNN compiled with the Java binding: {name: (package dir, model file)}."""
-    root = tmp_path_factory.mktemp("java")
-    built = {}
-    for name in ("mlp", "cnn"):
-        model = write_example(name, root / f"{name}.pt")
-        package = compile_model(CompileOptions(model=model, output=root / name, java=True))
-        built[name] = (package.path, model)
-    return built
+    return {name: (compile_package(name, java=True).path, compile_package.model_path(name))
+            for name in ("mlp", "cnn")}
 
 
 def java_run(jdk, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -79,6 +73,7 @@ def parse_outputs(stdout: str) -> dict[str, np.ndarray]:
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_example_matches_torchscript(jdk, packages, name):
     package_dir, model_file = packages[name]
@@ -100,6 +95,7 @@ def test_example_matches_torchscript(jdk, packages, name):
         np.testing.assert_allclose(values, expected.ravel(), rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_package_layout_and_manifest(jdk, packages):
     package_dir, _ = packages["mlp"]
     manifest = json.loads((package_dir / "manifest.json").read_text())
@@ -115,6 +111,7 @@ def test_package_layout_and_manifest(jdk, packages):
         assert {int.from_bytes(jar.read(n)[6:8], "big") for n in classes} == {55}
 
 
+@pytest.mark.slow
 def test_readme_snippet_compiles_and_runs(jdk, packages, tmp_path):
     package_dir, _ = packages["cnn"]
     readme = (package_dir / "README.md").read_text()
@@ -142,6 +139,7 @@ def c_api_message(package_dir: Path, runner: Path) -> str:
     return proc.stderr[len("error: "):].strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "manifest", "truncated", "not-elf"])
 def test_bad_package_raises_the_c_api_message(jdk, packages, tmp_path, damage):
     good, _ = packages["mlp"]
@@ -179,6 +177,7 @@ def harness(jdk, packages, tmp_path_factory):
     return ["java", "-cp", f"{jar}:{classes}", "ApiCheck"]
 
 
+@pytest.mark.slow
 def test_threads_share_one_model(jdk, packages, harness, tmp_path):
     package_dir, model_file = packages["mlp"]
     source = load_model(model_file)
@@ -199,6 +198,7 @@ def test_threads_share_one_model(jdk, packages, harness, tmp_path):
     assert float(summary["max_abs_err"]) <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_api_conversions_errors_and_close(jdk, packages, harness):
     package_dir, _ = packages["mlp"]
     proc = java_run(jdk, [*harness, "api", str(package_dir)], package_dir)
@@ -211,14 +211,13 @@ def test_api_conversions_errors_and_close(jdk, packages, harness):
     assert lines[-1] == "all passed"
 
 
+@pytest.mark.slow
 @pytest.mark.cross
-def test_arm_package_gets_an_aarch64_jni_library(jdk, packages, tmp_path):
+def test_arm_package_gets_an_aarch64_jni_library(jdk, packages, compile_package):
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("needs aarch64-linux-gnu-g++ (apt-get install g++-aarch64-linux-gnu)")
-    model = write_example("mlp", tmp_path / "mlp.pt")
     try:
-        package = compile_model(CompileOptions(model=model, target="arm64", output=tmp_path / "arm",
-                                               validate=False, java=True))
+        package = compile_package("mlp", target="arm64", validate=False, java=True)
     except DeploytoolError as err:
         if "could not download" in str(err):
             pytest.skip(f"the aarch64 TVM runtime is not cached and cannot be fetched: {err}")
@@ -268,6 +267,7 @@ def test_cli_java_without_jdk_fails_before_writing(no_jdk, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+@pytest.mark.slow
 def test_cli_no_java_leaves_it_out(tmp_path):
     model = write_example("mlp", tmp_path / "mlp.pt")
     out = tmp_path / "out"

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import relax_module
 
 from deploytool.build import lowering
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.tuning.settings import TuneSettings
 
 WORKSPACE_CALL = "load ptr, ptr @__TVMBackendAllocWorkspace"
 PARALLEL_LAUNCH = "load ptr, ptr @__TVMBackendParallelLaunch"
+
+pytestmark = pytest.mark.slow  # every test here builds kernels
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +39,12 @@ def _workspace_calls(path, tir_pipeline: str) -> int:
     import tvm
 
     from deploytool.build.cpu_pipeline import build_pipeline
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
     from deploytool.schedules.metaschedule import tuning_target
     from deploytool.targets import load_target
 
     target = load_target("cpu")
-    executable = tvm.compile(import_relax(to_onnx(load_model(path))),
-                             target=tuning_target(target), relax_pipeline=build_pipeline(target),
-                             tir_pipeline=tir_pipeline)
+    executable = tvm.compile(relax_module(path), target=tuning_target(target),
+                             relax_pipeline=build_pipeline(target), tir_pipeline=tir_pipeline)
     return executable.mod.imports[0].inspect_source("ll").count(WORKSPACE_CALL)
 
 
@@ -93,9 +92,9 @@ def test_scratch_over_the_limit_stays_in_the_workspace_pool(grouped_path, monkey
     assert _workspace_calls(grouped_path, lowering.tir_pipeline()) >= 1
 
 
-def test_a_package_with_stack_scratch_matches_both_references(grouped_path, tmp_path):
-    package = compile_model(CompileOptions(model=grouped_path, output=tmp_path / "pkg",
-                                           java=False, tuning=TuneSettings(db=tmp_path / "no-db")))
+def test_a_package_with_stack_scratch_matches_both_references(compile_package, grouped_path,
+                                                              tmp_path):
+    package = compile_package(grouped_path, java=False, tuning=TuneSettings(db=tmp_path / "no-db"))
     validation = json.loads((package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
     assert set(validation["references"]) >= {"onnxruntime", "torchscript"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import relax_module
 
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.tuning.settings import TuneSettings
@@ -44,14 +44,12 @@ def model_path(tmp_path_factory):
 
 def _kernels_with_prefetches(path) -> dict[str, int]:
     from deploytool.build.cpu_pipeline import fuse, pack_weights, prim_funcs
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
     from deploytool.schedules.cpu import schedule_kernel
     from deploytool.schedules.metaschedule import tuning_target
     from deploytool.schedules.prefetch import insert_prefetches
     from deploytool.targets import load_target
 
-    mod = fuse(import_relax(to_onnx(load_model(path))), tuning_target(load_target("cpu")))
+    mod = fuse(relax_module(path), tuning_target(load_target("cpu")))
     for gv, func in prim_funcs(mod):
         scheduled = schedule_kernel(func)
         if scheduled is not None:
@@ -74,9 +72,9 @@ def test_only_slices_swept_by_few_rows_are_prefetched(model_path):
     assert sum(counts.values()) == 1, counts
 
 
-def test_a_prefetching_package_matches_both_references(model_path, tmp_path):
-    package = compile_model(CompileOptions(model=model_path, output=tmp_path / "pkg", java=False,
-                                           tuning=TuneSettings(db=tmp_path / "no-db")))
+@pytest.mark.slow
+def test_a_prefetching_package_matches_both_references(compile_package, model_path, tmp_path):
+    package = compile_package(model_path, java=False, tuning=TuneSettings(db=tmp_path / "no-db"))
     validation = json.loads((package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
     assert set(validation["references"]) >= {"onnxruntime", "torchscript"}

@@ -6,7 +6,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import build_c_program, copy_package, run_clean
+
+pytestmark = pytest.mark.slow
 
 
 def edit_manifest(package_dir, change):

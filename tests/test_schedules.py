@@ -6,10 +6,9 @@ import json
 import re
 
 import pytest
-from conftest import depthwise, residual_conv
+from conftest import depthwise, relax_module, residual_conv
 
 from deploytool.build.cpu_pipeline import prim_funcs
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.schedules.cpu import _tile_sizes, schedule_kernel, schedule_pool
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
@@ -43,24 +42,23 @@ def every_kernel_kind():
 
 
 @pytest.fixture(scope="module")
-def kinds_package(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("kinds")
-    model, inputs = every_kernel_kind()
-    path = save_torchscript(model, inputs, folder / "kinds.pt")
-    package = compile_model(CompileOptions(model=path, output=folder / "pkg", java=False,
-                                           tuning=TuneSettings(db=folder / "no-db")))
-    return package, path
+def kinds_path(tmp_path_factory):
+    return save_torchscript(*every_kernel_kind(), tmp_path_factory.mktemp("kinds") / "kinds.pt")
+
+
+@pytest.fixture(scope="module")
+def kinds_package(compile_package, kinds_path):
+    return compile_package(kinds_path, java=False,
+                           tuning=TuneSettings(db=kinds_path.parent / "no-db"))
 
 
 def _fused(path, target_name: str = "cpu"):
     from deploytool.build.cpu_pipeline import fuse
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
     from deploytool.schedules.metaschedule import tuning_target
     from deploytool.targets import load_target
 
     target = tuning_target(load_target(target_name))
-    return fuse(import_relax(to_onnx(load_model(path))), target)
+    return fuse(relax_module(path), target)
 
 
 def _first_convolution(path):
@@ -69,18 +67,18 @@ def _first_convolution(path):
                 if gv.name_hint.startswith("fused_conv2d"))
 
 
-def _assert_validates(path, folder, target: str = "cpu") -> None:
+def _assert_validates(compile_package, path, target: str = "cpu") -> None:
     """Compile ``path`` untuned for ``target``; its validation against ONNX Runtime and
     TorchScript must pass."""
-    package = compile_model(CompileOptions(model=path, output=folder / "pkg", target=target,
-                                           java=False, tuning=TuneSettings(db=folder / "no-db")))
+    package = compile_package(path, target, java=False,
+                              tuning=TuneSettings(db=path.parent / "no-db"))
     validation = json.loads((package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
 
 
+@pytest.mark.slow
 def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(kinds_package):
-    package, _ = kinds_package
-    manifest = json.loads((package.path / "manifest.json").read_text())
+    manifest = json.loads((kinds_package.path / "manifest.json").read_text())
     plan = manifest["tuning"]
     # 4 convolutions and the 24-wide Linear; the 10-wide one does not split into vectors
     assert plan["hand_written"] == 5, plan
@@ -88,23 +86,22 @@ def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(k
     assert "register-tiled" in plan["default_schedule"]
 
 
+@pytest.mark.slow
 def test_the_package_matches_both_references(kinds_package):
-    package, _ = kinds_package
-    validation = json.loads((package.path / "manifest.json").read_text())["validation"]
+    validation = json.loads((kinds_package.path / "manifest.json").read_text())["validation"]
     assert validation["status"] == "passed", validation
     assert set(validation["references"]) >= {"onnxruntime", "torchscript"}
     assert validation["comparisons"] and all(c["passed"] for c in validation["comparisons"])
 
 
-def test_weights_are_packed_at_compile_time(kinds_package):
+def test_weights_are_packed_at_compile_time(kinds_path):
     """The packing runs once, on the constants, not in the compiled model at every run."""
     import tvm
     from tvm import relax
 
     from deploytool.build.cpu_pipeline import pack_weights
 
-    _, path = kinds_package
-    mod = _fused(path)
+    mod = _fused(kinds_path)
     for gv, func in prim_funcs(mod):
         scheduled = schedule_kernel(func)
         if scheduled is not None:
@@ -126,23 +123,21 @@ def test_weights_are_packed_at_compile_time(kinds_package):
     assert (1, 3, 3, 3, 32) in packed and (1, 3, 3, 1, 32) in packed, packed
 
 
-def test_relu6_keeps_convolutions_channels_last(kinds_package):
+def test_relu6_keeps_convolutions_channels_last(kinds_path):
     """Clip is imported as Relax maximum/minimum, which the layout conversion follows: the only
     transposes left are the model's input (NCHW to NHWC) and the mean's output."""
-    _, path = kinds_package
-    mod = _fused(path)
+    mod = _fused(kinds_path)
     transposes = [gv.name_hint for gv, _ in prim_funcs(mod) if "transpose" in gv.name_hint]
     assert len(transposes) <= 2, transposes
 
 
-def test_threads_split_rows_where_activations_outweigh_weights(kinds_package):
+def test_threads_split_rows_where_activations_outweigh_weights(kinds_path):
     """Every convolution here has a larger output than weight: its parallel loop runs over rows
     first. The Linear layer's 24x16 weight outweighs its 24 outputs: channel tiles first."""
     import re
 
-    _, path = kinds_package
     order = {}
-    for gv, func in prim_funcs(_fused(path)):
+    for gv, func in prim_funcs(_fused(kinds_path)):
         scheduled = schedule_kernel(func)
         if scheduled is not None:
             loops = re.findall(r"for (\w+) in T.parallel", scheduled.script())
@@ -227,7 +222,8 @@ def pooling_layers():
     return Model().eval(), [TensorSpec("x", (1, 3, 16, 16))]
 
 
-def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
+@pytest.mark.slow
+def test_max_pooling_runs_a_vector_of_channels_at_a_time(compile_package, tmp_path):
     model, inputs = pooling_layers()
     path = save_torchscript(model, inputs, tmp_path / "pooling.pt")
     pools = {int(func.params[0].ty.shape[1]): func  # channels first: 3 (NCHW), 16 (NHWC)
@@ -238,10 +234,11 @@ def test_max_pooling_runs_a_vector_of_channels_at_a_time(tmp_path):
     assert "T.vectorized(T.int64(16))" in scheduled, scheduled  # channels
     assert "T.parallel(T.int64(8))" in scheduled, scheduled  # output rows
     assert 'T.sblock("pad_temp")' not in scheduled  # padding read in place, no scratch rows
-    _assert_validates(path, tmp_path)
+    _assert_validates(compile_package, path)
 
 
-def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
+@pytest.mark.slow
+def test_short_rows_lend_a_tile_pixels_of_the_next_row(compile_package, tmp_path):
     # A 1x1 convolution over 14x14 pixels, as in MobileNetV2 (its 64 input channels are too few
     # for _tile_remainder): for 96 accumulator lanes (AVX2), one row of 14 pixels fits no tile
     # bigger than 7x8; two rows' 196 pixels take 4x16 tiles.
@@ -255,11 +252,12 @@ def test_short_rows_lend_a_tile_pixels_of_the_next_row(tmp_path):
     assert "T.vectorized(T.int64(16))" in scheduled
     # AVX-512's 32 registers take 7x32 from one row: nothing to gain from joining rows.
     assert "yy_xx_fused" not in schedule_kernel(kernel, 256).script()
-    _assert_validates(path, tmp_path, "x86_64-avx2")
+    _assert_validates(compile_package, path, "x86_64-avx2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_24_channels_take_three_vectors_on_narrow_registers(tmp_path, kernel):
+def test_24_channels_take_three_vectors_on_narrow_registers(compile_package, tmp_path, kernel):
     # MobileNetV2's 1x1 convolutions to 24 channels: on AVX2, 4x24 tiles (12 accumulators) of
     # three 8-float vectors, not one vector of 24 floats, nor 8x8 tiles. A 1x1 convolution pads
     # nothing, so it reads its input in place; a 3x3 one keeps its padding block.
@@ -271,11 +269,13 @@ def test_24_channels_take_three_vectors_on_narrow_registers(tmp_path, kernel):
     assert ('T.sblock("pad_temp")' in scheduled) == (kernel == 3), scheduled
     assert _tile_sizes(24, 28, 96) == (4, 24)
     assert _tile_sizes(24, 28, 256)[1] == 8  # AVX-512: a vector is 16 floats
-    _assert_validates(path, tmp_path, "x86_64-avx2")
+    _assert_validates(compile_package, path, "x86_64-avx2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, stride", [(16, 1), (32, 2)])
-def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(tmp_path, size,
+def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(compile_package,
+                                                                           tmp_path, size,
                                                                            stride):
     # 16 output pixels a row split into 4-pixel tiles of one 8-float vector, rows shared by
     # the threads, the padding inlined (no scratch copy of the tile's input rows); the numbers
@@ -291,9 +291,10 @@ def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(tmp_p
     short = save_torchscript(*depthwise(16, 14), tmp_path / "short.pt")
     func = _first_convolution(short)
     assert 'T.sblock("pad_temp")' in schedule_kernel(func, 96).script()
-    _assert_validates(path, tmp_path, "x86_64-avx2")
+    _assert_validates(compile_package, path, "x86_64-avx2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels, size, threads, tiles, leftover, leftover_tile", [
     # 147K weights for 6K outputs: threads share the 8 channel tiles; 49 pixels in one loop
     # take eight 6x16 tiles, then pixel 48 alone (its thread owns just 16 channels).
@@ -308,9 +309,9 @@ def test_depthwise_convolutions_read_each_tap_in_place_on_narrow_registers(tmp_p
      r"xx_1 in T\.unroll\(T\.int64\(6\)\):\s*for ff_0_1 in T\.unroll\(T\.int64\(2\)\):\s*"
      r"for ff_1 in T\.vectorized\(T\.int64\(16\)\)"),
 ])
-def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, channels, size,
-                                                                 threads, tiles, leftover,
-                                                                 leftover_tile):
+def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(compile_package, tmp_path,
+                                                                 channels, size, threads, tiles,
+                                                                 leftover, leftover_tile):
     model, inputs = residual_conv(channels, size)
     path = save_torchscript(model, inputs, tmp_path / "conv.pt")
     kernel = _first_convolution(path)
@@ -325,7 +326,7 @@ def test_pixels_left_over_from_the_tiles_get_a_tile_of_their_own(tmp_path, chann
     else:
         assert re.search(leftover_tile, rest), rest
     assert "partition" not in schedule_kernel(kernel, 256).script()  # AVX-512: 7 pixels divide
-    _assert_validates(path, tmp_path, "x86_64-avx2")
+    _assert_validates(compile_package, path, "x86_64-avx2")
 
 
 @pytest.mark.parametrize("size", [1, 2])

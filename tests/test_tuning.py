@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import relax_module
 
 from deploytool.cli import main
 from deploytool.errors import DeploytoolError
-from deploytool.testing.examples import cnn, mlp, save_torchscript
+from deploytool.testing.examples import mlp
 from deploytool.tuning.database import default_db_dir, open_database
 from deploytool.tuning.search import parse_duration
 
@@ -29,16 +30,8 @@ def _records(db: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    import torch
-
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    paths = {}
-    for name, build in (("mlp", mlp), ("cnn", cnn)):
-        model, inputs = build()
-        paths[name] = save_torchscript(model, inputs, folder / f"{name}.pt")
-    return paths
+def models(mlp_pt, cnn_pt):
+    return {"mlp": mlp_pt, "cnn": cnn_pt}
 
 
 def _compile(args: list[str]) -> tuple[int, str]:
@@ -248,13 +241,11 @@ def _first_linear_layer(model_path: Path):
     import tvm
 
     from deploytool.build.cpu_pipeline import fuse, prim_funcs
-    from deploytool.frontends.load import load_model, to_onnx
-    from deploytool.importer.relax import import_relax
     from deploytool.schedules.metaschedule import tuning_target
     from deploytool.targets import load_target
 
     target = tuning_target(load_target("cpu"))
-    fused = fuse(import_relax(to_onnx(load_model(model_path))), target)
+    fused = fuse(relax_module(model_path), target)
     func = next(f for gv, f in prim_funcs(fused) if gv.name_hint.startswith("fused_matmul"))
     return target, func, tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 

@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from conftest import copy_package, run_clean
 
 from deploytool.cli import main
-from deploytool.compiler import CompileOptions, compile_model
 from deploytool.errors import DeploytoolError
 from deploytool.package.manifest import load_package
 from deploytool.tensors import TensorSpec
@@ -32,6 +31,7 @@ def other_mlp_pt(tmp_path_factory):
     return save_torchscript(model, inputs, tmp_path_factory.mktemp("other") / "other.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_examples_validate_against_both_references(name, request, tmp_path):
     package = request.getfixturevalue(f"{name}_package")
@@ -47,12 +47,14 @@ def test_examples_validate_against_both_references(name, request, tmp_path):
     assert "validation PASSED" in result.output
 
 
+@pytest.mark.slow
 def test_compile_records_a_passed_validation(mlp_package):
     validation = mlp_package.manifest["validation"]
     assert validation["status"] == "passed" and validation["passed"]
     assert validation["references"] == ["onnxruntime", "torchscript"]
 
 
+@pytest.mark.slow
 def test_a_different_model_fails_and_names_the_output(mlp_package, other_mlp_pt, tmp_path):
     pkg = copy_package(mlp_package.path, tmp_path / "pkg")
     result = invoke("validate", pkg, "--model", other_mlp_pt)
@@ -64,8 +66,10 @@ def test_a_different_model_fails_and_names_the_output(mlp_package, other_mlp_pt,
     assert json.loads((pkg / "manifest.json").read_text())["validation"]["status"] == "failed"
 
 
-def test_a_swapped_model_so_fails_against_both_references(mlp_package, other_mlp_pt, tmp_path):
-    other = compile_model(CompileOptions(model=other_mlp_pt, output=tmp_path / "other"))
+@pytest.mark.slow
+def test_a_swapped_model_so_fails_against_both_references(compile_package, mlp_package,
+                                                         other_mlp_pt, tmp_path):
+    other = compile_package(other_mlp_pt)
     pkg = copy_package(mlp_package.path, tmp_path / "pkg")
     (pkg / "model.so").write_bytes((other.path / "model.so").read_bytes())
     report = validate_package(load_package(pkg))
@@ -76,6 +80,7 @@ def test_a_swapped_model_so_fails_against_both_references(mlp_package, other_mlp
     assert proc.returncode == 1 and "model.so does not match its sha256" in proc.stderr
 
 
+@pytest.mark.slow
 def test_perturbed_outputs_fail_with_the_error_size(mlp_package):
     def perturbed(package, arrays):
         outputs = validate_module.run_native(package, arrays)
@@ -92,6 +97,7 @@ def test_perturbed_outputs_fail_with_the_error_size(mlp_package):
     assert validate_package(mlp_package, relaxed, native=perturbed).passed
 
 
+@pytest.mark.slow
 def test_failing_validation_fails_the_compile_and_leaves_nothing(mlp_pt, tmp_path, monkeypatch):
     real = validate_module.run_native
 
@@ -109,6 +115,7 @@ def test_failing_validation_fails_the_compile_and_leaves_nothing(mlp_pt, tmp_pat
     assert json.loads((out / "manifest.json").read_text())["validation"]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_no_validate_marks_the_package(mlp_pt, tmp_path):
     result = invoke("compile", mlp_pt, "-o", tmp_path / "p", "--no-validate")
     assert result.exit_code == 0 and "validation skipped" in result.output
@@ -116,6 +123,7 @@ def test_no_validate_marks_the_package(mlp_pt, tmp_path):
     assert manifest["validation"] == {"status": "skipped"}
 
 
+@pytest.mark.slow
 def test_self_test_passes_on_a_moved_copy_without_python(mlp_package, tmp_path):
     pkg = copy_package(mlp_package.path, tmp_path / "moved")
     proc = run_clean([pkg / "bin" / "deploytool-run", "--self-test"])
@@ -123,6 +131,7 @@ def test_self_test_passes_on_a_moved_copy_without_python(mlp_package, tmp_path):
     assert "self-test PASSED" in proc.stdout
 
 
+@pytest.mark.slow
 def test_self_test_detects_wrong_reference_outputs(mlp_package, tmp_path):
     """Perturb the stored reference and re-sign it, so only the comparison can catch it."""
     import hashlib
@@ -141,6 +150,7 @@ def test_self_test_detects_wrong_reference_outputs(mlp_package, tmp_path):
     assert "self-test FAILED for output(s) output" in proc.stderr
 
 
+@pytest.mark.slow
 def test_truncated_model_so_is_reported_not_crashed(mlp_package, tmp_path):
     pkg = copy_package(mlp_package.path, tmp_path / "pkg")
     data = (pkg / "model.so").read_bytes()
@@ -153,6 +163,7 @@ def test_truncated_model_so_is_reported_not_crashed(mlp_package, tmp_path):
     assert result.exit_code == 1 and "the package failed to run" in result.output
 
 
+@pytest.mark.slow
 def test_bad_validate_inputs(mlp_package, cnn_pt, tmp_path):
     assert "not a deploytool package" in invoke("validate", tmp_path).output
     result = invoke("validate", mlp_package.path, "--model", cnn_pt)
@@ -172,6 +183,7 @@ def test_bad_validate_inputs(mlp_package, cnn_pt, tmp_path):
     assert invoke("validate", mlp_package.path, "--samples", 0).exit_code == 1
 
 
+@pytest.mark.slow
 def test_real_inputs_from_a_folder(mlp_package, mlp_pt, tmp_path):
     x = np.full((1, 512), 0.25, np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -190,6 +202,7 @@ def test_input_ranges_and_integer_inputs():
         make_inputs(specs, seed=1, ranges={"ids": (5, 5)})
 
 
+@pytest.mark.slow
 def test_a_cpu_this_machine_lacks_leaves_validation_pending(mlp_pt, tmp_path):
     """AMD Piledriver code (FMA4, XOP) is built, not validated, and refused at load here."""
     target = json.dumps({"target": {"kind": "llvm", "mtriple": "x86_64-linux-gnu",

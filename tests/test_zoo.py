@@ -25,8 +25,6 @@ from deploytool.tensors import sample_inputs
 from deploytool.testing.examples import save_torchscript
 from deploytool.testing.zoo import ZOO, save_exported
 
-pytestmark = pytest.mark.slow
-
 # name, file format, zoo arguments (small sizes keep CI fast; coverage is the point)
 CASES = [
     ("mlp", "pt", {}),
@@ -88,11 +86,12 @@ def assert_close(got: list[np.ndarray], want: list[np.ndarray], what: str) -> No
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "fmt", "kwargs"), CASES,
                          ids=[f"{n}.{f}" for n, f, _ in CASES])
-def test_zoo_model_compiles_and_matches(name, fmt, kwargs, tmp_path):
+def test_zoo_model_compiles_and_matches(compile_package, name, fmt, kwargs, tmp_path):
     model, inputs, path = build(name, fmt, kwargs, tmp_path)
-    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg", java=False))
+    package = compile_package(path, java=False)
     assert package.manifest["validation"]["status"] == "passed"  # deploytool's own check
     assert package.manifest["model"]["route"] == (
         "torch.export -> relax" if fmt == "pt2" else "torchscript -> onnx -> relax")
@@ -144,6 +143,7 @@ def test_data_dependent_loop_fails_at_import_with_a_workaround(tmp_path):
     assert "constant trip count" in message
 
 
+@pytest.mark.slow
 def test_wrong_numbers_from_torch_export_lstm_are_detected(tmp_path, monkeypatch):
     """Without deploytool's fix, TVM compiles the .pt2 LSTM model to wrong numbers (the
     ``y[:, -1]`` select reads out of bounds); validation against torch.export catches it."""
