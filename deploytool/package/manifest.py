@@ -102,10 +102,10 @@ def _replace_folder(scratch: Path, destination: Path) -> None:
 
 
 def copy_cpp_example(package_dir: Path) -> None:
-    """Copy the C++ example (main.cc, CMakeLists.txt) into examples/cpp."""
+    """Copy the C++ example (main.cc, CMakeLists.txt, a pkg-config Makefile) into examples/cpp."""
     examples = package_dir / "examples" / "cpp"
     examples.mkdir(parents=True, exist_ok=True)
-    for name in ("main.cc", "CMakeLists.txt"):
+    for name in ("main.cc", "CMakeLists.txt", "Makefile"):
         shutil.copy2(RUNTIME_SRC / "examples" / "cpp" / name, examples / name)
 
 

@@ -42,6 +42,10 @@ Outputs:
     ./example .
 
 or with CMake: `cmake -S examples/cpp -B build && cmake --build build && build/example .`
+or with pkg-config: `make -C examples/cpp`. Your own CMake project takes the package with
+`find_package(deploytool REQUIRED PATHS path/to/package)` and
+`target_link_libraries(app PRIVATE deploytool::deploytool)`; a Makefile project with
+`PKG_CONFIG_PATH=path/to/package/lib/pkgconfig pkg-config --cflags --libs deploytool`.
 
 The C API is `include/deploytool.h`; `include/deploytool.hpp` wraps it in a RAII class:
 
@@ -52,6 +56,14 @@ model.run({{input.data()}}, {{output.data()}});
 ```
 
 A model may be shared by threads (runs are serialised); load one per thread for parallel runs.
+
+## Use it from Python (numpy only: no TVM, torch or ONNX)
+
+```python
+import deploytool.runtime as dt   # pip install --no-deps deploytool, and numpy
+model = dt.load("path/to/package")
+outputs = model.run({{"{manifest['inputs'][0]['name']}": x}})   # numpy arrays by name
+```
 """
 
 

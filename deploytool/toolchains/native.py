@@ -95,7 +95,58 @@ def build_native(target: TargetSpec, package_dir: Path,
                       "-ltvm_runtime", "-Wl,-rpath,$ORIGIN"],
              lib / "libdeploytool.so", [api_source, *(RUNTIME_SRC / h for h in HEADERS),
                                         RUNTIME_SRC / "deploytool_dlpack.h"])
+    write_build_files(package_dir)
     runner = RUNTIME_SRC / "runner.cc"
     compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
                       "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
              bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])
+
+
+CMAKE_CONFIG = """\
+# find_package(deploytool REQUIRED PATHS <package>), then
+# target_link_libraries(app PRIVATE deploytool::deploytool): headers, the library and an RPATH
+# to this package's lib/. The package may be moved: every path is relative to this file.
+get_filename_component(deploytool_PACKAGE_DIR "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
+set(_deploytool_lib "${deploytool_PACKAGE_DIR}/lib")
+if(NOT TARGET deploytool::deploytool)
+  add_library(deploytool::deploytool SHARED IMPORTED)
+  set_target_properties(deploytool::deploytool PROPERTIES
+    IMPORTED_LOCATION "${_deploytool_lib}/libdeploytool.so"
+    IMPORTED_NO_SONAME TRUE
+    INTERFACE_INCLUDE_DIRECTORIES "${deploytool_PACKAGE_DIR}/include"
+    INTERFACE_LINK_DIRECTORIES "${_deploytool_lib}"
+    INTERFACE_LINK_OPTIONS "-Wl,-rpath,${_deploytool_lib};-Wl,-rpath-link,${_deploytool_lib}")
+endif()
+set(deploytool_FOUND TRUE)
+"""
+
+PKG_CONFIG = """\
+# pkg-config --cflags --libs deploytool, with PKG_CONFIG_PATH=<package>/lib/pkgconfig
+prefix=${pcfiledir}/../..
+libdir=${prefix}/lib
+includedir=${prefix}/include
+
+Name: deploytool
+Description: a deploytool package: the C API (deploytool.h) and C++ wrapper (deploytool.hpp)
+Version: %s
+Libs: -L${libdir} -ldeploytool -Wl,-rpath,${libdir} -Wl,-rpath-link,${libdir}
+Cflags: -I${includedir}
+"""
+
+
+def write_build_files(package_dir: Path) -> None:
+    """``lib/cmake/deploytool/deploytoolConfig.cmake`` and ``lib/pkgconfig/deploytool.pc``, so
+    that CMake and Makefile projects link the package with find_package or pkg-config."""
+    from .. import __version__
+
+    cmake = package_dir / "lib" / "cmake" / "deploytool"
+    cmake.mkdir(parents=True, exist_ok=True)
+    (cmake / "deploytoolConfig.cmake").write_text(CMAKE_CONFIG)
+    (cmake / "deploytoolConfigVersion.cmake").write_text(
+        f'set(PACKAGE_VERSION "{__version__}")\nset(PACKAGE_VERSION_COMPATIBLE TRUE)\n'
+        'if(PACKAGE_FIND_VERSION STREQUAL PACKAGE_VERSION)\n'
+        '  set(PACKAGE_VERSION_EXACT TRUE)\nendif()\n')
+    pkgconfig = package_dir / "lib" / "pkgconfig"
+    pkgconfig.mkdir(parents=True, exist_ok=True)
+    (pkgconfig / "deploytool.pc").write_text(PKG_CONFIG % __version__)
+
