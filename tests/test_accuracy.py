@@ -158,3 +158,18 @@ def test_an_injected_fault_fails_validation_and_is_localised(name, fault, zoo_pt
     assert result.exit_code == 1
     assert f"first differing layer: {'Gemm' if name == 'mlp' else 'Conv'} node '{layer}'" \
         in result.output, result.output
+
+
+def test_tiny_outputs_are_flagged_not_a_plain_pass():
+    from deploytool.verify.comparison import compare
+    from deploytool.verify.validate import ValidationReport
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(10) * 1e-9
+    comparisons = [compare("y", "onnxruntime", ref * (1 + 1e-7), ref)]
+    report = ValidationReport(comparisons, ["onnxruntime"], 3, 0)
+    assert report.passed and report.tiny == ["y"]
+    assert report.status == "PASSED (tiny outputs, judged by their own scale)"
+    assert "tiny: output 'y' is below 1e-06" in report.format()
+    wrong = ValidationReport([compare("y", "onnxruntime", ref * 1.01, ref)], ["onnxruntime"], 3, 0)
+    assert not wrong.passed and wrong.status == "FAILED"

@@ -31,6 +31,8 @@ Arrays = list[np.ndarray]
 # bound: a package that ignored its input would then pass. Correct fp32 zoo packages err by
 # about 2e-6 of scale; models whose outputs do depend on the input move by 1e-2 or more.
 VACUITY_FACTOR = 10
+# Outputs below this for every sample are flagged: a trained model's rarely are.
+TINY = 1e-6
 VACUITY_HINT = ("Validate with trained weights, or real data (--inputs DIR), or inputs that "
                 "activate the model (--range NAME:LO:HI); --allow-vacuous accepts it as it is")
 
@@ -90,15 +92,25 @@ class ValidationReport:
         return self.compared and (not self.vacuous or self.allow_vacuous)
 
     @property
+    def tiny(self) -> list[str]:
+        """Outputs whose values are all below TINY: untrained-looking, judged by their scale."""
+        vacuous = {v.output for v in self.vacuous}
+        return sorted({c.output for c in self.comparisons
+                       if 0 < c.scale < TINY and c.output not in vacuous})
+
+    @property
     def status(self) -> str:
         if not self.compared:
             return "FAILED"
+        if self.tiny and not self.vacuous:
+            return "PASSED (tiny outputs, judged by their own scale)"
         if self.vacuous:
             return "PASSED (vacuous, accepted)" if self.allow_vacuous else "VACUOUS"
         return "PASSED"
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "result": self.status, "references": self.references,
+        return {"passed": self.passed, "result": self.status, "tiny": self.tiny,
+                "references": self.references,
                 "samples": self.samples, "seed": self.seed, "notes": self.notes,
                 "comparisons": [c.to_dict() for c in self.comparisons],
                 "vacuous": [v.to_dict() for v in self.vacuous],
@@ -116,6 +128,9 @@ class ValidationReport:
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"vacuous: output '{v.output}' {v.reason}. {VACUITY_HINT}"
                   for v in self.vacuous]
+        lines += [f"tiny: output '{name}' is below {TINY:g} for every sample (random weights?); "
+                  "it passes by its own scale, and trained weights or real data check more"
+                  for name in self.tiny]
         return "\n".join(lines + [self._summary()])
 
     def _summary(self) -> str:
