@@ -161,7 +161,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
         if options.dump_ir:
             log(dump_summary(options.dump_ir))
         with timer.stage("package"):
-            build_native(target, scratch, runtime_libraries)
+            build_native(target, scratch, runtime_libraries, log)
             java = build_java(target, scratch, options.java, log)
             manifest = _manifest(options, target, source, imported, timer, tuning, java,
                                  {k: list(v) for k, v in integer_ranges(graph).items()})

@@ -10,8 +10,8 @@ from ..toolchains.java import README_COMMANDS, RELEASE
 
 def write_readme(package_dir: Path, manifest: dict) -> None:
     """Write the package's README.md: what it is, how to run it, from C++, Java, on a GPU."""
-    sections = [_overview(manifest), _java_section(manifest), _cuda_section(manifest),
-                _dynamic_section(manifest)]
+    sections = [_overview(manifest), _serve_section(package_dir, manifest),
+                _java_section(manifest), _cuda_section(manifest), _dynamic_section(manifest)]
     (package_dir / "README.md").write_text("".join(sections))
 
 
@@ -76,6 +76,30 @@ On an x86-64 Linux machine, run it under emulation (apt-get install qemu-user-st
 g++-aarch64-linux-gnu; the second provides the aarch64 libc and libstdc++):
 
     QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64-static bin/deploytool-run --repeat 10
+"""
+
+
+def _serve_section(package_dir: Path, manifest: dict) -> str:
+    """How to serve the package over HTTP, where it has bin/deploytool-serve (Boost was there)."""
+    if not (package_dir / "bin" / "deploytool-serve").is_file():
+        return ""
+    name = manifest["model"]["name"]
+    first = manifest["inputs"][0]
+    shape = [d if isinstance(d, int) else 1 for d in first["shape"]]
+    kind = {"float": "FP", "int": "INT", "uint": "UINT"}
+    dtype = first["dtype"]
+    datatype = "BOOL" if dtype == "bool" else next(
+        (kind[k] + dtype[len(k):] for k in ("uint", "int", "float") if dtype.startswith(k)), dtype)
+    return f"""
+## Serve it over HTTP (KServe v2 / Open Inference Protocol)
+
+    bin/deploytool-serve --port 8000 --workers 2   # on 127.0.0.1; --host 0.0.0.0 for all
+    curl localhost:8000/v2/models/{name}          # metadata: inputs, outputs, datatypes, shapes
+    curl localhost:8000/v2/models/{name}/infer -d '{{"inputs": [{{"name": "{first['name']}",
+      "shape": {shape}, "datatype": "{datatype}", "data": [...]}}]}}'
+
+SIGTERM or Ctrl-C finishes the requests in flight, then exits. `bin/deploytool-serve --help`
+lists the options (queue bound, body limit, workers).
 """
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..common import cache_root
@@ -17,6 +19,8 @@ from .cuda import runtime_libraries as device_runtime_libraries
 
 RUNTIME_SRC = Path(__file__).resolve().parent.parent / "runtime"
 HEADERS = ("deploytool.h", "deploytool.hpp", "npy.hpp", "sha256.hpp")
+BOOST_MIN_VERSION = 107000  # Boost.Beast's tcp_stream: Boost 1.70
+BOOST_FOLDERS = ("/usr/include", "/usr/local/include")
 
 
 def check_compiler(cxx: str) -> None:
@@ -51,6 +55,36 @@ def ffi_include_dir() -> Path:
     return Path(tvm_ffi.__file__).parent / "include"
 
 
+def boost_headers() -> tuple[Path | None, str]:
+    """A folder whose only entry is ``boost``, a link to the installed Boost headers (so that a
+    cross compiler finds Boost without this machine's other headers), or None and the reason.
+
+    Boost.Beast and Boost.Asio are header-only: the server needs them to compile, not to run.
+    ``DEPLOYTOOL_BOOST_INCLUDE`` names another folder holding ``boost/``.
+    """
+    folders = [os.environ.get("DEPLOYTOOL_BOOST_INCLUDE", ""), *BOOST_FOLDERS]
+    for folder in filter(None, folders):
+        boost = Path(folder) / "boost"
+        if not (boost / "beast" / "http.hpp").is_file() or not (boost / "version.hpp").is_file():
+            continue
+        version = re.search(r"#define BOOST_VERSION (\d+)", (boost / "version.hpp").read_text())
+        if version is None or int(version.group(1)) < BOOST_MIN_VERSION:
+            found = int(version.group(1)) if version else 0
+            return None, (f"Boost {found // 100000}.{found // 100 % 1000} in {folder} is older "
+                          "than 1.70")
+        link_dir = cache_root() / "boost-include" / hashlib.sha256(
+            str(boost.resolve()).encode()).hexdigest()[:12]
+        link = link_dir / "boost"
+        if not link.is_symlink():
+            link_dir.mkdir(parents=True, exist_ok=True)
+            scratch = link_dir / f"boost.tmp{os.getpid()}"
+            scratch.unlink(missing_ok=True)
+            scratch.symlink_to(boost.resolve(), target_is_directory=True)
+            os.replace(scratch, link)
+        return link_dir, ""
+    return None, "Boost (libboost-dev) is not installed"
+
+
 def compile_cached(target: TargetSpec, args: list[str], output: Path, sources: list[Path]) -> None:
     """Run the compiler, reusing a cached result for identical sources, flags and compiler."""
     package_dir = str(output.parent.parent)
@@ -74,8 +108,9 @@ def compile_cached(target: TargetSpec, args: list[str], output: Path, sources: l
 
 
 def build_native(target: TargetSpec, package_dir: Path,
-                 runtime_libraries: list[Path] | None = None) -> None:
-    """Write ``lib/`` (TVM runtime, C API), ``include/`` and ``bin/deploytool-run``."""
+                 runtime_libraries: list[Path] | None = None, log=None) -> None:
+    """Write ``lib/`` (TVM runtime, C API), ``include/``, ``bin/deploytool-run`` and, where Boost
+    is installed, ``bin/deploytool-serve`` (else ``log`` says, in one line, that it is left out)."""
     check_compiler(target.cxx)
     lib, include, bin_dir = (package_dir / d for d in ("lib", "include", "bin"))
     for folder in (lib, include, bin_dir):
@@ -97,9 +132,32 @@ def build_native(target: TargetSpec, package_dir: Path,
                                         RUNTIME_SRC / "deploytool_dlpack.h"])
     write_build_files(package_dir)
     runner = RUNTIME_SRC / "runner.cc"
-    compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
-                      "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
-             bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])
+    with ThreadPoolExecutor(1) as pool:  # the server (the longer compile) beside the runner
+        server = pool.submit(build_server, target, package_dir, log)
+        compile_cached(target, ["-std=c++17", "-O2", str(runner), f"-I{include}", f"-L{lib}",
+                          "-ldeploytool", "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,-rpath-link,{lib}"],
+                 bin_dir / "deploytool-run", [runner, *(RUNTIME_SRC / h for h in HEADERS)])
+        server.result()
+
+
+def build_server(target: TargetSpec, package_dir: Path, log=None) -> bool:
+    """``bin/deploytool-serve``, the KServe v2 HTTP server (Boost.Beast, header-only), linked to
+    the package's ``lib/``. Without Boost, logs one line and returns False."""
+    boost, reason = boost_headers()
+    if boost is None:
+        (log or (lambda _line: None))(
+            f"  note: {reason}: the package has no bin/deploytool-serve "
+            "(apt-get install libboost-dev, then compile again)")
+        return False
+    lib, include = package_dir / "lib", package_dir / "include"
+    source = RUNTIME_SRC / "server.cc"
+    compile_cached(target, ["-std=c++17", "-O2", "-pthread", str(source), f"-I{include}",
+                            f"-I{ffi_include_dir()}", "-isystem", str(boost), f"-L{lib}",
+                            "-ldeploytool", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN/../lib",
+                            f"-Wl,-rpath-link,{lib}"],
+                   package_dir / "bin" / "deploytool-serve",
+                   [source, *(RUNTIME_SRC / h for h in HEADERS)])
+    return True
 
 
 CMAKE_CONFIG = """\
