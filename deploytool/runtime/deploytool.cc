@@ -435,6 +435,161 @@ static void DefaultThreadCount() {
   if (!cores.empty()) setenv("TVM_NUM_THREADS", std::to_string(cores.size()).c_str(), 0);
 }
 
+// dt_load's steps, in the order it takes them. The int ones return DT_OK or Fail's code.
+namespace {
+
+// What manifest.json's "runtime" (and file_sizes) says about where the package runs.
+struct RuntimeSpec {
+  std::string arch;                       // x86_64, aarch64
+  std::vector<std::string> cpu_features;  // that the kernels use
+  std::string device = "cpu";             // cpu or cuda
+  std::string cuda_arch;                  // sm_XY for a CUDA package
+  int64_t model_size = -1;                // bytes of model.so
+
+  bool on_cuda() const { return device == "cuda"; }
+};
+
+// The package folder as an absolute path without symbolic links.
+int ResolvePackageDir(const char* package_dir, std::string* dir) {
+  char resolved[PATH_MAX];
+  if (realpath(package_dir, resolved) == nullptr) {
+    return Fail(DT_ERR_PACKAGE, std::string("package folder not found: ") + package_dir);
+  }
+  *dir = resolved;
+  return DT_OK;
+}
+
+// The RuntimeSpec of a parsed manifest; throws on a missing or mistyped field.
+RuntimeSpec ParseRuntime(const ffi::json::Object& manifest) {
+  RuntimeSpec spec;
+  ffi::json::Object runtime = AsObject(Field(manifest, "runtime"), "runtime");
+  spec.arch = std::string(Field(runtime, "arch").cast<ffi::String>());
+  for (const ffi::Any& feature : Field(runtime, "cpu_features").cast<ffi::json::Array>()) {
+    spec.cpu_features.push_back(std::string(feature.cast<ffi::String>()));
+  }
+  if (auto value = runtime.Get(ffi::String("device"))) spec.device = std::string(value->cast<ffi::String>());
+  if (auto cuda = runtime.Get(ffi::String("cuda"))) {
+    spec.cuda_arch = std::string(Field(AsObject(*cuda, "runtime.cuda"), "arch").cast<ffi::String>());
+  }
+  spec.model_size = Field(AsObject(Field(manifest, "file_sizes"), "file_sizes"), "model.so").cast<int64_t>();
+  return spec;
+}
+
+// Reads model->dir/manifest.json into the model (the manifest, the tensor specs) and `runtime`.
+int ReadPackageManifest(dt_model* model, RuntimeSpec* runtime) {
+  const std::string& dir = model->dir;
+  std::string text = ReadFile(dir + "/manifest.json");
+  if (text.empty()) {
+    return Fail(DT_ERR_PACKAGE, "not a deploytool package: " + dir + "/manifest.json is missing or empty");
+  }
+  try {
+    ffi::String parse_error;
+    ffi::json::Object manifest = AsObject(ffi::json::Parse(text, &parse_error), "manifest.json");
+    model->manifest = manifest;
+    model->inputs = ParseTensorSpecs(Field(manifest, "inputs"));
+    model->outputs = ParseTensorSpecs(Field(manifest, "outputs"));
+    *runtime = ParseRuntime(manifest);
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: manifest.json in " + dir + ": " + error.what());
+  }
+  return DT_OK;
+}
+
+// This machine's architecture and CPU features against the package's.
+int CheckMachine(const RuntimeSpec& runtime) {
+  if (runtime.arch != MachineArch()) {
+    return Fail(DT_ERR_PLATFORM, "the package was compiled for " + runtime.arch + " but this machine is " +
+                                     MachineArch() + ". Compile it for this machine's target");
+  }
+  std::set<std::string> flags = MachineCpuFlags();
+  std::string missing;
+  for (const std::string& feature : runtime.cpu_features) {
+    if (!flags.count(feature)) missing += (missing.empty() ? "" : " ") + feature;
+  }
+  if (!missing.empty()) {
+    return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
+                                     "). Compile for a more portable target, e.g. " +
+                                     (std::strcmp(MachineArch(), "aarch64") == 0 ? "arm64" : "x86_64-avx2"));
+  }
+  return DT_OK;
+}
+
+// dlopen of a truncated library can die of SIGBUS, so check the size first (dt_verify checks content).
+int CheckLibrarySize(const std::string& dir, int64_t model_size) {
+  std::ifstream library_file(dir + "/model.so", std::ios::binary | std::ios::ate);
+  if (!library_file || static_cast<int64_t>(library_file.tellg()) != model_size) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + dir + "/model.so is missing or has the wrong size"
+                                " (truncated?). Copy the package again");
+  }
+  return DT_OK;
+}
+
+// The device to load on: `requested` (already parsed into *dl_device) or, when it is null or "", the
+// manifest's runtime.device. Either must be of the kind the package was compiled for.
+int ChooseDevice(const char* requested, const RuntimeSpec& runtime, DLDevice* dl_device) {
+  bool package_device = requested == nullptr || requested[0] == '\0';
+  if (package_device && !ParseDevice(runtime.device.c_str(), dl_device)) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: unknown runtime.device '" + runtime.device + "' in manifest.json");
+  }
+  if (runtime.on_cuda() != (dl_device->device_type == kDLCUDA)) {
+    return Fail(DT_ERR_ARGUMENT, "the package was compiled for " + runtime.device + ", not for device '" +
+                                     std::string(requested) + "'. " +
+                                     (runtime.on_cuda() ? "Load it with device cuda or cuda:N"
+                                                        : "Load it with device cpu, or compile it for a CUDA target"));
+  }
+  return DT_OK;
+}
+
+// Loads model.so and starts its Relax VM on model->device, with pooled allocators. Throws on failure.
+void StartVm(dt_model* model) {
+  DLDevice device = model->device;
+  ffi::Module library = ffi::Module::LoadFromFile(model->dir + "/model.so");
+  auto load = library->GetFunction("vm_load_executable");
+  if (!load.has_value()) throw std::runtime_error("model.so is not a Relax VM executable");
+  ffi::Module vm = (*load)().cast<ffi::Module>();
+  auto init = vm->GetFunction("vm_initialization");
+  const int pooled_allocator = 2;
+  (*init)(static_cast<int>(device.device_type), device.device_id, pooled_allocator,
+          static_cast<int>(kDLCPU), 0, pooled_allocator);
+  auto main = vm->GetFunction("main");
+  if (!main.has_value()) throw std::runtime_error("model.so has no 'main' function");
+  model->library = library;
+  model->vm = vm;
+  model->main = *main;
+}
+
+// An aligned staging tensor per static input (see dt_model::staging); sets model->dynamic.
+void AllocateStaging(dt_model* model) {
+  DLDevice device = model->device;
+  for (const TensorSpec& spec : model->inputs) {
+    model->dynamic = model->dynamic || spec.dynamic;
+    if (spec.dynamic) {
+      model->staging.push_back(std::nullopt);  // allocated per run, at the run's shape
+    } else if (device.device_type == kDLCPU) {
+      model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape), spec.dl_dtype,
+                                                        device));
+    } else {  // device memory, through TVM's device API
+      model->staging.push_back(Global("runtime.TVMTensorAllocWithScope")(ffi::Shape(spec.shape), spec.dl_dtype,
+                                                                        device, nullptr)
+                                   .cast<ffi::Tensor>());
+    }
+  }
+}
+
+// Starts the VM on the device and readies the staging tensors.
+int LoadExecutable(dt_model* model) {
+  try {
+    if (model->device.device_type != kDLCPU) SelectDevice(model->device);
+    StartVm(model);
+    AllocateStaging(model);
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, "cannot load " + model->dir + "/model.so: " + error.what());
+  }
+  return DT_OK;
+}
+
+}  // namespace
+
 extern "C" {
 
 const char* dt_last_error(void) { return g_last_error.c_str(); }
@@ -448,106 +603,17 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   if (!package_device && !ParseDevice(device, &dl_device)) {
     return Fail(DT_ERR_ARGUMENT, std::string("unknown device '") + device + "'. Use cpu, cpu:N, cuda or cuda:N");
   }
-  char resolved[PATH_MAX];
-  if (realpath(package_dir, resolved) == nullptr) {
-    return Fail(DT_ERR_PACKAGE, std::string("package folder not found: ") + package_dir);
-  }
-  std::string dir = resolved;
-  std::string manifest_text = ReadFile(dir + "/manifest.json");
-  if (manifest_text.empty()) {
-    return Fail(DT_ERR_PACKAGE, "not a deploytool package: " + dir + "/manifest.json is missing or empty");
-  }
   auto model = std::make_unique<dt_model>();
-  model->dir = dir;
   model->device = dl_device;
-  std::vector<std::string> required;
-  std::string arch, runtime_device = "cpu", cuda_arch;
-  int64_t model_size = -1;
-  try {
-    ffi::String parse_error;
-    ffi::json::Object manifest = AsObject(ffi::json::Parse(manifest_text, &parse_error), "manifest.json");
-    model->manifest = manifest;
-    model->inputs = ParseTensorSpecs(Field(manifest, "inputs"));
-    model->outputs = ParseTensorSpecs(Field(manifest, "outputs"));
-    ffi::json::Object runtime = AsObject(Field(manifest, "runtime"), "runtime");
-    arch = std::string(Field(runtime, "arch").cast<ffi::String>());
-    for (const ffi::Any& feature : Field(runtime, "cpu_features").cast<ffi::json::Array>()) {
-      required.push_back(std::string(feature.cast<ffi::String>()));
-    }
-    if (auto value = runtime.Get(ffi::String("device"))) runtime_device = std::string(value->cast<ffi::String>());
-    if (auto cuda = runtime.Get(ffi::String("cuda"))) {
-      cuda_arch = std::string(Field(AsObject(*cuda, "runtime.cuda"), "arch").cast<ffi::String>());
-    }
-    model_size = Field(AsObject(Field(manifest, "file_sizes"), "file_sizes"), "model.so").cast<int64_t>();
-  } catch (const std::exception& error) {
-    return Fail(DT_ERR_PACKAGE, "corrupted package: manifest.json in " + dir + ": " + error.what());
-  }
-  if (arch != MachineArch()) {
-    return Fail(DT_ERR_PLATFORM, "the package was compiled for " + arch + " but this machine is " +
-                                     MachineArch() + ". Compile it for this machine's target");
-  }
-  std::set<std::string> flags = MachineCpuFlags();
-  std::string missing;
-  for (const std::string& feature : required) {
-    if (!flags.count(feature)) missing += (missing.empty() ? "" : " ") + feature;
-  }
-  if (!missing.empty()) {
-    return Fail(DT_ERR_PLATFORM, "this CPU lacks features the package was compiled for (" + missing +
-                                     "). Compile for a more portable target, e.g. " +
-                                     (std::strcmp(MachineArch(), "aarch64") == 0 ? "arm64" : "x86_64-avx2"));
-  }
-  // dlopen of a truncated library can die of SIGBUS, so check the size first (dt_verify checks content).
-  std::ifstream library_file(dir + "/model.so", std::ios::binary | std::ios::ate);
-  if (!library_file || static_cast<int64_t>(library_file.tellg()) != model_size) {
-    return Fail(DT_ERR_PACKAGE, "corrupted package: " + dir + "/model.so is missing or has the wrong size"
-                                " (truncated?). Copy the package again");
-  }
-  if (package_device && !ParseDevice(runtime_device.c_str(), &dl_device)) {
-    return Fail(DT_ERR_PACKAGE, "corrupted package: unknown runtime.device '" + runtime_device + "' in manifest.json");
-  }
-  model->device = dl_device;
-  bool package_on_cuda = runtime_device == "cuda";
-  if (package_on_cuda != (dl_device.device_type == kDLCUDA)) {
-    return Fail(DT_ERR_ARGUMENT, "the package was compiled for " + runtime_device + ", not for device '" +
-                                     std::string(device) + "'. " +
-                                     (package_on_cuda ? "Load it with device cuda or cuda:N"
-                                                      : "Load it with device cpu, or compile it for a CUDA target"));
-  }
-  if (package_on_cuda) {
-    int code = PrepareCuda(dir, dl_device, cuda_arch);
-    if (code != DT_OK) return code;
-  }
-  try {
-    if (dl_device.device_type != kDLCPU) SelectDevice(dl_device);
-    ffi::Module library = ffi::Module::LoadFromFile(dir + "/model.so");
-    auto load = library->GetFunction("vm_load_executable");
-    if (!load.has_value()) throw std::runtime_error("model.so is not a Relax VM executable");
-    ffi::Module vm = (*load)().cast<ffi::Module>();
-    auto init = vm->GetFunction("vm_initialization");
-    const int pooled_allocator = 2;
-    (*init)(static_cast<int>(dl_device.device_type), dl_device.device_id, pooled_allocator,
-            static_cast<int>(kDLCPU), 0, pooled_allocator);
-    auto main = vm->GetFunction("main");
-    if (!main.has_value()) throw std::runtime_error("model.so has no 'main' function");
-    model->library = library;
-    model->vm = vm;
-    model->main = *main;
-    for (const TensorSpec& spec : model->inputs) {
-      model->dynamic = model->dynamic || spec.dynamic;
-      if (spec.dynamic) {
-        model->staging.push_back(std::nullopt);  // allocated per run, at the run's shape
-      } else if (dl_device.device_type == kDLCPU) {
-        model->staging.push_back(ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(spec.shape),
-                                                          spec.dl_dtype, dl_device));
-      } else {  // device memory, through TVM's device API
-        model->staging.push_back(Global("runtime.TVMTensorAllocWithScope")(ffi::Shape(spec.shape), spec.dl_dtype,
-                                                                          dl_device, nullptr)
-                                     .cast<ffi::Tensor>());
-      }
-    }
-  } catch (const std::exception& error) {
-    return Fail(DT_ERR_PACKAGE, "cannot load " + dir + "/model.so: " + error.what());
-  }
+  RuntimeSpec runtime;
+  int code = ResolvePackageDir(package_dir, &model->dir);
+  if (code == DT_OK) code = ReadPackageManifest(model.get(), &runtime);
+  if (code == DT_OK) code = CheckMachine(runtime);
+  if (code == DT_OK) code = CheckLibrarySize(model->dir, runtime.model_size);
+  if (code == DT_OK) code = ChooseDevice(device, runtime, &model->device);
+  if (code == DT_OK && runtime.on_cuda()) code = PrepareCuda(model->dir, model->device, runtime.cuda_arch);
+  if (code == DT_OK) code = LoadExecutable(model.get());
+  if (code != DT_OK) return code;
   *out = model.release();
   return DT_OK;
 }

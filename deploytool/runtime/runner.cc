@@ -248,9 +248,8 @@ void Profile(deploytool::Model& model, Run& run, const std::string& path) {
   WriteAtomically(path, [&](FILE* f) { std::fputs(report.c_str(), f); });
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The command line as parsed; see kUsage.
+struct Options {
   std::string package, device, output_dir;  // "" device: the package's
   std::map<std::string, std::string> input_files;
   std::map<std::string, std::vector<int64_t>> given_shapes;
@@ -259,219 +258,347 @@ int main(int argc, char** argv) {
   bool verify = false, self_test = false;
   BenchOptions bench;
   std::string profile;
-  long rss_before_load_kb = PeakRssKb();
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "error: %s needs a value\n%s", arg.c_str(), kUsage);
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    // NAME=VALUE options (--input, --shape): exit 2 on a value without '='.
-    auto name_value = [&](const char* form) -> std::pair<std::string, std::string> {
-      std::string spec = value();
-      size_t eq = spec.find('=');
-      if (eq == std::string::npos) {
-        std::fprintf(stderr, "error: %s takes %s, got '%s'\n", arg.c_str(), form, spec.c_str());
-        std::exit(2);
-      }
-      return {spec.substr(0, eq), spec.substr(eq + 1)};
-    };
+};
+
+// Reads the command line one argument at a time; a usage error exits with 2.
+struct Args {
+  int argc;
+  char** argv;
+  int i = 0;
+  std::string arg;  // the current argument
+
+  bool Next() {
+    if (++i >= argc) return false;
+    arg = argv[i];
+    return true;
+  }
+
+  // The current option's value, the next argument.
+  std::string Value() {
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "error: %s needs a value\n%s", arg.c_str(), kUsage);
+      std::exit(2);
+    }
+    return argv[++i];
+  }
+
+  // NAME=VALUE options (--input, --shape): exit 2 on a value without '='.
+  std::pair<std::string, std::string> NameValue(const char* form) {
+    std::string spec = Value();
+    size_t eq = spec.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "error: %s takes %s, got '%s'\n", arg.c_str(), form, spec.c_str());
+      std::exit(2);
+    }
+    return {spec.substr(0, eq), spec.substr(eq + 1)};
+  }
+};
+
+// --threads and the benchmark options; false if args.arg is none of them.
+bool ParseBenchOption(Args& args, BenchOptions* bench) {
+  const std::string& arg = args.arg;
+  if (arg == "--threads") {
+    std::string threads = std::to_string(ParseCount(arg, args.Value()));
+    setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read when TVM starts its thread pool
+    return true;
+  }
+  if (arg == "--warmup-ms") {
+    bench->warmup_ms = ParseNumber(arg, args.Value(), 0);
+  } else if (arg == "--min-iters") {
+    bench->min_iters = ParseCount(arg, args.Value());
+  } else if (arg == "--min-seconds") {
+    bench->min_seconds = ParseNumber(arg, args.Value(), 0);
+  } else if (arg == "--json") {
+    bench->json = args.Value();
+  } else {
+    return false;
+  }
+  bench->enabled = true;
+  return true;
+}
+
+// The other options; false if args.arg is none of them.
+bool ParseRunOption(Args& args, Options* options) {
+  const std::string& arg = args.arg;
+  if (arg == "--device") {
+    options->device = args.Value();
+  } else if (arg == "--input") {
+    auto [name, file] = args.NameValue("NAME=FILE.npy");
+    options->input_files[name] = file;
+  } else if (arg == "--shape") {
+    auto [name, shape] = args.NameValue("NAME=SIZExSIZE..., e.g. x=4x512");
+    options->given_shapes[name] = ParseShape(shape);
+  } else if (arg == "--seed") {
+    options->seed = std::strtoull(args.Value().c_str(), nullptr, 10);
+  } else if (arg == "--output-dir") {
+    options->output_dir = args.Value();
+  } else if (arg == "--repeat") {
+    options->repeat = std::strtol(args.Value().c_str(), nullptr, 10);
+  } else if (arg == "--verify") {
+    options->verify = true;
+  } else if (arg == "--self-test") {
+    options->self_test = true;
+  } else if (arg == "--profile") {
+    options->profile = args.Value();
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// Returns -1 when the program goes on, else its exit code: 0 after --help, 2 on a usage error.
+int ParseArgs(int argc, char** argv, Options* options) {
+  Args args{argc, argv, 0, ""};
+  while (args.Next()) {
+    const std::string& arg = args.arg;
     if (arg == "-h" || arg == "--help") {
       std::printf("%s", kUsage);
       return 0;
-    } else if (arg == "--device") {
-      device = value();
-    } else if (arg == "--input") {
-      auto [name, file] = name_value("NAME=FILE.npy");
-      input_files[name] = file;
-    } else if (arg == "--shape") {
-      auto [name, shape] = name_value("NAME=SIZExSIZE..., e.g. x=4x512");
-      given_shapes[name] = ParseShape(shape);
-    } else if (arg == "--seed") {
-      seed = std::strtoull(value().c_str(), nullptr, 10);
-    } else if (arg == "--output-dir") {
-      output_dir = value();
-    } else if (arg == "--repeat") {
-      repeat = std::strtol(value().c_str(), nullptr, 10);
-    } else if (arg == "--verify") {
-      verify = true;
-    } else if (arg == "--self-test") {
-      self_test = true;
-    } else if (arg == "--threads") {
-      std::string threads = std::to_string(ParseCount(arg, value()));
-      setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read when TVM starts its thread pool
-    } else if (arg == "--warmup-ms") {
-      bench.enabled = true;
-      bench.warmup_ms = ParseNumber(arg, value(), 0);
-    } else if (arg == "--min-iters") {
-      bench.enabled = true;
-      bench.min_iters = ParseCount(arg, value());
-    } else if (arg == "--min-seconds") {
-      bench.enabled = true;
-      bench.min_seconds = ParseNumber(arg, value(), 0);
-    } else if (arg == "--profile") {
-      profile = value();
-    } else if (arg == "--json") {
-      bench.enabled = true;
-      bench.json = value();
-    } else if (!arg.empty() && arg[0] == '-') {
+    }
+    if (ParseBenchOption(args, &options->bench) || ParseRunOption(args, options)) continue;
+    if (!arg.empty() && arg[0] == '-') {
       std::fprintf(stderr, "error: unknown option %s\n%s", arg.c_str(), kUsage);
       return 2;
-    } else if (package.empty()) {
-      package = arg;
-    } else {
+    }
+    if (!options->package.empty()) {
       std::fprintf(stderr, "error: unexpected argument %s\n%s", arg.c_str(), kUsage);
       return 2;
     }
+    options->package = arg;
   }
-  if (package.empty()) package = OwnPackage();
-  if (verify || self_test) {
-    if (dt_verify(package.c_str()) != DT_OK) {
+  if (options->package.empty()) options->package = OwnPackage();
+  return -1;
+}
+
+// --verify: false (after the error) if the package does not match its manifest.
+bool Verify(const std::string& package) {
+  if (dt_verify(package.c_str()) != DT_OK) {
+    std::fprintf(stderr, "error: %s\n", dt_last_error());
+    return false;
+  }
+  std::printf("verify: model.so and test vectors match manifest.json\n");
+  return true;
+}
+
+// --self-test: runs the package's test vectors and prints the report. Returns the exit code.
+int SelfTest(const std::string& package, const std::string& device) {
+  try {
+    deploytool::Model model(package, device);
+    std::vector<char> report(1 << 16);
+    int code = dt_self_test(model.handle(), report.data(), report.size());
+    std::printf("%s", report.data());
+    if (code != DT_OK) {
       std::fprintf(stderr, "error: %s\n", dt_last_error());
       return 1;
     }
-    std::printf("verify: model.so and test vectors match manifest.json\n");
+    return 0;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
   }
-  if (self_test) {
-    try {
-      deploytool::Model model(package, device);
-      std::vector<char> report(1 << 16);
-      int code = dt_self_test(model.handle(), report.data(), report.size());
-      std::printf("%s", report.data());
-      if (code != DT_OK) {
-        std::fprintf(stderr, "error: %s\n", dt_last_error());
-        return 1;
-      }
-      return 0;
-    } catch (const std::exception& error) {
-      std::fprintf(stderr, "error: %s\n", error.what());
-      return 1;
-    }
-  }
-  if (verify) return 0;
-  try {
-    auto start = std::chrono::steady_clock::now();
-    deploytool::Model model(package, device);
-    double load_ms = Millis(start);
-    std::vector<deploytool::TensorInfo> inputs = model.inputs(), outputs = model.outputs();
-    std::vector<Buffer> input_data, output_data;
-    std::vector<deploytool::Shape> input_shapes, output_shapes;
-    bool dynamic = false;
-    std::mt19937_64 rng(seed);
-    for (const auto& info : inputs) {
-      dynamic = dynamic || info.dynamic();
-      auto file = input_files.find(info.name);
-      auto given = given_shapes.find(info.name);
-      if (file != input_files.end() && given != given_shapes.end()) {
-        throw std::runtime_error("input '" + info.name + "' has both --input and --shape; its file gives the shape");
-      }
-      if (file == input_files.end()) {
-        deploytool::Shape shape = info.shape;
-        for (int64_t& extent : shape) extent = extent < 0 ? 1 : extent;  // a symbol's size: 1 by default
-        if (given != given_shapes.end()) {
-          shape = given->second;
-          given_shapes.erase(given);
-        }
-        input_shapes.push_back(shape);
-        input_data.push_back(AlignedBuffer(BytesOf(info.dtype, shape)));
-        FillRandom(info, BytesOf(info.dtype, shape), rng, input_data.back().get());
-        continue;
-      }
-      npy::Array array = npy::Load(file->second);
-      if (array.descr != npy::DescrOf(info.dtype) || (!info.dynamic() && array.shape != info.shape)) {
-        throw std::runtime_error(file->second + " holds " + array.descr + " " + npy::ShapeText(array.shape) +
-                                 " but input '" + info.name + "' needs " + info.dtype + " " +
-                                 npy::ShapeText(info.shape));
-      }
-      input_shapes.push_back(array.shape);  // a dynamic package checks it in output_shapes below
-      input_data.push_back(AlignedBuffer(array.data.size()));
-      std::memcpy(input_data.back().get(), array.data.data(), array.data.size());
-      input_files.erase(file);
-    }
-    if (!input_files.empty()) throw std::runtime_error("the model has no input named '" + input_files.begin()->first + "'");
-    if (!given_shapes.empty()) throw std::runtime_error("the model has no input named '" + given_shapes.begin()->first + "'");
-    output_shapes = model.output_shapes(input_shapes);
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      output_data.push_back(AlignedBuffer(BytesOf(outputs[i].dtype, output_shapes[i])));
-    }
-    std::vector<const void*> in;
-    std::vector<void*> out;
-    for (auto& data : input_data) in.push_back(data.get());
-    for (auto& data : output_data) out.push_back(data.get());
-    auto run = [&]() {  // dt_run for a static package, dt_run_shaped for a dynamic one
-      if (dynamic) {
-        model.run(input_shapes, in, out);
-      } else {
-        model.run(in, out);
-      }
-    };
+}
 
-    start = std::chrono::steady_clock::now();
+// The model's input and output buffers and shapes, and the run that uses them.
+struct Tensors {
+  std::vector<Buffer> input_data, output_data;
+  std::vector<deploytool::Shape> input_shapes, output_shapes;
+  std::vector<const void*> in;
+  std::vector<void*> out;
+  bool dynamic = false;  // some input has a symbolic dimension
+
+  // dt_run for a static package, dt_run_shaped for a dynamic one
+  void Run(deploytool::Model& model) {
+    if (dynamic) {
+      model.run(input_shapes, in, out);
+    } else {
+      model.run(in, out);
+    }
+  }
+};
+
+// A seeded random input, at the package's shape with symbols 1 or at the shape --shape gives.
+void AddRandomInput(const deploytool::TensorInfo& info, const deploytool::Shape* given, std::mt19937_64& rng,
+                    Tensors* tensors) {
+  deploytool::Shape shape = info.shape;
+  for (int64_t& extent : shape) extent = extent < 0 ? 1 : extent;  // a symbol's size: 1 by default
+  if (given != nullptr) shape = *given;
+  tensors->input_shapes.push_back(shape);
+  tensors->input_data.push_back(AlignedBuffer(BytesOf(info.dtype, shape)));
+  FillRandom(info, BytesOf(info.dtype, shape), rng, tensors->input_data.back().get());
+}
+
+// An input from the .npy file `path`, which must hold the input's dtype (and shape, for a static input).
+void AddFileInput(const deploytool::TensorInfo& info, const std::string& path, Tensors* tensors) {
+  npy::Array array = npy::Load(path);
+  if (array.descr != npy::DescrOf(info.dtype) || (!info.dynamic() && array.shape != info.shape)) {
+    throw std::runtime_error(path + " holds " + array.descr + " " + npy::ShapeText(array.shape) + " but input '" +
+                             info.name + "' needs " + info.dtype + " " + npy::ShapeText(info.shape));
+  }
+  tensors->input_shapes.push_back(array.shape);  // a dynamic package checks it in output_shapes below
+  tensors->input_data.push_back(AlignedBuffer(array.data.size()));
+  std::memcpy(tensors->input_data.back().get(), array.data.data(), array.data.size());
+}
+
+// Every input, from its --input file or seeded random; throws on a name the model has no input of.
+void LoadInputs(const std::vector<deploytool::TensorInfo>& inputs, const Options& options, Tensors* tensors) {
+  std::map<std::string, std::string> input_files = options.input_files;
+  std::map<std::string, std::vector<int64_t>> given_shapes = options.given_shapes;
+  std::mt19937_64 rng(options.seed);
+  for (const auto& info : inputs) {
+    tensors->dynamic = tensors->dynamic || info.dynamic();
+    auto file = input_files.find(info.name);
+    auto given = given_shapes.find(info.name);
+    if (file != input_files.end() && given != given_shapes.end()) {
+      throw std::runtime_error("input '" + info.name + "' has both --input and --shape; its file gives the shape");
+    }
+    if (file != input_files.end()) {
+      AddFileInput(info, file->second, tensors);
+      input_files.erase(file);
+    } else {
+      AddRandomInput(info, given != given_shapes.end() ? &given->second : nullptr, rng, tensors);
+      if (given != given_shapes.end()) given_shapes.erase(given);
+    }
+  }
+  if (!input_files.empty()) throw std::runtime_error("the model has no input named '" + input_files.begin()->first + "'");
+  if (!given_shapes.empty()) throw std::runtime_error("the model has no input named '" + given_shapes.begin()->first + "'");
+}
+
+// The output buffers, at the output shapes for the input shapes; then the pointers a run takes.
+void AllocateOutputs(const deploytool::Model& model, const std::vector<deploytool::TensorInfo>& outputs,
+                     Tensors* tensors) {
+  tensors->output_shapes = model.output_shapes(tensors->input_shapes);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    tensors->output_data.push_back(AlignedBuffer(BytesOf(outputs[i].dtype, tensors->output_shapes[i])));
+  }
+  for (auto& data : tensors->input_data) tensors->in.push_back(data.get());
+  for (auto& data : tensors->output_data) tensors->out.push_back(data.get());
+}
+
+// --repeat N: N timed runs, their mean, min and median in microseconds.
+template <typename Run>
+void RepeatRuns(long repeat, Run& run) {
+  std::vector<double> times(static_cast<size_t>(repeat));
+  for (auto& t : times) {
+    auto begin = std::chrono::steady_clock::now();
     run();
-    double first_ms = Millis(start);
-    std::printf("load: %.3f ms\nfirst run: %.3f ms\n", load_ms, first_ms);
-    if (repeat > 0) {
-      std::vector<double> times(static_cast<size_t>(repeat));
-      for (auto& t : times) {
-        auto begin = std::chrono::steady_clock::now();
-        run();
-        t = Millis(begin) * 1000.0;
-      }
-      std::sort(times.begin(), times.end());
-      double sum = 0;
-      for (double t : times) sum += t;
-      std::printf("runs: %ld, mean %.2f us, min %.2f us, median %.2f us\n", repeat, sum / repeat, times.front(),
-                  times[times.size() / 2]);
-    }
-    if (bench.enabled) {
-      // Warm-up: run until warmup_ms have passed. Then the timed loop: every buffer is allocated
-      // above, so an iteration is dt_run and two clock reads; the latency vector is reserved.
-      auto warm = std::chrono::steady_clock::now();
-      long warmup_iters = 0;
-      while (Millis(warm) < bench.warmup_ms) {
-        run();
-        ++warmup_iters;
-      }
-      double per_run_ms = warmup_iters > 0 ? Millis(warm) / static_cast<double>(warmup_iters) : first_ms;
-      double expected = std::max(static_cast<double>(bench.min_iters),
-                                 bench.min_seconds * 1000.0 / std::max(per_run_ms, 1e-6));
-      std::vector<double> times;
-      times.reserve(static_cast<size_t>(std::min(expected * 1.5 + 64.0, 5e7)));
-      auto loop = std::chrono::steady_clock::now();
-      double wall_s = 0;
-      while (true) {
-        auto begin = std::chrono::steady_clock::now();
-        run();
-        auto end = std::chrono::steady_clock::now();
-        times.push_back(std::chrono::duration<double, std::milli>(end - begin).count());
-        wall_s = std::chrono::duration<double>(end - loop).count();
-        if (static_cast<long>(times.size()) >= bench.min_iters && wall_s >= bench.min_seconds) break;
-      }
-      Stats stats = ComputeStats(times, wall_s);
-      const char* threads = std::getenv("TVM_NUM_THREADS");
-      std::printf("bench: %zu runs in %.3f s after %ld warm-up runs, threads %s\n", times.size(), wall_s,
-                  warmup_iters, threads ? threads : "(TVM default)");
-      std::printf("latency ms: min %.4f mean %.4f p50 %.4f p90 %.4f p99 %.4f max %.4f\n", stats.min, stats.mean,
-                  stats.p50, stats.p90, stats.p99, stats.max);
-      std::printf("throughput: %.2f runs/s\npeak RSS: %.1f MiB\n", stats.throughput, PeakRssKb() / 1024.0);
-      if (!bench.json.empty()) {
-        WriteAtomically(bench.json, [&](FILE* f) {
-          WriteJson(f, package, threads, load_ms, first_ms, rss_before_load_kb, bench, warmup_iters, times, wall_s,
-                    stats);
-        });
-      }
-    }
-    if (!profile.empty()) Profile(model, run, profile);
-    if (!output_dir.empty()) {
-      MakeDirs(output_dir);
-      for (size_t i = 0; i < outputs.size(); ++i) {
-        npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype), output_shapes[i],
-                  output_data[i].get(), BytesOf(outputs[i].dtype, output_shapes[i]));
-      }
-    }
+    t = Millis(begin) * 1000.0;
+  }
+  std::sort(times.begin(), times.end());
+  double sum = 0;
+  for (double t : times) sum += t;
+  std::printf("runs: %ld, mean %.2f us, min %.2f us, median %.2f us\n", repeat, sum / repeat, times.front(),
+              times[times.size() / 2]);
+}
+
+// The latencies of a benchmark's timed loop.
+struct Timings {
+  long warmup_iters = 0;
+  std::vector<double> times_ms;
+  double wall_s = 0;
+};
+
+// Warm-up: run until warmup_ms have passed. Then the timed loop: every buffer is allocated
+// before, so an iteration is dt_run and two clock reads; the latency vector is reserved.
+template <typename Run>
+Timings TimeRuns(const BenchOptions& bench, double first_ms, Run& run) {
+  Timings timings;
+  auto warm = std::chrono::steady_clock::now();
+  while (Millis(warm) < bench.warmup_ms) {
+    run();
+    ++timings.warmup_iters;
+  }
+  double per_run_ms = timings.warmup_iters > 0 ? Millis(warm) / static_cast<double>(timings.warmup_iters) : first_ms;
+  double expected = std::max(static_cast<double>(bench.min_iters),
+                             bench.min_seconds * 1000.0 / std::max(per_run_ms, 1e-6));
+  std::vector<double>& times = timings.times_ms;
+  times.reserve(static_cast<size_t>(std::min(expected * 1.5 + 64.0, 5e7)));
+  auto loop = std::chrono::steady_clock::now();
+  while (true) {
+    auto begin = std::chrono::steady_clock::now();
+    run();
+    auto end = std::chrono::steady_clock::now();
+    times.push_back(std::chrono::duration<double, std::milli>(end - begin).count());
+    timings.wall_s = std::chrono::duration<double>(end - loop).count();
+    if (static_cast<long>(times.size()) >= bench.min_iters && timings.wall_s >= bench.min_seconds) break;
+  }
+  return timings;
+}
+
+void PrintBench(const Timings& timings, const Stats& stats, const char* threads) {
+  std::printf("bench: %zu runs in %.3f s after %ld warm-up runs, threads %s\n", timings.times_ms.size(),
+              timings.wall_s, timings.warmup_iters, threads ? threads : "(TVM default)");
+  std::printf("latency ms: min %.4f mean %.4f p50 %.4f p90 %.4f p99 %.4f max %.4f\n", stats.min, stats.mean,
+              stats.p50, stats.p90, stats.p99, stats.max);
+  std::printf("throughput: %.2f runs/s\npeak RSS: %.1f MiB\n", stats.throughput, PeakRssKb() / 1024.0);
+}
+
+// The load and first-run times, which --json records beside the benchmark.
+struct Startup {
+  double load_ms;
+  double first_ms;
+  long rss_before_load_kb;
+};
+
+// The benchmark (--warmup-ms, --min-iters, --min-seconds, --json): times, prints, writes --json.
+template <typename Run>
+void Bench(const Options& options, const Startup& startup, Run& run) {
+  const BenchOptions& bench = options.bench;
+  Timings timings = TimeRuns(bench, startup.first_ms, run);
+  Stats stats = ComputeStats(timings.times_ms, timings.wall_s);
+  const char* threads = std::getenv("TVM_NUM_THREADS");
+  PrintBench(timings, stats, threads);
+  if (!bench.json.empty()) {
+    WriteAtomically(bench.json, [&](FILE* f) {
+      WriteJson(f, options.package, threads, startup.load_ms, startup.first_ms, startup.rss_before_load_kb, bench,
+                timings.warmup_iters, timings.times_ms, timings.wall_s, stats);
+    });
+  }
+}
+
+// --output-dir: an .npy file per output, named after it.
+void WriteOutputs(const std::string& output_dir, const std::vector<deploytool::TensorInfo>& outputs,
+                  const Tensors& tensors) {
+  MakeDirs(output_dir);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype),
+              tensors.output_shapes[i], tensors.output_data[i].get(),
+              BytesOf(outputs[i].dtype, tensors.output_shapes[i]));
+  }
+}
+
+// Loads the package, runs it once, then whatever the options ask for. Throws on any error.
+void LoadAndRun(const Options& options, long rss_before_load_kb) {
+  auto start = std::chrono::steady_clock::now();
+  deploytool::Model model(options.package, options.device);
+  Startup startup{Millis(start), 0, rss_before_load_kb};
+  std::vector<deploytool::TensorInfo> inputs = model.inputs(), outputs = model.outputs();
+  Tensors tensors;
+  LoadInputs(inputs, options, &tensors);
+  AllocateOutputs(model, outputs, &tensors);
+  auto run = [&]() { tensors.Run(model); };
+
+  start = std::chrono::steady_clock::now();
+  run();
+  startup.first_ms = Millis(start);
+  std::printf("load: %.3f ms\nfirst run: %.3f ms\n", startup.load_ms, startup.first_ms);
+  if (options.repeat > 0) RepeatRuns(options.repeat, run);
+  if (options.bench.enabled) Bench(options, startup, run);
+  if (!options.profile.empty()) Profile(model, run, options.profile);
+  if (!options.output_dir.empty()) WriteOutputs(options.output_dir, outputs, tensors);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  long rss_before_load_kb = PeakRssKb();
+  Options options;
+  int exit_code = ParseArgs(argc, argv, &options);
+  if (exit_code >= 0) return exit_code;
+  if ((options.verify || options.self_test) && !Verify(options.package)) return 1;
+  if (options.self_test) return SelfTest(options.package, options.device);
+  if (options.verify) return 0;
+  try {
+    LoadAndRun(options, rss_before_load_kb);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "error: %s\n", error.what());
     return 1;
