@@ -2,28 +2,58 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
+from .common import DISK_FULL, disk_full_error, note_interrupt, was_interrupted, watch_ctrl_c
 from .errors import DeploytoolError
 from .verify.comparison import DEFAULT_MAX_ERROR
 
 
 class Group(click.Group):
-    """Prints a DeploytoolError as one line, with its exit code, instead of a traceback."""
+    """Prints a DeploytoolError as one line, with its exit code, instead of a traceback; a
+    Ctrl-C exits 130 with one line, whatever error a library turned it into; a full disk is
+    one line too."""
 
     def invoke(self, ctx):
+        previous = signal.getsignal(signal.SIGINT)
+        note_interrupt(False)
+        watch_ctrl_c()
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            _exit_interrupted(err)
         except DeploytoolError as err:
+            if was_interrupted():
+                _exit_interrupted(err)
             click.echo(f"Error: {err}", err=True)
             _echo_notes(err)
             sys.exit(err.exit_code)
-        except KeyboardInterrupt as err:  # Click then prints "Aborted!"
-            _echo_notes(err)
+        except OSError as err:
+            if was_interrupted():
+                _exit_interrupted(err)
+            if err.errno not in DISK_FULL:
+                raise
+            click.echo(f"Error: {disk_full_error(err)}", err=True)
+            sys.exit(1)
+        except Exception as err:
+            if was_interrupted():  # e.g. TVM's RuntimeError('') for a Ctrl-C in its C++ code
+                _exit_interrupted(err)
             raise
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous)
+
+
+def _exit_interrupted(err: BaseException) -> None:
+    """Ctrl-C: one line, the notes (a --keep-temps folder), exit 130 (128 + SIGINT)."""
+    click.echo("Error: interrupted (Ctrl-C)", err=True)
+    _echo_notes(err)
+    sys.exit(130)
 
 
 def _echo_notes(err: BaseException) -> None:
@@ -145,11 +175,13 @@ def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuou
                 **extra):
     from .verify.validate import ValidationOptions
 
-    return ValidationOptions(max_error=max_error, atol=atol, rtol=rtol, seed=seed,
-                             samples=samples, allow_vacuous=allow_vacuous,
-                             batch_sizes=batch_sizes,
-                             tolerances=_triples("--tol", tols, (float, float)),
-                             ranges=_triples("--range", ranges, (float, float)), **extra)
+    options = ValidationOptions(max_error=max_error, atol=atol, rtol=rtol, seed=seed,
+                                samples=samples, allow_vacuous=allow_vacuous,
+                                batch_sizes=batch_sizes,
+                                tolerances=_triples("--tol", tols, (float, float)),
+                                ranges=_triples("--range", ranges, (float, float)), **extra)
+    options.check()
+    return options
 
 
 @main.command()
@@ -249,20 +281,26 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
               help="Also write the report as JSON.")
 @click.option("--localize", is_flag=True,
               help="When an output differs, find the first layer that differs and name it.")
+@click.option("--record", is_flag=True,
+              help="Store the outcome in the package's manifest.json (its validation status); "
+                   "without it the package is only read.")
 def validate(package, model, max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous,
-             batch_sizes, inputs_dir, json_path, localize):
+             batch_sizes, inputs_dir, json_path, localize, record):
     """Run PACKAGE (natively), ONNX Runtime and TorchScript on the same inputs and compare.
 
-    Exit 0 only if every output of every sample is within tolerance of every reference.
+    Exit 0 only if every output of every sample is within tolerance of every reference. The
+    package is checked against its manifest's sha256 digests first, and left unchanged unless
+    --record is given.
     """
-    from .package.manifest import load_package
+    from .package.manifest import load_package, verify_files
     from .verify.validate import record_validation, validate_package, write_report_json
 
+    options = _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous,
+                          batch_sizes, model=model, inputs_dir=inputs_dir)
     if model is not None and not model.is_file():
         raise DeploytoolError(f"model file {model} not found", "Check the --model path")
     pkg = load_package(package)
-    options = _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous,
-                          batch_sizes, model=model, inputs_dir=inputs_dir)
+    verify_files(pkg)
     report = validate_package(pkg, options)
     click.echo(report.format())
     if localize and not report.compared:
@@ -272,7 +310,8 @@ def validate(package, model, max_error, atol, rtol, tols, seed, ranges, samples,
         click.echo(found.format())
     if json_path:
         write_report_json(report, json_path)
-    record_validation(pkg, report, "passed" if report.passed else "failed")
+    if record:
+        record_validation(pkg, report, "passed" if report.passed else "failed")
     if not report.passed:
         from .verify.validate import failure_advice, failure_summary
 
@@ -334,7 +373,8 @@ def example(name, output):
 def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, rounds,
           json_path, device, per_kernel):
     """Measure PACKAGE's latency and memory through its native runner (no Python in the loop),
-    optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest."""
+    optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest
+    (unless the package is read-only)."""
     from .bench.timing import (
         BenchOptions,
         bench_package,
@@ -353,5 +393,7 @@ def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, r
     click.echo("\n" + format_table(result))
     if result.kernels is not None:
         click.echo("\n" + format_kernels(result))
-    click.echo(f"\nstored in {result.options.package / 'manifest.json'} (benchmarks)"
-               + (f" and {json_path}" if json_path else ""))
+    stored = [f"{result.options.package / 'manifest.json'} (benchmarks)"] if result.stored else []
+    stored += [str(json_path)] if json_path else []
+    if stored:
+        click.echo(f"\nstored in {' and '.join(stored)}")

@@ -15,7 +15,7 @@ from . import __version__
 from .build.cpu_pipeline import schedule_build
 from .build.dump import dump_summary, start_dump
 from .build.library import build_library
-from .common import Log
+from .common import Log, check_interrupt
 from .errors import DeploytoolError
 from .frontends.dynamic import example_sizes
 from .frontends.load import load_model, to_onnx
@@ -24,11 +24,11 @@ from .frontends.torchscript import run_torchscript
 from .importer.relax import import_model
 from .package.manifest import (
     FORMAT_VERSION,
+    MANIFEST,
     Package,
     atomic_folder,
     copy_cpp_example,
     file_digests,
-    write_archive,
     write_test_vectors,
 )
 from .package.readme import write_readme
@@ -93,8 +93,10 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name: str):
+        check_interrupt()  # a Ctrl-C a library swallowed stops the compile here
         start = time.perf_counter()
         yield
+        check_interrupt()
         self.seconds[name] = round(time.perf_counter() - start, 3)
         self.log(f"  {name:<10} {self.seconds[name]:8.2f} s")
 
@@ -125,15 +127,18 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     """
     log = log or (lambda _line: None)
     timer = StageTimer(log)
+    options.validation.check()
     target: TargetSpec = load_target(options.target).resolved()
     if is_cuda(target):
         check_toolchain(target)  # nvcc and the CUDA runtime, before any heavy work
     destination = options.output_dir()
+    check_destination(options, destination)
     check_compiler(target.cxx)  # the toolchain and runtime libraries first, before any heavy work
     runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
     if options.java:
         find_jdk()  # fail before the long stages when --java was asked for and there is no JDK
-    with atomic_folder(destination, options.force, options.keep_temps) as scratch:
+    with atomic_folder(destination, options.force, options.keep_temps,
+                       archive=options.archive) as scratch:
         # Ctrl-C's handling is set before the model's load starts threads (see the function).
         with ctrl_c_stops_tuning(log) if options.tune else nullcontext():
             with timer.stage("load"):
@@ -173,10 +178,31 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             copy_cpp_example(scratch)
             write_readme(scratch, manifest)
         _validate(package, target, source, options, timer, log)
-    package = Package(destination, package.manifest)
-    if options.archive:
-        write_archive(destination)
-    return package
+    return Package(destination, package.manifest)
+
+
+def check_destination(options: CompileOptions, destination: Path) -> None:
+    """Refuse a destination that cannot be replaced: without --force any that exists; with it,
+    one that is not a package (no manifest.json), or one that holds the model or another input
+    of this compile (the replacement would delete them)."""
+    if not (destination.exists() or destination.is_symlink()):
+        return
+    if not options.force:
+        kind = "folder" if destination.is_dir() else "file (not a folder)"
+        raise DeploytoolError(f"output {destination} already exists and is a {kind}",
+                              "Pass --force to replace a package, or choose another with -o")
+    if not destination.is_dir() or destination.is_symlink() \
+            or not (destination / MANIFEST).is_file():
+        raise DeploytoolError(f"--force replaces only a package, and {destination} is not one "
+                              f"(no {MANIFEST})", "Remove it yourself, or choose another output "
+                              "with -o")
+    inside = destination.resolve()
+    for label, path in (("the model", options.model), ("--runtime-dir", options.runtime_dir),
+                        ("--db", options.tuning.db), ("--dump-ir", options.dump_ir)):
+        if path is not None and Path(path).resolve().is_relative_to(inside):
+            raise DeploytoolError(f"--force would delete {label} {path}, which is inside "
+                                  f"{destination}", "Move it out first, or choose another "
+                                  "output with -o")
 
 
 def _manifest(options: CompileOptions, target: TargetSpec, source, imported, timer: StageTimer,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import platform
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -152,11 +157,102 @@ def _from_file(path: Path) -> TargetSpec:
     return _from_dict(_parse(path.read_text(), f"target file {path}"), path.stem)
 
 
+MAX_CORES = 1024  # num-cores of a target: the tuner starts a worker per core
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send what C++ code writes to file descriptor 2 to /dev/null for the block (LLVM warns
+    there about each feature it does not know)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _llvm(attrs: dict):
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", **attrs})
+
+
+def check_llvm_target(target: dict, name: str) -> None:
+    """Check an llvm target dict's ``mcpu`` and ``mattr`` against the CPUs and features TVM's
+    LLVM knows for its triple; raise a DeploytoolError naming the valid choices. (TVM itself
+    only warns, and builds for a generic CPU.)"""
+    from tvm.target import _ffi_api, codegen
+
+    triple = target.get("mtriple") or codegen.llvm_get_system_triple()
+    if not isinstance(triple, str):
+        raise DeploytoolError(f"target '{name}' has an mtriple that is not a string",
+                              'Write e.g. "mtriple": "aarch64-linux-gnu"')
+    cpu = target.get("mcpu")
+    if cpu is not None and cpu != "native":
+        if not isinstance(cpu, str):
+            raise DeploytoolError(f"target '{name}' has an mcpu that is not a string",
+                                  'Write e.g. "mcpu": "cortex-a72"')
+        if not codegen.llvm_is_valid_cpu(cpu, triple):
+            cpus = sorted(codegen.llvm_get_cpu_archlist(_llvm({"mtriple": triple})))
+            if cpus:  # else this LLVM has no such backend: the build says so
+                close = difflib.get_close_matches(cpu, cpus, n=3)
+                raise DeploytoolError(
+                    f"target '{name}' has mcpu '{cpu}', which LLVM does not know for {triple}"
+                    + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                    f"Use native or one of {', '.join(cpus)}")
+    mattr = target.get("mattr")
+    if mattr is None:
+        return
+    if not (isinstance(mattr, list) and all(isinstance(a, str) for a in mattr)):
+        raise DeploytoolError(f"target '{name}' has an mattr that is not a list of strings",
+                              'Write e.g. "mattr": ["+neon"]')
+    for attr in mattr:
+        feature = attr[1:]
+        if attr[:1] not in ("+", "-") or not feature:
+            raise DeploytoolError(f"target '{name}' has mattr entry '{attr}', which is not "
+                                  "+FEATURE or -FEATURE", 'Write e.g. "mattr": ["+neon"]')
+        with _quiet_stderr():
+            known = feature in _ffi_api.llvm_get_cpu_features(
+                _llvm({"mtriple": triple, "mattr": [f"+{feature}"]}))
+        if not known:
+            features = _cpu_features_of(triple)
+            close = difflib.get_close_matches(feature, features, n=3)
+            raise DeploytoolError(
+                f"target '{name}' has mattr '{attr}', a feature LLVM does not know for {triple}"
+                + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                f"Use features such as {', '.join(features)}")
+
+
+def _cpu_features_of(triple: str) -> list[str]:
+    """Every feature some CPU of ``triple`` has: the names LLVM knows, save the rarest."""
+    from tvm.target import _ffi_api, codegen
+
+    found: set[str] = set()
+    for cpu in codegen.llvm_get_cpu_archlist(_llvm({"mtriple": triple})):
+        found |= set(_ffi_api.llvm_get_cpu_features(_llvm({"mtriple": triple, "mcpu": cpu})))
+    return sorted(found)
+
+
 def _from_dict(data: dict, name: str) -> TargetSpec:
     target = data.get("target")
     if not isinstance(target, dict) or "kind" not in target:
         raise DeploytoolError(f"target '{name}' has no \"target\" dict with a \"kind\"",
                               'Add "target": {"kind": "llvm", "mtriple": ..., "mcpu": ...}')
+    for key in ("arch", "cxx", "description", "name"):
+        if key in data and not isinstance(data[key], str):
+            raise DeploytoolError(f"target '{name}' has a \"{key}\" that is not a string",
+                                  f'Write "{key}": "..."')
+    cores = target.get("num-cores")
+    if cores is not None and not (isinstance(cores, int) and 1 <= cores <= MAX_CORES):
+        raise DeploytoolError(f"target '{name}' has num-cores {json.dumps(cores)}",
+                              f"Give a whole number from 1 to {MAX_CORES}, or leave it out")
+    for llvm in (target, target.get("host")):
+        if isinstance(llvm, dict) and llvm.get("kind") == "llvm":
+            check_llvm_target(llvm, name)
     known = {"target", "arch", "cxx", "description", "name"}
     host = target.get("host") if isinstance(target.get("host"), dict) else {}  # a GPU's CPU
     triple = target.get("mtriple", host.get("mtriple", "x86_64"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import DeploytoolError, UsageError
 
 DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
 # A symbolic dimension's name (as stored: ONNX's dim_param names count too).
@@ -198,10 +200,51 @@ def parse_inputs_json(text: str) -> list[TensorSpec]:
     return [TensorSpec.from_dict(item if isinstance(item, dict) else {}) for item in data]
 
 
+# Inputs may take at most this share of the machine's memory: tensors that large would leave
+# nothing for the model, the references and the compiler.
+MEMORY_SHARE = 0.5
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(specs: list[TensorSpec], sizes: dict[str, int] | None = None) -> None:
+    """Raise a DeploytoolError, before anything is allocated, when creating data for ``specs``
+    needs more than MEMORY_SHARE of the physical memory.
+
+    A symbolic dimension counts at its size in ``sizes``, else at its upper bound, else as 1.
+    Random data is drawn in 64 bits and then cast, so each element counts 8 bytes more than its
+    dtype's.
+    """
+    sizes = dict(sizes or {})
+    for symbol, bound in symbol_bounds(specs).items():
+        sizes.setdefault(symbol, bound or 1)
+    needs = []
+    for spec in concrete_specs(specs, sizes):
+        elements = math.prod(spec.shape)
+        needs.append((elements * (np.dtype(spec.dtype).itemsize + 8), elements, spec))
+    total, limit = sum(n[0] for n in needs), physical_memory() * MEMORY_SHARE
+    if total > limit:
+        _, elements, spec = max(needs, key=lambda n: n[0])
+        size = elements * np.dtype(spec.dtype).itemsize
+        raise DeploytoolError(
+            f"input {spec} holds {elements:,} elements ({_gib(size)}); making the inputs' data "
+            f"takes {_gib(total)}, more than half of this machine's {_gib(physical_memory())} "
+            "of memory", "Give smaller shapes with --input (or a smaller upper bound for a "
+            "symbolic dimension)")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
 def sample_inputs(specs: list[TensorSpec], seed: int = 0,
                   sizes: dict[str, int] | None = None, integers: int = 10) -> list[np.ndarray]:
     """Seeded sample data: floats in [-1, 1), integers in [0, ``integers``), booleans; symbolic
     dimensions take their size in ``sizes`` (default 1)."""
+    check_memory(specs, {sym: (sizes or {}).get(sym, 1) for sym in symbol_bounds(specs)})
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in concrete_specs(specs, sizes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -21,16 +22,24 @@ import numpy as np
 
 from ..common import Log, npy_name, sha256_of
 from ..errors import DeploytoolError, UsageError
-from ..package.manifest import Package, load_package
+from ..package.manifest import Package, ReadOnlyPackage, load_package, verify_files
 from ..targets import machine_cpu_flags
 from ..tensors import sample_inputs
 from ..toolchains.emulation import can_run, runner_command
 from ..verify.references import compiled_model_file
 
 WORKER = "deploytool.bench.worker"
+# --threads at most this many per usable CPU: oversubscribing a little can be measured, but
+# thousands of threads only exhaust the machine.
+THREADS_PER_CPU = 4
 # The folder deploytool is imported from: the worker process imports it from there too.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGE = "package"
+
+
+def max_threads() -> int:
+    """The most threads a benchmark may ask for here (THREADS_PER_CPU per usable CPU)."""
+    return THREADS_PER_CPU * len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,11 @@ class BenchOptions:
             raise UsageError(f"--rounds is {self.rounds}", "Pass --rounds 1 or more")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads is {self.threads}", "Pass --threads 1 or more")
+        most = max_threads()
+        if self.threads is not None and self.threads > most:
+            raise UsageError(f"--threads is {self.threads}, more than {THREADS_PER_CPU} per CPU "
+                             f"this process may use ({len(os.sched_getaffinity(0))})",
+                             f"Pass --threads from 1 to {most}")
         for name, value in (("--warmup-ms", self.warmup_ms), ("--min-seconds", self.min_seconds)):
             if not (value >= 0 and math.isfinite(value)):
                 raise UsageError(f"{name} is {value}", f"Pass {name} 0 or more")
@@ -254,6 +268,7 @@ class BenchResult:
     schedule: list[str] = field(default_factory=list)  # "round:backend" in the order they ran
     inputs: list[np.ndarray] = field(default_factory=list, repr=False)
     kernels: list[dict] | None = None  # --per-kernel: see profile_kernels
+    stored: bool = False  # whether the results went into the manifest (not: read-only package)
 
     def get(self, name: str) -> BackendResult:
         return next(b for b in self.backends if b.name == name)
@@ -448,6 +463,7 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
                          "asynchronously)", "Profile a GPU package with Nsight Systems: nsys "
                          f"profile {package.runner} {package.path}")
     gpu = check_runs_here(package, device)
+    verify_files(package)  # a damaged package never runs
     for name in options.compare:
         module = BACKENDS[name].python_module
         if module and importlib.util.find_spec(module) is None:
@@ -488,7 +504,11 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
     result = BenchResult(options, date, machine, threads, results, schedule, arrays, kernels)
     if options.save:
         package.manifest["benchmarks"] = result.to_dict()
-        package.save_manifest()
+        try:
+            package.save_manifest()
+            result.stored = True
+        except ReadOnlyPackage as err:
+            log(f"note: {err}")
     if options.json:
         write_json(options.json, result.to_dict(latencies=True))
     return result
@@ -532,10 +552,16 @@ def format_kernels(result: BenchResult) -> str:
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(scratch, path)
+    scratch = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(scratch, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            scratch.unlink(missing_ok=True)
+        raise DeploytoolError(f"cannot write {path} ({os.strerror(err.errno or 0)})",
+                              "Pass a writable --json path") from err
 
 
 def format_ms(ms: float) -> str:

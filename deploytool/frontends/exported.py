@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..common import last_line, sha256_of
@@ -32,8 +35,14 @@ def load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
     """
     import torch
 
+    if path.stat().st_size == 0:
+        raise DeploytoolError(f"{path} is empty, not a torch.export archive", PT2_HINT)
+    if not zipfile.is_zipfile(path):
+        raise DeploytoolError(f"{path} is not a torch.export archive (not a zip archive)",
+                              PT2_HINT)
     try:
-        program = torch.export.load(str(path))
+        with _quiet_logger("torch.export"):  # it logs the traceback of what we report in a line
+            program = torch.export.load(str(path))
     except Exception as err:
         raise DeploytoolError(f"{path} could not be loaded as a torch.export archive "
                               f"({last_line(err)})", PT2_HINT) from err
@@ -45,6 +54,18 @@ def load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
             f"{' '.join(map(str, stored))}",
             "Drop --input (a .pt2 carries its shapes), or export the model again with those shapes")
     return SourceModel(path, "torch.export", sha256_of(path), stored, program)
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library's logger (errors included) for the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _program_inputs(program, path: Path) -> list[TensorSpec]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DeploytoolError
-from ..tensors import TensorSpec
+from ..tensors import TensorSpec, check_memory
 from .exported import load_exported, prepare_exported
 from .model import GraphModel, SourceModel
 from .onnx import load_onnx, prepare_onnx
@@ -31,8 +31,12 @@ def load_model(path: str | Path, inputs: list[TensorSpec] | None = None) -> Sour
     path = Path(path)
     if not path.is_file():
         raise DeploytoolError(f"model file {path} not found", "Check the path")
+    if inputs is not None:
+        check_memory(inputs)  # before any frontend allocates example data
     loader = FRONTENDS[SUFFIXES.get(path.suffix, "torchscript")]
-    return loader(path, inputs)
+    source = loader(path, inputs)
+    check_memory(source.inputs)  # the shapes the model file carries
+    return source
 
 
 def to_onnx(model: SourceModel, opset: int = 17) -> GraphModel:

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..common import sha256_of
+from ..common import last_line, sha256_of
 from ..errors import DeploytoolError
 from ..tensors import SYMBOL, TensorSpec
 from .model import OnnxModel, SourceModel
+
+ONNX_HINT = "Export it with torch.onnx.export"
 
 
 def load_onnx(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
     import onnx
 
+    if path.stat().st_size == 0:
+        raise DeploytoolError(f"{path} is empty, not an ONNX model", ONNX_HINT)
     try:
         proto = onnx.load(str(path))
     except Exception as err:
-        raise DeploytoolError(f"{path} is not a valid ONNX file ({err})",
-                              "Export it with torch.onnx.export") from err
+        raise DeploytoolError(f"{path} is not a valid ONNX file ({last_line(err, limit=200)})",
+                              ONNX_HINT) from err
+    if proto.ir_version == 0 or not proto.HasField("graph") or not proto.graph.output:
+        raise DeploytoolError(f"{path} is not an ONNX model (it parses, but has no IR version "
+                              "or no graph with outputs)", ONNX_HINT)
     if inputs is None:
         inputs = [_value_spec(v, path) for v in _graph_inputs(proto)]
     return SourceModel(path, "onnx", sha256_of(path), list(inputs), proto)

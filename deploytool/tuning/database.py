@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from ..common import exclusive_lock
 from ..errors import DeploytoolError
 from ..schedules.metaschedule import meta_schedule
 from ..targets import TargetSpec
@@ -50,6 +52,26 @@ def check_database(db_dir: Path) -> None:
                 raise DeploytoolError(
                     f"tuning database {db_dir} is corrupt ({path.name} line {number}: {err.msg})",
                     f"Delete {path} (or the line) and tune again, or pass another --db") from err
+
+
+LOCK = ".deploytool.lock"
+
+
+def lock_database(db_dir: Path):
+    """Hold the database folder for one tuning run (an fcntl lock on a file in it): a second
+    run into the same database fails at once in one line, so no run's records are lost to the
+    other's writes. Compiles read the database without the lock."""
+    if db_dir.exists() and not db_dir.is_dir():
+        raise DeploytoolError(f"tuning database {db_dir} is not a folder",
+                              "Pass a folder with --db")
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DeploytoolError(f"cannot create the tuning database {db_dir} "
+                              f"({os.strerror(err.errno or 0)})", "Pass another --db") from err
+    return exclusive_lock(db_dir / LOCK, lambda holder: DeploytoolError(
+        f"tuning database {db_dir} is in use by another deploytool tune ({holder})",
+        "Wait for it to finish (its records then serve this tuning too), or pass another --db"))
 
 
 def open_database(db_dir: Path, create: bool = False):

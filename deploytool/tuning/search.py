@@ -12,7 +12,7 @@ from ..common import Log
 from ..errors import DeploytoolError
 from ..schedules.metaschedule import import_tensor_intrin_quickly, meta_schedule, tuning_target
 from ..targets import TargetSpec
-from .database import best_us, count_records, open_database
+from .database import best_us, count_records, lock_database, open_database
 from .interrupts import Stop, ctrl_c_stops_tuning
 from .measure import (
     COLD_WEIGHT_BYTES,
@@ -148,14 +148,14 @@ def tune_module(mod, target: TargetSpec, settings: TuneSettings | None = None,
     """
     settings = settings or TuneSettings()
     log = log or (lambda _line: None)
-    with ctrl_c_stops_tuning(log) as stop:
+    if target.target.get("kind") != "llvm":
+        raise DeploytoolError(f"tuning supports llvm (CPU) targets, not {target.target['kind']}",
+                              "Tune a CPU target")
+    with ctrl_c_stops_tuning(log) as stop, lock_database(settings.resolved_db(target)):
         return _tune(mod, target, settings, log, stop)
 
 
 def _tune(mod, target: TargetSpec, settings: TuneSettings, log: Log, stop: Stop) -> TuneResult:
-    if target.target.get("kind") != "llvm":
-        raise DeploytoolError(f"tuning supports llvm (CPU) targets, not {target.target['kind']}",
-                              "Tune a CPU target")
     ms = meta_schedule()
     weight_size = weight_bytes(mod)
     cold = weight_size > COLD_WEIGHT_BYTES

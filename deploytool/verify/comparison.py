@@ -41,6 +41,8 @@ class Comparison:
     cosine: float = 1.0
     snr_db: float = math.inf
     max_error: float | None = DEFAULT_MAX_ERROR
+    nan_actual: int = 0  # NaN in the package's output
+    nan_expected: int = 0  # NaN in the reference's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,5 +127,6 @@ def compare(output: str, reference: str, actual: np.ndarray, expected: np.ndarra
         atol=atol, rtol=rtol,
         passed=bool(not nan.any() and within),
         nan_count=int(nan.sum()),
+        nan_actual=int(np.isnan(a).sum()), nan_expected=int(np.isnan(r).sum()),
         scale=scale, scaled_error=scaled, cosine=cosine, snr_db=snr, max_error=max_error,
     )

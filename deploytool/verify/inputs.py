@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common import last_line
 from ..errors import DeploytoolError
-from ..tensors import TensorSpec, concrete_specs
+from ..tensors import TensorSpec, check_memory, concrete_specs, symbol_bounds
 
 Arrays = list[np.ndarray]
 MASK = re.compile(r"mask", re.IGNORECASE)
@@ -48,6 +49,7 @@ def make_inputs(specs: list[TensorSpec], seed: int,
     if unknown:
         raise DeploytoolError(f"--range names unknown input(s) {', '.join(sorted(unknown))}",
                               f"Use one of {', '.join(s.name for s in specs)}")
+    check_memory(specs, {sym: (sizes or {}).get(sym, 1) for sym in symbol_bounds(specs)})
     rng = np.random.default_rng(seed)
     return [_sample(rng, spec, ranges.get(spec.name), model_ranges.get(spec.name))
             for spec in concrete_specs(specs, sizes)]
@@ -146,17 +148,17 @@ def read_inputs_dir(folder: Path, specs: list[TensorSpec]) -> Arrays:
         if not path.is_file():
             raise DeploytoolError(f"{path} not found",
                                   f"Write one .npy per input, named after it ({spec.name}.npy)")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DeploytoolError(f"{path} is not a valid .npy file ({err})",
+        try:  # mapped: a header claiming a huge shape allocates nothing before the check
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise DeploytoolError(f"{path} is not a valid .npy file ({last_line(err)})",
                                   "Save it with numpy.save") from err
         if not spec.matches(array.shape) or str(array.dtype) != spec.dtype:
             raise DeploytoolError(
                 f"{path} holds {array.dtype} {tuple(array.shape)} but input '{spec.name}' "
                 f"needs {spec.dtype} {_shape_text(spec)}",
                 "Save an array of that shape and dtype")
-        arrays.append(array)
+        arrays.append(np.array(array))
     return arrays
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common import last_line, npy_name, sha256_of
-from ..errors import DeploytoolError
+from ..errors import DeploytoolError, UsageError
 from ..frontends.dynamic import validation_sizes
 from ..frontends.load import load_model
 from ..frontends.torchscript import run_torchscript
@@ -33,6 +34,7 @@ Arrays = list[np.ndarray]
 VACUITY_FACTOR = 10
 # Outputs below this for every sample are flagged: a trained model's rarely are.
 TINY = 1e-6
+MAX_SAMPLES = 1000
 VACUITY_HINT = ("Validate with trained weights, or real data (--inputs DIR), or inputs that "
                 "activate the model (--range NAME:LO:HI); --allow-vacuous accepts it as it is")
 
@@ -55,6 +57,30 @@ class ValidationOptions:
 
     def tolerance(self, output: str) -> tuple[float | None, float | None]:
         return self.tolerances.get(output, (self.atol, self.rtol))
+
+    def check(self) -> None:
+        """Raise UsageError for a setting no validation can use: a bound that is negative, zero
+        where it must be positive, or not finite; no samples; an empty or reversed range."""
+        if not (math.isfinite(self.max_error) and self.max_error > 0):
+            raise UsageError(f"--max-error is {self.max_error:g}: the scaled error bound must be "
+                             "above 0", "Pass e.g. --max-error 1e-4 (use --atol for an exact "
+                             "comparison)")
+        for name, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"{name} is {value:g}", f"Pass {name} 0 or more")
+        for output, (atol, rtol) in self.tolerances.items():
+            if not all(math.isfinite(v) and v >= 0 for v in (atol, rtol)):
+                raise UsageError(f"--tol {output}:{atol:g}:{rtol:g} has a negative or infinite "
+                                 "tolerance", f"Pass --tol {output}:ATOL:RTOL with both 0 or more")
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise UsageError(f"--samples is {self.samples}",
+                             f"Pass --samples from 1 to {MAX_SAMPLES}")
+        if self.seed < 0:
+            raise UsageError(f"--seed is {self.seed}", "Pass --seed 0 or more")
+        for name, (lo, hi) in self.ranges.items():
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise UsageError(f"--range {name}:{lo:g}:{hi:g} is empty or not finite",
+                                 f"Pass --range {name}:LO:HI with LO < HI")
 
 
 @dataclass
@@ -161,6 +187,9 @@ def find_vacuous(outputs: list[str], per_sample: list[Arrays], max_error: float,
         values = [np.asarray(sample[i], dtype=np.float64) for sample in per_sample]
         finite = [v[np.isfinite(v)] for v in values]
         scale = max((float(np.abs(v).max()) for v in finite if v.size), default=0.0)
+        if not any(v.size for v in finite) and any(v.size for v in values):
+            found.append(Vacuity(name, "is NaN or infinite for every input", scale, None))
+            continue
         if scale == 0.0:
             found.append(Vacuity(name, "is zero for every input", scale, None))
             continue
@@ -266,8 +295,7 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     """
     options = options or ValidationOptions()
     native = native or run_native
-    if options.samples < 1:
-        raise DeploytoolError("--samples must be at least 1", "Pass --samples 1 or more")
+    options.check()
     unknown = set(options.tolerances) - {s.name for s in package.outputs}
     if unknown:
         raise DeploytoolError(f"--tol names unknown output(s) {', '.join(sorted(unknown))}",
@@ -335,7 +363,14 @@ def failure_summary(report: ValidationReport) -> str:
     """One line on why a report did not pass: the worst comparison, or the vacuous outputs."""
     failed = [c for c in report.comparisons if not c.passed]
     if failed:
-        c = max(failed, key=lambda c: (c.scaled_error, c.min_atol))
+        c = max(failed, key=lambda c: (c.nan_count > 0, c.scaled_error, c.min_atol))
+        if c.nan_expected:
+            return (f"{c.reference} itself gives NaN for output '{c.output}' ({c.nan_expected} "
+                    f"value{'s' if c.nan_expected > 1 else ''}; the package "
+                    f"{c.nan_actual}), so the model computes NaN (NaN weights?)")
+        if c.nan_actual:
+            return (f"output '{c.output}' of the package holds {c.nan_actual} NaN where "
+                    f"{c.reference} has finite values")
         return (f"output '{c.output}' differs from {c.reference} by up to {c.max_abs_error:.3g}"
                 f", {c.scaled_error:.3g} of its scale {c.scale:.3g} ({_rule_text(c)})")
     if not report.comparisons:
@@ -345,6 +380,13 @@ def failure_summary(report: ValidationReport) -> str:
 
 def failure_advice(report: ValidationReport) -> str:
     """What to do about a report that did not pass."""
+    nan = [c for c in report.comparisons if not c.passed and c.nan_count]
+    if any(c.nan_expected for c in nan):
+        return ("Check the model's weights and buffers for NaN (torch.isnan), and its inputs: "
+                "validate with --range NAME:LO:HI or --inputs DIR if NaN comes from the data")
+    if nan:
+        return ("Run deploytool validate PACKAGE --localize to find the first layer that gives "
+                "NaN, and report it with the model attached")
     if not report.compared:
         return ("Run deploytool validate PACKAGE --localize to find the first layer that "
                 "differs (compile with --allow-mismatch to keep the package), or loosen "
@@ -362,4 +404,8 @@ def record_validation(package: Package, report: ValidationReport | None, status:
 
 
 def write_report_json(report: ValidationReport, path: Path) -> None:
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    try:
+        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    except OSError as err:
+        raise DeploytoolError(f"cannot write the report to {path} ({os.strerror(err.errno or 0)})",
+                              "Pass a writable --json path") from err
