@@ -45,7 +45,8 @@ class Group(click.Group):
                 _exit_interrupted(err)
             raise
         finally:
-            if threading.current_thread() is threading.main_thread():
+            note_interrupt(False)  # a later command in this process starts afresh
+            if previous is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous)
 
 

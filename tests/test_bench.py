@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -94,7 +95,9 @@ def _fake_package(root: Path, runtime: dict | None = None, model: dict | None = 
     """A folder with a manifest and an (unrunnable) runner file: enough for the checks."""
     (root / "bin").mkdir(parents=True)
     (root / "bin" / "deploytool-run").write_text("#!/bin/sh\nexit 3\n")
+    (root / "model.so").write_bytes(b"not a library")
     manifest = {
+        "files": {"model.so": hashlib.sha256(b"not a library").hexdigest()},
         "format_version": 1,
         "inputs": [{"name": "x", "shape": [1, 4], "dtype": "float32"}],
         "outputs": [{"name": "output", "shape": [1, 2], "dtype": "float32"}],

@@ -124,6 +124,7 @@ def test_existing_output_is_refused_without_force(mlp_pt, tmp_path):
     (out / "keep.txt").write_text("mine")
     assert_error(invoke("compile", mlp_pt, "-o", out), 1, "already exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
+    (out / "manifest.json").write_text("{}")  # --force replaces only what looks like a package
     result = invoke("compile", mlp_pt, "-o", out, "--force")
     assert result.exit_code == 0, result.output
     assert not (out / "keep.txt").exists() and (out / "model.so").is_file()

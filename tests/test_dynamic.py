@@ -203,7 +203,8 @@ def test_c_api_dt_run_shaped(cnn_dynamic, cnn_pt, tmp_path):
 def test_validate_command_batch_sizes(cnn_dynamic, mlp_package, tmp_path):
     package = load_package(copy_package(cnn_dynamic[0].path, tmp_path / "pkg"))
     runner = CliRunner()
-    result = runner.invoke(main, ["validate", str(package.path), "--batch-sizes", "1,5"])
+    result = runner.invoke(main, ["validate", str(package.path), "--batch-sizes", "1,5",
+                                  "--record"])
     assert result.exit_code == 0, result.output
     assert "batch sizes 1, 5" in result.output and "validation PASSED" in result.output
     assert load_package(package.path).manifest["validation"]["batch_sizes"] == [1, 5]

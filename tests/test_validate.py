@@ -57,7 +57,7 @@ def test_compile_records_a_passed_validation(mlp_package):
 @pytest.mark.slow
 def test_a_different_model_fails_and_names_the_output(mlp_package, other_mlp_pt, tmp_path):
     pkg = copy_package(mlp_package.path, tmp_path / "pkg")
-    result = invoke("validate", pkg, "--model", other_mlp_pt)
+    result = invoke("validate", pkg, "--model", other_mlp_pt, "--record")
     assert result.exit_code == 1
     failed = [line for line in result.output.splitlines() if line.endswith("FAILED")]
     assert len(failed) == 1 and failed[0].split()[:2] == ["output", "torchscript"]
