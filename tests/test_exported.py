@@ -37,7 +37,7 @@ def test_a_file_that_is_not_an_archive_is_refused(tmp_path):
     path.write_bytes(b"not a zip")
     result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "pkg")])
     assert result.exit_code == 1
-    assert "could not be loaded as a torch.export archive" in result.output
+    assert "is not a torch.export archive (not a zip archive)" in result.output
     assert "torch.export.save" in result.output
     assert "Traceback" not in result.output
 
