@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The public zoo's torchvision (a CUDA wheel; testing/torchvision_compat.py makes it import on the
+# CPU torch) and timm, without their dependencies so that pip cannot swap torch for a CUDA build.
+ZOO_NO_DEPS := torchvision==0.28.0 timm==1.0.31
 
 .PHONY: install demo test lint bench clean
 
@@ -12,6 +15,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned exactly: the CPU build on disk (a looser spec pulls CUDA wheels)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(ZOO_NO_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
