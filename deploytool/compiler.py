@@ -15,7 +15,7 @@ from .build.library import build_library
 from .common import Log
 from .errors import DeploytoolError
 from .frontends.dynamic import example_sizes
-from .frontends.load import load_model, to_onnx
+from .frontends.load import load_model, other_route, to_onnx
 from .frontends.model import OnnxModel
 from .frontends.torchscript import run_torchscript
 from .importer.relax import import_model
@@ -131,10 +131,12 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 source = load_model(options.model, options.inputs)
             with timer.stage("export"):
                 graph = to_onnx(source)
-                if isinstance(graph, OnnxModel):  # the torch.export route has no ONNX
-                    (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
             with timer.stage("import"):
-                imported = import_model(graph)
+                try:
+                    imported = import_model(graph)
+                except DeploytoolError as err:  # a TorchScript model has a second route
+                    graph = other_route(source, graph, err)
+                    imported = import_model(graph)
             tuned = None
             if options.tune:
                 with timer.stage("tune"):
@@ -144,9 +146,19 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             log(f"  note: {note}")
         with timer.stage("build"):
             pipeline, tuning = schedule_build(target, options.tuning, tuned)
-            build_library(imported.mod, target, scratch / "model.so", pipeline)
+            try:
+                build_library(imported.mod, target, scratch / "model.so", pipeline)
+            except DeploytoolError as err:
+                if tuned is not None:  # the schedules were tuned for this route's module
+                    raise
+                graph = other_route(source, graph, err)
+                imported = import_model(graph)
+                build_library(imported.mod, target, scratch / "model.so", pipeline)
             if tuning:
                 log(f"  schedules  {tuning.summary()}")
+        log(f"  route      {imported.route}")
+        if isinstance(graph, OnnxModel):  # the package keeps the ONNX it was compiled from
+            (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
         with timer.stage("package"):
             build_native(target, scratch, runtime_libraries)
             java = build_java(target, scratch, options.java, log)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..common import last_line, sha256_of
 from ..errors import DeploytoolError
 from ..tensors import TensorSpec, sample_inputs
-from ..verify.references import flat_outputs, to_numpy
+from ..verify.references import named_outputs
 from .model import ExportedModel, SourceModel
 
 PT2_HINT = ("Save it with torch.export.save(torch.export.export(model, example_args), "
@@ -93,32 +93,42 @@ PROGRAM_FIXES: dict[str, Callable] = {"negative select index": fix_negative_sele
 
 def prepare_exported(model: SourceModel) -> ExportedModel:
     """Decompose the program, apply :data:`PROGRAM_FIXES`, and find its output specs."""
+    return prepare_program(model.module, model.inputs)
 
+
+def prepare_program(program, inputs: list[TensorSpec], notes: list[str] | None = None,
+                    route: str = "torch.export -> relax") -> ExportedModel:
+    """Decompose ``program``, apply :data:`PROGRAM_FIXES`, and name its outputs after its result
+    (dict keys, NamedTuple fields: see ``named_outputs``)."""
     try:
-        program = model.module.run_decompositions()
+        decomposed = program.run_decompositions()
     except Exception as err:
         raise DeploytoolError(f"decomposing the exported program failed ({last_line(err)}) "
                               "(stage export)", "Export the model again with this torch") from err
-    notes = []
+    notes = list(notes or [])
     for name, fix in PROGRAM_FIXES.items():
-        count = fix(program)
+        count = fix(decomposed)
         if count:
             notes.append(f"applied torch.export fix '{name}' to {count} node(s)")
-    flat = run_exported(program, sample_inputs(model.inputs))
-    names = ["output"] if len(flat) == 1 else [f"output{i}" for i in range(len(flat))]
-    outputs = [TensorSpec(n, tuple(t.shape), str(t.dtype))
-               for n, t in zip(names, flat, strict=True)]
-    return ExportedModel(program, model.inputs, outputs, notes)
+    named = run_exported_named(decomposed, sample_inputs(inputs))
+    outputs = [TensorSpec(n, tuple(t.shape), str(t.dtype)) for n, t in named]
+    return ExportedModel(decomposed, list(inputs), outputs, notes, route)
 
 
-def run_exported(program, arrays) -> list:
-    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as numpy arrays."""
+def run_exported_named(program, arrays) -> list[tuple[str, object]]:
+    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as named numpy
+    arrays, flattened as ``named_outputs`` does."""
     import numpy as np
     import torch
 
     with torch.no_grad():
         result = program.module()(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
-    return to_numpy(flat_outputs(result))
+    return [(name, t.detach().cpu().numpy()) for name, t in named_outputs(result)]
+
+
+def run_exported(program, arrays) -> list:
+    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as numpy arrays."""
+    return [array for _, array in run_exported_named(program, arrays)]
 
 
 def import_exported(model: ExportedModel):
