@@ -87,6 +87,50 @@ def fix_negative_select(program) -> int:
     return changed
 
 
+def _native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias,
+                                 proj_weight, proj_bias, mask=None, need_weights=True,
+                                 average_attn_weights=True, mask_type=None):
+    """nn.MultiheadAttention's fused inference kernel (batch first), in plain operators."""
+    import torch
+    from torch.nn import functional
+
+    if mask is not None:
+        return NotImplemented
+    batch, length, _ = query.shape
+    head = embed_dim // num_head
+    weights = qkv_weight.split(embed_dim)
+    biases = qkv_bias.split(embed_dim)
+    q, k, v = (functional.linear(x, w, b).reshape(batch, -1, num_head, head).transpose(1, 2)
+               for x, w, b in zip((query, key, value), weights, biases, strict=True))
+    scores = torch.softmax(q @ k.transpose(-2, -1) / head ** 0.5, dim=-1)
+    out = (scores @ v).transpose(1, 2).reshape(batch, length, embed_dim)
+    out = functional.linear(out, proj_weight, proj_bias)
+    if not need_weights:
+        return out, query.new_empty((0,))
+    return out, scores.mean(dim=1) if average_attn_weights else scores
+
+
+def _convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
+                 groups, *_flags):
+    """aten._convolution (what torch.jit.trace records) as aten.convolution."""
+    import torch
+
+    return torch.ops.aten.convolution.default(input, weight, bias, stride, padding, dilation,
+                                              transposed, output_padding, groups)
+
+
+def decomposition_table() -> dict:
+    """torch.export's default decompositions, plus ours for operators that a traced TorchScript
+    graph holds and TVM's importer lacks (the fused attention of nn.MultiheadAttention's fast
+    path, and ``_convolution``)."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    table[torch.ops.aten._native_multi_head_attention.default] = _native_multi_head_attention
+    table[torch.ops.aten._convolution.default] = _convolution
+    return table
+
+
 # Rewrites of the decomposed program that avoid known TVM importer bugs, by name.
 PROGRAM_FIXES: dict[str, Callable] = {"negative select index": fix_negative_select}
 
@@ -101,7 +145,7 @@ def prepare_program(program, inputs: list[TensorSpec], notes: list[str] | None =
     """Decompose ``program``, apply :data:`PROGRAM_FIXES`, and name its outputs after its result
     (dict keys, NamedTuple fields: see ``named_outputs``)."""
     try:
-        decomposed = program.run_decompositions()
+        decomposed = program.run_decompositions(decomposition_table())
     except Exception as err:
         raise DeploytoolError(f"decomposing the exported program failed ({last_line(err)}) "
                               "(stage export)", "Export the model again with this torch") from err

@@ -254,19 +254,16 @@ def tv_classifier(arch: str, size: int = 64, num_classes: int = 10, **kwargs):
 
 def tv_vit(size: int = 32):
     """torchvision's VisionTransformer (vit_b_16's code) in a small configuration."""
-    from torchvision.models.vision_transformer import VisionTransformer
-
-    _torchvision()
+    VisionTransformer = _torchvision().models.vision_transformer.VisionTransformer
     model = VisionTransformer(image_size=size, patch_size=8, num_layers=2, num_heads=2,
                               hidden_dim=32, mlp_dim=64, num_classes=10)
+    model.heads.head.reset_parameters()  # torchvision zeroes the head: all outputs would be 0
     return model.eval(), _image(size)
 
 
 def tv_swin(size: int = 64):
     """torchvision's SwinTransformer (swin_t's code) in a small configuration."""
-    from torchvision.models.swin_transformer import SwinTransformer
-
-    _torchvision()
+    SwinTransformer = _torchvision().models.swin_transformer.SwinTransformer
     model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
                             window_size=[4, 4], num_classes=10)
     return model.eval(), _image(size)
