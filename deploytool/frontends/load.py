@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..common import last_line
 from ..errors import DeploytoolError
 from ..tensors import TensorSpec
 from .exported import load_exported, prepare_exported
@@ -48,7 +47,7 @@ def to_onnx(model: SourceModel, opset: int = 17) -> GraphModel:
     try:
         return export_torchscript(model, opset)
     except DeploytoolError as err:
-        return retrace_torchscript(model, last_line(err, limit=300))
+        return retrace_torchscript(model, err)
 
 
 def other_route(model: SourceModel, graph: GraphModel, failure: DeploytoolError) -> GraphModel:
@@ -61,10 +60,7 @@ def other_route(model: SourceModel, graph: GraphModel, failure: DeploytoolError)
     """
     if model.format != "torchscript" or graph.route != ONNX_ROUTE:
         raise failure
-    try:
-        return retrace_torchscript(model, last_line(str(failure), limit=300))
-    except DeploytoolError as second:
-        raise second from failure
+    return retrace_torchscript(model, failure)
 
 
 def _load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:

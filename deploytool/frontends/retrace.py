@@ -10,6 +10,7 @@ from ..errors import DeploytoolError
 from ..tensors import sample_inputs
 from .exported import prepare_program
 from .model import ExportedModel, SourceModel
+from .torchscript import output_silenced
 
 RETRACE_ROUTE = "torchscript -> torch.export -> relax"
 
@@ -34,7 +35,16 @@ def _caller(module, names: list[str]):
     return Caller()
 
 
-def retrace_torchscript(model: SourceModel, reason: str) -> ExportedModel:
+def _cause(err: Exception, limit: int = 200) -> str:
+    """The line of a torch.export error that names the cause: an ``...Error:`` line (the
+    TorchScript interpreter wraps the cause in a traceback), else its first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "Error:" in line]
+    line = (named or lines or [type(err).__name__])[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def retrace_torchscript(model: SourceModel, failure: DeploytoolError) -> ExportedModel:
     """Re-trace a loaded TorchScript model with ``torch.export`` (non-strict), as a second route
     where TorchScript -> ONNX -> Relax fails.
 
@@ -46,8 +56,9 @@ def retrace_torchscript(model: SourceModel, reason: str) -> ExportedModel:
     ----------
     model : SourceModel
         A TorchScript model with static input shapes.
-    reason : str
-        Why the first route failed, kept in the notes.
+    failure : DeploytoolError
+        Why the first route failed: kept in the notes, and raised (with a line on the re-trace)
+        when the re-trace fails too.
 
     Returns
     -------
@@ -58,25 +69,22 @@ def retrace_torchscript(model: SourceModel, reason: str) -> ExportedModel:
 
     dynamic = [str(s) for s in model.inputs if s.is_dynamic]
     if dynamic:
-        raise DeploytoolError(
-            f"re-tracing with torch.export needs static shapes, and {', '.join(dynamic)} has "
-            f"symbolic dimensions (stage export; the ONNX route failed: {reason})",
-            "Give static shapes with --input, or fix what made the ONNX route fail")
+        raise DeploytoolError(f"{failure.what} (no re-trace with torch.export: it needs static "
+                              f"shapes, and {', '.join(dynamic)} has symbolic dimensions)",
+                              failure.fix) from failure
     names = [s.name for s in model.inputs]
     if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
         names = [f"input{i}" for i in range(len(names))]
     args = tuple(torch.from_numpy(a) for a in sample_inputs(model.inputs))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), output_silenced():
             warnings.simplefilter("ignore")
             program = torch.export.export(_caller(model.module.eval(), names), args,
                                           strict=False)
     except Exception as err:
-        raise DeploytoolError(
-            "re-tracing the TorchScript model with torch.export failed "
-            f"({last_line(err, limit=300)}) (stage export; the ONNX route failed first: {reason})",
-            "Save the model with torch.export.save(torch.export.export(model, args), "
-            "'model.pt2') from its Python code and compile the .pt2") from err
+        raise DeploytoolError(f"{failure.what} (re-tracing with torch.export failed too: "
+                              f"{_cause(err)})", failure.fix) from err
+    reason = last_line(str(failure), limit=300)
     return prepare_program(program, model.inputs, [f"compiled by re-tracing with torch.export: "
                                                    f"the ONNX route failed ({reason})"],
                            RETRACE_ROUTE)
