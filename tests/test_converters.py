@@ -181,3 +181,50 @@ def test_model_without_converted_operators_is_returned_unchanged():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     proto = helper.make_model(graph)
     assert apply_converters(proto) == (proto, [])
+
+
+def _constant_of_shape_model():
+    """y = x * ConstantOfShape(Shape(x)[0:0]): a ConstantOfShape with an empty shape input."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "zero"], ["empty"]),
+             helper.make_node("ConstantOfShape", ["empty"], ["two"],
+                              value=numpy_helper.from_array(np.array([2.0], np.float32))),
+             helper.make_node("Mul", ["x", "two"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_empty_shape_constant_of_shape_becomes_a_scalar():
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from deploytool.importer.converters import apply_onnx_fixes
+
+    model = _constant_of_shape_model()
+    with pytest.raises(Exception, match="broadcast_to"):  # TVM's own converter
+        from_onnx(model, shape_dict={"x": [2, 3]})
+    fixed, notes = apply_onnx_fixes(model)
+    assert notes == ["applied ONNX fix 'empty-shape ConstantOfShape' to 1 node(s)"]
+    assert "ConstantOfShape" not in {n.op_type for n in fixed.graph.node}
+    assert "ConstantOfShape" in {n.op_type for n in model.graph.node}  # argument unchanged
+    from_onnx(fixed, shape_dict={"x": [2, 3]})
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for proto in (model, fixed):
+        session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], x * 2)
+
+
+def test_onnxruntime_folding_keeps_standard_operators_and_results():
+    from deploytool.importer.converters import fold_with_onnxruntime
+
+    model = _constant_of_shape_model()
+    folded = fold_with_onnxruntime(model)
+    assert len(folded.graph.node) < len(model.graph.node)
+    assert {o.domain for o in folded.opset_import} <= {"", "ai.onnx"}
+    x = np.ones((2, 3), np.float32)
+    session = onnxruntime.InferenceSession(folded.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x * 2)

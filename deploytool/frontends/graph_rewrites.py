@@ -35,11 +35,11 @@ def _flat_values(graph, value) -> list:
     kind = node.kind()
     if kind in ("prim::TupleConstruct", "prim::ListConstruct"):
         return [v for i in node.inputs() for v in _flat_values(graph, i)]
-    if kind == "prim::DictConstruct":
-        return [v for i in list(node.inputs())[1::2] for v in _flat_values(graph, i)]
-    if kind == "aten::dict" and not list(node.inputs()):
-        items: dict = {}  # a key written twice keeps its first position, as in Python
-        for n in _set_items(graph, value):
+    if kind == "prim::DictConstruct" or (kind == "aten::dict" and not list(node.inputs())):
+        inputs = list(node.inputs())  # a DictConstruct's keys and values, then the writes
+        items: dict = {_constant_key(k): v for k, v in zip(inputs[::2], inputs[1::2],
+                                                             strict=True)}
+        for n in _set_items(graph, value):  # a key written again keeps its place, as in Python
             items[_constant_key(n.inputsAt(1))] = n.inputsAt(2)
         return [v for i in items.values() for v in _flat_values(graph, i)]
     if _is_none(value):
