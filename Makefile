@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # CPU torch) and timm, without their dependencies so that pip cannot swap torch for a CUDA build.
 ZOO_NO_DEPS := torchvision==0.28.0 timm==1.0.31
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: lint
 
 bench: $(STAMP)
 	nice $(PY) benchmarks/run.py
+
+# Compile every public zoo model from .pt and .pt2 (about an hour on 2 cores); rows already in
+# artifacts/zoo/results.json are kept (ZOO_ARGS=--again recompiles them); writes the table to
+# docs/models-coverage.md.
+zoo: $(STAMP)
+	nice $(PY) -m deploytool.testing.coverage $(ZOO_ARGS)
 
 clean:
 	rm -rf artifacts build .pytest_cache
