@@ -228,3 +228,32 @@ def test_onnxruntime_folding_keeps_standard_operators_and_results():
     session = onnxruntime.InferenceSession(folded.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], x * 2)
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNetV2's split and channel shuffle: slice bounds and view sizes computed from the
+    input's shape, which TVM's ONNX import leaves as tensors of unknown shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat((a, self.conv(torch.cat((b, b), 1))[:, :2]), 1)
+        n, c, h, w = y.size()
+        return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_shapes_computed_in_the_graph_are_folded_before_import(tmp_path):
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_model, unknown_shapes
+    from deploytool.tensors import TensorSpec
+    from deploytool.testing.examples import save_torchscript
+
+    torch.manual_seed(0)
+    path = save_torchscript(ChannelShuffle(), [TensorSpec("x", (1, 4, 6, 6))], tmp_path / "s.pt")
+    imported = import_model(to_onnx(load_model(path)))
+    assert unknown_shapes(imported.mod) == 0
+    assert any("unknown shape" in n and "constant folding by ONNX Runtime" in n
+               for n in imported.notes)

@@ -121,6 +121,23 @@ def _our_frontend_converters():
         onnx_frontend._get_convert_map = original
 
 
+def unknown_shapes(mod) -> int:
+    """How many tensors bound in ``mod``'s Relax functions have no known shape."""
+    from tvm import relax
+
+    count = 0
+    for function in mod.functions.values():
+        if not isinstance(function, relax.Function):
+            continue
+        body = function.body
+        for block in getattr(body, "blocks", []):
+            for binding in block.bindings:
+                ty = getattr(binding.var, "ty", None)
+                if isinstance(ty, relax.TensorType) and ty.shape is None:
+                    count += 1
+    return count
+
+
 def import_relax(model: GraphModel):
     """The Relax IRModule of ``model``, with the weights bound as constants (see import_model)."""
     return import_model(model).mod
@@ -175,6 +192,19 @@ def import_model(model: GraphModel) -> RelaxModel:
         notes.append(f"TVM's ONNX import failed ({last_line(err, limit=200)}); imported after "
                      f"constant folding by ONNX Runtime ({len(proto.graph.node)} -> "
                      f"{len(folded.graph.node)} nodes)")
+    if not dynamic and unknown_shapes(mod):
+        # shapes computed in the graph (torch.chunk, view(x.size(0), ...)) can leave tensors whose
+        # shape TVM does not know, which its build then refuses (emit_te needs a ShapeExpr)
+        try:
+            folded = fold_with_onnxruntime(proto)
+            refolded = convert(folded)
+        except Exception:
+            refolded = None
+        if refolded is not None and unknown_shapes(refolded) < unknown_shapes(mod):
+            notes.append(f"{unknown_shapes(mod)} tensor(s) of unknown shape after TVM's ONNX "
+                         f"import; imported after constant folding by ONNX Runtime "
+                         f"({len(proto.graph.node)} -> {len(folded.graph.node)} nodes)")
+            mod = refolded
     if dynamic or any(s.is_dynamic for s in outputs):
         # bounds for memory planning; output shapes in terms of the input symbols
         inputs = with_bounds(inputs, symbol_bounds(inputs))
