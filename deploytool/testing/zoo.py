@@ -391,9 +391,15 @@ PUBLIC_ZOO: dict[str, Callable] = {
     "timm_vit_tiny": _bind(timm_model, "vit_tiny_patch16_224", size=32, img_size=32,
                            patch_size=8),
 }
+# Traced twins of scripted torchvision models whose traced TorchScript takes another path (a
+# traced Swin's shape arithmetic, a traced ViT's fused attention kernel, ShuffleNetV2's shuffle).
+TRACED_TWINS = {f"{name}_traced": PUBLIC_ZOO[name]
+                for name in ("tv_swin", "tv_vit", "tv_shufflenet_v2_x0_5")}
+PUBLIC_ZOO.update(TRACED_TWINS)
 # How each public model is saved as TorchScript: scripted, or traced where torch.jit.script
 # cannot compile the model's Python (Hugging Face and timm models are written for tracing).
-TRACED = {name for name in PUBLIC_ZOO if name.startswith(("hf_", "timm_"))}
+TRACED = {name for name in PUBLIC_ZOO
+          if name.startswith(("hf_", "timm_")) or name in TRACED_TWINS}
 
 ZOO: dict[str, Callable] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18,
                             "mobilenet_v2": mobilenet_v2, "transformer": transformer,
