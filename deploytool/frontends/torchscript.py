@@ -65,6 +65,12 @@ def run_torchscript_named(module, arrays: list[np.ndarray]) -> list[tuple[str, n
 
     with torch.no_grad():
         result = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    return _named_arrays(result)
+
+
+def _named_arrays(result) -> list[tuple[str, np.ndarray]]:
+    import torch
+
     named = named_outputs(result)
     if not named or not all(isinstance(t, torch.Tensor) for _, t in named):
         raise DeploytoolError("the model returns something other than tensors",
@@ -100,7 +106,7 @@ def export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
     try:
         with torch.no_grad():
             result = model.module(*args)
-        outputs = run_torchscript_named(model.module, arrays)
+        outputs = _named_arrays(result)
     except DeploytoolError:
         raise
     except Exception as err:
