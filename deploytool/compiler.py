@@ -15,7 +15,7 @@ from .build.library import build_library
 from .common import Log
 from .errors import DeploytoolError
 from .frontends.dynamic import example_sizes
-from .frontends.load import load_model, other_route, to_onnx
+from .frontends.load import load_model, other_route, route_failure, to_onnx
 from .frontends.model import OnnxModel
 from .frontends.torchscript import run_torchscript
 from .importer.relax import import_model
@@ -135,8 +135,11 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 try:
                     imported = import_model(graph)
                 except DeploytoolError as err:  # a TorchScript model has a second route
-                    graph = other_route(source, graph, err)
-                    imported = import_model(graph)
+                    graph = other_route(source, graph, route_failure(graph, err))
+                    try:
+                        imported = import_model(graph)
+                    except DeploytoolError as second:
+                        raise route_failure(graph, second) from second
             tuned = None
             if options.tune:
                 with timer.stage("tune"):
@@ -151,9 +154,12 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             except DeploytoolError as err:
                 if tuned is not None:  # the schedules were tuned for this route's module
                     raise
-                graph = other_route(source, graph, err)
-                imported = import_model(graph)
-                build_library(imported.mod, target, scratch / "model.so", pipeline)
+                graph = other_route(source, graph, route_failure(graph, err))
+                try:
+                    imported = import_model(graph)
+                    build_library(imported.mod, target, scratch / "model.so", pipeline)
+                except DeploytoolError as second:
+                    raise route_failure(graph, second) from second
             if tuning:
                 log(f"  schedules  {tuning.summary()}")
         log(f"  route      {imported.route}")

@@ -63,6 +63,16 @@ def other_route(model: SourceModel, graph: GraphModel, failure: DeploytoolError)
     return retrace_torchscript(model, failure)
 
 
+def route_failure(graph: GraphModel, failure: DeploytoolError) -> DeploytoolError:
+    """The error to report when ``graph``'s route fails with ``failure``: on a second route, the
+    first route's error and workaround, with the second's failure appended."""
+    first = getattr(graph, "replaces", None)
+    if first is None:
+        return failure
+    return DeploytoolError(f"{first.what} (re-traced with torch.export instead, which failed "
+                           f"too: {failure.what})", first.fix)
+
+
 def _load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
     dynamic = [str(s) for s in inputs or [] if s.is_dynamic]
     if dynamic:

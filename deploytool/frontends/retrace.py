@@ -85,6 +85,8 @@ def retrace_torchscript(model: SourceModel, failure: DeploytoolError) -> Exporte
         raise DeploytoolError(f"{failure.what} (re-tracing with torch.export failed too: "
                               f"{_cause(err)})", failure.fix) from err
     reason = last_line(str(failure), limit=300)
-    return prepare_program(program, model.inputs, [f"compiled by re-tracing with torch.export: "
-                                                   f"the ONNX route failed ({reason})"],
-                           RETRACE_ROUTE)
+    graph = prepare_program(program, model.inputs, [f"compiled by re-tracing with torch.export: "
+                                                    f"the ONNX route failed ({reason})"],
+                            RETRACE_ROUTE)
+    graph.replaces = failure
+    return graph
