@@ -3,8 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The public zoo's torchvision (a CUDA wheel; testing/torchvision_compat.py makes it import on the
+# CPU torch) and timm, without their dependencies so that pip cannot swap torch for a CUDA build.
+ZOO_NO_DEPS := torchvision==0.28.0 timm==1.0.31
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench zoo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,6 +15,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned exactly: the CPU build on disk (a looser spec pulls CUDA wheels)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(ZOO_NO_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +34,12 @@ test-fast: lint
 
 bench: $(STAMP)
 	nice $(PY) benchmarks/run.py
+
+# Compile every public zoo model from .pt and .pt2 (about an hour on 2 cores); rows already in
+# artifacts/zoo/results.json are kept (ZOO_ARGS=--again recompiles them); writes the table to
+# docs/models-coverage.md.
+zoo: $(STAMP)
+	nice $(PY) -m deploytool.testing.coverage $(ZOO_ARGS)
 
 clean:
 	rm -rf artifacts build .pytest_cache

@@ -18,7 +18,7 @@ from .build.library import build_library
 from .common import Log, check_interrupt
 from .errors import DeploytoolError
 from .frontends.dynamic import example_sizes
-from .frontends.load import load_model, to_onnx
+from .frontends.load import load_model, other_route, route_failure, to_onnx
 from .frontends.model import OnnxModel
 from .frontends.torchscript import run_torchscript
 from .importer.relax import import_model
@@ -145,10 +145,10 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
                 source = load_model(options.model, options.inputs)
             with timer.stage("export"):
                 graph = to_onnx(source)
-                if isinstance(graph, OnnxModel):  # the torch.export route has no ONNX
+                if isinstance(graph, OnnxModel):  # kept in the package (and by --keep-temps)
                     (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
             with timer.stage("import"):
-                imported = import_model(graph)
+                graph, imported = _import_on_a_route(source, graph)
                 if options.dump_ir:
                     start_dump(options.dump_ir, imported.mod)
             tuned = None
@@ -160,11 +160,16 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
             log(f"  note: {note}")
         with timer.stage("build"):
             pipeline, tuning = schedule_build(target, options.tuning, tuned)
-            build_library(imported.mod, target, scratch / "model.so", pipeline, options.dump_ir)
+            graph, imported = _build_on_a_route(source, graph, imported, target, pipeline,
+                                                scratch / "model.so", options.dump_ir,
+                                                tuned is None)
             if tuning:
                 log(f"  schedules  {tuning.summary()}")
         if options.dump_ir:
             log(dump_summary(options.dump_ir))
+        log(f"  route      {imported.route}")
+        if not isinstance(graph, OnnxModel):  # re-traced: the package was not built from ONNX
+            (scratch / "model.onnx").unlink(missing_ok=True)
         with timer.stage("package"):
             build_native(target, scratch, runtime_libraries, log)
             java = build_java(target, scratch, options.java, log)
@@ -203,6 +208,36 @@ def check_destination(options: CompileOptions, destination: Path) -> None:
             raise DeploytoolError(f"--force would delete {label} {path}, which is inside "
                                   f"{destination}", "Move it out first, or choose another "
                                   "output with -o")
+
+
+def _import_on_a_route(source, graph):
+    """Import ``graph``; where that fails, a TorchScript model takes its second route."""
+    try:
+        return graph, import_model(graph)
+    except DeploytoolError as err:
+        graph = other_route(source, graph, route_failure(graph, err))
+        try:
+            return graph, import_model(graph)
+        except DeploytoolError as second:
+            raise route_failure(graph, second) from second
+
+
+def _build_on_a_route(source, graph, imported, target, pipeline, path, dump, may_switch: bool):
+    """Build the library; where the build fails, a TorchScript model takes its second route
+    (unless the schedules were tuned for this route's module: ``may_switch`` False)."""
+    try:
+        build_library(imported.mod, target, path, pipeline, dump)
+        return graph, imported
+    except DeploytoolError as err:
+        if not may_switch:
+            raise
+        graph = other_route(source, graph, route_failure(graph, err))
+        try:
+            imported = import_model(graph)
+            build_library(imported.mod, target, path, pipeline, dump)
+            return graph, imported
+        except DeploytoolError as second:
+            raise route_failure(graph, second) from second
 
 
 def _manifest(options: CompileOptions, target: TargetSpec, source, imported, timer: StageTimer,

@@ -181,3 +181,79 @@ def test_model_without_converted_operators_is_returned_unchanged():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     proto = helper.make_model(graph)
     assert apply_converters(proto) == (proto, [])
+
+
+def _constant_of_shape_model():
+    """y = x * ConstantOfShape(Shape(x)[0:0]): a ConstantOfShape with an empty shape input."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "zero", "zero"], ["empty"]),
+             helper.make_node("ConstantOfShape", ["empty"], ["two"],
+                              value=numpy_helper.from_array(np.array([2.0], np.float32))),
+             helper.make_node("Mul", ["x", "two"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_empty_shape_constant_of_shape_becomes_a_scalar():
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from deploytool.importer.converters import apply_onnx_fixes
+
+    model = _constant_of_shape_model()
+    with pytest.raises(Exception, match="broadcast_to"):  # TVM's own converter
+        from_onnx(model, shape_dict={"x": [2, 3]})
+    fixed, notes = apply_onnx_fixes(model)
+    assert notes == ["applied ONNX fix 'empty-shape ConstantOfShape' to 1 node(s)"]
+    assert "ConstantOfShape" not in {n.op_type for n in fixed.graph.node}
+    assert "ConstantOfShape" in {n.op_type for n in model.graph.node}  # argument unchanged
+    from_onnx(fixed, shape_dict={"x": [2, 3]})
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for proto in (model, fixed):
+        session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], x * 2)
+
+
+def test_onnxruntime_folding_keeps_standard_operators_and_results():
+    from deploytool.importer.converters import fold_with_onnxruntime
+
+    model = _constant_of_shape_model()
+    folded = fold_with_onnxruntime(model)
+    assert len(folded.graph.node) < len(model.graph.node)
+    assert {o.domain for o in folded.opset_import} <= {"", "ai.onnx"}
+    x = np.ones((2, 3), np.float32)
+    session = onnxruntime.InferenceSession(folded.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x * 2)
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNetV2's split and channel shuffle: slice bounds and view sizes computed from the
+    input's shape, which TVM's ONNX import leaves as tensors of unknown shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat((a, self.conv(torch.cat((b, b), 1))[:, :2]), 1)
+        n, c, h, w = y.size()
+        return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_shapes_computed_in_the_graph_are_folded_before_import(tmp_path):
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_model, unknown_shapes
+    from deploytool.tensors import TensorSpec
+    from deploytool.testing.examples import save_torchscript
+
+    torch.manual_seed(0)
+    path = save_torchscript(ChannelShuffle(), [TensorSpec("x", (1, 4, 6, 6))], tmp_path / "s.pt")
+    imported = import_model(to_onnx(load_model(path)))
+    assert unknown_shapes(imported.mod) == 0
+    assert any("unknown shape" in n and "constant folding by ONNX Runtime" in n
+               for n in imported.notes)

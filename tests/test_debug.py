@@ -84,7 +84,7 @@ def test_keep_temps_keeps_the_scratch_folder_of_a_failed_compile(mlp_pt, tmp_pat
     monkeypatch.setattr(compiler, "build_library", fail_build)
     result = compile_cli(mlp_pt, "-o", tmp_path / "pkg", "--keep-temps", "--no-java")
     assert result.exit_code == 1, result.output
-    assert "Error: the build broke. Try again" in result.stderr
+    assert result.stderr.startswith("Error: the build broke")
     note = "scratch folder kept at "
     kept = [line for line in result.stderr.splitlines() if line.startswith(note)]
     assert len(kept) == 1, result.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..common import last_line, sha256_of
 from ..errors import DeploytoolError
 from ..tensors import TensorSpec, sample_inputs
-from ..verify.references import flat_outputs, to_numpy
+from ..verify.references import named_outputs
 from .model import ExportedModel, SourceModel
 
 PT2_HINT = ("Save it with torch.export.save(torch.export.export(model, example_args), "
@@ -108,38 +108,92 @@ def fix_negative_select(program) -> int:
     return changed
 
 
+def _native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias,
+                                 proj_weight, proj_bias, mask=None, need_weights=True,
+                                 average_attn_weights=True, mask_type=None):
+    """nn.MultiheadAttention's fused inference kernel (batch first), in plain operators."""
+    import torch
+    from torch.nn import functional
+
+    if mask is not None:
+        return NotImplemented
+    batch, length, _ = query.shape
+    head = embed_dim // num_head
+    weights = qkv_weight.split(embed_dim)
+    biases = qkv_bias.split(embed_dim)
+    q, k, v = (functional.linear(x, w, b).reshape(batch, -1, num_head, head).transpose(1, 2)
+               for x, w, b in zip((query, key, value), weights, biases, strict=True))
+    scores = torch.softmax(q @ k.transpose(-2, -1) / head ** 0.5, dim=-1)
+    out = (scores @ v).transpose(1, 2).reshape(batch, length, embed_dim)
+    out = functional.linear(out, proj_weight, proj_bias)
+    if not need_weights:
+        return out, query.new_empty((0,))
+    return out, scores.mean(dim=1) if average_attn_weights else scores
+
+
+def _convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding,
+                 groups, *_flags):
+    """aten._convolution (what torch.jit.trace records) as aten.convolution."""
+    import torch
+
+    return torch.ops.aten.convolution.default(input, weight, bias, stride, padding, dilation,
+                                              transposed, output_padding, groups)
+
+
+def decomposition_table() -> dict:
+    """torch.export's default decompositions, plus ours for operators that a traced TorchScript
+    graph holds and TVM's importer lacks (the fused attention of nn.MultiheadAttention's fast
+    path, and ``_convolution``)."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    table[torch.ops.aten._native_multi_head_attention.default] = _native_multi_head_attention
+    table[torch.ops.aten._convolution.default] = _convolution
+    return table
+
+
 # Rewrites of the decomposed program that avoid known TVM importer bugs, by name.
 PROGRAM_FIXES: dict[str, Callable] = {"negative select index": fix_negative_select}
 
 
 def prepare_exported(model: SourceModel) -> ExportedModel:
     """Decompose the program, apply :data:`PROGRAM_FIXES`, and find its output specs."""
+    return prepare_program(model.module, model.inputs)
 
+
+def prepare_program(program, inputs: list[TensorSpec], notes: list[str] | None = None,
+                    route: str = "torch.export -> relax") -> ExportedModel:
+    """Decompose ``program``, apply :data:`PROGRAM_FIXES`, and name its outputs after its result
+    (dict keys, NamedTuple fields: see ``named_outputs``)."""
     try:
-        program = model.module.run_decompositions()
+        decomposed = program.run_decompositions(decomposition_table())
     except Exception as err:
         raise DeploytoolError(f"decomposing the exported program failed ({last_line(err)}) "
                               "(stage export)", "Export the model again with this torch") from err
-    notes = []
+    notes = list(notes or [])
     for name, fix in PROGRAM_FIXES.items():
-        count = fix(program)
+        count = fix(decomposed)
         if count:
             notes.append(f"applied torch.export fix '{name}' to {count} node(s)")
-    flat = run_exported(program, sample_inputs(model.inputs, integers=2))
-    names = ["output"] if len(flat) == 1 else [f"output{i}" for i in range(len(flat))]
-    outputs = [TensorSpec(n, tuple(t.shape), str(t.dtype))
-               for n, t in zip(names, flat, strict=True)]
-    return ExportedModel(program, model.inputs, outputs, notes)
+    named = run_exported_named(decomposed, sample_inputs(inputs, integers=2))
+    outputs = [TensorSpec(n, tuple(t.shape), str(t.dtype)) for n, t in named]
+    return ExportedModel(decomposed, list(inputs), outputs, notes, route)
 
 
-def run_exported(program, arrays) -> list:
-    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as numpy arrays."""
+def run_exported_named(program, arrays) -> list[tuple[str, object]]:
+    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as named numpy
+    arrays, flattened as ``named_outputs`` does."""
     import numpy as np
     import torch
 
     with torch.no_grad():
         result = program.module()(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
-    return to_numpy(flat_outputs(result))
+    return [(name, t.detach().cpu().numpy()) for name, t in named_outputs(result)]
+
+
+def run_exported(program, arrays) -> list:
+    """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as numpy arrays."""
+    return [array for _, array in run_exported_named(program, arrays)]
 
 
 def import_exported(model: ExportedModel):

@@ -10,7 +10,8 @@ from ..tensors import TensorSpec, check_memory
 from .exported import load_exported, prepare_exported
 from .model import GraphModel, SourceModel
 from .onnx import load_onnx, prepare_onnx
-from .torchscript import export_torchscript, load_torchscript
+from .retrace import retrace_torchscript
+from .torchscript import ONNX_ROUTE, export_torchscript, load_torchscript
 
 
 def load_model(path: str | Path, inputs: list[TensorSpec] | None = None) -> SourceModel:
@@ -40,13 +41,40 @@ def load_model(path: str | Path, inputs: list[TensorSpec] | None = None) -> Sour
 
 
 def to_onnx(model: SourceModel, opset: int = 17) -> GraphModel:
-    """Bring a loaded model to ONNX (TorchScript through the TorchScript exporter); a
-    torch.export program keeps its program and skips ONNX."""
+    """Bring a loaded model to the graph the importer takes: ONNX for an ONNX file, the program
+    for a torch.export archive, and for TorchScript the first route that exports (see
+    :func:`other_route`): TorchScript -> ONNX, else a re-trace with torch.export."""
     if model.format == "onnx":
         return prepare_onnx(model)
     if model.format == "torch.export":
         return prepare_exported(model)
-    return export_torchscript(model, opset)
+    try:
+        return export_torchscript(model, opset)
+    except DeploytoolError as err:
+        return retrace_torchscript(model, err)
+
+
+def other_route(model: SourceModel, graph: GraphModel, failure: DeploytoolError) -> GraphModel:
+    """The next route for ``model`` after ``graph``'s route failed (at import or build) with
+    ``failure``; raises ``failure`` when there is none.
+
+    TorchScript models have two routes: TorchScript -> ONNX -> Relax (checked against ONNX
+    Runtime too), and a re-trace with torch.export -> Relax, for graphs the ONNX exporter or
+    TVM's ONNX import cannot take.
+    """
+    if model.format != "torchscript" or graph.route != ONNX_ROUTE:
+        raise failure
+    return retrace_torchscript(model, failure)
+
+
+def route_failure(graph: GraphModel, failure: DeploytoolError) -> DeploytoolError:
+    """The error to report when ``graph``'s route fails with ``failure``: on a second route, the
+    first route's error and workaround, with the second's failure appended."""
+    first = getattr(graph, "replaces", None)
+    if first is None:
+        return failure
+    return DeploytoolError(f"{first.what} (re-traced with torch.export instead, which failed "
+                           f"too: {failure.what})", first.fix)
 
 
 def _load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:

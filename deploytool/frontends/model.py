@@ -45,6 +45,7 @@ class ExportedModel:
     outputs: list[TensorSpec]
     notes: list[str] = field(default_factory=list)
     route: str = "torch.export -> relax"
+    replaces: Any = None  # on a second route: the DeploytoolError that ended the first one
 
 
 # What the importer takes: the model as a graph, with its resolved input and output specs.

@@ -16,7 +16,7 @@ import numpy as np
 from ..common import last_line, sha256_of
 from ..errors import DeploytoolError
 from ..tensors import TensorSpec, parse_inputs_json, sample_inputs
-from ..verify.references import flat_outputs, to_numpy
+from ..verify.references import named_outputs
 from .dynamic import dynamic_axes, example_sizes
 from .fallbacks import export_with_fallbacks
 from .model import OnnxModel, SourceModel
@@ -58,35 +58,63 @@ def load_torchscript(path: Path, inputs: list[TensorSpec] | None) -> SourceModel
     return SourceModel(path, "torchscript", sha256_of(path), list(inputs), module)
 
 
-def run_torchscript(module, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Run a ScriptModule on numpy arrays; returns its outputs flattened to a list."""
+def run_torchscript_named(module, arrays: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """Run a ScriptModule on numpy arrays; returns its outputs flattened to named arrays (dict
+    keys and NamedTuple fields name them, Nones are left out: see ``named_outputs``)."""
     import torch
 
     with torch.no_grad():
         result = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
-    flat = flat_outputs(result)
-    if not all(isinstance(t, torch.Tensor) for t in flat):
+    return _named_arrays(result)
+
+
+def _named_arrays(result) -> list[tuple[str, np.ndarray]]:
+    import torch
+
+    named = named_outputs(result)
+    if not named or not all(isinstance(t, torch.Tensor) for _, t in named):
         raise DeploytoolError("the model returns something other than tensors",
-                              "Return a tensor or a tuple of tensors from forward()")
-    return to_numpy(flat)
+                              "Return tensors from forward(): a tensor, or tuples, lists, "
+                              "dicts or NamedTuples of tensors (Nones are left out)")
+    return [(name, t.detach().cpu().numpy()) for name, t in named]
+
+
+def run_torchscript(module, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Run a ScriptModule on numpy arrays; returns its outputs flattened to a list."""
+    return [array for _, array in run_torchscript_named(module, arrays)]
+
+
+def is_flat_result(result) -> bool:
+    """Whether a result is a tensor or a plain tuple of tensors, which the ONNX exporter takes
+    as it is (anything else is flattened first: ``graph_rewrites.flatten_outputs``)."""
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return True
+    return (type(result) is tuple and bool(result)
+            and all(isinstance(t, torch.Tensor) for t in result))
 
 
 def export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
+    """Export a TorchScript model to ONNX with the TorchScript exporter (plain, or frozen and
+    rewritten: see :mod:`.fallbacks`), naming the outputs after the model's result."""
     import onnx
     import torch
 
     # Integers 0 and 1 only: valid indices into any embedding table, whatever its size.
     arrays = sample_inputs(model.inputs, sizes=example_sizes(model.inputs), integers=2)
+    args = tuple(torch.from_numpy(a) for a in arrays)
     try:
-        outputs = run_torchscript(model.module, arrays)
+        with torch.no_grad():
+            result = model.module(*args)
+        outputs = _named_arrays(result)
     except DeploytoolError:
         raise
     except Exception as err:
         raise DeploytoolError(
             f"the model rejected inputs {', '.join(map(str, model.inputs))} "
             f"({last_line(err)})", "Pass the shapes the model expects with --input") from err
-    names = ["output"] if len(outputs) == 1 else [f"output{i}" for i in range(len(outputs))]
-    args = tuple(torch.from_numpy(a) for a in arrays)
+    names = [name for name, _ in outputs]
     notes: list[str] = []
 
     def export(module) -> bytes:
@@ -98,14 +126,19 @@ def export_torchscript(model: SourceModel, opset: int) -> OnnxModel:
                               dynamic_axes=dynamic_axes(model.inputs) or None)
         return buffer.getvalue()
 
-    try:
-        exported = export(model.module)
-    except Exception as err:
-        exported = export_with_fallbacks(model.module, args, export, err, notes)
-    output_specs = [TensorSpec(n, tuple(o.shape), str(o.dtype))
-                    for n, o in zip(names, outputs, strict=True)]
+    if is_flat_result(result):
+        try:
+            exported = export(model.module)
+        except Exception as err:
+            exported = export_with_fallbacks(model.module, args, export, err, notes)
+    else:  # a dict, NamedTuple, nested tuple or None: only the frozen, rewritten graph exports
+        exported = export_with_fallbacks(model.module, args, export, None, notes)
+    output_specs = [TensorSpec(n, tuple(o.shape), str(o.dtype)) for n, o in outputs]
     return OnnxModel(onnx.load_from_string(exported), model.inputs, output_specs, notes,
-                     route="torchscript -> onnx -> relax")
+                     route=ONNX_ROUTE)
+
+
+ONNX_ROUTE = "torchscript -> onnx -> relax"
 
 
 @contextmanager

@@ -334,3 +334,82 @@ def apply_converters(proto, op_types: set[str] | None = None):
     notes = [f"converted {count} {op} node(s) with deploytool's converter "
              f"({CONVERTERS[op].summary})" for op, count in sorted(done.items())]
     return model, notes
+
+
+def fix_empty_constant_of_shape(proto) -> tuple[object, int]:
+    """Replace each ``ConstantOfShape`` whose shape input is empty (a scalar result) by a
+    ``Constant`` scalar; returns the model (a copy when changed) and how many were replaced.
+
+    TVM 0.27's converter broadcasts the one-element ``value`` to the empty shape and fails
+    (``broadcast_to expects ... ndim 1 while the target shape has ndim 0``); Hugging Face models
+    traced with torchscript=True export such nodes.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    targets = [n for n in graph.node if n.op_type == "ConstantOfShape"]
+    if not targets:
+        return proto, 0
+    constants, shapes = _constants(graph), _shapes(proto)
+    empty = {n.output[0] for n in targets
+             if (n.input[0] in constants and constants[n.input[0]].size == 0)
+             or shapes.get(n.input[0]) == (0,)}
+    if not empty:
+        return proto, 0
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or node.output[0] not in empty:
+            nodes.append(node)
+            continue
+        attrs = _attributes(node)
+        value = (numpy_helper.to_array(attrs["value"]) if "value" in attrs
+                 else np.zeros(1, np.float32))
+        nodes.append(helper.make_node(
+            "Constant", [], [node.output[0]], name=f"{node.name or 'constant_of_shape'}_scalar",
+            value=numpy_helper.from_array(value.reshape(()).copy())))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model, len(empty)
+
+
+# Rewrites of an ONNX model that avoid known bugs of TVM's ONNX import, by name; each returns
+# (model, count) and leaves its argument unchanged.
+ONNX_FIXES: dict[str, Callable] = {"empty-shape ConstantOfShape": fix_empty_constant_of_shape}
+
+
+def apply_onnx_fixes(proto) -> tuple[object, list[str]]:
+    """Apply :data:`ONNX_FIXES`; returns the model and one note per fix that changed it."""
+    notes = []
+    for name, fix in ONNX_FIXES.items():
+        proto, count = fix(proto)
+        if count:
+            notes.append(f"applied ONNX fix '{name}' to {count} node(s)")
+    return proto, notes
+
+
+def fold_with_onnxruntime(proto):
+    """The model after ONNX Runtime's basic graph optimizations (constant folding, redundant
+    nodes removed; standard ONNX operators only): with static input shapes this folds the shape
+    arithmetic that TVM's ONNX import cannot follow (a Reshape of a tensor whose shape it lost)."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="deploytool-fold-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = os.path.join(tmp, "folded.onnx")
+        ort.InferenceSession(proto.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        folded = onnx.load(options.optimized_model_filepath)
+    used = {n.domain for n in folded.graph.node}
+    kept = [o for o in folded.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del folded.opset_import[:]
+    folded.opset_import.extend(kept)
+    return folded

@@ -12,7 +12,7 @@ from ..frontends.dynamic import annotate_bounds, relax_output_specs, relax_shape
 from ..frontends.exported import import_exported
 from ..frontends.model import ExportedModel, GraphModel, RelaxModel
 from ..tensors import symbol_bounds, with_bounds
-from .converters import CONVERTERS, apply_converters
+from .converters import CONVERTERS, apply_converters, apply_onnx_fixes, fold_with_onnxruntime
 
 
 def operator_counts(proto) -> Counter:
@@ -121,6 +121,23 @@ def _our_frontend_converters():
         onnx_frontend._get_convert_map = original
 
 
+def unknown_shapes(mod) -> int:
+    """How many tensors bound in ``mod``'s Relax functions have no known shape."""
+    from tvm import relax
+
+    count = 0
+    for function in mod.functions.values():
+        if not isinstance(function, relax.Function):
+            continue
+        body = function.body
+        for block in getattr(body, "blocks", []):
+            for binding in block.bindings:
+                ty = getattr(binding.var, "ty", None)
+                if isinstance(ty, relax.TensorType) and ty.shape is None:
+                    count += 1
+    return count
+
+
 def import_relax(model: GraphModel):
     """The Relax IRModule of ``model``, with the weights bound as constants (see import_model)."""
     return import_model(model).mod
@@ -150,17 +167,44 @@ def import_model(model: GraphModel) -> RelaxModel:
             f"TVM's Relax ONNX frontend cannot import operator(s) {', '.join(missing)} "
             "(stage import)", "; ".join(hints) if hints else DEFAULT_WORKAROUND)
     proto, notes = apply_converters(model.proto, set(tvm_missing_operators(model.proto)))
+    proto, fixed = apply_onnx_fixes(proto)
+    notes += fixed
     inputs, outputs = list(model.inputs), list(model.outputs)
     dynamic = any(s.is_dynamic for s in inputs)
-    try:
+
+    def convert(graph):
         with _our_frontend_converters():
-            mod = from_onnx(proto, shape_dict=(relax_shape_dict(inputs) if dynamic else
-                                               {s.name: list(s.shape) for s in inputs}),
-                            dtype_dict={s.name: s.dtype for s in inputs},
-                            keep_params_in_input=False)
+            return from_onnx(graph, shape_dict=(relax_shape_dict(inputs) if dynamic else
+                                                {s.name: list(s.shape) for s in inputs}),
+                             dtype_dict={s.name: s.dtype for s in inputs},
+                             keep_params_in_input=False)
+
+    try:
+        mod = convert(proto)
     except Exception as err:
-        raise DeploytoolError(f"TVM's ONNX import failed ({last_line(err)})",
-                              "Simplify the failing part of the model or report it") from err
+        first = DeploytoolError(f"TVM's ONNX import failed ({last_line(err)})",
+                                "Simplify the failing part of the model or report it")
+        try:  # fold the shape arithmetic TVM lost track of, and try once more
+            folded = fold_with_onnxruntime(proto)
+            mod = convert(folded)
+        except Exception:
+            raise first from err
+        notes.append(f"TVM's ONNX import failed ({last_line(err, limit=200)}); imported after "
+                     f"constant folding by ONNX Runtime ({len(proto.graph.node)} -> "
+                     f"{len(folded.graph.node)} nodes)")
+    if not dynamic and unknown_shapes(mod):
+        # shapes computed in the graph (torch.chunk, view(x.size(0), ...)) can leave tensors whose
+        # shape TVM does not know, which its build then refuses (emit_te needs a ShapeExpr)
+        try:
+            folded = fold_with_onnxruntime(proto)
+            refolded = convert(folded)
+        except Exception:
+            refolded = None
+        if refolded is not None and unknown_shapes(refolded) < unknown_shapes(mod):
+            notes.append(f"{unknown_shapes(mod)} tensor(s) of unknown shape after TVM's ONNX "
+                         f"import; imported after constant folding by ONNX Runtime "
+                         f"({len(proto.graph.node)} -> {len(folded.graph.node)} nodes)")
+            mod = refolded
     if dynamic or any(s.is_dynamic for s in outputs):
         # bounds for memory planning; output shapes in terms of the input symbols
         inputs = with_bounds(inputs, symbol_bounds(inputs))

@@ -40,12 +40,20 @@ def cnn():
 EXAMPLES: dict[str, Callable] = {"mlp": mlp, "cnn": cnn}
 
 
-def save_torchscript(model, inputs: list[TensorSpec], path: Path) -> Path:
-    """Script ``model`` and save it with ``inputs.json`` in its extra files."""
+def save_torchscript(model, inputs: list[TensorSpec], path: Path, trace: bool = False) -> Path:
+    """Script ``model`` (or trace it on seeded sample inputs) and save it with ``inputs.json`` in
+    its extra files."""
     import torch
 
+    from ..tensors import sample_inputs
+
     model.eval()
-    scripted = torch.jit.script(model)
+    if trace:
+        args = tuple(torch.from_numpy(a) for a in sample_inputs(inputs))
+        with torch.no_grad():
+            scripted = torch.jit.trace(model, args, check_trace=False)
+    else:
+        scripted = torch.jit.script(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(scripted, str(path),
                    _extra_files={"inputs.json": json.dumps([s.to_dict() for s in inputs])})

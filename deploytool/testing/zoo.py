@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import DeploytoolError
 from ..tensors import TensorSpec
-from .examples import cnn, mlp
+from .examples import cnn, mlp, save_torchscript
 
 
 def _calibrated(model, inputs: list[TensorSpec]):
@@ -212,10 +213,214 @@ def two_io(features: int = 8, extra: int = 6, width: int = 16, num_classes: int 
     return TwoInTwoOut(), [TensorSpec("x", (2, features)), TensorSpec("side", (2, extra))]
 
 
+# -- The public zoo: torchvision, Hugging Face and timm architectures, built from their code with
+# random weights (nothing is downloaded) at small input sizes, to keep compiles short.
+
+
+def _norms_calibrated(model, inputs: list[TensorSpec], batches: int = 2):
+    """Set every batch norm's statistics from random batches, as training would; identity
+    statistics make a deep random network's output ignore its input, and validation vacuous."""
+    import torch
+    from torch import nn
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        for module in norms:
+            module.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                model(*[torch.randn(2, *s.shape[1:]) for s in inputs])
+    return model.eval(), inputs
+
+
+def _torchvision():
+    from .torchvision_compat import import_torchvision
+
+    return import_torchvision()
+
+
+def _image(size: int, name: str = "x", frames: int | None = None) -> list[TensorSpec]:
+    shape = (1, 3, frames, size, size) if frames else (1, 3, size, size)
+    return [TensorSpec(name, shape)]
+
+
+def tv_classifier(arch: str, size: int = 64, num_classes: int = 10, **kwargs):
+    """A torchvision classification model (``torchvision.models.<arch>``, random weights)."""
+    builder = getattr(_torchvision().models, arch)
+    return _norms_calibrated(builder(weights=None, num_classes=num_classes, **kwargs),
+                             _image(size))
+
+
+def tv_vit(size: int = 32):
+    """torchvision's VisionTransformer (vit_b_16's code) in a small configuration."""
+    VisionTransformer = _torchvision().models.vision_transformer.VisionTransformer
+    model = VisionTransformer(image_size=size, patch_size=8, num_layers=2, num_heads=2,
+                              hidden_dim=32, mlp_dim=64, num_classes=10)
+    model.heads.head.reset_parameters()  # torchvision zeroes the head: all outputs would be 0
+    return model.eval(), _image(size)
+
+
+def tv_swin(size: int = 64):
+    """torchvision's SwinTransformer (swin_t's code) in a small configuration."""
+    SwinTransformer = _torchvision().models.swin_transformer.SwinTransformer
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                            window_size=[4, 4], num_classes=10)
+    return model.eval(), _image(size)
+
+
+def tv_segmentation(arch: str, size: int = 64, num_classes: int = 5, **kwargs):
+    """A torchvision segmentation model; it returns a dict ({"out": ..., "aux": ...})."""
+    builder = getattr(_torchvision().models.segmentation, arch)
+    model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    return _norms_calibrated(model, _image(size))
+
+
+def tv_video(arch: str = "r3d_18", size: int = 32, frames: int = 4, num_classes: int = 10):
+    """A torchvision video classifier on a short clip (N, C, T, H, W)."""
+    builder = getattr(_torchvision().models.video, arch)
+    return _norms_calibrated(builder(weights=None, num_classes=num_classes),
+                             _image(size, frames=frames))
+
+
+def _transformers():
+    _torchvision()  # transformers imports torchvision when it is installed
+    import transformers
+
+    return transformers
+
+
+def _hf_config(cls, return_dict: bool = False, **kwargs):
+    return cls(torchscript=True, return_dict=return_dict, **kwargs)
+
+
+def hf_bert(seq: int = 8):
+    """Hugging Face BertModel, 2 layers of width 32 (outputs: hidden states, pooled)."""
+    hf = _transformers()
+
+    config = _hf_config(hf.BertConfig, vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    return hf.BertModel(config).eval(), [TensorSpec("input_ids", (1, seq), "int64")]
+
+
+def hf_distilbert(seq: int = 8):
+    """Hugging Face DistilBertModel, 2 layers of width 32."""
+    hf = _transformers()
+
+    config = _hf_config(hf.DistilBertConfig, vocab_size=100, dim=32, n_layers=2, n_heads=2,
+                        hidden_dim=64, max_position_embeddings=64)
+    return hf.DistilBertModel(config).eval(), [TensorSpec("input_ids", (1, seq), "int64")]
+
+
+def hf_gpt2(seq: int = 8):
+    """Hugging Face GPT2Model, 2 layers of width 32, no cache: the hidden states."""
+    hf = _transformers()
+
+    config = _hf_config(hf.GPT2Config, vocab_size=100, n_embd=32, n_layer=2, n_head=2,
+                        n_positions=64, use_cache=False)
+    return hf.GPT2Model(config).eval(), [TensorSpec("input_ids", (1, seq), "int64")]
+
+
+def hf_vit(size: int = 32):
+    """Hugging Face ViTModel, 2 layers of width 32 on 32x32 images."""
+    hf = _transformers()
+
+    config = _hf_config(hf.ViTConfig, image_size=size, patch_size=8, hidden_size=32,
+                        num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return hf.ViTModel(config).eval(), [TensorSpec("pixel_values", (1, 3, size, size))]
+
+
+def hf_t5(seq: int = 8):
+    """Hugging Face T5ForConditionalGeneration (encoder-decoder), 2+2 layers of width 32, no
+    cache, called with input_ids and decoder_input_ids: the decoder's logits (T5 in transformers
+    5 needs return_dict=True inside; the wrapper returns the logits tensor)."""
+    from torch import nn
+    hf = _transformers()
+
+    config = _hf_config(hf.T5Config, return_dict=True, vocab_size=100, d_model=32, d_kv=16, d_ff=64,
+                        num_layers=2, num_heads=2, use_cache=False)
+
+    class T5(nn.Module):  # forward(input_ids, decoder_input_ids): T5's third and first argument
+        def __init__(self):
+            super().__init__()
+            self.t5 = hf.T5ForConditionalGeneration(config)
+
+        def forward(self, input_ids, decoder_input_ids):
+            return self.t5(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
+
+    return T5().eval(), [TensorSpec("input_ids", (1, seq), "int64"),
+                         TensorSpec("decoder_input_ids", (1, seq), "int64")]
+
+
+def timm_model(arch: str, size: int = 64, num_classes: int = 10, **kwargs):
+    """A timm model (``timm.create_model(arch)``, random weights)."""
+    import timm
+
+    _torchvision()  # timm imports torchvision
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+    return _norms_calibrated(model, _image(size))
+
+
+def _bind(function, *args, **kwargs):
+    def build(**more):
+        return function(*args, **{**kwargs, **more})
+
+    build.__doc__ = function.__doc__
+    return build
+
+
+PUBLIC_ZOO: dict[str, Callable] = {
+    **{f"tv_{arch}": _bind(tv_classifier, arch) for arch in (
+        "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf",
+        "convnext_tiny", "squeezenet1_1", "shufflenet_v2_x0_5", "densenet121", "mnasnet0_5")},
+    "tv_googlenet": _bind(tv_classifier, "googlenet", aux_logits=False, init_weights=True),
+    "tv_inception_v3": _bind(tv_classifier, "inception_v3", size=75, aux_logits=False,
+                             init_weights=True),
+    "tv_vit": tv_vit,
+    "tv_swin": tv_swin,
+    "tv_deeplabv3": _bind(tv_segmentation, "deeplabv3_mobilenet_v3_large", aux_loss=True),
+    "tv_lraspp": _bind(tv_segmentation, "lraspp_mobilenet_v3_large"),
+    "tv_fcn": _bind(tv_segmentation, "fcn_resnet50", size=32, aux_loss=True),
+    "tv_r3d_18": _bind(tv_video, "r3d_18"),
+    "hf_bert": hf_bert,
+    "hf_distilbert": hf_distilbert,
+    "hf_gpt2": hf_gpt2,
+    "hf_vit": hf_vit,
+    "hf_t5": hf_t5,
+    "timm_resnet10t": _bind(timm_model, "resnet10t"),
+    "timm_vit_tiny": _bind(timm_model, "vit_tiny_patch16_224", size=32, img_size=32,
+                           patch_size=8),
+}
+# Traced twins of scripted torchvision models whose traced TorchScript takes another path (a
+# traced Swin's shape arithmetic, a traced ViT's fused attention kernel, ShuffleNetV2's shuffle).
+TRACED_TWINS = {f"{name}_traced": PUBLIC_ZOO[name]
+                for name in ("tv_swin", "tv_vit", "tv_shufflenet_v2_x0_5")}
+PUBLIC_ZOO.update(TRACED_TWINS)
+# How each public model is saved as TorchScript: scripted, or traced where torch.jit.script
+# cannot compile the model's Python (Hugging Face and timm models are written for tracing).
+TRACED = {name for name in PUBLIC_ZOO
+          if name.startswith(("hf_", "timm_")) or name in TRACED_TWINS}
+
 ZOO: dict[str, Callable] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18,
                             "mobilenet_v2": mobilenet_v2, "transformer": transformer,
                             "gru": gru, "lstm": lstm, "control_flow": control_flow,
-                            "dynamic_loop": dynamic_loop, "two_io": two_io}
+                            "dynamic_loop": dynamic_loop, "two_io": two_io, **PUBLIC_ZOO}
+
+
+def build_zoo_model(name: str, seed: int = 0, **kwargs):
+    """Build zoo model ``name`` with seeded random weights; returns ``(model, inputs)``."""
+    import torch
+
+    if name not in ZOO:
+        raise DeploytoolError(f"unknown zoo model '{name}'", f"Use one of {', '.join(ZOO)}")
+    torch.manual_seed(seed)
+    model, inputs = ZOO[name](**kwargs)
+    return model.eval(), inputs
+
+
+def save_zoo_torchscript(name: str, model, inputs: list[TensorSpec], path: Path) -> Path:
+    """Save a zoo model as TorchScript: traced when it is in :data:`TRACED`, else scripted."""
+    return save_torchscript(model, inputs, path, trace=name in TRACED)
 
 
 def save_exported(model, inputs: list[TensorSpec], path: Path, seed: int = 0) -> Path:

@@ -57,9 +57,42 @@ def openvino_model(model: Path | str, threads: int | None = None, device: str = 
     return ov.Core().compile_model(str(model), "CPU", config)
 
 
+def named_outputs(result) -> list[tuple[str, object]]:
+    """A model's result flattened to ``(name, value)`` pairs, Nones left out.
+
+    A tensor is ``output``; the elements of a tuple or list are ``output0``, ``output1``...; a
+    dict's values and a NamedTuple's fields take their keys and field names; nested structures
+    join the names with ``_`` (``output1_0``, ``out_logits``). The order is Python's flattening
+    order (dicts by insertion), which is also torch.export's and the ONNX exporter's.
+    """
+    pairs: list[tuple[str, object]] = []
+
+    def visit(value, name: str | None) -> None:
+        if value is None:
+            return
+        if isinstance(value, dict):
+            items = [(str(k), v) for k, v in value.items()]
+        elif isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple
+            items = list(zip(value._fields, value, strict=True))
+        elif isinstance(value, list | tuple):
+            items = [(str(i), v) for i, v in enumerate(value)]
+        else:
+            pairs.append((name or "output", value))
+            return
+        for key, item in items:
+            visit(item, f"{name}_{key}" if name else
+                  (key if isinstance(value, dict) or hasattr(value, "_fields") else
+                   f"output{key}"))
+
+    visit(result, None)
+    if len(pairs) == 1 and pairs[0][0] == "output0":  # a one-tensor tuple, as a tensor
+        pairs = [("output", pairs[0][1])]
+    return pairs
+
+
 def flat_outputs(result) -> list:
-    """A model's result as a flat list: a tensor, or the tensors of a tuple or list."""
-    return list(result) if isinstance(result, list | tuple) else [result]
+    """A model's result as a flat list of its values (see :func:`named_outputs`)."""
+    return [value for _, value in named_outputs(result)]
 
 
 def to_numpy(tensors: list) -> list[np.ndarray]:

@@ -1,0 +1,35 @@
+"""The public zoo's coverage table (make zoo): cells, counts and failure lines."""
+
+from __future__ import annotations
+
+from deploytool.testing.coverage import write_table
+from deploytool.testing.zoo import PUBLIC_ZOO, TRACED
+
+
+def test_table_rows_cells_and_failures(tmp_path):
+    rows = {
+        "tv_resnet18.pt": {"status": "passed", "route": "torchscript -> onnx -> relax",
+                           "outputs": ["output"], "notes": []},
+        "tv_resnet18.pt2": {"status": "passed", "route": "torch.export -> relax", "notes": []},
+        "tv_swin.pt": {"status": "passed", "route": "torchscript -> torch.export -> relax",
+                       "outputs": ["output"], "notes": ["re-traced: no ONNX form"]},
+        "tv_swin.pt2": {"status": "error", "stage": "build", "error": "TVM could not build"},
+        "tv_vit.pt": {"status": "failed", "max_abs_error": 0.5, "output_scale": 1e-6,
+                      "notes": []},
+    }
+    table = tmp_path / "coverage.md"
+    write_table(rows, table, ["tv_resnet18", "tv_swin", "tv_vit", "tv_swin_traced"])
+    text = table.read_text()
+    assert "Passed: 2/4 from .pt, 1/3 from .pt2" in text
+    assert "| tv_resnet18 | passed | scripted: ts -> onnx | passed | output |" in text
+    assert ("| tv_swin | passed (re-traced) | scripted: ts -> torch.export | fails at build |"
+            in text)
+    assert "validation failed, max error 0.5 (outputs tiny)" in text
+    assert "| tv_swin_traced | not run | traced: - | (same as scripted) |" in text
+    assert "- tv_swin.pt2: build: TVM could not build" in text
+    assert "- tv_swin.pt note: re-traced: no ONNX form" in text
+
+
+def test_public_zoo_saves_hugging_face_models_traced():
+    assert {"hf_bert", "hf_gpt2", "timm_resnet10t", "tv_swin_traced"} <= TRACED
+    assert "tv_swin" in PUBLIC_ZOO and "tv_swin" not in TRACED
