@@ -33,6 +33,7 @@ const char* kUsage =
     "random inputs have size 1 there unless --shape gives the input's whole shape.\n"
     "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
     "--self-test  verify, then run the package's test vectors against its reference outputs\n"
+    "Every load checks model.so against its sha256 first; DEPLOYTOOL_SKIP_VERIFY=1 skips that.\n"
     "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
     "--min-iters (50), --min-seconds (3) or --json runs a benchmark: warm-up, then timed runs until\n"
     "both minimums are met; --json writes every latency, the statistics and the peak RSS.\n"
