@@ -24,8 +24,8 @@ def section_offsets(path):
     out = subprocess.run(["readelf", "-SW", str(path)], capture_output=True, text=True,
                          check=True).stdout
     sections = {}
-    for match in re.finditer(r"\]\s+(\S+)\s+(PROGBITS|NOBITS)\s+[0-9a-f]+\s+([0-9a-f]+)\s+([0-9a-f]+)",
-                             out):
+    row = r"\]\s+(\S+)\s+(PROGBITS|NOBITS)\s+[0-9a-f]+\s+([0-9a-f]+)\s+([0-9a-f]+)"
+    for match in re.finditer(row, out):
         if match[2] == "PROGBITS":
             sections[match[1]] = (int(match[3], 16), int(match[4], 16))
     text = sections[".text"]
@@ -52,7 +52,7 @@ def test_a_flipped_byte_in_model_so_is_refused_before_it_runs(mlp_package, tmp_p
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, (where, proc.stderr)
         assert "model.so does not match its sha256 in manifest.json" in lines[0], lines[0]
-        with pytest.raises(binding.PackageError, match="model.so does not match its sha256") as info:
+        with pytest.raises(binding.PackageError, match="model.so does not match") as info:
             binding.load(pkg)
         assert info.value.code == 2  # DT_ERR_PACKAGE
 
@@ -79,7 +79,8 @@ def test_tampered_test_vectors_are_refused_by_the_self_test(mlp_package, tmp_pat
 @pytest.mark.parametrize("change, message", [
     (lambda m: m.update(files={}), 'manifest.json "files" does not list model.so'),
     (lambda m: m.pop("files"), 'manifest.json has no "files"'),
-    (lambda m: m["files"].update({"../../etc/passwd": "0" * 64}), "'../../etc/passwd', a path leaving"),
+    (lambda m: m["files"].update({"../../etc/passwd": "0" * 64}),
+     "'../../etc/passwd', a path leaving"),
     (lambda m: m["files"].update({"/etc/passwd": "0" * 64}), "'/etc/passwd', an absolute path"),
     (lambda m: m["files"].update({"model.so": "not-a-digest"}), "no sha256 (64 lowercase hex"),
 ])

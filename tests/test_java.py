@@ -135,8 +135,8 @@ def c_api_message(package_dir: Path, runner: Path) -> str:
     proc = subprocess.run(["env", "-i", str(runner), str(package_dir)], capture_output=True,
                           text=True)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ")
-    return proc.stderr[len("error: "):].strip()
+    assert proc.stderr.startswith("Error: ")
+    return proc.stderr[len("Error: "):].strip()
 
 
 @pytest.mark.slow
@@ -152,8 +152,14 @@ def test_bad_package_raises_the_c_api_message(jdk, packages, tmp_path, damage):
             (bad / "manifest.json").write_text('{"format_version": 1, "inputs": [')
         elif damage == "truncated":
             (bad / "model.so").write_bytes(model_so[:4096])
-        else:  # the right size, but not a shared library
+        else:  # the right size and sha256 (re-signed), but not a shared library
+            import hashlib
+            import json
+
             (bad / "model.so").write_bytes(b"x" * len(model_so))
+            manifest = json.loads((bad / "manifest.json").read_text())
+            manifest["files"]["model.so"] = hashlib.sha256(b"x" * len(model_so)).hexdigest()
+            (bad / "manifest.json").write_text(json.dumps(manifest))
     expected = c_api_message(bad, good / "bin" / "deploytool-run")
     wanted = {"missing": "package folder not found", "manifest": "corrupted package",
               "truncated": "corrupted package", "not-elf": "cannot load"}[damage]
