@@ -171,6 +171,43 @@ def test_bad_package_raises_the_c_api_message(jdk, packages, tmp_path, damage):
     assert proc.stderr.strip() == f"error: ai.deploytool.DeploytoolException: {expected}"
 
 
+NPE_PROGRAM = """
+import ai.deploytool.Model;
+import java.nio.file.Paths;
+public class Npe {
+  static String nothing() { return System.getProperty("no.such.property"); }
+  public static void main(String[] args) {
+    try (Model model = Model.load(Paths.get(args[0]))) {
+      for (int i = 0; i < 3; ++i) {
+        try {
+          System.out.println(nothing().length());
+        } catch (NullPointerException expected) {
+          System.out.println("caught NPE " + i);
+        }
+      }
+    }
+    System.out.println("JVM alive");
+  }
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_null_pointer_exception_after_load_is_caught_not_a_crash(jdk, packages, tmp_path):
+    """libtvm_ffi installs a SIGSEGV handler when it loads; the JVM's own must survive it, or
+    the JVM's implicit null checks (SIGSEGV, then an NPE) kill the process."""
+    package_dir, _ = packages["mlp"]
+    (tmp_path / "Npe.java").write_text(NPE_PROGRAM)
+    jar = str(package_dir / "java" / "deploytool.jar")
+    proc = java_run(jdk, ["javac", "-cp", jar, "-d", str(tmp_path), str(tmp_path / "Npe.java")],
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = java_run(jdk, ["java", "-Xcomp", "-cp", f"{jar}:{tmp_path}", "Npe", str(package_dir)],
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "caught NPE 0\ncaught NPE 1\ncaught NPE 2\nJVM alive\n"
+
+
 @pytest.fixture(scope="module")
 def harness(jdk, packages, tmp_path_factory):
     """tests/java/ApiCheck.java compiled against the MLP package's jar: the java command."""
