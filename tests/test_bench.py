@@ -235,7 +235,7 @@ def test_runner_refuses_zero_iterations(mlp_copy):
     proc = subprocess.run([str(package / "bin" / "deploytool-run"), "--min-iters", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "--min-iters needs a number >= 1" in proc.stderr
+    assert "--min-iters needs a whole number from 1 to 10000000" in proc.stderr
 
 
 @pytest.mark.slow

@@ -135,8 +135,8 @@ def c_api_message(package_dir: Path, runner: Path) -> str:
     proc = subprocess.run(["env", "-i", str(runner), str(package_dir)], capture_output=True,
                           text=True)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ")
-    return proc.stderr[len("error: "):].strip()
+    assert proc.stderr.startswith("Error: ")
+    return proc.stderr[len("Error: "):].strip()
 
 
 @pytest.mark.slow
@@ -152,8 +152,14 @@ def test_bad_package_raises_the_c_api_message(jdk, packages, tmp_path, damage):
             (bad / "manifest.json").write_text('{"format_version": 1, "inputs": [')
         elif damage == "truncated":
             (bad / "model.so").write_bytes(model_so[:4096])
-        else:  # the right size, but not a shared library
+        else:  # the right size and sha256 (re-signed), but not a shared library
+            import hashlib
+            import json
+
             (bad / "model.so").write_bytes(b"x" * len(model_so))
+            manifest = json.loads((bad / "manifest.json").read_text())
+            manifest["files"]["model.so"] = hashlib.sha256(b"x" * len(model_so)).hexdigest()
+            (bad / "manifest.json").write_text(json.dumps(manifest))
     expected = c_api_message(bad, good / "bin" / "deploytool-run")
     wanted = {"missing": "package folder not found", "manifest": "corrupted package",
               "truncated": "corrupted package", "not-elf": "cannot load"}[damage]
@@ -163,6 +169,43 @@ def test_bad_package_raises_the_c_api_message(jdk, packages, tmp_path, damage):
     proc = java_run(jdk, java_line, good)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"error: ai.deploytool.DeploytoolException: {expected}"
+
+
+NPE_PROGRAM = """
+import ai.deploytool.Model;
+import java.nio.file.Paths;
+public class Npe {
+  static String nothing() { return System.getProperty("no.such.property"); }
+  public static void main(String[] args) {
+    try (Model model = Model.load(Paths.get(args[0]))) {
+      for (int i = 0; i < 3; ++i) {
+        try {
+          System.out.println(nothing().length());
+        } catch (NullPointerException expected) {
+          System.out.println("caught NPE " + i);
+        }
+      }
+    }
+    System.out.println("JVM alive");
+  }
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_null_pointer_exception_after_load_is_caught_not_a_crash(jdk, packages, tmp_path):
+    """libtvm_ffi installs a SIGSEGV handler when it loads; the JVM's own must survive it, or
+    the JVM's implicit null checks (SIGSEGV, then an NPE) kill the process."""
+    package_dir, _ = packages["mlp"]
+    (tmp_path / "Npe.java").write_text(NPE_PROGRAM)
+    jar = str(package_dir / "java" / "deploytool.jar")
+    proc = java_run(jdk, ["javac", "-cp", jar, "-d", str(tmp_path), str(tmp_path / "Npe.java")],
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = java_run(jdk, ["java", "-Xcomp", "-cp", f"{jar}:{tmp_path}", "Npe", str(package_dir)],
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "caught NPE 0\ncaught NPE 1\ncaught NPE 2\nJVM alive\n"
 
 
 @pytest.fixture(scope="module")

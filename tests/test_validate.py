@@ -70,14 +70,23 @@ def test_a_different_model_fails_and_names_the_output(mlp_package, other_mlp_pt,
 def test_a_swapped_model_so_fails_against_both_references(compile_package, mlp_package,
                                                          other_mlp_pt, tmp_path):
     other = compile_package(other_mlp_pt)
+    import hashlib
+
     pkg = copy_package(mlp_package.path, tmp_path / "pkg")
     (pkg / "model.so").write_bytes((other.path / "model.so").read_bytes())
+    proc = run_clean([pkg / "bin" / "deploytool-run", "--verify"])
+    assert proc.returncode == 1 and "model.so does not match its sha256" in proc.stderr
+    proc = run_clean([pkg / "bin" / "deploytool-run"])  # refused before it runs, too
+    assert proc.returncode == 1 and "model.so does not match its sha256" in proc.stderr
+    # Re-signed (sha256 and size to match), only the comparison with the references can catch it.
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest["files"]["model.so"] = hashlib.sha256((pkg / "model.so").read_bytes()).hexdigest()
+    manifest["file_sizes"]["model.so"] = (pkg / "model.so").stat().st_size
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
     report = validate_package(load_package(pkg))
     assert not report.passed
     assert {c.reference for c in report.comparisons if not c.passed} == {"onnxruntime",
                                                                          "torchscript"}
-    proc = run_clean([pkg / "bin" / "deploytool-run", "--verify"])
-    assert proc.returncode == 1 and "model.so does not match its sha256" in proc.stderr
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""TIR lowering of CPU builds: TVM's default pipeline, with small kernels on one thread and
-per-tile scratch on the stack."""
+"""TIR lowering of CPU builds: TVM's default pipeline, with small kernels on one thread,
+per-tile scratch on the stack, and max/min against a constant that keep NaN."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def _pipeline(**kwargs):
                                                                                  **kwargs)
 
     def finalize_host_on_stack():
-        return tvm.transform.Sequential([scratch_on_stack(), finalize_host()])
+        return tvm.transform.Sequential([scratch_on_stack(), finalize_host(),
+                                         nan_keeping_max_min()])
 
     return (tvm.transform.Sequential([single_thread_when_small(), lower]),
             finalize_host_on_stack, finalize_device)
@@ -68,6 +69,35 @@ def single_thread_when_small():
         if flops >= SINGLE_THREAD_FLOPS:
             return func
         return tvm_ffi.structural_map(func, [(stmt.For, serial)]).with_attr(SINGLE_THREAD, True)
+
+    return transform
+
+
+def nan_keeping_max_min():
+    """A pass writing ``max(x, c)`` / ``min(x, c)`` of floats, c a constant, as ``max(c, x)`` /
+    ``min(c, x)``: LLVM code generation lowers ``max(a, b)`` to ``a > b ? a : b``, which returns
+    b when a is NaN. With the constant first, a NaN x comes out as NaN, as in PyTorch and ONNX
+    Runtime (relu, relu6, clamp, hardtanh); the same compare and select, so no slower. Runs
+    last, after the simplifier (which puts constants second)."""
+    import tvm
+    import tvm_ffi
+    from tvm.tirx import expr
+
+    def constant(value):
+        if isinstance(value, expr.Broadcast):
+            value = value.value
+        return isinstance(value, expr.FloatImm)
+
+    def swap(node):
+        if "float" not in str(node.ty):  # float32, float32x8, bfloat16, ...
+            return node
+        if constant(node.b) and not constant(node.a):
+            return type(node)(node.b, node.a, span=node.span)
+        return node
+
+    @tvm.tirx.transform.prim_func_pass(opt_level=0, name="NanKeepingMaxMin")
+    def transform(func, _mod, _ctx):
+        return tvm_ffi.structural_map(func, [(expr.Max, swap), (expr.Min, swap)])
 
     return transform
 

@@ -6,6 +6,7 @@
 
 #include <dlfcn.h>
 #include <sched.h>
+#include <sys/stat.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
@@ -26,6 +27,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #if defined(__aarch64__)
@@ -524,6 +526,131 @@ int CheckLibrarySize(const std::string& dir, int64_t model_size) {
   return DT_OK;
 }
 
+// ---- Integrity: manifest.json's "files" (name -> sha256) checked before a file is used ----
+
+// The largest file a package may list (a model.so of a large model is a few GB).
+constexpr int64_t kMaxPackageFile = int64_t(64) << 30;
+
+// True unless DEPLOYTOOL_SKIP_VERIFY=1: the user verifies the package elsewhere (e.g. a signed image).
+bool VerifyEnabled() {
+  const char* skip = std::getenv("DEPLOYTOOL_SKIP_VERIFY");
+  return !(skip != nullptr && std::strcmp(skip, "1") == 0);
+}
+
+// Why `name` is not a path inside the package ("" when it is): relative, no "..", no empty parts.
+std::string UnsafeName(const std::string& name) {
+  if (name.empty()) return "an empty file name";
+  if (name[0] == '/') return "an absolute path";
+  if (name.size() > 1024) return "a name over 1024 characters";
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('/', start);
+    if (end == std::string::npos) end = name.size();
+    std::string part = name.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return "a path leaving the package or with empty parts";
+    start = end + 1;
+  }
+  if (name.find('\0') != std::string::npos || name.find('\\') != std::string::npos) return "an odd character";
+  return "";
+}
+
+bool IsHexDigest(const std::string& digest) {
+  if (digest.size() != 64) return false;
+  for (char c : digest) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+// manifest.json's "files", checked as data: names inside the package, sha256 digests, model.so listed.
+// Throws std::runtime_error naming the bad entry.
+std::map<std::string, std::string> PackageFiles(const ffi::json::Object& manifest) {
+  auto value = manifest.Get(ffi::String("files"));
+  if (!value.has_value()) throw std::runtime_error("manifest.json has no \"files\" (the files' sha256)");
+  std::map<std::string, std::string> files;
+  for (const auto& entry : AsObject(*value, "files")) {
+    std::string name = std::string(entry.first.cast<ffi::String>());
+    std::string why = UnsafeName(name);
+    if (!why.empty()) throw std::runtime_error("manifest.json \"files\" lists '" + name + "', " + why);
+    auto digest = entry.second.try_cast<ffi::String>();
+    if (!digest.has_value() || !IsHexDigest(std::string(*digest))) {
+      throw std::runtime_error("manifest.json \"files\" has no sha256 (64 lowercase hex digits) for " + name);
+    }
+    files[name] = std::string(*digest);
+  }
+  if (!files.count("model.so")) throw std::runtime_error("manifest.json \"files\" does not list model.so");
+  return files;
+}
+
+// Files already hashed in this process, by identity; a changed file gets another identity (ctime moves on
+// any write or rename onto it, and cannot be set back), so it is hashed again.
+struct FileIdentity {
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  int64_t mtime_ns, ctime_ns;
+  bool operator<(const FileIdentity& o) const {
+    return std::tie(dev, ino, size, mtime_ns, ctime_ns) < std::tie(o.dev, o.ino, o.size, o.mtime_ns, o.ctime_ns);
+  }
+};
+std::mutex g_verified_mutex;
+std::map<FileIdentity, std::string> g_verified;  // identity -> sha256 it had
+
+// Checks dir/name against its sha256 in `files`: a regular file of bounded size with that digest.
+// DT_ERR_PACKAGE naming the file otherwise.
+int VerifyFile(const std::string& dir, const std::map<std::string, std::string>& files, const std::string& name) {
+  auto listed = files.find(name);
+  if (listed == files.end()) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " is not listed in manifest.json \"files\"."
+                                " Compile the package again");
+  }
+  std::string path = dir + "/" + name;
+  struct stat info;
+  if (stat(path.c_str(), &info) != 0) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + path + " is missing. Copy the package again");
+  }
+  if (!S_ISREG(info.st_mode)) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + path + " is not a regular file. Copy the package again");
+  }
+  if (info.st_size > kMaxPackageFile) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + path + " is larger than 64 GiB");
+  }
+  FileIdentity id{info.st_dev, info.st_ino, info.st_size,
+                  int64_t(info.st_mtim.tv_sec) * 1000000000 + info.st_mtim.tv_nsec,
+                  int64_t(info.st_ctim.tv_sec) * 1000000000 + info.st_ctim.tv_nsec};
+  std::string actual;
+  {
+    std::lock_guard<std::mutex> lock(g_verified_mutex);
+    auto known = g_verified.find(id);
+    if (known != g_verified.end()) actual = known->second;
+  }
+  if (actual.empty()) {
+    actual = sha256::OfFile(path);
+    if (actual.empty()) return Fail(DT_ERR_PACKAGE, "corrupted package: cannot read " + path);
+    std::lock_guard<std::mutex> lock(g_verified_mutex);
+    if (g_verified.size() > 4096) g_verified.clear();
+    g_verified[id] = actual;
+  }
+  if (actual != listed->second) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " does not match its sha256 in manifest.json"
+                                " (truncated or modified). Copy the package again, or set DEPLOYTOOL_SKIP_VERIFY=1"
+                                " if you verify packages another way");
+  }
+  return DT_OK;
+}
+
+// model.so's sha256 against the manifest, before it is dlopen'ed (skipped with DEPLOYTOOL_SKIP_VERIFY=1).
+int VerifyLibrary(const dt_model* model) {
+  if (!VerifyEnabled()) return DT_OK;
+  std::map<std::string, std::string> files;
+  try {
+    files = PackageFiles(*model->manifest);
+  } catch (const std::exception& error) {
+    return Fail(DT_ERR_PACKAGE, "corrupted package: " + std::string(error.what()) + ". Compile the package again");
+  }
+  return VerifyFile(model->dir, files, "model.so");
+}
+
 // The device to load on: `requested` (already parsed into *dl_device) or, when it is null or "", the
 // manifest's runtime.device. Either must be of the kind the package was compiled for.
 int ChooseDevice(const char* requested, const RuntimeSpec& runtime, DLDevice* dl_device) {
@@ -610,6 +737,7 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   if (code == DT_OK) code = ReadPackageManifest(model.get(), &runtime);
   if (code == DT_OK) code = CheckMachine(runtime);
   if (code == DT_OK) code = CheckLibrarySize(model->dir, runtime.model_size);
+  if (code == DT_OK) code = VerifyLibrary(model.get());
   if (code == DT_OK) code = ChooseDevice(device, runtime, &model->device);
   if (code == DT_OK && runtime.on_cuda()) code = PrepareCuda(model->dir, model->device, runtime.cuda_arch);
   if (code == DT_OK) code = LoadExecutable(model.get());
@@ -853,20 +981,15 @@ int dt_profile_report(dt_model* model, char* report, size_t report_size) {
 int dt_verify(const char* package_dir) {
   if (package_dir == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_verify: null argument");
   std::string dir = package_dir;
+  std::map<std::string, std::string> files;
   try {
-    ffi::json::Object files = AsObject(Field(ReadManifest(dir), "files"), "files");
-    for (const auto& entry : files) {
-      std::string name = std::string(entry.first.cast<ffi::String>());
-      std::string expected = std::string(entry.second.cast<ffi::String>());
-      std::string actual = sha256::OfFile(dir + "/" + name);
-      if (actual.empty()) return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " is missing");
-      if (actual != expected) {
-        return Fail(DT_ERR_PACKAGE, "corrupted package: " + name + " does not match its sha256 in manifest.json"
-                                    " (truncated or modified). Copy the package again");
-      }
-    }
+    files = PackageFiles(ReadManifest(dir));
   } catch (const std::exception& error) {
     return Fail(DT_ERR_PACKAGE, std::string("corrupted package: ") + error.what());
+  }
+  for (const auto& entry : files) {
+    int code = VerifyFile(dir, files, entry.first);
+    if (code != DT_OK) return code;
   }
   return DT_OK;
 }
@@ -889,6 +1012,17 @@ int dt_self_test(dt_model* model, char* report, size_t report_size) {
       return paths;
     };
     std::vector<std::string> input_files = files("inputs"), output_files = files("outputs");
+    // The test vectors lie inside the package and are checked like model.so before they are read.
+    std::map<std::string, std::string> listed;
+    if (VerifyEnabled()) listed = PackageFiles(*model->manifest);
+    for (const auto* group : {&input_files, &output_files}) {
+      for (const std::string& path : *group) {
+        std::string name = path.substr(model->dir.size() + 1);
+        std::string why = UnsafeName(name);
+        if (!why.empty()) throw std::runtime_error("self_test lists '" + name + "', " + why);
+        if (VerifyEnabled() && VerifyFile(model->dir, listed, name) != DT_OK) return DT_ERR_PACKAGE;
+      }
+    }
     if (input_files.size() != model->inputs.size() || output_files.size() != model->outputs.size()) {
       throw std::runtime_error("self_test lists a different number of tensors than the model has");
     }

@@ -1,13 +1,78 @@
 // JNI bindings of ai.deploytool (java/deploytool.jar) over the C API in deploytool.h.
 // Strings cross as UTF-8 byte arrays (not JNI's modified UTF-8); tensors as direct ByteBuffers,
 // whose memory is handed to dt_run as it is, with no copy.
+//
+// The JVM handles SIGSEGV itself (null checks, stack banging), but libtvm_ffi installs its own
+// SIGSEGV handler (a backtrace, then exit) from a constructor when it is loaded: a later
+// NullPointerException would then kill the JVM. So this library does not link libdeploytool
+// (and with it libtvm_ffi): JNI_OnLoad saves the SIGSEGV and SIGBUS handlers, dlopen's
+// libdeploytool.so from this library's folder, puts the JVM's handlers back and takes the C API
+// from it with dlsym.
+#include <dlfcn.h>
 #include <jni.h>
+#include <signal.h>
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "deploytool.h"
+
+namespace {
+
+// The C API, resolved in JNI_OnLoad.
+struct Api {
+  decltype(&::dt_last_error) last_error;
+  decltype(&::dt_load) load;
+  decltype(&::dt_free) free;
+  decltype(&::dt_num_inputs) num_inputs;
+  decltype(&::dt_num_outputs) num_outputs;
+  decltype(&::dt_input_info) input_info;
+  decltype(&::dt_output_info) output_info;
+  decltype(&::dt_run) run;
+} g_api;
+
+// libdeploytool.so beside this library, loaded with the JVM's signal handlers kept. "" or the error.
+std::string LoadApi() {
+  Dl_info self;
+  if (dladdr(reinterpret_cast<void*>(&LoadApi), &self) == 0 || self.dli_fname == nullptr) {
+    return "cannot find the folder of libdeploytool_jni.so";
+  }
+  std::string path = self.dli_fname;
+  path = path.substr(0, path.rfind('/') + 1) + "libdeploytool.so";
+  const int kept[] = {SIGSEGV, SIGBUS};
+  struct sigaction saved[2];
+  for (int i = 0; i < 2; ++i) sigaction(kept[i], nullptr, &saved[i]);
+  void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
+  for (int i = 0; i < 2; ++i) sigaction(kept[i], &saved[i], nullptr);
+  if (library == nullptr) return std::string("cannot load ") + path + ": " + dlerror();
+  bool ok = true;
+  auto resolve = [&](auto* slot, const char* name) {
+    *slot = reinterpret_cast<std::remove_pointer_t<decltype(slot)>>(dlsym(library, name));
+    ok = ok && *slot != nullptr;
+  };
+  resolve(&g_api.last_error, "dt_last_error");
+  resolve(&g_api.load, "dt_load");
+  resolve(&g_api.free, "dt_free");
+  resolve(&g_api.num_inputs, "dt_num_inputs");
+  resolve(&g_api.num_outputs, "dt_num_outputs");
+  resolve(&g_api.input_info, "dt_input_info");
+  resolve(&g_api.output_info, "dt_output_info");
+  resolve(&g_api.run, "dt_run");
+  return ok ? "" : path + " lacks a function of the C API (an older package?)";
+}
+
+}  // namespace
+
+#define dt_last_error g_api.last_error
+#define dt_load g_api.load
+#define dt_free g_api.free
+#define dt_num_inputs g_api.num_inputs
+#define dt_num_outputs g_api.num_outputs
+#define dt_input_info g_api.input_info
+#define dt_output_info g_api.output_info
+#define dt_run g_api.run
 
 namespace {
 
@@ -140,3 +205,16 @@ JNIEXPORT void JNICALL Java_ai_deploytool_NativeApi_run(JNIEnv* env, jclass, jlo
 }
 
 }  // extern "C"
+
+// Loads the C API before any NativeApi method runs; a failure is an UnsatisfiedLinkError in System.load.
+extern "C" JNIEXPORT jint JNICALL JNI_OnLoad(JavaVM* vm, void*) {
+  std::string error = LoadApi();
+  if (error.empty()) return JNI_VERSION_1_8;
+  JNIEnv* env = nullptr;
+  if (vm->GetEnv(reinterpret_cast<void**>(&env), JNI_VERSION_1_8) == JNI_OK) {
+    jclass cls = env->FindClass("java/lang/UnsatisfiedLinkError");
+    if (cls != nullptr) env->ThrowNew(cls, error.c_str());
+  }
+  return JNI_ERR;
+}
+

@@ -1,6 +1,7 @@
 // deploytool-run: load a package, feed it .npy or seeded random inputs, run it, write .npy outputs.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -33,11 +34,16 @@ const char* kUsage =
     "random inputs have size 1 there unless --shape gives the input's whole shape.\n"
     "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
     "--self-test  verify, then run the package's test vectors against its reference outputs\n"
+    "Every load checks model.so against its sha256 first; DEPLOYTOOL_SKIP_VERIFY=1 skips that.\n"
     "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
     "--min-iters (50), --min-seconds (3) or --json runs a benchmark: warm-up, then timed runs until\n"
     "both minimums are met; --json writes every latency, the statistics and the peak RSS.\n"
     "--profile    then times every kernel inside the model (CPU packages; at least 10 runs and 1 s)\n"
     "             and writes FILE: a line per kernel call, '<median us> <runs> <kernel>', in call order.\n";
+
+constexpr long kMaxThreads = 4096;             // --threads
+constexpr long kMaxRepeat = 1000000000;        // --repeat
+constexpr long kMaxKeptLatencies = 10000000;   // latencies a benchmark keeps (--min-iters), 80 MB
 
 double Millis(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
@@ -52,12 +58,15 @@ std::string OwnPackage() {
   return path.substr(0, path.rfind('/'));
 }
 
+// "<path>: <strerror(errno)>" for an error message.
+std::string Reason(const std::string& path) { return path + ": " + std::strerror(errno); }
+
 // mkdir -p: creates the folder and its missing parents.
 void MakeDirs(const std::string& path) {
   for (size_t at = path.find('/', 1); ; at = path.find('/', at + 1)) {
     std::string prefix = path.substr(0, at);
     if (mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
-      throw std::runtime_error("cannot create the folder " + prefix);
+      throw std::runtime_error("cannot create the folder " + Reason(prefix) + ". Choose a writable --output-dir");
     }
     if (at == std::string::npos) break;
   }
@@ -137,7 +146,7 @@ std::vector<int64_t> ParseShape(const std::string& text) {
     char* stop = nullptr;
     long long value = std::strtoll(part.c_str(), &stop, 10);
     if (part.empty() || *stop != '\0' || value < 1) {
-      std::fprintf(stderr, "error: --shape takes NAME=SIZExSIZE..., e.g. x=4x512, got '%s'\n", text.c_str());
+      std::fprintf(stderr, "Error: --shape takes NAME=SIZExSIZE..., e.g. x=4x512, got '%s'\n", text.c_str());
       std::exit(2);
     }
     shape.push_back(value);
@@ -176,37 +185,69 @@ Stats ComputeStats(std::vector<double> times_ms, double wall_s) {
           Percentile(times_ms, 99), times_ms.back(), wall_s > 0 ? n / wall_s : 0};
 }
 
-double ParseNumber(const std::string& option, const std::string& text, double min_value) {
+// A usage error: one line, `Error: <what>. <how to fix>`, exit 2.
+[[noreturn]] void UsageError(const std::string& what, const std::string& fix) {
+  std::fprintf(stderr, "Error: %s. %s\n", what.c_str(), fix.c_str());
+  std::exit(2);
+}
+
+double ParseNumber(const std::string& option, const std::string& text, double min_value, double max_value) {
   char* end = nullptr;
+  errno = 0;
   double value = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || !(value >= min_value)) {
-    std::fprintf(stderr, "error: %s needs a number >= %g, got '%s'\n", option.c_str(), min_value, text.c_str());
-    std::exit(2);
+  if (text.empty() || *end != '\0' || errno == ERANGE || !(value >= min_value) || !(value <= max_value)) {
+    char range[96];
+    std::snprintf(range, sizeof(range), "a number from %g to %g", min_value, max_value);
+    UsageError(option + " needs " + range + ", got '" + text + "'", "Pass " + option + " " + range);
   }
   return value;
 }
 
-long ParseCount(const std::string& option, const std::string& text) {
-  double value = ParseNumber(option, text, 1);
-  if (value != static_cast<double>(static_cast<long>(value))) {
-    std::fprintf(stderr, "error: %s needs a whole number, got '%s'\n", option.c_str(), text.c_str());
-    std::exit(2);
+// A whole number in [min_value, max_value], digits only (no sign, no exponent, no fraction).
+long ParseCount(const std::string& option, const std::string& text, long min_value, long max_value) {
+  bool digits = !text.empty() && text.size() <= 19 && text.find_first_not_of("0123456789") == std::string::npos;
+  long value = digits ? std::strtol(text.c_str(), nullptr, 10) : -1;
+  if (!digits || value < min_value || value > max_value) {
+    std::string range = "a whole number from " + std::to_string(min_value) + " to " + std::to_string(max_value);
+    UsageError(option + " needs " + range + ", got '" + text + "'", "Pass " + option + " " + range);
   }
-  return static_cast<long>(value);
+  return value;
 }
 
-// Calls write(f) on FILE.tmp, then renames it to FILE, so a reader never sees half a file.
+// --seed: a whole number in [0, 2^64 - 1].
+uint64_t ParseSeed(const std::string& text) {
+  errno = 0;
+  bool digits = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
+  uint64_t value = digits ? std::strtoull(text.c_str(), nullptr, 10) : 0;
+  if (!digits || errno == ERANGE) {
+    UsageError("--seed needs a whole number from 0 to 18446744073709551615, got '" + text + "'",
+               "Pass --seed N, e.g. --seed 0");
+  }
+  return value;
+}
+
+// Calls write(f) on FILE.tmp, then renames it to FILE, so a reader never sees half a file. A FILE that
+// exists and is not a regular file (a device, a pipe) is written in place. Every write is checked:
+// throws "cannot write PATH: REASON" on any failure (a full disk, a read-only folder).
 template <typename Write>
 void WriteAtomically(const std::string& path, Write write) {
-  std::string scratch = path + ".tmp";
+  struct stat info;
+  bool in_place = stat(path.c_str(), &info) == 0 && !S_ISREG(info.st_mode);
+  std::string scratch = in_place ? path : path + ".tmp";
   FILE* f = std::fopen(scratch.c_str(), "w");
-  if (f == nullptr) throw std::runtime_error("cannot write " + path);
+  if (f == nullptr) throw std::runtime_error("cannot write " + Reason(scratch) + ". Choose a writable path");
   write(f);
-  bool ok = std::fflush(f) == 0;
+  errno = 0;
+  bool ok = !std::ferror(f) && std::fflush(f) == 0;
+  int saved = errno;
   ok = std::fclose(f) == 0 && ok;
-  if (!ok || std::rename(scratch.c_str(), path.c_str()) != 0) {
-    std::remove(scratch.c_str());
-    throw std::runtime_error("cannot write " + path);
+  if (saved != 0) errno = saved;
+  if (ok && !in_place && std::rename(scratch.c_str(), path.c_str()) != 0) ok = false;
+  if (!ok) {
+    saved = errno;
+    if (!in_place) std::remove(scratch.c_str());
+    errno = saved != 0 ? saved : EIO;
+    throw std::runtime_error("cannot write " + Reason(path) + ". Check the disk space and the folder's permissions");
   }
 }
 
@@ -276,7 +317,7 @@ struct Args {
   // The current option's value, the next argument.
   std::string Value() {
     if (i + 1 >= argc) {
-      std::fprintf(stderr, "error: %s needs a value\n%s", arg.c_str(), kUsage);
+      std::fprintf(stderr, "Error: %s needs a value\n%s", arg.c_str(), kUsage);
       std::exit(2);
     }
     return argv[++i];
@@ -287,7 +328,7 @@ struct Args {
     std::string spec = Value();
     size_t eq = spec.find('=');
     if (eq == std::string::npos) {
-      std::fprintf(stderr, "error: %s takes %s, got '%s'\n", arg.c_str(), form, spec.c_str());
+      std::fprintf(stderr, "Error: %s takes %s, got '%s'\n", arg.c_str(), form, spec.c_str());
       std::exit(2);
     }
     return {spec.substr(0, eq), spec.substr(eq + 1)};
@@ -298,16 +339,16 @@ struct Args {
 bool ParseBenchOption(Args& args, BenchOptions* bench) {
   const std::string& arg = args.arg;
   if (arg == "--threads") {
-    std::string threads = std::to_string(ParseCount(arg, args.Value()));
+    std::string threads = std::to_string(ParseCount(arg, args.Value(), 1, kMaxThreads));
     setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read when TVM starts its thread pool
     return true;
   }
   if (arg == "--warmup-ms") {
-    bench->warmup_ms = ParseNumber(arg, args.Value(), 0);
+    bench->warmup_ms = ParseNumber(arg, args.Value(), 0, 3.6e6);
   } else if (arg == "--min-iters") {
-    bench->min_iters = ParseCount(arg, args.Value());
+    bench->min_iters = ParseCount(arg, args.Value(), 1, kMaxKeptLatencies);
   } else if (arg == "--min-seconds") {
-    bench->min_seconds = ParseNumber(arg, args.Value(), 0);
+    bench->min_seconds = ParseNumber(arg, args.Value(), 0, 86400);
   } else if (arg == "--json") {
     bench->json = args.Value();
   } else {
@@ -329,11 +370,11 @@ bool ParseRunOption(Args& args, Options* options) {
     auto [name, shape] = args.NameValue("NAME=SIZExSIZE..., e.g. x=4x512");
     options->given_shapes[name] = ParseShape(shape);
   } else if (arg == "--seed") {
-    options->seed = std::strtoull(args.Value().c_str(), nullptr, 10);
+    options->seed = ParseSeed(args.Value());
   } else if (arg == "--output-dir") {
     options->output_dir = args.Value();
   } else if (arg == "--repeat") {
-    options->repeat = std::strtol(args.Value().c_str(), nullptr, 10);
+    options->repeat = ParseCount(arg, args.Value(), 1, kMaxRepeat);
   } else if (arg == "--verify") {
     options->verify = true;
   } else if (arg == "--self-test") {
@@ -357,11 +398,11 @@ int ParseArgs(int argc, char** argv, Options* options) {
     }
     if (ParseBenchOption(args, &options->bench) || ParseRunOption(args, options)) continue;
     if (!arg.empty() && arg[0] == '-') {
-      std::fprintf(stderr, "error: unknown option %s\n%s", arg.c_str(), kUsage);
+      std::fprintf(stderr, "Error: unknown option %s\n%s", arg.c_str(), kUsage);
       return 2;
     }
     if (!options->package.empty()) {
-      std::fprintf(stderr, "error: unexpected argument %s\n%s", arg.c_str(), kUsage);
+      std::fprintf(stderr, "Error: unexpected argument %s\n%s", arg.c_str(), kUsage);
       return 2;
     }
     options->package = arg;
@@ -373,7 +414,7 @@ int ParseArgs(int argc, char** argv, Options* options) {
 // --verify: false (after the error) if the package does not match its manifest.
 bool Verify(const std::string& package) {
   if (dt_verify(package.c_str()) != DT_OK) {
-    std::fprintf(stderr, "error: %s\n", dt_last_error());
+    std::fprintf(stderr, "Error: %s\n", dt_last_error());
     return false;
   }
   std::printf("verify: model.so and test vectors match manifest.json\n");
@@ -388,12 +429,12 @@ int SelfTest(const std::string& package, const std::string& device) {
     int code = dt_self_test(model.handle(), report.data(), report.size());
     std::printf("%s", report.data());
     if (code != DT_OK) {
-      std::fprintf(stderr, "error: %s\n", dt_last_error());
+      std::fprintf(stderr, "Error: %s\n", dt_last_error());
       return 1;
     }
     return 0;
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "error: %s\n", error.what());
+    std::fprintf(stderr, "Error: %s\n", error.what());
     return 1;
   }
 }
@@ -474,20 +515,32 @@ void AllocateOutputs(const deploytool::Model& model, const std::vector<deploytoo
   for (auto& data : tensors->output_data) tensors->out.push_back(data.get());
 }
 
-// --repeat N: N timed runs, their mean, min and median in microseconds.
+// --repeat N: N timed runs, their mean, min and median in microseconds. Memory does not grow with N:
+// the median is that of a uniform sample (reservoir) of at most kRepeatSample runs, exact below it.
+constexpr size_t kRepeatSample = 100000;
+
 template <typename Run>
 void RepeatRuns(long repeat, Run& run) {
-  std::vector<double> times(static_cast<size_t>(repeat));
-  for (auto& t : times) {
+  std::vector<double> sample;
+  sample.reserve(static_cast<size_t>(std::min<long>(repeat, kRepeatSample)));
+  std::mt19937_64 rng(0);
+  double sum = 0, min = INFINITY;
+  for (long i = 0; i < repeat; ++i) {
     auto begin = std::chrono::steady_clock::now();
     run();
-    t = Millis(begin) * 1000.0;
+    double t = Millis(begin) * 1000.0;
+    sum += t;
+    min = std::min(min, t);
+    if (sample.size() < kRepeatSample) {
+      sample.push_back(t);
+    } else {
+      uint64_t slot = rng() % static_cast<uint64_t>(i + 1);
+      if (slot < kRepeatSample) sample[slot] = t;
+    }
   }
-  std::sort(times.begin(), times.end());
-  double sum = 0;
-  for (double t : times) sum += t;
-  std::printf("runs: %ld, mean %.2f us, min %.2f us, median %.2f us\n", repeat, sum / repeat, times.front(),
-              times[times.size() / 2]);
+  std::sort(sample.begin(), sample.end());
+  std::printf("runs: %ld, mean %.2f us, min %.2f us, median %.2f us\n", repeat, sum / repeat, min,
+              sample[sample.size() / 2]);
 }
 
 // The latencies of a benchmark's timed loop.
@@ -511,7 +564,7 @@ Timings TimeRuns(const BenchOptions& bench, double first_ms, Run& run) {
   double expected = std::max(static_cast<double>(bench.min_iters),
                              bench.min_seconds * 1000.0 / std::max(per_run_ms, 1e-6));
   std::vector<double>& times = timings.times_ms;
-  times.reserve(static_cast<size_t>(std::min(expected * 1.5 + 64.0, 5e7)));
+  times.reserve(static_cast<size_t>(std::min(expected * 1.5 + 64.0, static_cast<double>(kMaxKeptLatencies))));
   auto loop = std::chrono::steady_clock::now();
   while (true) {
     auto begin = std::chrono::steady_clock::now();
@@ -520,6 +573,7 @@ Timings TimeRuns(const BenchOptions& bench, double first_ms, Run& run) {
     times.push_back(std::chrono::duration<double, std::milli>(end - begin).count());
     timings.wall_s = std::chrono::duration<double>(end - loop).count();
     if (static_cast<long>(times.size()) >= bench.min_iters && timings.wall_s >= bench.min_seconds) break;
+    if (static_cast<long>(times.size()) >= kMaxKeptLatencies) break;  // bounded memory: 10 million runs
   }
   return timings;
 }
@@ -560,9 +614,11 @@ void WriteOutputs(const std::string& output_dir, const std::vector<deploytool::T
                   const Tensors& tensors) {
   MakeDirs(output_dir);
   for (size_t i = 0; i < outputs.size(); ++i) {
-    npy::Save(output_dir + "/" + FileName(outputs[i].name), npy::DescrOf(outputs[i].dtype),
-              tensors.output_shapes[i], tensors.output_data[i].get(),
-              BytesOf(outputs[i].dtype, tensors.output_shapes[i]));
+    std::string path = output_dir + "/" + FileName(outputs[i].name);
+    WriteAtomically(path, [&](FILE* f) {
+      npy::Write(f, npy::DescrOf(outputs[i].dtype), tensors.output_shapes[i], tensors.output_data[i].get(),
+                 BytesOf(outputs[i].dtype, tensors.output_shapes[i]));
+    });
   }
 }
 
@@ -599,8 +655,11 @@ int main(int argc, char** argv) {
   if (options.verify) return 0;
   try {
     LoadAndRun(options, rss_before_load_kb);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "Error: out of memory. Use smaller inputs or free memory on this machine\n");
+    return 1;
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "error: %s\n", error.what());
+    std::fprintf(stderr, "Error: %s\n", error.what());
     return 1;
   }
   return 0;

@@ -140,7 +140,7 @@ def build_jni(target: TargetSpec, jdk: Jdk, package_dir: Path) -> None:
     lib, include = package_dir / "lib", package_dir / "include"
     compile_cached(target, ["-std=c++17", "-O2", "-fPIC", "-shared", str(JNI_SOURCE),
                             f"-I{include}", *(f"-I{d}" for d in jdk.include_dirs), f"-L{lib}",
-                            "-ldeploytool", "-Wl,-rpath,$ORIGIN"],
+                            "-ldl"],  # libdeploytool.so: dlopen'ed by JNI_OnLoad (signals)
                    package_dir / JNI_LIBRARY, [JNI_SOURCE, RUNTIME_SRC / "deploytool.h"])
 
 
