@@ -335,3 +335,49 @@ def test_fewer_pixels_than_a_6_pixel_tile_keep_the_other_tiles(tmp_path, size):
     scheduled = schedule_kernel(kernel, 96)
     assert scheduled is not None  # not left to MetaSchedule's sampled schedules
     assert "partition" not in scheduled.script()
+
+
+def token_linear(tokens: int = 197, features: int = 64, outputs: int = 128):
+    """A Linear layer and GELU over a ViT's 197 tokens (a prime): (model, inputs)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(features, outputs), nn.GELU()).eval()
+    return model, [TensorSpec("x", (1, tokens, features))]
+
+
+def _kernel(path, prefix: str, target: str = "cpu"):
+    return next(f for gv, f in prim_funcs(_fused(path, target))
+                if gv.name_hint.startswith(prefix))
+
+
+@pytest.mark.parametrize("channels, width, lanes, expected", [
+    (40, 32, 256, (16, 8)),  # 16 ymm accumulators on AVX-512, not 32 (spilled)
+    (24, 28, 256, (14, 8)),
+    (1024, 197, 256, (1, 32)),  # alone, only one row of 197 divides them
+])
+def test_tiles_count_accumulators_in_registers(channels, width, lanes, expected):
+    from deploytool.schedules.cpu import _registers
+
+    assert _tile_sizes(channels, width, lanes) == expected
+    assert _registers(*expected, lanes) <= lanes // (16 if lanes == 256 else 8)
+
+
+@pytest.mark.parametrize("lanes, tile", [(256, (8, 32)), (96, (6, 16))])
+def test_rows_a_tile_does_not_divide_get_full_tiles_then_a_partial_one(lanes, tile):
+    # 197 rows: 24 tiles of 8 rows (AVX-512), then one of 5; AVX2: 32 tiles of 6, one of 5
+    assert _tile_sizes(128, 197, lanes, remainder=True) == tile
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, lanes, pixels, full", [("cpu", 256, 8, 24),
+                                                         ("x86_64-avx2", 96, 6, 32)])
+def test_a_prime_number_of_rows_is_tiled_with_a_partial_tile(tmp_path, target, lanes, pixels,
+                                                             full):
+    path = save_torchscript(*token_linear(), tmp_path / "tokens.pt")
+    scheduled = schedule_kernel(_kernel(path, "fused_matmul", target), lanes).script()
+    assert f"T.unroll(T.int64({pixels}))" in scheduled, scheduled
+    assert f"in range(T.int64({full}), T.int64({full + 1}))" in scheduled, scheduled  # the rest
+    assert "T.parallel(T.int64(" in scheduled
+    _assert_validates(path, tmp_path, target)
