@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
+from ..schedules.reductions import schedule_reduction
 from ..schedules.sampled import DEFAULT_SCHEDULE, sample_best_schedule
 from ..targets import TargetSpec
 from ..tuning.database import SEARCH_MARGIN, open_database, search_won
@@ -103,7 +104,8 @@ class SchedulePlan:
     database: str | None
     tasks: int = 0
     from_database: int = 0
-    hand_written: int = 0  # of the default ones: schedules.py's
+    hand_written: int = 0  # of the default ones: schedules/cpu.py's register-tiled ones
+    reductions: int = 0  # of the default ones: schedules/reductions.py's
     default: int = 0
     kept_default: int = 0  # of the default ones: with records the search won too narrowly
     unscheduled: int = 0
@@ -117,8 +119,8 @@ class SchedulePlan:
         kept = (f"; {self.kept_default} of them had records, but none "
                 f"{1 - SEARCH_MARGIN:.0%} faster than the default" if self.kept_default else "")
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
-                f"default schedules ({self.hand_written} register-tiled{kept}), "
-                f"{self.unscheduled} unscheduled")
+                f"default schedules ({self.hand_written} register-tiled, {self.reductions} "
+                f"reductions{kept}), {self.unscheduled} unscheduled")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +174,9 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     plan.hand_written += scheduled is not None
                     if scheduled is None:
                         scheduled = schedule_pool(func)
+                    if scheduled is None:
+                        scheduled = schedule_reduction(func, lanes)
+                        plan.reductions += scheduled is not None
                     if scheduled is None:
                         scheduled = sample_best_schedule(func, tvm_target)
                     if scheduled is not None:
