@@ -18,7 +18,7 @@ from deploytool.tuning.settings import TuneSettings
 
 def every_kernel_kind():
     """Convolutions of each form the schedules know, ReLU6, a residual add, and two Linear
-    layers, one of whose 10 outputs do not split into vectors (left to the other schedules)."""
+    layers, one of whose 10 outputs do not split into vectors (padded to 16)."""
     import torch
     from torch import nn
 
@@ -82,8 +82,8 @@ def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(k
     package, _ = kinds_package
     manifest = json.loads((package.path / "manifest.json").read_text())
     plan = manifest["tuning"]
-    # 4 convolutions and the 24-wide Linear; the 10-wide one does not split into vectors
-    assert plan["hand_written"] == 5, plan
+    # 4 convolutions and both Linear layers (the 10-wide one padded to a vector of 16)
+    assert plan["hand_written"] == 6, plan
     assert plan["default"] == plan["tasks"] and plan["unscheduled"] == 0
     assert "register-tiled" in plan["default_schedule"]
 
@@ -148,10 +148,10 @@ def test_threads_split_rows_where_activations_outweigh_weights(kinds_package):
             loops = re.findall(r"for (\w+) in T.parallel", scheduled.script())
             order[gv.name_hint] = loops[-1]  # after a grouped convolution's padding, if any
     convolutions = [n for n in order if n.startswith("fused_conv2d")]
-    assert len(convolutions) == 4 and len(order) == 5, order
+    assert len(convolutions) == 4 and len(order) == 6, order
     assert all(order[n].startswith("nn_yy_xx_0_ff_0") for n in convolutions), order
-    matmul = next(n for n in order if n.startswith("fused_matmul"))
-    assert order[matmul].startswith("i1_0_i0_0"), order  # N tiles, then rows
+    matmuls = [n for n in order if n.startswith("fused_matmul")]
+    assert all(order[n].startswith("i1_0_i0_0") for n in matmuls), order  # N tiles, then rows
 
 
 @pytest.mark.parametrize("channels, width, expected", [
@@ -381,3 +381,42 @@ def test_a_prime_number_of_rows_is_tiled_with_a_partial_tile(tmp_path, target, l
     assert f"in range(T.int64({full}), T.int64({full + 1}))" in scheduled, scheduled  # the rest
     assert "T.parallel(T.int64(" in scheduled
     _assert_validates(path, tmp_path, target)
+
+
+def classifier(outputs: int = 10, features: int = 64):
+    """A Linear layer whose outputs do not split into vectors: (model, inputs)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Linear(features, outputs).eval(), [TensorSpec("x", (1, features))]
+
+
+def test_outputs_that_do_not_split_into_vectors_are_padded(tmp_path):
+    """10 outputs: the weight is packed padded to 16 channels at compile time (the padding
+    block marked for it), the kernel computes 16, the bias add writes 10."""
+    path = save_torchscript(*classifier(), tmp_path / "classifier.pt")
+    scheduled = schedule_kernel(_kernel(path, "fused_matmul"), 256).script()
+    assert "T.vectorized(T.int64(8))" in scheduled or "T.vectorized(T.int64(16))" in scheduled
+    assert '"meta_schedule.layout_rewrite_preproc": True' in scheduled, scheduled
+    assert "T.if_then_else(v1 < T.int64(10)" in scheduled, scheduled
+
+
+@pytest.mark.slow
+def test_attention_scores_over_197_tokens_are_tiled_padded_to_whole_vectors(tmp_path):
+    """Q K^T over 197 tokens: K^T copied into 208 columns (13 vectors), tiles of 16 rows then
+    one of 5, the scaling by 1/sqrt(d) after the tiles in whole vectors and a partial one."""
+    import torch
+    from torch import nn
+
+    class Scores(nn.Module):
+        def forward(self, q, k):
+            return torch.matmul(q, k.transpose(-1, -2)) / 8.0
+
+    inputs = [TensorSpec("q", (1, 4, 197, 64)), TensorSpec("k", (1, 4, 197, 64))]
+    path = save_torchscript(Scores(), inputs, tmp_path / "scores.pt")
+    scheduled = schedule_kernel(_kernel(path, "fused_matmul"), 256).script()
+    assert "T.int64(208)" in scheduled and 'T.sblock("lv' in scheduled, scheduled
+    assert "range(T.int64(12), T.int64(13))" in scheduled, scheduled  # the last 5 rows
+    _assert_validates(path, tmp_path)
+    _assert_validates(save_torchscript(*classifier(), tmp_path / "c.pt"), tmp_path / "c")
