@@ -420,3 +420,17 @@ def test_attention_scores_over_197_tokens_are_tiled_padded_to_whole_vectors(tmp_
     assert "range(T.int64(12), T.int64(13))" in scheduled, scheduled  # the last 5 rows
     _assert_validates(path, tmp_path)
     _assert_validates(save_torchscript(*classifier(), tmp_path / "c.pt"), tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_convolution_outputs_that_do_not_split_into_vectors_are_padded(tmp_path):
+    """The small CNN's 3x3 convolution to 12 channels computes 16 (its weight padded with zeros
+    at compile time), register-tiled, and its epilogue slices them back to 12."""
+    from deploytool.testing.architectures import small_cnn
+
+    path = save_torchscript(*small_cnn(), tmp_path / "small_cnn.pt")
+    kernel = _kernel(path, "fused_conv2d_strided_slice")
+    assert tuple(int(d) for d in kernel.params[1].ty.shape) == (3, 3, 3, 16)
+    scheduled = schedule_kernel(kernel, 256)
+    assert scheduled is not None and "T.vectorized(T.int64(16))" in scheduled.script()
+    _assert_validates(path, tmp_path)
