@@ -17,7 +17,7 @@ from deploytool.tuning.settings import TuneSettings
 
 def every_kernel_kind():
     """Convolutions of each form the schedules know, ReLU6, a residual add, and two Linear
-    layers, one of whose 10 outputs do not split into vectors (left to the other schedules)."""
+    layers, one of whose 10 outputs do not split into vectors (padded to 16)."""
     import torch
     from torch import nn
 
@@ -80,8 +80,8 @@ def _assert_validates(compile_package, path, target: str = "cpu") -> None:
 def test_every_convolution_and_matrix_product_gets_the_register_tiled_schedule(kinds_package):
     manifest = json.loads((kinds_package.path / "manifest.json").read_text())
     plan = manifest["tuning"]
-    # 4 convolutions and the 24-wide Linear; the 10-wide one does not split into vectors
-    assert plan["hand_written"] == 5, plan
+    # 4 convolutions and both Linear layers (the 10-wide one padded to a vector of 16)
+    assert plan["hand_written"] == 6, plan
     assert plan["default"] == plan["tasks"] and plan["unscheduled"] == 0
     assert "register-tiled" in plan["default_schedule"]
 
@@ -143,10 +143,10 @@ def test_threads_split_rows_where_activations_outweigh_weights(kinds_path):
             loops = re.findall(r"for (\w+) in T.parallel", scheduled.script())
             order[gv.name_hint] = loops[-1]  # after a grouped convolution's padding, if any
     convolutions = [n for n in order if n.startswith("fused_conv2d")]
-    assert len(convolutions) == 4 and len(order) == 5, order
+    assert len(convolutions) == 4 and len(order) == 6, order
     assert all(order[n].startswith("nn_yy_xx_0_ff_0") for n in convolutions), order
-    matmul = next(n for n in order if n.startswith("fused_matmul"))
-    assert order[matmul].startswith("i1_0_i0_0"), order  # N tiles, then rows
+    matmuls = [n for n in order if n.startswith("fused_matmul")]
+    assert all(order[n].startswith("i1_0_i0_0") for n in matmuls), order  # N tiles, then rows
 
 
 @pytest.mark.parametrize("channels, width, expected", [
@@ -336,3 +336,102 @@ def test_fewer_pixels_than_a_6_pixel_tile_keep_the_other_tiles(tmp_path, size):
     scheduled = schedule_kernel(kernel, 96)
     assert scheduled is not None  # not left to MetaSchedule's sampled schedules
     assert "partition" not in scheduled.script()
+
+
+def token_linear(tokens: int = 197, features: int = 64, outputs: int = 128):
+    """A Linear layer and GELU over a ViT's 197 tokens (a prime): (model, inputs)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(features, outputs), nn.GELU()).eval()
+    return model, [TensorSpec("x", (1, tokens, features))]
+
+
+def _kernel(path, prefix: str, target: str = "cpu"):
+    return next(f for gv, f in prim_funcs(_fused(path, target))
+                if gv.name_hint.startswith(prefix))
+
+
+@pytest.mark.parametrize("channels, width, lanes, expected", [
+    (40, 32, 256, (16, 8)),  # 16 ymm accumulators on AVX-512, not 32 (spilled)
+    (24, 28, 256, (14, 8)),
+    (1024, 197, 256, (1, 32)),  # alone, only one row of 197 divides them
+])
+def test_tiles_count_accumulators_in_registers(channels, width, lanes, expected):
+    from deploytool.schedules.cpu import _registers
+
+    assert _tile_sizes(channels, width, lanes) == expected
+    assert _registers(*expected, lanes) <= lanes // (16 if lanes == 256 else 8)
+
+
+@pytest.mark.parametrize("lanes, tile", [(256, (8, 32)), (96, (6, 16))])
+def test_rows_a_tile_does_not_divide_get_full_tiles_then_a_partial_one(lanes, tile):
+    # 197 rows: 24 tiles of 8 rows (AVX-512), then one of 5; AVX2: 32 tiles of 6, one of 5
+    assert _tile_sizes(128, 197, lanes, remainder=True) == tile
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, lanes, pixels, full", [("cpu", 256, 8, 24),
+                                                         ("x86_64-avx2", 96, 6, 32)])
+def test_a_prime_number_of_rows_is_tiled_with_a_partial_tile(tmp_path, target, lanes, pixels,
+                                                             full):
+    path = save_torchscript(*token_linear(), tmp_path / "tokens.pt")
+    scheduled = schedule_kernel(_kernel(path, "fused_matmul", target), lanes).script()
+    assert f"T.unroll(T.int64({pixels}))" in scheduled, scheduled
+    assert f"in range(T.int64({full}), T.int64({full + 1}))" in scheduled, scheduled  # the rest
+    assert "T.parallel(T.int64(" in scheduled
+    _assert_validates(path, tmp_path, target)
+
+
+def classifier(outputs: int = 10, features: int = 64):
+    """A Linear layer whose outputs do not split into vectors: (model, inputs)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Linear(features, outputs).eval(), [TensorSpec("x", (1, features))]
+
+
+def test_outputs_that_do_not_split_into_vectors_are_padded(tmp_path):
+    """10 outputs: the weight is packed padded to 16 channels at compile time (the padding
+    block marked for it), the kernel computes 16, the bias add writes 10."""
+    path = save_torchscript(*classifier(), tmp_path / "classifier.pt")
+    scheduled = schedule_kernel(_kernel(path, "fused_matmul"), 256).script()
+    assert "T.vectorized(T.int64(8))" in scheduled or "T.vectorized(T.int64(16))" in scheduled
+    assert '"meta_schedule.layout_rewrite_preproc": True' in scheduled, scheduled
+    assert "T.if_then_else(v1 < T.int64(10)" in scheduled, scheduled
+
+
+@pytest.mark.slow
+def test_attention_scores_over_197_tokens_are_tiled_padded_to_whole_vectors(tmp_path):
+    """Q K^T over 197 tokens: K^T copied into 208 columns (13 vectors), tiles of 16 rows then
+    one of 5, the scaling by 1/sqrt(d) after the tiles in whole vectors and a partial one."""
+    import torch
+    from torch import nn
+
+    class Scores(nn.Module):
+        def forward(self, q, k):
+            return torch.matmul(q, k.transpose(-1, -2)) / 8.0
+
+    inputs = [TensorSpec("q", (1, 4, 197, 64)), TensorSpec("k", (1, 4, 197, 64))]
+    path = save_torchscript(Scores(), inputs, tmp_path / "scores.pt")
+    scheduled = schedule_kernel(_kernel(path, "fused_matmul"), 256).script()
+    assert "T.int64(208)" in scheduled and 'T.sblock("lv' in scheduled, scheduled
+    assert "range(T.int64(12), T.int64(13))" in scheduled, scheduled  # the last 5 rows
+    _assert_validates(path, tmp_path)
+    _assert_validates(save_torchscript(*classifier(), tmp_path / "c.pt"), tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_convolution_outputs_that_do_not_split_into_vectors_are_padded(tmp_path):
+    """The small CNN's 3x3 convolution to 12 channels computes 16 (its weight padded with zeros
+    at compile time), register-tiled, and its epilogue slices them back to 12."""
+    from deploytool.testing.architectures import small_cnn
+
+    path = save_torchscript(*small_cnn(), tmp_path / "small_cnn.pt")
+    kernel = _kernel(path, "fused_conv2d_strided_slice")
+    assert tuple(int(d) for d in kernel.params[1].ty.shape) == (3, 3, 3, 16)
+    scheduled = schedule_kernel(kernel, 256)
+    assert scheduled is not None and "T.vectorized(T.int64(16))" in scheduled.script()
+    _assert_validates(path, tmp_path)

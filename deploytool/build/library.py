@@ -11,7 +11,7 @@ from ..targets import TargetSpec
 from ..toolchains.native import check_compiler
 from .dump import dump_code, dumping_pipeline
 from .gpu_pipeline import gpu_pipeline
-from .lowering import tir_pipeline
+from .lowering import codegen_target, tir_pipeline
 
 
 def build_library(mod, target: TargetSpec, path: Path, pipeline=None,
@@ -47,7 +47,7 @@ def compile_executable(mod, target: TargetSpec, pipeline=None, dump: Path | None
     """The Relax VM executable of ``mod`` for ``target`` (see build_library), not yet exported."""
     import tvm
 
-    tvm_target = target.tvm_target()
+    tvm_target = codegen_target(target.tvm_target())
     kind = target.target.get("kind")
     if pipeline is None:
         pipeline = (DEFAULT_PIPELINES[kind](tvm_target) if kind in DEFAULT_PIPELINES

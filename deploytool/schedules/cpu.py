@@ -162,14 +162,37 @@ def schedule_pool(func):
     return None if sch is None else sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES) -> tuple[int, int]:
+def _vector_floats(lanes: int) -> int:
+    """Floats of one vector register for an accumulator budget of ``lanes`` (see
+    accumulator_lanes): 16 on AVX-512, else VECTOR_FLOATS (AVX2; NEON's 4-float registers,
+    32 of them, hold the same tiles in floats as AVX2's 16 of 8)."""
+    return 16 if lanes >= TILE_LANES else VECTOR_FLOATS
+
+
+def _registers(pixels: int, channel: int, lanes: int) -> int:
+    """Vector registers the accumulators of a ``pixels`` x ``channel`` tile take: a channel
+    tile narrower than a register still takes one per pixel."""
+    return pixels * -(-channel // _vector_floats(lanes))
+
+
+def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES,
+                remainder: bool = False) -> tuple[int, int]:
     """(output pixels or rows, output channels) of the register tile: two vectors of channels
     by up to 8 pixels where they divide (measured on ResNet-18, this beat 4x64, 2x128 and 14x16
-    where those differed), wider channel tiles for a matrix-vector product (one row)."""
+    where those differed), wider channel tiles for a matrix-vector product (one row).
+
+    The accumulators fit the registers (lanes / _vector_floats of them), counted in registers:
+    8-channel tiles on AVX-512 once took 32 pixels, twice the registers there are, and spilled
+    (a 1x1 convolution from 24 to 40 channels ran at 46 GFLOP/s). With ``remainder``, where no
+    tile whose pixels divide ``width`` fills half the registers (197 tokens, a prime), the
+    tile takes as many pixels as fit and the caller gives the last few a tile of their own:
+    the pixels then need not divide ``width``.
+    """
     tiles = CHANNEL_TILES if lanes >= TILE_LANES else NARROW_CHANNEL_TILES
     options = [c for c in tiles if channels % c == 0 and c <= lanes]
     if not options:
         raise ValueError(f"{channels} channels do not split into vectors")
+    registers = lanes // _vector_floats(lanes)
     if width < MIN_PIXELS:
         # Few rows: the channels alone must give the tile its independent accumulators. A
         # classifier's 1000 outputs split only into single vectors of 8 by the tiles above, and
@@ -177,12 +200,23 @@ def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES) -> tuple[int
         # alone); 40 channels are five vectors.
         options = sorted({*options, *(c for c in range(8, lanes // 2 + 1, 8) if channels % c == 0)},
                          reverse=True)
-    for channel in options:
-        pixels = max(d for d in range(1, lanes // channel + 1) if width % d == 0)
-        if pixels >= min(width, MIN_PIXELS):
-            return pixels, channel
-    channel = options[0]
-    return max(d for d in range(1, lanes // channel + 1) if width % d == 0), channel
+
+    def most_pixels(channel: int) -> int:
+        return max(1, registers // _registers(1, channel, lanes))
+
+    def dividing(channel: int) -> int:
+        return max(d for d in range(1, most_pixels(channel) + 1) if width % d == 0)
+
+    tile = next(((dividing(c), c) for c in options if dividing(c) >= min(width, MIN_PIXELS)),
+                None)
+    if tile is None:
+        tile = dividing(options[0]), options[0]
+    if remainder and 2 * _registers(*tile, lanes) < registers:
+        partial = next(((min(width, most_pixels(c)), c) for c in options
+                        if min(width, most_pixels(c)) >= MIN_PIXELS), None)
+        if partial is not None and _registers(*partial, lanes) > _registers(*tile, lanes):
+            return partial
+    return tile
 
 
 def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
@@ -193,6 +227,13 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     if (spatial < 2 or len(loops) != len(iter_vars)
             or any(int(v.iter_type) != DATA_PARALLEL for v in iter_vars[:spatial])):
         raise ValueError("not spatial loops then reduction loops")
+    padded, padded_weight = False, None
+    if main == "matmul" and _extent(sch, loops[spatial - 1]) % VECTOR_FLOATS:
+        names, padded_weight = _pad_channels(sch, func, names, main, spatial, lanes)
+        padded = True
+        block = sch.get_sblock(main)
+        iter_vars = sch.get(block).iter_vars
+        loops = sch.get_loops(block)
     outer, (width, channels), reduction = loops[:spatial - 2], loops[spatial - 2:spatial], \
         loops[spatial:]
     output_size = math.prod(_extent(sch, loop) for loop in loops[:spatial])
@@ -216,6 +257,15 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
         return
     outer, width, (pixels, channel), joined_rows = _pixel_loop(sch, main, outer, width, channels,
                                                                lanes)
+    # Padded channels: a tile's epilogue would write some of its channels, in vectors
+    # predicated element by element; after the tiles, it runs in whole vectors (a ViT's
+    # attention scores 710 -> 405 us on one Zen 4 core).
+    joined_rows = joined_rows or padded
+    if _extent(sch, width) % pixels:
+        _tile_partitioned(sch, func, names, main, block, outer, width, channels, reduction,
+                          iter_vars[spatial - 1].var, epilogue, (pixels, channel), joined_rows,
+                          rows_first, padded_weight)
+        return
 
     channel_outer, channel_inner = sch.split(channels, [None, channel])
     width_outer, width_inner = sch.split(width, [None, pixels])
@@ -245,9 +295,111 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     # from this schedule replays it without that part and packs in its own way (replayed with
     # it, MetaSchedule's own layout rewrite failed on the already packed weight).
     sch.enter_postproc()
+    if padded_weight is not None:
+        _pack_padded(sch, padded_weight, channel)
+        return
     packed = _pack_weight(sch, func, block, iter_vars[spatial - 1].var, channel)
     if packed is not None and not rows_first:
         sch.annotate(innermost, PREFETCH_LOOP, packed)
+
+
+def _pad_channels(sch, func, names: list[str], main: str, spatial: int, lanes: int):
+    """Pad a matrix product's output channels (its last spatial loop) to whole vectors
+    (``pad_einsum``): a ViT's attention scores over 197 tokens, a 10-way classifier. The
+    operand indexed by them is copied into a padded buffer first (zeros beyond), at compile time
+    where it is a constant weight; the padded outputs are never written out.
+
+    Returns the kernel's block names and the name of the padded weight's block (None where the
+    padded operand is not a constant weight), for :func:`_pack_padded`.
+    """
+    vector = _vector_floats(lanes) if _extent(sch, sch.get_loops(sch.get_sblock(main))[
+        spatial - 1]) > VECTOR_FLOATS else VECTOR_FLOATS
+    padding = [1] * len(sch.get(sch.get_sblock(main)).iter_vars)
+    padding[spatial - 1] = vector
+    sch.pad_einsum(sch.get_sblock(main), padding)
+    after = _block_names(sch)
+    weight = None
+    free = _layout_free(func)
+    for name in after[:after.index(main)]:
+        if name in names:
+            continue
+        pad = sch.get_sblock(name)
+        if any(read.source.name in free for read in sch.get(pad).reads):
+            weight = name  # packed with the padding, at compile time (_pack_padded)
+        else:
+            _schedule_padding(sch, pad, None, per_tile=False)
+    return after, weight
+
+
+def _layout_free(func) -> set[str]:
+    """The names of the parameters a kernel's caller passes as constants."""
+    attrs = func.attrs
+    if attrs is None or "layout_free_buffers" not in attrs:
+        return set()
+    return {func.params[int(i)].name for i in attrs["layout_free_buffers"]}
+
+
+def _pack_padded(sch, name: str, channel: int) -> None:
+    """Pack the padded weight block ``name`` writes as _pack_weight packs (``(N/t)K(t)``), and
+    mark it to run at compile time."""
+    import tvm
+
+    pad = sch.get_sblock(name)
+    rank = len(sch.get(pad).writes[0].region)
+    index_map = tvm.tirx.IndexMap.from_func(
+        lambda *axes: (axes[-1] // channel, *axes[:-1], axes[-1] % channel), ndim=rank)
+    sch.transform_layout(pad, ("write", 0), index_map)
+    sch.annotate(pad, "meta_schedule.layout_rewrite_preproc", True)
+
+
+def _tile_partitioned(sch, func, names, main, block, outer, width, channels, reduction,
+                      channel_var, epilogue, tile, joined_rows, rows_first,
+                      padded_weight=None) -> None:
+    """_tile's register tile over pixels it does not divide: the last few pixels of each row
+    (or of all of them, rows joined) get a tile of their own (``loop_partition``), its
+    accumulators zeroed in registers per tile as in the others. The pixel tiles of a row run
+    in one thread: the threads share the rows and channel tiles.
+
+    For a prime number of rows, such as a ViT's 197 tokens, _tile's tiles had one row (two
+    accumulators, each waiting on its last multiply-add): its 197x256 by 256x1024 product ran
+    at 4 GFLOP/s on one Zen 4 core, in tiles of 8 rows (and one of 5) at 30 GFLOP/s.
+    """
+    pixels, channel = tile
+    count = _extent(sch, width)
+    channel_outer, channel_inner = sch.split(channels, [None, channel])
+    pixel_outer, pixel_inner = sch.split(width, [None, pixels])
+    innermost, unrolled = _split_for_unroll(sch, reduction[-1])
+    tile_loops = [*outer, channel_outer] if rows_first else [channel_outer, *outer]
+    sch.reorder(*tile_loops, pixel_outer, *reduction[:-1], innermost, *unrolled, pixel_inner,
+                channel_inner)
+    if epilogue and joined_rows:
+        _epilogue_pass(sch, epilogue[-1])
+    elif epilogue:
+        last = sch.get_sblock(epilogue[-1])
+        sch.reverse_compute_at(last, tile_loops[-1])
+        _vectorize_channels(sch, sch.get_loops(last)[-1])
+    tiles = sch.fuse(*tile_loops)
+    sch.parallel(tiles)
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.unroll(pixel_inner)
+    _vectorize_tile_channels(sch, channel_inner)
+    if "pad_temp" in names:
+        _schedule_padding(sch, sch.get_sblock("pad_temp"), tiles,
+                          per_tile=main == "group_conv2d_nhwc")
+    sch.enter_postproc()
+    if padded_weight is not None:
+        _pack_padded(sch, padded_weight, channel)
+    else:
+        _pack_weight(sch, func, block, channel_var, channel)
+    # After the packing, which would otherwise land inside the partition; the accumulators
+    # are zeroed per partition (a partitioned loop must hold a single block).
+    for part in sch.loop_partition(pixel_outer, [count // pixels, None]):
+        part_block = sch.get_child_blocks(part)[0]
+        loops = sch.get_loops(part_block)
+        at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(part)))
+        init = sch.decompose_reduction(part_block, loops[at + 1])
+        sch.vectorize(sch.get_loops(init)[-1])
 
 
 def _depthwise_tile_fits(sch, main: str, width, channels, reduction, lanes: int) -> bool:
@@ -390,14 +542,20 @@ def _unroll_tile(sch, block, unrolled: list, pixels, channels, init_at) -> None:
     for loop in unrolled:
         sch.unroll(loop)
     sch.unroll(pixels)
+    _vectorize_tile_channels(sch, channels)
+    init = sch.decompose_reduction(block, init_at)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _vectorize_tile_channels(sch, channels) -> None:
+    """Vectorize a tile's channel loop: as one vector where its extent is a power of two, else
+    as vectors of VECTOR_FLOATS (LLVM's code for a vector of, say, 24 floats ran 3x slower than
+    three of 8)."""
     extent = _extent(sch, channels)
     if extent & (extent - 1) and extent % VECTOR_FLOATS == 0:
-        # LLVM's code for a vector of, say, 24 floats ran 3x slower than three of 8.
         vectors, channels = sch.split(channels, [None, VECTOR_FLOATS])
         sch.unroll(vectors)
     sch.vectorize(channels)
-    init = sch.decompose_reduction(block, init_at)
-    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def _split_for_unroll(sch, loop):
@@ -415,8 +573,16 @@ def _epilogue_pass(sch, name: str) -> None:
     read accumulators not yet computed). One more pass over an output of a few hundred KiB."""
     block = sch.get_sblock(name)
     *rows, channels = sch.get_loops(block)
-    sch.parallel(sch.fuse(*rows[:-1]))
-    _vectorize_channels(sch, channels)
+    if len(rows) > 1:
+        sch.parallel(sch.fuse(*rows[:-1]))
+    count = _extent(sch, channels)
+    if any(count % lanes == 0 for lanes in VECTOR_LANES) or count < VECTOR_FLOATS:
+        _vectorize_channels(sch, channels)
+        return
+    # rows of 197: whole vectors, then the rest in a loop of its own
+    outer, inner = sch.split(channels, [None, VECTOR_FLOATS])
+    sch.vectorize(inner)
+    sch.loop_partition(outer, [count // VECTOR_FLOATS, None])
 
 
 def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):
@@ -432,7 +598,7 @@ def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):
 
     Returns (outer loops, pixel loop, (pixels, channels) of the tile, whether rows were fused).
     """
-    tile = _tile_sizes(_extent(sch, channels), _extent(sch, width), lanes)
+    tile = _tile_sizes(_extent(sch, channels), _extent(sch, width), lanes, remainder=True)
     if main != "conv2d_nhwc" or not outer or lanes >= TILE_LANES:
         return outer, width, tile, False
     joined = _tile_sizes(_extent(sch, channels), _extent(sch, outer[-1]) * _extent(sch, width),

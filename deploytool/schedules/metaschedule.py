@@ -57,9 +57,12 @@ def physical_cores() -> int:
 
 
 def tuning_target(target: TargetSpec):
-    """The ``tvm.target.Target`` MetaSchedule needs: the build target plus ``num-cores``."""
+    """The ``tvm.target.Target`` MetaSchedule needs: the build target plus ``num-cores`` (and,
+    for llvm, the build's code generation flags, so that trials run as the build will)."""
     import tvm
+
+    from ..build.lowering import codegen_target
 
     resolved = target.resolved()
     cores = resolved.target.get("num-cores") or (physical_cores() if resolved.runs_here() else 4)
-    return tvm.target.Target({**resolved.target, "num-cores": int(cores)})
+    return codegen_target(tvm.target.Target({**resolved.target, "num-cores": int(cores)}))

@@ -1,0 +1,122 @@
+"""The hand-written reduction schedules: means over pixels, and row-wise kernels (softmax, layer
+norm), vectorized and shared by the threads; the numbers stay right."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from deploytool.build.cpu_pipeline import prim_funcs
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.schedules.reductions import schedule_reduction
+from deploytool.tensors import TensorSpec
+from deploytool.testing.examples import save_torchscript
+from deploytool.tuning.settings import TuneSettings
+
+
+def squeeze_excite(channels: int = 40, size: int = 28):
+    """A convolution, then squeeze-and-excitation (a mean over the pixels, two 1x1 convolutions,
+    a sigmoid gate): (model, inputs)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+            self.reduce = nn.Conv2d(channels, 8, 1)
+            self.expand = nn.Conv2d(8, channels, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            gate = torch.sigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+            return y * gate
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
+
+
+def attention_scores(tokens: int = 197, width: int = 64):
+    """Layer norm, then softmax over a ViT's 197 tokens: (model, inputs)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(width)
+
+        def forward(self, x):
+            y = self.norm(x)
+            return torch.softmax(torch.matmul(y, y.transpose(1, 2)) * 0.05, dim=-1)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, tokens, width))]
+
+
+def _kernels(path, prefix: str):
+    from deploytool.build.cpu_pipeline import fuse
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.targets import load_target
+
+    mod = fuse(import_relax(to_onnx(load_model(path))), tuning_target(load_target("cpu")))
+    return [f for gv, f in prim_funcs(mod) if gv.name_hint.startswith(prefix)]
+
+
+def _validates(path, folder) -> dict:
+    package = compile_model(CompileOptions(model=path, output=folder / "pkg", java=False,
+                                           tuning=TuneSettings(db=folder / "no-db")))
+    manifest = json.loads((package.path / "manifest.json").read_text())
+    assert manifest["validation"]["status"] == "passed", manifest["validation"]
+    return manifest["tuning"]
+
+
+def test_a_mean_over_pixels_adds_vectors_of_channels(tmp_path):
+    path = save_torchscript(*squeeze_excite(), tmp_path / "se.pt")
+    (mean,) = _kernels(path, "mean")
+    scheduled = schedule_reduction(mean, 256).script()
+    # 40 channels: five tiles of one 8-float vector, shared by the threads; the pixels outside
+    assert "T.parallel(T.int64(5))" in scheduled, scheduled
+    assert "T.vectorized(T.int64(8))" in scheduled, scheduled
+    assert re.search(r"for k1, k2 in T\.grid\(.*\):\s*for \w+ in T\.vectorized\(T\.int64\(8\)\)",
+                     scheduled), scheduled
+    assert 'T.sblock("lv' in scheduled and "_red_init" in scheduled  # zeroed before the pixels
+
+
+def test_rows_of_softmax_and_layer_norm_run_one_after_another(tmp_path):
+    path = save_torchscript(*attention_scores(), tmp_path / "rows.pt")
+    (softmax,) = _kernels(path, "softmax")
+    scheduled = schedule_reduction(softmax, 256).script()
+    assert scheduled.count("T.parallel(") == 1, scheduled  # all four blocks under one row loop
+    assert "T.vectorized(T.int64(16))" in scheduled  # 12 vectors of a 197-long row, then 5
+    assert "in range(T.int64(12), T.int64(13))" in scheduled, scheduled
+    assert "T_softmax_maxelem_init" in scheduled  # no branch inside the reduction loop
+    (norm,) = _kernels(path, "layer_norm")
+    assert schedule_reduction(norm, 256) is not None
+
+
+def test_convolutions_are_not_reductions_it_schedules(tmp_path):
+    path = save_torchscript(*squeeze_excite(), tmp_path / "se.pt")
+    for kernel in _kernels(path, "fused_conv2d"):
+        assert schedule_reduction(kernel, 256) is None
+
+
+def test_llvm_may_reassociate_additions():
+    """So that it vectorizes the reductions left to it (a softmax's sums)."""
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.targets import load_target
+
+    target = tuning_target(load_target("cpu")).export()
+    assert target["fast-math-reassoc"] and "fast-math-nnan" not in target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [squeeze_excite, attention_scores])
+def test_packages_with_reduction_schedules_validate(tmp_path, model):
+    path = save_torchscript(*model(), tmp_path / "model.pt")
+    plan = _validates(path, tmp_path)
+    assert plan["reductions"] >= 1, plan
