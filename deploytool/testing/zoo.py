@@ -354,9 +354,9 @@ def hf_t5(seq: int = 8):
 
 def timm_model(arch: str, size: int = 64, num_classes: int = 10, **kwargs):
     """A timm model (``timm.create_model(arch)``, random weights)."""
+    _torchvision()  # before timm, which imports torchvision
     import timm
 
-    _torchvision()  # timm imports torchvision
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
     return _norms_calibrated(model, _image(size))
 
