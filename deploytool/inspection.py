@@ -35,7 +35,8 @@ def describe(path: str | Path) -> str:
     else:
         counts = operator_counts(onnx_model.proto)
         missing, kind = unsupported_operators(onnx_model.proto), "ONNX"
-    lines = [f"{path} ({source.format}, sha256 {source.sha256[:16]}...)", "inputs:"]
+    lines = [f"{path} ({source.format}, sha256 {source.sha256[:16]}...)",
+             f"route: {onnx_model.route}", "inputs:"]
     lines += [f"  {s}" for s in onnx_model.inputs]
     lines += ["outputs:"] + [f"  {s}" for s in onnx_model.outputs]
     lines += [f"operators ({kind}):"]

@@ -6,7 +6,7 @@ import torch
 from click.testing import CliRunner
 
 from deploytool.cli import main
-from deploytool.frontends.exported import fix_negative_select, load_exported
+from deploytool.frontends.exported import fix_cumsum_dtype, fix_negative_select, load_exported
 from deploytool.frontends.load import load_model
 from deploytool.testing.zoo import save_exported, two_io
 
@@ -64,3 +64,37 @@ def test_negative_select_is_made_positive_without_changing_results(tmp_path):
     assert [n.args[2] for n in selects] == [4]
     torch.testing.assert_close(program.module()(x), x[:, -1] * 2.0)
     assert fix_negative_select(program) == 0
+
+
+def test_cumsum_of_a_bool_mask_names_its_int64_result():
+    class Positions(torch.nn.Module):  # GPT-2's position ids from a mask
+        def forward(self, ids):
+            return (ids > 3).cumsum(-1) * ids
+
+    ids = torch.arange(8).reshape(1, 8)
+    program = torch.export.export(Positions(), (ids,)).run_decompositions()
+    assert fix_cumsum_dtype(program) == 1
+    cumsum = next(n for n in program.graph.nodes if n.target == torch.ops.aten.cumsum.default)
+    assert cumsum.kwargs["dtype"] == torch.int64
+    torch.testing.assert_close(program.module()(ids), (ids > 3).cumsum(-1) * ids)
+    assert fix_cumsum_dtype(program) == 0
+
+
+def test_kernels_without_a_root_block_get_one_for_weight_packing():
+    import tvm
+    from tvm import relax
+    from tvm.script import relax as R
+
+    from deploytool.build.cpu_pipeline import has_blocks, pack_weights, prim_funcs
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((1, 8), "int64"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit_output(relax.op.cumsum(x, axis=1))
+        builder.emit_func_output(y)
+    with tvm.target.Target({"kind": "llvm"}):
+        mod = relax.backend.DispatchSortScan()(builder.get())  # as the build dispatches it
+    assert [has_blocks(f) for _, f in prim_funcs(mod)] == [False]  # TVM writes cumsum so
+    packed = pack_weights(mod)
+    assert all(has_blocks(f) for _, f in prim_funcs(packed))

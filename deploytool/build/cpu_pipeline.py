@@ -140,13 +140,38 @@ def pack_weights(mod):
     import tvm
     from tvm import relax
 
+    for gv, func in prim_funcs(mod):
+        if not has_blocks(func):  # the pass below needs a root block in every kernel
+            mod[gv] = with_root_block(func)
     return tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
                                      relax.transform.FoldConstant()])(mod)
+
+
+def with_root_block(func):
+    """``func`` with its body in a root block, as TVMScript and TE kernels have (TVM writes
+    cumsum's kernel without one)."""
+    from tvm import s_tir
+
+    return func.with_body(s_tir.SBlockRealize([], True,
+                                              s_tir.SBlock([], [], [], "root", func.body)))
 
 
 def is_scheduled(func) -> bool:
     return bool(func.attrs is not None and "tirx.is_scheduled" in func.attrs
                 and func.attrs["tirx.is_scheduled"])
+
+
+def has_blocks(func) -> bool:
+    """Whether a kernel is made of blocks (what schedules work on); TVM legalizes a few
+    operators (cumsum, for one) into plain loops without any."""
+    import tvm
+    from tvm import s_tir
+
+    try:
+        s_tir.Schedule(tvm.IRModule({"main": func})).get_sblock("root")
+    except s_tir.schedule.ScheduleError:
+        return False
+    return True
 
 
 def prim_funcs(mod):
@@ -228,8 +253,8 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
             if default_schedules:
                 lanes = accumulator_lanes(tvm_target)
                 for gv, func in prim_funcs(mod):
-                    if is_scheduled(func):
-                        continue
+                    if is_scheduled(func) or not has_blocks(func):
+                        continue  # (a kernel written as plain loops is built as it is)
                     scheduled = schedule_kernel(func, lanes)
                     plan.hand_written += scheduled is not None
                     if scheduled is None:

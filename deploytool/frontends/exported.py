@@ -152,8 +152,31 @@ def decomposition_table() -> dict:
     return table
 
 
+def fix_cumsum_dtype(program) -> int:
+    """Give ``aten.cumsum`` its result dtype where torch promotes (bool and small integers sum
+    to int64); returns how many were changed.
+
+    TVM 0.27's translator keeps the input's dtype when the call names none, so a cumsum of a
+    bool mask (GPT-2's position ids) became a bool sum that LLVM code generation refuses.
+    """
+    import torch
+
+    changed = 0
+    for node in program.graph.nodes:
+        if (node.op == "call_function" and node.target == torch.ops.aten.cumsum.default
+                and node.kwargs.get("dtype") is None):
+            source, result = node.args[0].meta.get("val"), node.meta.get("val")
+            if source is not None and result is not None and source.dtype != result.dtype:
+                node.kwargs = {**node.kwargs, "dtype": result.dtype}
+                changed += 1
+    if changed:
+        program.graph_module.recompile()
+    return changed
+
+
 # Rewrites of the decomposed program that avoid known TVM importer bugs, by name.
-PROGRAM_FIXES: dict[str, Callable] = {"negative select index": fix_negative_select}
+PROGRAM_FIXES: dict[str, Callable] = {"negative select index": fix_negative_select,
+                                      "cumsum result dtype": fix_cumsum_dtype}
 
 
 def prepare_exported(model: SourceModel) -> ExportedModel:

@@ -147,7 +147,7 @@ def export_with_fallbacks(module, args, export: Callable, first: Exception | Non
             expected, got = module(*args), frozen(*args)
         for a, b in zip(flat_outputs(expected), flat_outputs(got), strict=True):
             scale = max(1.0, float(a.abs().max())) if a.numel() else 1.0
-            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale):
+            if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale):
                 # (freezing folds batch norms into convolutions: rounding moves, relatively)
                 raise RuntimeError("freezing changed the model's outputs")
         data = export(frozen)

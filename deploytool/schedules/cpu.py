@@ -69,7 +69,15 @@ def packs_weights(func) -> bool:
 
 
 def _block_names(sch) -> list[str]:
-    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    """The names of the kernel's top-level blocks; none for a kernel written without blocks
+    (TVM legalizes some operators, e.g. cumsum, into plain loops without a root block)."""
+    from tvm.s_tir.schedule import ScheduleError
+
+    try:
+        root = sch.get_sblock("root")
+    except ScheduleError:
+        return []
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
 
 
 def _known_block(names: list[str]) -> str | None:

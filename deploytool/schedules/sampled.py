@@ -43,6 +43,16 @@ def sample_default_schedule(func, target, seed: int = DEFAULT_SCHEDULE_SEED):
     return schedule.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+def _top_level_blocks(sch) -> list:
+    """The kernel's top-level blocks; none for a kernel written without blocks."""
+    from tvm.s_tir.schedule import ScheduleError
+
+    try:
+        return list(sch.get_child_blocks(sch.get_sblock("root")))
+    except ScheduleError:
+        return []
+
+
 def _score(func) -> tuple[int, int]:
     """How promising a sampled schedule looks, without running it: the vector width of its
     reduction loops' innermost loop, then the size of their innermost (register) tile."""
@@ -52,7 +62,7 @@ def _score(func) -> tuple[int, int]:
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     vector, tile = 1 << 30, 1 << 30
     found = False
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    for block in _top_level_blocks(sch):
         if not sch.get(block).name_hint.endswith("_update"):
             continue
         loops = [sch.get(loop) for loop in sch.get_loops(block)]

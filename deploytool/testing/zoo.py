@@ -354,9 +354,9 @@ def hf_t5(seq: int = 8):
 
 def timm_model(arch: str, size: int = 64, num_classes: int = 10, **kwargs):
     """A timm model (``timm.create_model(arch)``, random weights)."""
+    _torchvision()  # before timm, which imports torchvision
     import timm
 
-    _torchvision()  # timm imports torchvision
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
     return _norms_calibrated(model, _image(size))
 
@@ -415,7 +415,20 @@ def build_zoo_model(name: str, seed: int = 0, **kwargs):
         raise DeploytoolError(f"unknown zoo model '{name}'", f"Use one of {', '.join(ZOO)}")
     torch.manual_seed(seed)
     model, inputs = ZOO[name](**kwargs)
-    return model.eval(), inputs
+    return model.eval(), named_after_forward(model, inputs)
+
+
+def named_after_forward(model, inputs: list[TensorSpec]) -> list[TensorSpec]:
+    """``inputs`` renamed after ``model.forward``'s parameters (torchvision's LR-ASPP takes
+    ``input`` where its other models take ``x``), as torch.export names them."""
+    import inspect
+    from dataclasses import replace
+
+    parameters = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(parameters) < len(inputs):
+        return inputs
+    return [replace(spec, name=name) for spec, name in zip(inputs, parameters, strict=False)]
 
 
 def save_zoo_torchscript(name: str, model, inputs: list[TensorSpec], path: Path) -> Path:
