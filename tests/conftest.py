@@ -213,3 +213,25 @@ def depthwise(channels: int, size: int, stride: int = 1):
 
     torch.manual_seed(0)
     return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
+
+
+def squeeze_excite(channels: int = 40, size: int = 28):
+    """A convolution, then squeeze-and-excitation (a mean over the pixels, two 1x1 convolutions,
+    a sigmoid gate): (model, inputs)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+            self.reduce = nn.Conv2d(channels, 8, 1)
+            self.expand = nn.Conv2d(8, channels, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            gate = torch.sigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+            return y * gate
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from conftest import squeeze_excite
 
 from deploytool.build.cpu_pipeline import prim_funcs
 from deploytool.compiler import CompileOptions, compile_model
@@ -14,28 +15,6 @@ from deploytool.schedules.reductions import schedule_reduction
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.tuning.settings import TuneSettings
-
-
-def squeeze_excite(channels: int = 40, size: int = 28):
-    """A convolution, then squeeze-and-excitation (a mean over the pixels, two 1x1 convolutions,
-    a sigmoid gate): (model, inputs)."""
-    import torch
-    from torch import nn
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
-            self.reduce = nn.Conv2d(channels, 8, 1)
-            self.expand = nn.Conv2d(8, channels, 1)
-
-        def forward(self, x):
-            y = torch.relu(self.conv(x))
-            gate = torch.sigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
-            return y * gate
-
-    torch.manual_seed(0)
-    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
 
 
 def attention_scores(tokens: int = 197, width: int = 64):

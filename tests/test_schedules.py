@@ -435,3 +435,17 @@ def test_convolution_outputs_that_do_not_split_into_vectors_are_padded(tmp_path)
     scheduled = schedule_kernel(kernel, 256)
     assert scheduled is not None and "T.vectorized(T.int64(16))" in scheduled.script()
     _assert_validates(path, tmp_path)
+
+
+def test_a_gate_over_a_whole_feature_map_runs_after_the_tiles(tmp_path):
+    """Squeeze-and-excitation's expanding 1x1 convolution of one pixel, its bias and sigmoid
+    once per channel, then the multiplication of the feature map in a pass of its own."""
+    from conftest import squeeze_excite
+
+    path = save_torchscript(*squeeze_excite(), tmp_path / "se.pt")
+    gate = next(f for gv, f in prim_funcs(_fused(path)) if "multiply" in gv.name_hint)
+    scheduled = schedule_kernel(gate, 256).script()
+    multiply = scheduled.split('T.sblock("T_multiply")')[1]
+    assert "T.sigmoid" not in multiply, scheduled
+    assert "ax0_ax1_fused in T.parallel(T.int64(28))" in scheduled, scheduled  # rows
+    assert 'T.sblock("compute")' in scheduled  # the sigmoid, per channel

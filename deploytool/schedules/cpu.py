@@ -38,6 +38,7 @@ SCHEDULE_NAME = "deploytool-register-tiled"
 REMAINDER_TILE = (6, 16)
 MIN_CHANNEL_TILES = 8  # the threads share the channel tiles, so there must be a few
 ROW_REMAINDER_REDUCTION = 512  # see _tile_remainder
+BROADCAST_EPILOGUE = 4  # times the main block's output: the epilogue runs after (_broadcast)
 
 
 def accumulator_lanes(target) -> int:
@@ -249,9 +250,17 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     rows_first = output_size >= ROWS_FIRST_OUTPUT_TO_WEIGHT * weight_size
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
     epilogue = names[names.index(main) + 1:]
+    broadcast = _broadcast(sch, main, epilogue)
     for name in epilogue:  # bias, residual add, activation: into the last one, per tile
-        if name not in outputs:
-            sch.compute_inline(sch.get_sblock(name))
+        if name in outputs:
+            continue
+        if broadcast and _size(sch, name) <= _size(sch, epilogue[-1]) // BROADCAST_EPILOGUE:
+            # the gate's bias and sigmoid, once per channel: inlined into the multiplication,
+            # they ran once per pixel and channel
+            _vectorize_channels(sch, sch.get_loops(sch.get_sblock(name))[-1])
+            continue
+        sch.compute_inline(sch.get_sblock(name))
+    epilogue = [name for name in epilogue if name in _block_names(sch)]
     if "pad_temp" in names and _plain_copy(sch, sch.get_sblock("pad_temp")):
         sch.compute_inline(sch.get_sblock("pad_temp"))
         names = [name for name in names if name != "pad_temp"]
@@ -268,7 +277,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     # Padded channels: a tile's epilogue would write some of its channels, in vectors
     # predicated element by element; after the tiles, it runs in whole vectors (a ViT's
     # attention scores 710 -> 405 us on one Zen 4 core).
-    joined_rows = joined_rows or padded
+    joined_rows = joined_rows or padded or broadcast
     if _extent(sch, width) % pixels:
         _tile_partitioned(sch, func, names, main, block, outer, width, channels, reduction,
                           iter_vars[spatial - 1].var, epilogue, (pixels, channel), joined_rows,
@@ -309,6 +318,24 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     packed = _pack_weight(sch, func, block, iter_vars[spatial - 1].var, channel)
     if packed is not None and not rows_first:
         sch.annotate(innermost, PREFETCH_LOOP, packed)
+
+
+def _broadcast(sch, main: str, epilogue: list[str]) -> bool:
+    """Whether the epilogue's output is larger than the main block's: squeeze-and-excitation's
+    gate, a 1x1 convolution of one pixel, multiplies a whole feature map. Per channel tile, the
+    epilogue would sweep all its pixels at a stride of the row; after the tiles, it runs over the
+    rows, vectorized along the channels."""
+    if not epilogue:
+        return False
+    main_block = sch.get(sch.get_sblock(main))
+    spatial = [v for v in main_block.iter_vars if int(v.iter_type) == DATA_PARALLEL]
+    return _size(sch, epilogue[-1]) > BROADCAST_EPILOGUE * math.prod(int(v.dom.extent)
+                                                                     for v in spatial)
+
+
+def _size(sch, name: str) -> int:
+    """The iterations of block ``name``'s loops."""
+    return math.prod(_extent(sch, loop) for loop in sch.get_loops(sch.get_sblock(name)))
 
 
 def _pad_channels(sch, func, names: list[str], main: str, spatial: int, lanes: int):
