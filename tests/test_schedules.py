@@ -374,14 +374,14 @@ def test_rows_a_tile_does_not_divide_get_full_tiles_then_a_partial_one(lanes, ti
 @pytest.mark.slow
 @pytest.mark.parametrize("target, lanes, pixels, full", [("cpu", 256, 8, 24),
                                                          ("x86_64-avx2", 96, 6, 32)])
-def test_a_prime_number_of_rows_is_tiled_with_a_partial_tile(tmp_path, target, lanes, pixels,
-                                                             full):
+def test_a_prime_number_of_rows_is_tiled_with_a_partial_tile(compile_package, tmp_path, target,
+                                                             lanes, pixels, full):
     path = save_torchscript(*token_linear(), tmp_path / "tokens.pt")
     scheduled = schedule_kernel(_kernel(path, "fused_matmul", target), lanes).script()
     assert f"T.unroll(T.int64({pixels}))" in scheduled, scheduled
     assert f"in range(T.int64({full}), T.int64({full + 1}))" in scheduled, scheduled  # the rest
     assert "T.parallel(T.int64(" in scheduled
-    _assert_validates(path, tmp_path, target)
+    _assert_validates(compile_package, path, target)
 
 
 def classifier(outputs: int = 10, features: int = 64):
@@ -404,7 +404,8 @@ def test_outputs_that_do_not_split_into_vectors_are_padded(tmp_path):
 
 
 @pytest.mark.slow
-def test_attention_scores_over_197_tokens_are_tiled_padded_to_whole_vectors(tmp_path):
+def test_attention_scores_over_197_tokens_are_tiled_padded_to_whole_vectors(compile_package,
+                                                                            tmp_path):
     """Q K^T over 197 tokens: K^T copied into 208 columns (13 vectors), tiles of 16 rows then
     one of 5, the scaling by 1/sqrt(d) after the tiles in whole vectors and a partial one."""
     import torch
@@ -419,12 +420,13 @@ def test_attention_scores_over_197_tokens_are_tiled_padded_to_whole_vectors(tmp_
     scheduled = schedule_kernel(_kernel(path, "fused_matmul"), 256).script()
     assert "T.int64(208)" in scheduled and 'T.sblock("lv' in scheduled, scheduled
     assert "range(T.int64(12), T.int64(13))" in scheduled, scheduled  # the last 5 rows
-    _assert_validates(path, tmp_path)
-    _assert_validates(save_torchscript(*classifier(), tmp_path / "c.pt"), tmp_path / "c")
+    _assert_validates(compile_package, path)
+    _assert_validates(compile_package, save_torchscript(*classifier(), tmp_path / "c.pt"))
 
 
 @pytest.mark.slow
-def test_convolution_outputs_that_do_not_split_into_vectors_are_padded(tmp_path):
+def test_convolution_outputs_that_do_not_split_into_vectors_are_padded(compile_package,
+                                                                      tmp_path):
     """The small CNN's 3x3 convolution to 12 channels computes 16 (its weight padded with zeros
     at compile time), register-tiled, and its epilogue slices them back to 12."""
     from deploytool.testing.architectures import small_cnn
@@ -434,7 +436,7 @@ def test_convolution_outputs_that_do_not_split_into_vectors_are_padded(tmp_path)
     assert tuple(int(d) for d in kernel.params[1].ty.shape) == (3, 3, 3, 16)
     scheduled = schedule_kernel(kernel, 256)
     assert scheduled is not None and "T.vectorized(T.int64(16))" in scheduled.script()
-    _assert_validates(path, tmp_path)
+    _assert_validates(compile_package, path)
 
 
 def test_a_gate_over_a_whole_feature_map_runs_after_the_tiles(tmp_path):

@@ -141,7 +141,7 @@ def pack_weights(mod):
     from tvm import relax
 
     for gv, func in prim_funcs(mod):
-        if not has_blocks(func):  # the pass below needs a root block in every kernel
+        if not is_scheduled(func) and not has_blocks(func):  # the pass below needs a root block
             mod[gv] = with_root_block(func)
     return tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
                                      relax.transform.FoldConstant()])(mod)

@@ -102,8 +102,12 @@ def measure_register_tiled(extracted, database, builder, runner, tvm_target, log
             record = ms.database.TuningRecord(sch.trace, workload, ran.run_secs, tvm_target, args)
             database.commit_tuning_record(record)
             stored += 1
-    log(f"measured the default schedule (register-tiled or pooling) of {stored} kernel(s); "
-        "the search starts from it")
+    if stored:
+        log(f"measured the default schedule (register-tiled or pooling) of {stored} kernel(s); "
+            "the search starts from it")
+    if stored < len(todo):
+        log(f"the default schedule of {len(todo) - stored} kernel(s) failed to build or run as "
+            "a trial; their searched records are taken without the margin")
     return stored
 
 
