@@ -173,3 +173,20 @@ def test_tiny_outputs_are_flagged_not_a_plain_pass():
     assert "tiny: output 'y' is below 1e-06" in report.format()
     wrong = ValidationReport([compare("y", "onnxruntime", ref * 1.01, ref)], ["onnxruntime"], 3, 0)
     assert not wrong.passed and wrong.status == "FAILED"
+
+
+def test_the_bound_follows_the_references_own_spread_up_to_a_limit():
+    from types import SimpleNamespace
+
+    from deploytool.verify.validate import ValidationOptions, _error_bounds
+
+    package = SimpleNamespace(outputs=[SimpleNamespace(name="y"), SimpleNamespace(name="z")])
+    ref = np.linspace(-1, 1, 50)
+    runs = [(None, {"onnxruntime": [ref, ref], "torchscript": [ref * (1 + 2e-4), ref * (1 + 1)]})]
+    notes: list[str] = []
+    bounds = _error_bounds(package, runs, ValidationOptions(), notes)
+    assert bounds["y"] == pytest.approx(2 * 2e-4)  # twice the references' own difference
+    assert bounds["z"] == pytest.approx(5e-4)  # capped at 5x the default bound
+    assert any("output 'y': the references differ by 0.0002" in n for n in notes)
+    same = [(None, {"onnxruntime": [ref, ref], "torchscript": [ref, ref]})]
+    assert _error_bounds(package, same, ValidationOptions(), []) == {"y": 1e-4, "z": 1e-4}

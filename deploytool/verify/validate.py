@@ -361,10 +361,10 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
 def _error_bounds(package: Package, runs, options: ValidationOptions,
                   notes: list[str]) -> dict[str, float]:
     """Each output's bound on the scaled error: ``max_error``, or, where two references differ
-    from each other by more (fp32 rounding grows with depth: fcn_resnet50's references differ
-    by 1.8e-4 of its scale), REFERENCE_SPREAD_FACTOR times their difference, at most
-    MAX_LOOSENING times ``max_error``. A package may then differ from a reference about as much
-    as the references differ from each other, and never by a wrong layer's 1e-3."""
+    from each other by more (fp32 rounding grows with a model's depth), REFERENCE_SPREAD_FACTOR
+    times their difference, at most MAX_LOOSENING times ``max_error``. A package may then differ
+    from a reference about as much as the references differ from each other, and never by a
+    wrong layer's 1e-3."""
     bounds = {}
     for i, spec in enumerate(package.outputs):
         spread = 0.0
