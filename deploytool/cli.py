@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 import threading
@@ -98,7 +99,10 @@ def _tuning_options(command):
 def main(ctx):
     """deploytool: compile PyTorch models into Python-free packages with Apache TVM."""
     if ctx.invoked_subcommand in ("tune", "compile"):  # before any library starts a thread
+        from .messages import silence_teardown
         from .tuning.interrupts import hold_ctrl_c, release_ctrl_c
+
+        atexit.register(silence_teardown)  # after the command's own output and error
 
         hold_ctrl_c()
         ctx.call_on_close(release_ctrl_c)  # also when the command fails before releasing it
@@ -120,6 +124,24 @@ def _triples(option: str, values, kinds) -> dict:
     return parsed
 
 
+def _torch_libraries(ctx, param, values):
+    if values:
+        from .frontends.custom_ops import load_torch_libraries
+
+        load_torch_libraries(values)
+
+
+torch_library_option = click.option(
+    "--torch-library", multiple=True, type=click.Path(path_type=Path), expose_value=False,
+    callback=_torch_libraries, metavar="PATH",
+    help="A .so or .py that defines custom operators the model calls, loaded before the "
+         "model (repeatable).")
+
+verbose_option = click.option(
+    "--verbose", "-v", is_flag=True,
+    help="Print the warnings TVM and torch give, not only their count.")
+
+
 def model_options(func):
     """MODEL, --target and --input: shared by compile and tune."""
     options = [
@@ -129,6 +151,7 @@ def model_options(func):
         click.option("--input", "-i", "inputs", multiple=True, callback=_input_specs,
                      metavar="NAME:SHAPE:DTYPE",
                      help="An input, e.g. x:1x512:float32 or x:N<=32x512 (repeatable)."),
+        torch_library_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -210,9 +233,10 @@ def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuou
                    "CUDA) into DIR.")
 @click.option("--keep-temps", is_flag=True,
               help="On failure keep the half-built package folder and print its path.")
+@verbose_option
 def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
             max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous, batch_sizes, java,
-            tune, trials, time_budget, db, dump_ir, keep_temps):
+            tune, trials, time_budget, db, dump_ir, keep_temps, verbose):
     """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
@@ -235,7 +259,7 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
                                                     samples, allow_vacuous, batch_sizes),
                              java=java, tune=tune,
                              tuning=TuneSettings(trials=trials, time_budget=time_budget, db=db),
-                             dump_ir=dump_ir, keep_temps=keep_temps)
+                             dump_ir=dump_ir, keep_temps=keep_temps, verbose=verbose)
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
     click.echo(f"package written to {package.path}" + (" (and .tar.gz)" if archive else ""))
@@ -248,13 +272,15 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
               help="Measure trials on boards registered with this TVM RPC tracker.")
 @click.option("--rpc-key", metavar="KEY", help="The boards' key at the tracker.")
 @click.option("--rpc", metavar="HOST:PORT", help="Measure trials on this single TVM RPC server.")
-def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, rpc):
+@verbose_option
+def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, rpc, verbose):
     """Tune every kernel of MODEL with MetaSchedule into the tuning database.
 
     Trials run in separate processes with a time-out. Ctrl-C stops after the current batch and
     keeps every record measured; tuning again resumes from them. A later compile for the same
     target uses the records.
     """
+    from .messages import Messages, collected
     from .targets import load_target
     from .tuning.search import TuneOptions, tune_model
     from .tuning.settings import TuneSettings
@@ -264,7 +290,12 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
                                                 rpc_tracker=rpc_tracker, rpc_key=rpc_key,
                                                 rpc=rpc))
     click.echo(options.display(load_target(target)))
-    result = tune_model(options, log=click.echo)
+    messages = Messages()
+    try:
+        with collected() as messages:
+            result = tune_model(options, log=click.echo)
+    finally:
+        messages.report(click.echo, verbose)
     click.echo(result.table())
     stopped = f" (stopped: {result.stopped})" if result.stopped else ""
     click.echo(f"{result.trials} trials in {result.seconds:.0f} s{stopped}; "
@@ -275,6 +306,7 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path),
               help="The TorchScript model [default: the compiled file, if unchanged].")
+@torch_library_option
 @validation_options
 @click.option("--inputs", "inputs_dir", type=click.Path(path_type=Path),
               help="A folder of <input name>.npy files to use instead of random data.")
@@ -331,6 +363,7 @@ def targets():
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@torch_library_option
 def inspect(path):
     """Describe a .pt, an .onnx or a package folder."""
     from .inspection import describe
@@ -351,6 +384,7 @@ def example(name, output):
 
 @main.command()
 @click.argument("package", type=click.Path(path_type=Path))
+@torch_library_option
 @click.option("--model", type=click.Path(path_type=Path),
               help="The TorchScript file the package was compiled from, for --compare "
                    "torchscript [default: the path its manifest records, if still there].")

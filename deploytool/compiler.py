@@ -17,11 +17,13 @@ from .build.dump import dump_summary, start_dump
 from .build.library import build_library
 from .common import Log, check_interrupt
 from .errors import DeploytoolError
+from .frontends.custom_ops import loaded_libraries
 from .frontends.dynamic import example_sizes
 from .frontends.load import load_model, other_route, route_failure, to_onnx
 from .frontends.model import OnnxModel
-from .frontends.torchscript import run_torchscript
+from .frontends.torchscript import data_dependence_explained, run_torchscript
 from .importer.relax import import_model
+from .messages import Messages, collected
 from .package.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -71,6 +73,7 @@ class CompileOptions:
     java: bool | None = None  # None: build the Java binding when a JDK is present
     dump_ir: Path | None = None  # a folder for the IR and generated code (see build/dump.py)
     keep_temps: bool = False  # keep the scratch folder of a failed compile
+    verbose: bool = False  # print the warnings collected, not only their count
 
     def output_dir(self) -> Path:
         return self.output or Path("artifacts") / self.model.stem
@@ -137,53 +140,84 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     runtime_libraries = tvm_runtime_libraries(target, options.runtime_dir, log)
     if options.java:
         find_jdk()  # fail before the long stages when --java was asked for and there is no JDK
+    build_log: list[str] = []
+    log = _teed(log, build_log)
     with atomic_folder(destination, options.force, options.keep_temps,
                        archive=options.archive) as scratch:
-        # Ctrl-C's handling is set before the model's load starts threads (see the function).
-        with ctrl_c_stops_tuning(log) if options.tune else nullcontext():
-            with timer.stage("load"):
-                source = load_model(options.model, options.inputs)
-            with timer.stage("export"):
-                graph = to_onnx(source)
-                if isinstance(graph, OnnxModel):  # kept in the package (and by --keep-temps)
-                    (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
-            with timer.stage("import"):
-                graph, imported = _import_on_a_route(source, graph)
-                if options.dump_ir:
-                    start_dump(options.dump_ir, imported.mod)
-            tuned = None
-            if options.tune:
-                with timer.stage("tune"):
-                    tuned = tune_module(imported.mod, target, options.tuning, log)
-                    log(tuned.table())
-        for note in imported.notes:
-            log(f"  note: {note}")
-        with timer.stage("build"):
-            pipeline, tuning = schedule_build(target, options.tuning, tuned)
-            graph, imported = _build_on_a_route(source, graph, imported, target, pipeline,
-                                                scratch / "model.so", options.dump_ir,
-                                                tuned is None)
-            if tuning:
-                log(f"  schedules  {tuning.summary()}")
-        if options.dump_ir:
-            log(dump_summary(options.dump_ir))
-        log(f"  route      {imported.route}")
-        if not isinstance(graph, OnnxModel):  # re-traced: the package was not built from ONNX
-            (scratch / "model.onnx").unlink(missing_ok=True)
-        with timer.stage("package"):
-            build_native(target, scratch, runtime_libraries, log)
-            java = build_java(target, scratch, options.java, log)
-            manifest = _manifest(options, target, source, imported, timer, tuning, java,
-                                 {k: list(v) for k, v in integer_ranges(graph).items()})
-            package = Package(scratch, manifest)
-            manifest["self_test"] = _write_test_vectors(package, source, options.validation)
-            manifest["files"] = file_digests(scratch)
-            manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
-            package.save_manifest()
-            copy_cpp_example(scratch)
-            write_readme(scratch, manifest)
-        _validate(package, target, source, options, timer, log)
+        messages = Messages()  # rebound below; empty if the collection could not start
+        try:
+            with collected() as messages:
+                package = _compile_into(scratch, options, target, runtime_libraries, timer, log)
+        finally:
+            messages.report(log, options.verbose)
+            _write_build_log(scratch, build_log, messages)
     return Package(destination, package.manifest)
+
+
+def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
+                  runtime_libraries, timer: StageTimer, log: Log) -> Package:
+    """compile_model's stages, writing the package into ``scratch``."""
+    # Ctrl-C's handling is set before the model's load starts threads (see the function).
+    with ctrl_c_stops_tuning(log) if options.tune else nullcontext():
+        with timer.stage("load"):
+            source = load_model(options.model, options.inputs)
+        with timer.stage("export"), data_dependence_explained(source):
+            graph = to_onnx(source)
+            if isinstance(graph, OnnxModel):  # kept in the package (and by --keep-temps)
+                (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
+        with timer.stage("import"), data_dependence_explained(source):
+            graph, imported = _import_on_a_route(source, graph)
+            if options.dump_ir:
+                start_dump(options.dump_ir, imported.mod)
+        tuned = None
+        if options.tune:
+            with timer.stage("tune"):
+                tuned = tune_module(imported.mod, target, options.tuning, log)
+                log(tuned.table())
+    for note in imported.notes:
+        log(f"  note: {note}")
+    with timer.stage("build"), data_dependence_explained(source):
+        pipeline, tuning = schedule_build(target, options.tuning, tuned)
+        graph, imported = _build_on_a_route(source, graph, imported, target, pipeline,
+                                            scratch / "model.so", options.dump_ir,
+                                            tuned is None)
+        if tuning:
+            log(f"  schedules  {tuning.summary()}")
+    if options.dump_ir:
+        log(dump_summary(options.dump_ir))
+    log(f"  route      {imported.route}")
+    if not isinstance(graph, OnnxModel):  # re-traced: the package was not built from ONNX
+        (scratch / "model.onnx").unlink(missing_ok=True)
+    with timer.stage("package"):
+        build_native(target, scratch, runtime_libraries, log)
+        java = build_java(target, scratch, options.java, log)
+        manifest = _manifest(options, target, source, imported, timer, tuning, java,
+                             {k: list(v) for k, v in integer_ranges(graph).items()})
+        package = Package(scratch, manifest)
+        manifest["self_test"] = _write_test_vectors(package, source, options.validation)
+        manifest["files"] = file_digests(scratch)
+        manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
+        package.save_manifest()
+        copy_cpp_example(scratch)
+        write_readme(scratch, manifest)
+    _validate(package, target, source, options, timer, log)
+    return package
+
+
+def _teed(log: Log, lines: list[str]) -> Log:
+    """``log`` that also appends each line to ``lines``."""
+    def both(line: str) -> None:
+        lines.append(line)
+        log(line)
+
+    return both
+
+
+def _write_build_log(scratch: Path, lines: list[str], messages: Messages) -> None:
+    """build.log: the compile's output, then each warning collected (with its count)."""
+    if not scratch.is_dir():
+        return
+    (scratch / "build.log").write_text("\n".join([*lines, *messages.lines()]) + "\n")
 
 
 def check_destination(options: CompileOptions, destination: Path) -> None:
@@ -248,7 +282,7 @@ def _manifest(options: CompileOptions, target: TargetSpec, source, imported, tim
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "model": {"name": source.name, "file": source.path.name, "sha256": source.sha256,
                   "format": source.format, "route": imported.route,
-                  "notes": imported.notes},
+                  "notes": imported.notes, "torch_libraries": loaded_libraries()},
         "inputs": [s.to_dict() for s in imported.inputs],
         "input_ranges": input_ranges,
         "outputs": [s.to_dict() for s in imported.outputs],

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..frontends.custom_ops import load_inherited_libraries
 from ..verify.references import (
     Unavailable,
     flat_outputs,
@@ -86,6 +87,7 @@ def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int, d
         # The package computes in fp32; PyTorch's convolutions default to TF32.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    load_inherited_libraries()  # --torch-library of the deploytool that started this worker
     module = torch.jit.load(model, map_location=device)
     module.eval()
     tensors = [torch.from_numpy(a) for a in arrays.values()]  # forward()'s order

@@ -12,6 +12,7 @@ from ..common import last_line, sha256_of
 from ..errors import DeploytoolError
 from ..tensors import TensorSpec, sample_inputs
 from ..verify.references import named_outputs
+from .custom_ops import unknown_operator, unknown_operator_error
 from .model import ExportedModel, SourceModel
 
 PT2_HINT = ("Save it with torch.export.save(torch.export.export(model, example_args), "
@@ -41,9 +42,13 @@ def load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
         raise DeploytoolError(f"{path} is not a torch.export archive (not a zip archive)",
                               PT2_HINT)
     try:
-        with _quiet_logger("torch.export"):  # it logs the traceback of what we report in a line
+        # It logs the traceback of what is reported here in a line (and the unknown operator).
+        with _logged("torch.export") as logged:
             program = torch.export.load(str(path))
     except Exception as err:
+        operator = unknown_operator("\n".join([*logged, str(err)]))
+        if operator:
+            raise unknown_operator_error(path, operator) from err
         raise DeploytoolError(f"{path} could not be loaded as a torch.export archive "
                               f"({last_line(err)})", PT2_HINT) from err
     stored = _program_inputs(program, path)
@@ -57,15 +62,20 @@ def load_exported(path: Path, inputs: list[TensorSpec] | None) -> SourceModel:
 
 
 @contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    """Silence a library's logger (errors included) for the block."""
+def _logged(name: str) -> Iterator[list[str]]:
+    """Keep what a library's logger says during the block (errors included) in the list it
+    yields, instead of printing it."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.setFormatter(logging.Formatter())  # the message, then the traceback
+    handler.emit = lambda record: messages.append(handler.format(record))
+    handlers, propagate = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [handler], False  # torch gives it a handler of its own
     try:
-        yield
+        yield messages
     finally:
-        logger.setLevel(level)
+        logger.handlers, logger.propagate = handlers, propagate
 
 
 def _program_inputs(program, path: Path) -> list[TensorSpec]:

@@ -17,6 +17,7 @@ from ..common import last_line, sha256_of
 from ..errors import DeploytoolError
 from ..tensors import TensorSpec, parse_inputs_json, sample_inputs
 from ..verify.references import named_outputs
+from .custom_ops import unknown_operator, unknown_operator_error
 from .dynamic import dynamic_axes, example_sizes
 from .fallbacks import export_with_fallbacks
 from .model import OnnxModel, SourceModel
@@ -39,6 +40,9 @@ def load_torchscript(path: Path, inputs: list[TensorSpec] | None) -> SourceModel
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as err:
+        operator = unknown_operator(str(err))
+        if operator:
+            raise unknown_operator_error(path, operator) from err
         raise DeploytoolError(f"{path} could not be loaded as TorchScript "
                               f"({str(err).strip().splitlines()[0]})", SAVE_HINT) from err
     module.eval()
@@ -157,3 +161,43 @@ def output_silenced():
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+
+
+# Operators whose output size depends on the input's values, not only its shape: detection
+# post-processing (non-maximum suppression, score thresholds) and its kin.
+DATA_DEPENDENT = ("torchvision::nms", "torchvision::qnms", "aten::nonzero", "aten::argwhere",
+                  "aten::masked_select", "aten::_unique2", "aten::unique_dim",
+                  "aten::unique_consecutive")
+
+
+def data_dependent_operators(model: SourceModel) -> list[str]:
+    """The :data:`DATA_DEPENDENT` operators a TorchScript model calls (in nested blocks too)."""
+    if model.format != "torchscript":
+        return []
+
+    def kinds(block):
+        for node in block.nodes():
+            yield node.kind()
+            for inner in node.blocks():
+                yield from kinds(inner)
+
+    called = set(kinds(model.module.inlined_graph))
+    return [op for op in DATA_DEPENDENT if op in called]
+
+
+@contextmanager
+def data_dependence_explained(model: SourceModel):
+    """Where exporting, importing or building fails on a model that calls a data-dependent
+    operator, report that operator instead of the symptom a later stage met."""
+    try:
+        yield
+    except DeploytoolError as err:
+        operators = data_dependent_operators(model)
+        if not operators:
+            raise
+        raise DeploytoolError(
+            f"the model calls {', '.join(operators)}, whose output size depends on the input's "
+            "values (detection post-processing such as NMS); packages have shapes fixed by their "
+            f"input shapes (the compile failed with: {last_line(err.what, limit=160)})",
+            "Compile the model without that part (return the raw boxes and scores, for example) "
+            "and run it in the host program") from err

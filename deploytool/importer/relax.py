@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from functools import cache
 
 from ..common import last_line
@@ -173,7 +174,9 @@ def import_model(model: GraphModel) -> RelaxModel:
     dynamic = any(s.is_dynamic for s in inputs)
 
     def convert(graph):
-        with _our_frontend_converters():
+        # from_onnx prints the failing operator's IR to stdout; it is one of the messages
+        # collected from stderr (see messages.py), the failure itself is reported in a line.
+        with _our_frontend_converters(), redirect_stdout(sys.stderr):
             return from_onnx(graph, shape_dict=(relax_shape_dict(inputs) if dynamic else
                                                 {s.name: list(s.shape) for s in inputs}),
                              dtype_dict={s.name: s.dtype for s in inputs},

@@ -36,6 +36,10 @@ def _define_nms() -> None:
     _LIBRARIES.append(library)
 
 
+def _has_nms() -> None:
+    """Stands in for torchvision's check of its compiled extension, which defines nms."""
+
+
 def import_torchvision():
     """``import torchvision``; where its compiled extension cannot load (the PyPI wheel is a CUDA
     build, and on a CPU torch the import fails for want of ``torchvision::nms``), define
@@ -55,4 +59,8 @@ def import_torchvision():
             del sys.modules[name]  # the half-imported package
         _define_nms()
         import torchvision
+        import torchvision.ops.boxes
+
+        # torchvision.ops.nms checks for the compiled extension before calling the operator.
+        torchvision.ops.boxes._assert_has_ops = _has_nms
     return torchvision

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..common import last_line, npy_name, sha256_of
 from ..errors import DeploytoolError, UsageError
+from ..frontends.custom_ops import load_torch_libraries
 from ..frontends.dynamic import validation_sizes
 from ..frontends.load import load_model
 from ..frontends.torchscript import run_torchscript
@@ -239,6 +240,7 @@ def onnxruntime_backend(package: Package) -> Callable[[Arrays], Arrays]:
 
 
 def torchscript_backend(package: Package, model: Path) -> Callable[[Arrays], Arrays]:
+    load_recorded_libraries(package)
     source = load_model(model, package.inputs)
     if source.format != "torchscript":
         raise DeploytoolError(f"{model} is not a TorchScript model", "Pass the .pt file")
@@ -269,12 +271,20 @@ def _torchscript_model(package: Package, options: ValidationOptions, notes: list
     return compiled
 
 
+def load_recorded_libraries(package: Package) -> None:
+    """Load the --torch-library files the package was compiled with, where they still are
+    (the reference model may call their operators)."""
+    recorded = package.manifest["model"].get("torch_libraries", [])
+    load_torch_libraries(p for p in recorded if Path(p).is_file())
+
+
 def _exported_program(package: Package, notes: list[str]):
     """The torch.export program a .pt2 package was compiled from, if it is still there."""
     if package.manifest["model"]["format"] != "torch.export":
         return None
     compiled = compiled_model_file(package, "torch.export")
     if compiled is not None:
+        load_recorded_libraries(package)
         return load_model(compiled).module
     notes.append("torch.export reference skipped: the compiled model file is not at "
                  f"{package.manifest['compile_options']['model']}")
