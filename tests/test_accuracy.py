@@ -190,3 +190,54 @@ def test_the_bound_follows_the_references_own_spread_up_to_a_limit():
     assert any("output 'y': the references differ by 0.0002" in n for n in notes)
     same = [(None, {"onnxruntime": [ref, ref], "torchscript": [ref, ref]})]
     assert _error_bounds(package, same, ValidationOptions(), []) == {"y": 1e-4, "z": 1e-4}
+
+
+def test_the_bound_widens_to_the_fp32_references_own_error_against_float64():
+    from types import SimpleNamespace
+
+    from deploytool.verify.validate import ValidationOptions, _error_bounds
+
+    package = SimpleNamespace(outputs=[SimpleNamespace(name="y"), SimpleNamespace(name="z")])
+    ref = np.linspace(-1, 1, 50)
+    runs = [(None, {"onnxruntime": [ref, ref], "torchscript": [ref, ref]})]
+    notes: list[str] = []
+    bounds = _error_bounds(package, runs, ValidationOptions(), notes, fp32_errors=[2e-3, 1e-6])
+    assert bounds == {"y": pytest.approx(3 * 2e-3), "z": 1e-4}  # not capped: measured, not guessed
+    assert notes == ["output 'y': the fp32 references differ from float64 by up to 0.002 of its "
+                     "scale, so its bound is 0.006"]
+
+
+class _Sum(torch.nn.Module):
+    def forward(self, x):
+        return x.sum(-1, keepdim=True) - x.sum(-1, keepdim=True).detach() * 0.5
+
+
+class _Float32Inside(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4, 4))
+
+    def forward(self, x):
+        return x @ self.w.float().t().contiguous().to(torch.float32)
+
+
+def test_float64_reference_measures_fp32_rounding(tmp_path):
+    from deploytool.verify.float64 import fp32_error, torchscript_float64
+
+    path = tmp_path / "sum.pt"
+    torch.jit.save(torch.jit.script(_Sum()), str(path))
+    x = np.random.default_rng(0).standard_normal((1, 100_000)).astype(np.float32) * 1e4
+    fp32 = [np.asarray(_Sum()(torch.from_numpy(x)))]
+    exact = 0.5 * x.astype(np.float64).sum(-1, keepdims=True)
+    measured = fp32_error(torchscript_float64(path), [[x]], [{"torchscript": fp32}])
+    expected = float(np.abs(fp32[0] - exact).max() / np.abs(exact).max())
+    assert measured == [pytest.approx(expected, rel=1e-6)] and expected > 1e-8
+
+
+def test_a_model_with_float32_fixed_inside_has_no_float64_floor(tmp_path):
+    from deploytool.verify.float64 import fp32_error, torchscript_float64
+
+    path = tmp_path / "fixed.pt"
+    torch.jit.save(torch.jit.script(_Float32Inside()), str(path))
+    x = np.ones((1, 4), np.float32)
+    assert fp32_error(torchscript_float64(path), [[x]], [{"torchscript": [x]}]) is None

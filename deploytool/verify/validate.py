@@ -23,6 +23,7 @@ from ..package.manifest import Package
 from ..tensors import symbol_bounds
 from ..toolchains.emulation import runner_command
 from .comparison import DEFAULT_MAX_ERROR, Comparison, compare
+from .float64 import exported_float64, fp32_error, torchscript_float64
 from .inputs import make_inputs, read_inputs_dir
 from .references import compiled_model_file, onnxruntime_session
 
@@ -37,6 +38,9 @@ VACUITY_FACTOR = 10
 # them by this many times as much, up to MAX_LOOSENING times the bound.
 REFERENCE_SPREAD_FACTOR = 2
 MAX_LOOSENING = 5
+# Where the fp32 references are far from the float64 result, a package may differ from them by
+# this many times as much (twice as far from the exact result, plus the reference's own error).
+FP32_ERROR_FACTOR = 3
 # Outputs below this for every sample are flagged: a trained model's rarely are.
 TINY = 1e-6
 MAX_SAMPLES = 1000
@@ -271,6 +275,14 @@ def _torchscript_model(package: Package, options: ValidationOptions, notes: list
     return compiled
 
 
+def _quietly(make, *args):
+    """``make(*args)``, or None where that fails (a reference that cannot run in float64)."""
+    try:
+        return make(*args)
+    except Exception:
+        return None
+
+
 def load_recorded_libraries(package: Package) -> None:
     """Load the --torch-library files the package was compiled with, where they still are
     (the reference model may call their operators)."""
@@ -318,14 +330,17 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     references = {}
     if (package.path / "model.onnx").is_file():  # not on the torch.export route
         references["onnxruntime"] = onnxruntime_backend(package)
+    run64 = None  # the torch reference in float64 (see float64.py)
     model = _torchscript_model(package, options, notes)
     if model is not None:
         references["torchscript"] = torchscript_backend(package, model)
+        run64 = _quietly(torchscript_float64, model)
     program = _exported_program(package, notes)
     if program is not None:
         from ..frontends.exported import run_exported
 
         references["torch.export"] = lambda arrays: run_exported(program, arrays)
+        run64 = _quietly(exported_float64, program)
     dynamic = any(s.is_dynamic for s in package.inputs)
     batch_sizes = validation_sizes(package.inputs, options.batch_sizes) if dynamic else None
     if options.batch_sizes and not dynamic:
@@ -346,7 +361,8 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     first_reference: list[Arrays] = []
     runs = [(native(package, arrays), {name: run(arrays) for name, run in references.items()})
             for arrays in samples]
-    bounds = _error_bounds(package, runs, options, notes)
+    fp32_errors = fp32_error(run64, samples, [r for _, r in runs])
+    bounds = _error_bounds(package, runs, options, notes, fp32_errors)
     for actual, expected_by in runs:
         first_reference.append(next(iter(expected_by.values())))
         for ref_name, expected in expected_by.items():
@@ -368,13 +384,18 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
                             options.seed, notes, batch_sizes, vacuous, options.allow_vacuous)
 
 
-def _error_bounds(package: Package, runs, options: ValidationOptions,
-                  notes: list[str]) -> dict[str, float]:
-    """Each output's bound on the scaled error: ``max_error``, or, where two references differ
-    from each other by more (fp32 rounding grows with a model's depth), REFERENCE_SPREAD_FACTOR
-    times their difference, at most MAX_LOOSENING times ``max_error``. A package may then differ
-    from a reference about as much as the references differ from each other, and never by a
-    wrong layer's 1e-3."""
+def _error_bounds(package: Package, runs, options: ValidationOptions, notes: list[str],
+                  fp32_errors: list[float] | None = None) -> dict[str, float]:
+    """Each output's bound on the scaled error: ``max_error``, widened where fp32 itself is
+    less accurate (rounding grows with a model's depth and its weights' scale):
+
+    - to FP32_ERROR_FACTOR times the worst fp32 reference's own error against float64
+      (``fp32_errors``, see float64.py): the package may be twice as far from the exact result
+      as that reference, and the reference is that far again;
+    - to REFERENCE_SPREAD_FACTOR times the references' difference from each other, at most
+      MAX_LOOSENING times ``max_error`` (without a float64 run, it is the only estimate).
+    A package may then differ from a reference about as much as fp32 implementations differ
+    from each other."""
     bounds = {}
     for i, spec in enumerate(package.outputs):
         spread = 0.0
@@ -383,11 +404,15 @@ def _error_bounds(package: Package, runs, options: ValidationOptions,
             for other in arrays[1:]:
                 if other.shape == arrays[0].shape:
                     spread = max(spread, compare(spec.name, "", other, arrays[0]).scaled_error)
-        bound = min(max(options.max_error, REFERENCE_SPREAD_FACTOR * spread),
-                    MAX_LOOSENING * options.max_error)
+        fp32 = fp32_errors[i] if fp32_errors else 0.0
+        widened = min(REFERENCE_SPREAD_FACTOR * spread, MAX_LOOSENING * options.max_error)
+        bound = max(options.max_error, widened, FP32_ERROR_FACTOR * fp32)
         if bound > options.max_error:
-            notes.append(f"output '{spec.name}': the references differ by {spread:.2g} of its "
-                         f"scale, so its bound is {bound:.2g}")
+            why = (f"the fp32 references differ from float64 by up to {fp32:.2g}"
+                   if FP32_ERROR_FACTOR * fp32 >= widened
+                   else f"the references differ by {spread:.2g}")
+            notes.append(f"output '{spec.name}': {why} of its scale, so its bound is "
+                         f"{bound:.2g}")
         bounds[spec.name] = bound
     return bounds
 
