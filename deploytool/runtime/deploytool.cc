@@ -15,7 +15,6 @@
 #include <tvm/ffi/function.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <climits>
@@ -298,6 +297,12 @@ std::string SpecText(const TensorSpec& spec) {
 
 }  // namespace
 
+// When a CPU model last ran, for sharing the cores (CpuShare).
+struct CpuActivity {
+  bool running = false;
+  std::chrono::steady_clock::time_point last_end;
+};
+
 struct dt_model {
   std::string dir;
   std::optional<ffi::json::Object> manifest;
@@ -313,6 +318,7 @@ struct dt_model {
   int pool = 1;                   // the process's CPU thread count (TVM_NUM_THREADS)
   int threads = 1;                // the most threads a run uses (dt_options.threads, at most pool)
   int share = DT_SHARE_FAIR;      // dt_options.share
+  CpuActivity activity;           // guarded by g_cpu_models_mutex
   std::mutex lock;
   // dt_profile: per call of a run (in call order), the kernel's name and its times in us
   std::vector<std::pair<std::string, std::vector<double>>> profile;
@@ -452,13 +458,19 @@ static void DefaultPoolSettings() {
   setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000", 0);
 }
 
-// ---- Sharing the CPU cores among the runs in flight (DT_SHARE_FAIR in deploytool.h) ----
+// ---- Sharing the CPU cores among the busy models (DT_SHARE_FAIR in deploytool.h) ----
 // TVM gives each calling thread a pool of its own, each sized to all the cores: two threads running
 // models at once ran twice as many threads as cores, and the bigger model took the cores.
 
 namespace {
 
-std::atomic<int> g_cpu_runs{0};       // CPU runs in flight in this process
+// A model stays busy this long after a run: between two runs of a model busy in a loop, the calling
+// thread may wait for a core for some milliseconds, and another model starting a run then would
+// take every core for its whole run.
+constexpr auto kBusyAfterRun = std::chrono::milliseconds(20);
+
+std::mutex g_cpu_models_mutex;
+std::vector<dt_model*> g_cpu_models;  // the loaded CPU models, for counting the busy ones
 thread_local int t_pool_threads = 0;  // threads the calling thread's TVM pool was last set to use
 
 // The thread count TVM sizes each pool to (after DefaultThreadCount).
@@ -477,32 +489,43 @@ void UseThreads(int threads) {
   t_pool_threads = threads;
 }
 
-// Counts a CPU run in flight while it lives and sets the calling thread's threads for it.
+}  // namespace
+
+// Marks `model` running while it lives (a CPU model) and sets the calling thread's threads for the run.
 class CpuShare {
  public:
-  explicit CpuShare(const dt_model* model) : counted_(model->device.device_type == kDLCPU) {
-    if (!counted_) return;
-    int runs = ++g_cpu_runs;
-    int threads = model->threads;
-    if (model->share == DT_SHARE_FAIR) threads = std::max(1, std::min(threads, model->pool / runs));
-    try {
-      UseThreads(threads);
-    } catch (...) {
-      --g_cpu_runs;
-      throw;
-    }
-  }
-  ~CpuShare() {
-    if (counted_) --g_cpu_runs;
-  }
+  explicit CpuShare(dt_model* model);
+  ~CpuShare();
   CpuShare(const CpuShare&) = delete;
   CpuShare& operator=(const CpuShare&) = delete;
 
  private:
-  bool counted_;
+  dt_model* model_;
 };
 
-}  // namespace
+CpuShare::CpuShare(dt_model* model) : model_(model->device.device_type == kDLCPU ? model : nullptr) {
+  if (model_ == nullptr) return;
+  int busy = 0;
+  {
+    std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+    auto now = std::chrono::steady_clock::now();
+    for (const dt_model* other : g_cpu_models) {
+      const CpuActivity& activity = other->activity;
+      busy += other == model_ || activity.running || now - activity.last_end < kBusyAfterRun;
+    }
+    model_->activity.running = true;
+  }
+  int threads = model_->threads;
+  if (model_->share == DT_SHARE_FAIR) threads = std::max(1, std::min(threads, model_->pool / std::max(busy, 1)));
+  UseThreads(threads);
+}
+
+CpuShare::~CpuShare() {
+  if (model_ == nullptr) return;
+  std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+  model_->activity.running = false;
+  model_->activity.last_end = std::chrono::steady_clock::now();
+}
 
 // dt_load's steps, in the order it takes them. The int ones return DT_OK or Fail's code.
 namespace {
@@ -842,11 +865,22 @@ int dt_load_ex(const char* package_dir, const char* device, const dt_options* op
   if (code == DT_OK && runtime.on_cuda()) code = PrepareCuda(model->dir, model->device, runtime.cuda_arch);
   if (code == DT_OK) code = LoadExecutable(model.get());
   if (code != DT_OK) return code;
+  if (model->device.device_type == kDLCPU) {
+    std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+    g_cpu_models.push_back(model.get());
+  }
   *out = model.release();
   return DT_OK;
 }
 
-void dt_free(dt_model* model) { delete model; }
+void dt_free(dt_model* model) {
+  if (model == nullptr) return;
+  {
+    std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+    g_cpu_models.erase(std::remove(g_cpu_models.begin(), g_cpu_models.end(), model), g_cpu_models.end());
+  }
+  delete model;
+}
 
 int dt_num_inputs(const dt_model* model) { return model ? static_cast<int>(model->inputs.size()) : -1; }
 int dt_num_outputs(const dt_model* model) { return model ? static_cast<int>(model->outputs.size()) : -1; }
