@@ -162,6 +162,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_together(packages: list[Path], backends: list[str], threads: int | None) -> None:
+    """Raise a one-line DeploytoolError for what cannot be benched together."""
+    from ..errors import DeploytoolError, UsageError
+
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"--together compares with {', '.join(BACKENDS[1:])} only, not "
+                         f"{', '.join(unknown)}", "Pass --compare onnxruntime, or no --compare")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads is {threads}", "Pass --threads 1 or more")
+    for package in packages:
+        manifest = package / "manifest.json"
+        if not manifest.is_file():
+            raise DeploytoolError(f"{package} is not a deploytool package (no manifest.json)",
+                                  "Pass folders that deploytool compile wrote")
+        if not json.loads(manifest.read_text()).get("self_test"):
+            raise DeploytoolError(f"{package} carries no test vectors",
+                                  "Compile it again with deploytool")
+        if "onnxruntime" in backends and not (package / "model.onnx").is_file():
+            raise DeploytoolError(f"{package} has no model.onnx for ONNX Runtime",
+                                  "Compile it again with deploytool, or drop --compare")
+
+
 def run_worker(backend: str, packages: list[Path], threads: int, seconds: float,
                warmup_ms: float) -> dict:
     """Run the worker for ``backend`` in a fresh process; its report."""
