@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +47,23 @@ class _Options(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("threads", ctypes.c_int), ("share", ctypes.c_int)]
 
 
+# The loaded C API by the sha256 of its file. Packages with the same libdeploytool.so share one
+# copy: the runtime shares the cores among the models loaded through one copy (dt_load_ex).
+_LIBRARIES: dict[str, ctypes.CDLL] = {}
+
+
 def _library(package: Path) -> ctypes.CDLL:
     path = package / "lib" / "libdeploytool.so"
     if not path.is_file():
         raise PackageError(f"{package} is not a deploytool package (no lib/libdeploytool.so). "
                             "Pass the folder deploytool compile wrote", 2)
-    lib = ctypes.CDLL(str(path.resolve()))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest not in _LIBRARIES:
+        _LIBRARIES[digest] = _declare(ctypes.CDLL(str(path.resolve())))
+    return _LIBRARIES[digest]
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size = ctypes.c_void_p, ctypes.c_size_t
     lib.dt_last_error.restype = ctypes.c_char_p
     lib.dt_load_ex.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_Options),

@@ -52,10 +52,12 @@ int dt_load(const char* package_dir, const char* device, dt_model** out);
 void dt_free(dt_model* model);
 
 /* Several models in one process share the CPU cores fairly by default: a run of a CPU model uses
- * max(1, min(threads, pool / runs)) threads, where pool is the thread count above
+ * max(1, min(threads, pool / busy)) threads, where pool is the thread count above
  * (TVM_NUM_THREADS or the physical cores), threads the model's own limit (dt_options.threads) and
- * runs the number of CPU runs in flight in the process when it starts. Two models busy at once on
- * 2 cores thus get a core each instead of taking turns for both; alone, a model gets them all. */
+ * busy the number of CPU models running, or done with a run less than 20 ms ago, when it starts. Two models busy at once on
+ * 2 cores thus get a core each instead of taking turns for both; alone, a model gets them all.
+ * The count spans the models loaded through one copy of this library: link one package's
+ * libdeploytool.so and load every package through it. */
 #define DT_SHARE_FAIR 0  /* the default: split the cores among the runs in flight */
 #define DT_SHARE_NONE 1  /* always use `threads` threads, whatever else runs (pin threads yourself) */
 
