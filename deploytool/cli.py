@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import signal
 import sys
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 import click
 
 from .common import DISK_FULL, disk_full_error, note_interrupt, was_interrupted, watch_ctrl_c
-from .errors import DeploytoolError
+from .errors import DeploytoolError, UsageError
 from .verify.comparison import DEFAULT_MAX_ERROR
 
 
@@ -303,7 +304,11 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
 
 
 @main.command()
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("packages", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--together", is_flag=True,
+              help="Load every PACKAGE in one process and run them at once, a thread each; "
+                   "report each one's latency alone and together (--compare onnxruntime: the "
+                   "same with ONNX Runtime sessions).")
 @click.option("--model", type=click.Path(path_type=Path),
               help="The TorchScript model [default: the compiled file, if unchanged].")
 @torch_library_option
@@ -383,7 +388,11 @@ def example(name, output):
 
 
 @main.command()
-@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("packages", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--together", is_flag=True,
+              help="Load every PACKAGE in one process and run them at once, a thread each; "
+                   "report each one's latency alone and together (--compare onnxruntime: the "
+                   "same with ONNX Runtime sessions).")
 @torch_library_option
 @click.option("--model", type=click.Path(path_type=Path),
               help="The TorchScript file the package was compiled from, for --compare "
@@ -405,11 +414,18 @@ def example(name, output):
               help="The GPU a CUDA package and the backends run on [default: cuda:0].")
 @click.option("--per-kernel", is_flag=True,
               help="Then time each kernel inside the model (CPU packages): which layers cost.")
-def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, rounds,
+def bench(packages, together, model, compare, warmup_ms, min_iters, min_seconds, threads, rounds,
           json_path, device, per_kernel):
     """Measure PACKAGE's latency and memory through its native runner (no Python in the loop),
     optionally side by side with ONNX Runtime and TorchScript. The results go into the manifest
-    (unless the package is read-only)."""
+    (unless the package is read-only). With --together, several packages in one process."""
+    if together:
+        bench_together(packages, compare, warmup_ms, min_seconds, threads, json_path)
+        return
+    if len(packages) > 1:
+        raise UsageError(f"{len(packages)} packages given without --together",
+                         "Bench one package at a time, or pass --together to run them at once")
+    package = packages[0]
     from .bench.timing import (
         BenchOptions,
         bench_package,
@@ -432,3 +448,21 @@ def bench(package, model, compare, warmup_ms, min_iters, min_seconds, threads, r
     stored += [str(json_path)] if json_path else []
     if stored:
         click.echo(f"\nstored in {' and '.join(stored)}")
+
+
+def bench_together(packages, compare, warmup_ms, min_seconds, threads, json_path):
+    """bench --together: every package alone, then all at once, in one process per backend."""
+    from .bench.timing import parse_compare
+    from .bench.together import check_together, format_together, run_worker
+
+    backends = ["package", *parse_compare(compare)]
+    check_together(packages, backends, threads)
+    reports = []
+    for backend in backends:
+        click.echo(f"{backend}: {len(packages)} models alone, then together, "
+                   f"{min_seconds:g} s each")
+        reports.append(run_worker(backend, list(packages), threads or 0, min_seconds, warmup_ms))
+    click.echo("\n" + format_together(reports))
+    if json_path:
+        json_path.write_text(json.dumps(reports, indent=1))
+        click.echo(f"\nstored in {json_path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,15 +43,31 @@ class TensorInfo:
         return -1 in self.shape
 
 
+class _Options(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("threads", ctypes.c_int), ("share", ctypes.c_int)]
+
+
+# The loaded C API by the sha256 of its file. Packages with the same libdeploytool.so share one
+# copy: the runtime shares the cores among the models loaded through one copy (dt_load_ex).
+_LIBRARIES: dict[str, ctypes.CDLL] = {}
+
+
 def _library(package: Path) -> ctypes.CDLL:
     path = package / "lib" / "libdeploytool.so"
     if not path.is_file():
         raise PackageError(f"{package} is not a deploytool package (no lib/libdeploytool.so). "
                             "Pass the folder deploytool compile wrote", 2)
-    lib = ctypes.CDLL(str(path.resolve()))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest not in _LIBRARIES:
+        _LIBRARIES[digest] = _declare(ctypes.CDLL(str(path.resolve())))
+    return _LIBRARIES[digest]
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size = ctypes.c_void_p, ctypes.c_size_t
     lib.dt_last_error.restype = ctypes.c_char_p
-    lib.dt_load.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(pointer)]
+    lib.dt_load_ex.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_Options),
+                               ctypes.POINTER(pointer)]
     lib.dt_free.argtypes = [pointer]
     lib.dt_free.restype = None
     for name in ("dt_num_inputs", "dt_num_outputs"):
@@ -81,27 +98,29 @@ def verify(package: str | Path) -> None:
     _check(lib, lib.dt_verify(str(package).encode()))
 
 
-def load(package: str | Path, device: str | None = None) -> Model:
-    """Load the package in folder ``package`` onto ``device`` ("cpu", "cuda:0"; None: its own).
+def load(package: str | Path, device: str | None = None, threads: int = 0) -> Model:
+    """Load the package in folder ``package`` onto ``device`` ("cpu", "cuda:0"; None: its own),
+    with at most ``threads`` CPU threads a run (0: all the cores; dt_load_ex).
 
     Raises
     ------
     PackageError
         With the C API's message: not a package, a corrupted one, a CPU or device it cannot run on.
     """
-    return Model(Path(package), device)
+    return Model(Path(package), device, threads)
 
 
 class Model:
     """A loaded package. Runs take numpy arrays and return new numpy arrays; a model may be
     shared by threads (the C API serialises its runs)."""
 
-    def __init__(self, package: Path, device: str | None = None):
+    def __init__(self, package: Path, device: str | None = None, threads: int = 0):
         self._lib = _library(package)
         handle = ctypes.c_void_p()
-        _check(self._lib, self._lib.dt_load(str(package).encode(),
-                                            device.encode() if device else None,
-                                            ctypes.byref(handle)))
+        options = _Options(ctypes.sizeof(_Options), threads, 0)
+        _check(self._lib, self._lib.dt_load_ex(str(package).encode(),
+                                               device.encode() if device else None,
+                                               ctypes.byref(options), ctypes.byref(handle)))
         self._handle = handle
         self.path = package
         self.inputs = self._infos(self._lib.dt_num_inputs, self._lib.dt_input_info)

@@ -297,6 +297,12 @@ std::string SpecText(const TensorSpec& spec) {
 
 }  // namespace
 
+// When a CPU model last ran, for sharing the cores (CpuShare).
+struct CpuActivity {
+  bool running = false;
+  std::chrono::steady_clock::time_point last_end;
+};
+
 struct dt_model {
   std::string dir;
   std::optional<ffi::json::Object> manifest;
@@ -309,6 +315,10 @@ struct dt_model {
   // aligned copies for static inputs whose memory is not 64-byte aligned (none for dynamic inputs)
   std::vector<std::optional<ffi::Tensor>> staging;
   bool dynamic = false;  // some input has a symbolic dimension
+  int pool = 1;                   // the process's CPU thread count (TVM_NUM_THREADS)
+  int threads = 1;                // the most threads a run uses (dt_options.threads, at most pool)
+  int share = DT_SHARE_FAIR;      // dt_options.share
+  CpuActivity activity;           // guarded by g_cpu_models_mutex
   std::mutex lock;
   // dt_profile: per call of a run (in call order), the kernel's name and its times in us
   std::vector<std::pair<std::string, std::vector<double>>> profile;
@@ -435,6 +445,86 @@ static void DefaultThreadCount() {
     cores.insert({package, core});
   }
   if (!cores.empty()) setenv("TVM_NUM_THREADS", std::to_string(cores.size()).c_str(), 0);
+}
+
+// TVM's pool defaults suit one model in a process. Each calling thread has a pool of its own, and
+// TVM pins worker i of every pool to core i + 1: the busy pools of several models would share one
+// core while others idle, so workers are left to the OS unless the host sets TVM_BIND_THREADS.
+// An idle worker spins 300000 yields before it sleeps, taking a core from the other models' runs
+// for a while after each of its runs; 1000 still bridges the gap between one kernel and the next.
+static void DefaultPoolSettings() {
+  DefaultThreadCount();
+  setenv("TVM_BIND_THREADS", "0", 0);
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", "1000", 0);
+}
+
+// ---- Sharing the CPU cores among the busy models (DT_SHARE_FAIR in deploytool.h) ----
+// TVM gives each calling thread a pool of its own, each sized to all the cores: two threads running
+// models at once ran twice as many threads as cores, and the bigger model took the cores.
+
+namespace {
+
+// A model stays busy this long after a run: between two runs of a model busy in a loop, the calling
+// thread may wait for a core for some milliseconds, and another model starting a run then would
+// take every core for its whole run.
+constexpr auto kBusyAfterRun = std::chrono::milliseconds(20);
+
+std::mutex g_cpu_models_mutex;
+std::vector<dt_model*> g_cpu_models;  // the loaded CPU models, for counting the busy ones
+thread_local int t_pool_threads = 0;  // threads the calling thread's TVM pool was last set to use
+
+// The thread count TVM sizes each pool to (after DefaultThreadCount).
+int PoolSize() {
+  const char* value = std::getenv("TVM_NUM_THREADS");
+  if (value == nullptr) value = std::getenv("OMP_NUM_THREADS");
+  return std::max(value ? std::atoi(value) : 1, 1);
+}
+
+// Sets how many threads the calling thread's next parallel kernels use (reconfiguring only on a change).
+void UseThreads(int threads) {
+  if (t_pool_threads == threads) return;
+  static const ffi::Function configure = Global("runtime.config_threadpool");
+  const int kBigCores = 1;  // ThreadGroup::kBig: all cores on a machine without big.LITTLE
+  configure(kBigCores, threads);
+  t_pool_threads = threads;
+}
+
+}  // namespace
+
+// Marks `model` running while it lives (a CPU model) and sets the calling thread's threads for the run.
+class CpuShare {
+ public:
+  explicit CpuShare(dt_model* model);
+  ~CpuShare();
+  CpuShare(const CpuShare&) = delete;
+  CpuShare& operator=(const CpuShare&) = delete;
+
+ private:
+  dt_model* model_;
+};
+
+CpuShare::CpuShare(dt_model* model) : model_(model->device.device_type == kDLCPU ? model : nullptr) {
+  if (model_ == nullptr) return;
+  int busy = 0;
+  {
+    std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+    auto now = std::chrono::steady_clock::now();
+    for (const dt_model* other : g_cpu_models) {
+      const CpuActivity& activity = other->activity;
+      busy += other == model_ || activity.running || now - activity.last_end < kBusyAfterRun;
+    }
+    model_->activity.running = true;
+  }
+  int threads = model_->threads;
+  if (model_->share == DT_SHARE_FAIR) threads = std::max(1, std::min(threads, model_->pool / std::max(busy, 1)));
+  UseThreads(threads);
+}
+
+CpuShare::~CpuShare() {
+  if (model_ == nullptr) return;
+  std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+  model_->activity.running = false;
+  model_->activity.last_end = std::chrono::steady_clock::now();
 }
 
 // dt_load's steps, in the order it takes them. The int ones return DT_OK or Fail's code.
@@ -715,6 +805,29 @@ int LoadExecutable(dt_model* model) {
   return DT_OK;
 }
 
+// dt_load_ex's options with the defaults for what they leave out; DT_ERR_ARGUMENT when invalid.
+int ReadOptions(const dt_options* options, dt_options* out) {
+  std::memset(out, 0, sizeof(*out));
+  out->size = sizeof(*out);
+  if (options == nullptr) return DT_OK;
+  const size_t least = offsetof(dt_options, threads) + sizeof(int);
+  if (options->size < least || options->size > sizeof(dt_options)) {
+    return Fail(DT_ERR_ARGUMENT, "dt_load_ex: dt_options.size is " + std::to_string(options->size) +
+                                     ", not sizeof(dt_options) of this library (" + std::to_string(sizeof(dt_options)) +
+                                     "). Set size = sizeof(dt_options), from this package's deploytool.h");
+  }
+  std::memcpy(out, options, options->size);
+  if (out->threads < 0) {
+    return Fail(DT_ERR_ARGUMENT, "dt_load_ex: threads is " + std::to_string(out->threads) +
+                                     ". Pass 0 (all the cores) or a count of threads");
+  }
+  if (out->share != DT_SHARE_FAIR && out->share != DT_SHARE_NONE) {
+    return Fail(DT_ERR_ARGUMENT, "dt_load_ex: unknown share policy " + std::to_string(out->share) +
+                                     ". Pass DT_SHARE_FAIR or DT_SHARE_NONE");
+  }
+  return DT_OK;
+}
+
 }  // namespace
 
 extern "C" {
@@ -722,9 +835,16 @@ extern "C" {
 const char* dt_last_error(void) { return g_last_error.c_str(); }
 
 int dt_load(const char* package_dir, const char* device, dt_model** out) {
+  return dt_load_ex(package_dir, device, nullptr, out);
+}
+
+int dt_load_ex(const char* package_dir, const char* device, const dt_options* options, dt_model** out) {
   if (package_dir == nullptr || out == nullptr) return Fail(DT_ERR_ARGUMENT, "dt_load: null argument");
   *out = nullptr;
-  DefaultThreadCount();
+  dt_options given;
+  int code = ReadOptions(options, &given);
+  if (code != DT_OK) return code;
+  DefaultPoolSettings();
   DLDevice dl_device{kDLCPU, 0};
   bool package_device = device == nullptr || device[0] == '\0';  // the manifest's runtime.device
   if (!package_device && !ParseDevice(device, &dl_device)) {
@@ -732,8 +852,11 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   }
   auto model = std::make_unique<dt_model>();
   model->device = dl_device;
+  model->pool = PoolSize();
+  model->threads = given.threads == 0 ? model->pool : std::min(given.threads, model->pool);
+  model->share = given.share;
   RuntimeSpec runtime;
-  int code = ResolvePackageDir(package_dir, &model->dir);
+  code = ResolvePackageDir(package_dir, &model->dir);
   if (code == DT_OK) code = ReadPackageManifest(model.get(), &runtime);
   if (code == DT_OK) code = CheckMachine(runtime);
   if (code == DT_OK) code = CheckLibrarySize(model->dir, runtime.model_size);
@@ -742,11 +865,22 @@ int dt_load(const char* package_dir, const char* device, dt_model** out) {
   if (code == DT_OK && runtime.on_cuda()) code = PrepareCuda(model->dir, model->device, runtime.cuda_arch);
   if (code == DT_OK) code = LoadExecutable(model.get());
   if (code != DT_OK) return code;
+  if (model->device.device_type == kDLCPU) {
+    std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+    g_cpu_models.push_back(model.get());
+  }
   *out = model.release();
   return DT_OK;
 }
 
-void dt_free(dt_model* model) { delete model; }
+void dt_free(dt_model* model) {
+  if (model == nullptr) return;
+  {
+    std::lock_guard<std::mutex> guard(g_cpu_models_mutex);
+    g_cpu_models.erase(std::remove(g_cpu_models.begin(), g_cpu_models.end(), model), g_cpu_models.end());
+  }
+  delete model;
+}
 
 int dt_num_inputs(const dt_model* model) { return model ? static_cast<int>(model->inputs.size()) : -1; }
 int dt_num_outputs(const dt_model* model) { return model ? static_cast<int>(model->outputs.size()) : -1; }
@@ -777,6 +911,7 @@ static int RunShaped(dt_model* model, const Shapes& shapes, const void* const* i
   if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, what + ": " + wrong);
   std::lock_guard<std::mutex> guard(model->lock);
   try {
+    CpuShare share(model);
     bool on_cpu = model->device.device_type == kDLCPU;
     if (!on_cpu) SelectDevice(model->device);
     std::vector<ffi::Tensor> args;
@@ -884,6 +1019,7 @@ int dt_run_dlpack(dt_model* model, const DLTensor* const* inputs, DLManagedTenso
   if (!wrong.empty()) return Fail(DT_ERR_ARGUMENT, "dt_run_dlpack: " + wrong);
   std::lock_guard<std::mutex> guard(model->lock);
   try {
+    CpuShare share(model);
     if (model->device.device_type != kDLCPU) SelectDevice(model->device);
     std::vector<ffi::Tensor> args;
     for (size_t i = 0; i < model->inputs.size(); ++i) {

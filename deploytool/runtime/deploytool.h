@@ -3,7 +3,8 @@
  * Every function returning int returns DT_OK (0) on success or a DT_ERR_* code;
  * dt_last_error() then describes the failure (per thread).
  * A dt_model may be shared by threads: runs on one model are serialised by a lock.
- * For parallel throughput, load one model per thread.
+ * For parallel throughput, load one model per thread. Models running at once in one process share
+ * the CPU cores (see DT_SHARE_FAIR below).
  */
 #ifndef DEPLOYTOOL_H_
 #define DEPLOYTOOL_H_
@@ -49,6 +50,29 @@ const char* dt_last_error(void);
  * with one thread per core). */
 int dt_load(const char* package_dir, const char* device, dt_model** out);
 void dt_free(dt_model* model);
+
+/* Several models in one process share the CPU cores fairly by default: a run of a CPU model uses
+ * max(1, min(threads, pool / busy)) threads, where pool is the thread count above
+ * (TVM_NUM_THREADS or the physical cores), threads the model's own limit (dt_options.threads) and
+ * busy the number of CPU models running, or done with a run less than 20 ms ago, when it starts. Two models busy at once on
+ * 2 cores thus get a core each instead of taking turns for both; alone, a model gets them all.
+ * The count spans the models loaded through one copy of this library: link one package's
+ * libdeploytool.so and load every package through it. */
+#define DT_SHARE_FAIR 0  /* the default: split the cores among the runs in flight */
+#define DT_SHARE_NONE 1  /* always use `threads` threads, whatever else runs (pin threads yourself) */
+
+/* Options of dt_load_ex. Zero it ({0} or memset) and set size to sizeof(dt_options): later
+ * versions append fields, and dt_load_ex reads only the fields that `size` covers. */
+typedef struct {
+  size_t size;  /* sizeof(dt_options) */
+  int threads;  /* most CPU threads a run of this model uses; 0: the pool's count (see dt_load).
+                   Above the pool's count, the pool's count */
+  int share;    /* DT_SHARE_FAIR or DT_SHARE_NONE */
+} dt_options;
+
+/* dt_load with options; options NULL is dt_load. DT_ERR_ARGUMENT for an unknown size, a negative
+ * thread count or an unknown share policy. */
+int dt_load_ex(const char* package_dir, const char* device, const dt_options* options, dt_model** out);
 
 int dt_num_inputs(const dt_model* model);
 int dt_num_outputs(const dt_model* model);

@@ -36,11 +36,24 @@ struct TensorInfo {
 
 using Shape = std::vector<int64_t>;
 
+// dt_load_ex's options: threads 0 is all the cores; see DT_SHARE_FAIR in deploytool.h.
+struct LoadOptions {
+  int threads = 0;
+  int share = DT_SHARE_FAIR;
+};
+
 class Model {
  public:
   // device: "cpu", "cuda:N"; "" means the package's own device (cpu, or cuda:0 for a CUDA package)
   explicit Model(const std::string& package_dir, const std::string& device = "") {
     Check(dt_load(package_dir.c_str(), device.c_str(), &handle_));
+  }
+  Model(const std::string& package_dir, const std::string& device, const LoadOptions& options) {
+    dt_options given{};
+    given.size = sizeof(given);
+    given.threads = options.threads;
+    given.share = options.share;
+    Check(dt_load_ex(package_dir.c_str(), device.c_str(), &given, &handle_));
   }
   ~Model() { dt_free(handle_); }
   Model(const Model&) = delete;

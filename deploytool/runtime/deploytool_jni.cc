@@ -24,7 +24,7 @@ namespace {
 // The C API, resolved in JNI_OnLoad.
 struct Api {
   decltype(&::dt_last_error) last_error;
-  decltype(&::dt_load) load;
+  decltype(&::dt_load_ex) load_ex;
   decltype(&::dt_free) free;
   decltype(&::dt_num_inputs) num_inputs;
   decltype(&::dt_num_outputs) num_outputs;
@@ -53,7 +53,7 @@ std::string LoadApi() {
     ok = ok && *slot != nullptr;
   };
   resolve(&g_api.last_error, "dt_last_error");
-  resolve(&g_api.load, "dt_load");
+  resolve(&g_api.load_ex, "dt_load_ex");
   resolve(&g_api.free, "dt_free");
   resolve(&g_api.num_inputs, "dt_num_inputs");
   resolve(&g_api.num_outputs, "dt_num_outputs");
@@ -66,7 +66,7 @@ std::string LoadApi() {
 }  // namespace
 
 #define dt_last_error g_api.last_error
-#define dt_load g_api.load
+#define dt_load_ex g_api.load_ex
 #define dt_free g_api.free
 #define dt_num_inputs g_api.num_inputs
 #define dt_num_outputs g_api.num_outputs
@@ -136,9 +136,13 @@ bool Addresses(JNIEnv* env, dt_model* model, jobjectArray buffers, bool outputs,
 
 extern "C" {
 
-JNIEXPORT jlong JNICALL Java_ai_deploytool_NativeApi_load(JNIEnv* env, jclass, jbyteArray dir, jbyteArray device) {
+JNIEXPORT jlong JNICALL Java_ai_deploytool_NativeApi_load(JNIEnv* env, jclass, jbyteArray dir, jbyteArray device,
+                                                          jint threads) {
   dt_model* model = nullptr;
-  int code = dt_load(Bytes(env, dir).c_str(), Bytes(env, device).c_str(), &model);
+  dt_options options{};
+  options.size = sizeof(options);
+  options.threads = threads;
+  int code = dt_load_ex(Bytes(env, dir).c_str(), Bytes(env, device).c_str(), &options, &model);
   if (code != DT_OK) {
     Throw(env, code, dt_last_error());
     return 0;

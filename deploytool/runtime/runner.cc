@@ -35,9 +35,10 @@ const char* kUsage =
     "--verify     check model.so and the test vectors against their sha256 in manifest.json\n"
     "--self-test  verify, then run the package's test vectors against its reference outputs\n"
     "Every load checks model.so against its sha256 first; DEPLOYTOOL_SKIP_VERIFY=1 skips that.\n"
-    "--threads sets TVM_NUM_THREADS (TVM's CPU thread pool). Any of --warmup-ms (default 200),\n"
-    "--min-iters (50), --min-seconds (3) or --json runs a benchmark: warm-up, then timed runs until\n"
-    "both minimums are met; --json writes every latency, the statistics and the peak RSS.\n"
+    "--threads    CPU threads per run (dt_load_ex; default TVM_NUM_THREADS, else the physical cores).\n"
+    "Any of --warmup-ms (default 200), --min-iters (50), --min-seconds (3) or --json runs a\n"
+    "benchmark: warm-up, then timed runs until both minimums are met; --json writes every latency,\n"
+    "the statistics and the peak RSS.\n"
     "--profile    then times every kernel inside the model (CPU packages; at least 10 runs and 1 s)\n"
     "             and writes FILE: a line per kernel call, '<median us> <runs> <kernel>', in call order.\n";
 
@@ -158,6 +159,7 @@ std::vector<int64_t> ParseShape(const std::string& text) {
 
 struct BenchOptions {
   bool enabled = false;
+  int threads = 0;  // --threads; 0: the default
   double warmup_ms = 200;
   long min_iters = 50;
   double min_seconds = 3;
@@ -339,8 +341,9 @@ struct Args {
 bool ParseBenchOption(Args& args, BenchOptions* bench) {
   const std::string& arg = args.arg;
   if (arg == "--threads") {
-    std::string threads = std::to_string(ParseCount(arg, args.Value(), 1, kMaxThreads));
-    setenv("TVM_NUM_THREADS", threads.c_str(), 1);  // read when TVM starts its thread pool
+    bench->threads = static_cast<int>(ParseCount(arg, args.Value(), 1, kMaxThreads));
+    // TVM sizes its pool from TVM_NUM_THREADS, which may be below --threads
+    setenv("TVM_NUM_THREADS", std::to_string(bench->threads).c_str(), 1);
     return true;
   }
   if (arg == "--warmup-ms") {
@@ -625,7 +628,7 @@ void WriteOutputs(const std::string& output_dir, const std::vector<deploytool::T
 // Loads the package, runs it once, then whatever the options ask for. Throws on any error.
 void LoadAndRun(const Options& options, long rss_before_load_kb) {
   auto start = std::chrono::steady_clock::now();
-  deploytool::Model model(options.package, options.device);
+  deploytool::Model model(options.package, options.device, {options.bench.threads, DT_SHARE_FAIR});
   Startup startup{Millis(start), 0, rss_before_load_kb};
   std::vector<deploytool::TensorInfo> inputs = model.inputs(), outputs = model.outputs();
   Tensors tensors;

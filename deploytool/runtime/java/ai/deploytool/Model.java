@@ -23,7 +23,8 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  * }</pre>
  *
  * <p>Thread-safety: a model may be shared by threads. Runs on one model are serialised by the C
- * API's lock, so they take turns; load one model per thread to run in parallel. {@link #close}
+ * API's lock, so they take turns; load one model per thread to run in parallel. Models running at
+ * once share the CPU cores fairly (see {@link #load(Path, String, int)}). {@link #close}
  * waits for runs in progress, and a closed model throws on use.
  */
 public final class Model implements AutoCloseable {
@@ -53,9 +54,20 @@ public final class Model implements AutoCloseable {
    *     corrupted, or was compiled for features this machine lacks
    */
   public static Model load(Path packageDir, String device) {
+    return load(packageDir, device, 0);
+  }
+
+  /**
+   * Loads the package onto {@code device} with at most {@code threads} CPU threads per run (0: all
+   * the cores, TVM_NUM_THREADS or the physical cores). While several models run at once in the
+   * process, each run takes an equal share of the cores (dt_load_ex, DT_SHARE_FAIR).
+   *
+   * @throws DeploytoolException as {@link #load(Path, String)}, and for a negative thread count
+   */
+  public static Model load(Path packageDir, String device, int threads) {
     NativeApi.ensureLoaded();
     long handle = NativeApi.load(NativeApi.cString(NativeApi.pathText(packageDir)),
-        NativeApi.cString(device));
+        NativeApi.cString(device), threads);
     try {
       return new Model(packageDir, handle);
     } catch (RuntimeException error) {

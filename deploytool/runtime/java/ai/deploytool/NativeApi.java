@@ -73,8 +73,8 @@ final class NativeApi {
     return path.toString().isEmpty() ? "." : path.toString();
   }
 
-  /** dt_load; returns the dt_model pointer or throws DeploytoolException. */
-  static native long load(byte[] packageDir, byte[] device);
+  /** dt_load_ex with dt_options.threads; returns the dt_model pointer or throws DeploytoolException. */
+  static native long load(byte[] packageDir, byte[] device, int threads);
 
   /** dt_free. */
   static native void free(long model);
