@@ -121,25 +121,30 @@ def _cell(row: dict | None) -> str:
     return f"fails at {row.get('stage', '?')}"
 
 
-def write_table(rows: dict, path: Path, names: list[str]) -> None:
+def write_table(rows: dict, path: Path, names: list[str], family: bool = False) -> None:
     """Write the coverage table (one row per model, one column per format) and the details."""
     from .zoo import TRACED, TRACED_TWINS
 
     counted = {"pt": names, "pt2": [n for n in names if n not in TRACED_TWINS]}
     passed = {fmt: sum(1 for n in counted[fmt] if (rows.get(f"{n}.{fmt}") or {}).get("status")
                        == "passed") for fmt in FORMATS}
+    title, which, target = (
+        ("Model family coverage", "Each model of `FAMILY_ZOO` in `deploytool/testing/zoo.py`: "
+         "members of the public zoo's families (torchvision, Hugging Face, timm) that no test "
+         "builds, to check that the routes generalise", "make zoo-family") if family else
+        ("Public model coverage", "Each model of the public zoo (`deploytool/testing/zoo.py`: "
+         "torchvision, Hugging Face and timm architectures", "make zoo"))
     lines = [
-        "# Public model coverage",
+        f"# {title}",
         "",
-        "Each model of the public zoo (`deploytool/testing/zoo.py`: torchvision, Hugging Face and "
-        "timm architectures built in code with random weights, small inputs) compiled for `cpu` "
+        f"{which}, built in code with random weights and small inputs, compiled for `cpu` "
         "from a TorchScript file (`.pt`: scripted, or traced where marked) and from a "
         "torch.export archive (`.pt2`), then validated by deploytool's own rule against the "
-        "original model (and ONNX Runtime on the ONNX route). Written by `make zoo`.",
+        f"original model (and ONNX Runtime on the ONNX route). Written by `{target}`.",
         "",
         f"Passed: {passed['pt']}/{len(counted['pt'])} from .pt, "
-        f"{passed['pt2']}/{len(counted['pt2'])} from .pt2 (the `_traced` twins have no .pt2 row "
-        "of their own). "
+        f"{passed['pt2']}/{len(counted['pt2'])} from .pt2"
+        + ("" if family else " (the `_traced` twins have no .pt2 row of their own)") + ". "
         f"Generated {datetime.date.today().isoformat()} on {platform.machine()}, "
         f"{os.cpu_count()} cores.",
         "",
@@ -174,14 +179,17 @@ def write_table(rows: dict, path: Path, names: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .zoo import PUBLIC_ZOO, TRACED_TWINS
+    from .zoo import FAMILY_ZOO, PUBLIC_ZOO, TRACED_TWINS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="zoo model names [default: all public ones]")
     parser.add_argument("--formats", default="pt,pt2", help="pt, pt2 or both [pt,pt2]")
     parser.add_argument("--work", type=Path, default=Path("artifacts/zoo"),
                         help="model files, packages and results [artifacts/zoo]")
-    parser.add_argument("--table", type=Path, default=Path("docs/models-coverage.md"))
+    parser.add_argument("--table", type=Path, help="[docs/models-coverage.md, with --family "
+                        "docs/models-family-coverage.md]")
+    parser.add_argument("--family", action="store_true",
+                        help="the family members the tests never build (zoo.FAMILY_ZOO)")
     parser.add_argument("--again", action="store_true", help="recompile rows already recorded")
     parser.add_argument("--keep", action="store_true", help="keep model files and packages")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per compile [1800]")
@@ -192,12 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         row = compile_one(args.one[0], args.one[1], args.work, args.keep)
         args.json.write_text(json.dumps(row, indent=2, default=str) + "\n")
         return 0
-    names = args.models or list(PUBLIC_ZOO)
-    unknown = [n for n in names if n not in PUBLIC_ZOO]
+    zoo = FAMILY_ZOO if args.family else PUBLIC_ZOO
+    table = args.table or Path("docs") / ("models-family-coverage.md" if args.family
+                                          else "models-coverage.md")
+    names = args.models or list(zoo)
+    unknown = [n for n in names if n not in zoo]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; use {', '.join(PUBLIC_ZOO)}")
+        parser.error(f"unknown model(s) {', '.join(unknown)}; use {', '.join(zoo)}")
     formats = [f for f in args.formats.split(",") if f]
-    results = args.work / "results.json"
+    results = args.work / ("family-results.json" if args.family else "results.json")
     rows = json.loads(results.read_text()) if results.is_file() else {}
     args.work.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -211,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             rows[key] = row
             results.write_text(json.dumps(rows, indent=2, default=str) + "\n")
             print(f"{key:28} {_cell(row):48} {row.get('seconds', 0):7.1f} s", flush=True)
-    write_table(rows, args.table, list(PUBLIC_ZOO))
-    print(f"table written to {args.table}")
+    write_table(rows, table, list(zoo), family=args.family)
+    print(f"table written to {table}")
     return 0
 
 

@@ -401,10 +401,74 @@ PUBLIC_ZOO.update(TRACED_TWINS)
 TRACED = {name for name in PUBLIC_ZOO
           if name.startswith(("hf_", "timm_")) or name in TRACED_TWINS}
 
+
+
+def hf_model(config: str, model: str, inputs: tuple[str, ...] = ("input_ids",), seq: int = 8,
+             **kwargs):
+    """A Hugging Face model built from ``transformers.<config>(**kwargs)``, random weights,
+    taking int64 token inputs of length ``seq``."""
+    hf = _transformers()
+
+    built = getattr(hf, model)(_hf_config(getattr(hf, config), **kwargs)).eval()
+    return built, [TensorSpec(name, (1, seq), "int64") for name in inputs]
+
+
+_SMALL_HF = {"vocab_size": 100, "max_position_embeddings": 64}
+
+
+def hf_bart(seq: int = 8):
+    """Hugging Face BartModel (encoder-decoder), 1+1 layers of width 32, called with input_ids
+    and decoder_input_ids (its first and third argument): the decoder's hidden states."""
+    from torch import nn
+    hf = _transformers()
+
+    config = _hf_config(hf.BartConfig, return_dict=True, d_model=32, encoder_layers=1,
+                        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, use_cache=False, **_SMALL_HF)
+
+    class Bart(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bart = hf.BartModel(config)
+
+        def forward(self, input_ids, decoder_input_ids):
+            return self.bart(input_ids=input_ids,
+                             decoder_input_ids=decoder_input_ids).last_hidden_state
+
+    return Bart().eval(), [TensorSpec("input_ids", (1, seq), "int64"),
+                           TensorSpec("decoder_input_ids", (1, seq), "int64")]
+# Members of the public zoo's families that the tests never build: ``make zoo-family`` checks
+# that the routes generalise beyond the models they were developed on.
+FAMILY_ZOO: dict[str, Callable] = {
+    **{f"tv_{arch}": _bind(tv_classifier, arch, **kwargs) for arch, kwargs in (
+        ("alexnet", {}), ("vgg11_bn", {"size": 32}), ("resnext50_32x4d", {"size": 32}),
+        ("mobilenet_v3_large", {}), ("efficientnet_v2_s", {}), ("regnet_y_400mf", {}),
+        ("shufflenet_v2_x1_0", {}))},
+    "tv_r2plus1d_18": _bind(tv_video, "r2plus1d_18"),
+    "tv_deeplabv3_resnet50": _bind(tv_segmentation, "deeplabv3_resnet50", size=32),
+    "hf_roberta": _bind(hf_model, "RobertaConfig", "RobertaModel", hidden_size=32,
+                        num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        **_SMALL_HF),
+    "hf_albert": _bind(hf_model, "AlbertConfig", "AlbertModel", embedding_size=16,
+                       hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, **_SMALL_HF),
+    "hf_llama": _bind(hf_model, "LlamaConfig", "LlamaModel", hidden_size=32,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, use_cache=False, **_SMALL_HF),
+    "hf_bart": hf_bart,
+    "timm_convnext_atto": _bind(timm_model, "convnext_atto"),
+    "timm_mobilevit_xxs": _bind(timm_model, "mobilevit_xxs"),
+    "timm_deit_tiny": _bind(timm_model, "deit_tiny_patch16_224", size=32, img_size=32,
+                            patch_size=8),
+    "timm_regnety_002": _bind(timm_model, "regnety_002"),
+}
+TRACED |= {name for name in FAMILY_ZOO if name.startswith(("hf_", "timm_"))}
+
 ZOO: dict[str, Callable] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18,
                             "mobilenet_v2": mobilenet_v2, "transformer": transformer,
                             "gru": gru, "lstm": lstm, "control_flow": control_flow,
-                            "dynamic_loop": dynamic_loop, "two_io": two_io, **PUBLIC_ZOO}
+                            "dynamic_loop": dynamic_loop, "two_io": two_io, **PUBLIC_ZOO,
+                            **FAMILY_ZOO}
 
 
 def build_zoo_model(name: str, seed: int = 0, **kwargs):
