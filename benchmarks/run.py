@@ -24,7 +24,7 @@ from deploytool.bench.timing import (  # noqa: E402
 )
 from deploytool.errors import DeploytoolError  # noqa: E402
 from deploytool.tensors import TensorSpec  # noqa: E402
-from deploytool.testing.zoo import ZOO  # noqa: E402
+from deploytool.testing.zoo import TRACED, ZOO  # noqa: E402
 
 # The peers every model is timed beside; OpenVINO where it is installed (pip install openvino).
 PEERS = ("onnxruntime", "openvino", "torchscript") if importlib.util.find_spec("openvino") \
@@ -66,6 +66,13 @@ CASES = [
     Case("resnet18", ZOO["resnet18"], warmup_ms=0, min_iters=6),
     Case("mobilenet_v2", ZOO["mobilenet_v2"], min_iters=15),
     Case("transformer", transformer_encoder),
+    # The public zoo's CNN families (depthwise + squeeze-and-excite + swish, grouped
+    # convolutions, 7x7 depthwise + LayerNorm, fire modules, channel shuffles, odd channel
+    # counts, small images) and transformers (Hugging Face, timm), at the zoo's sizes.
+    *(Case(name, ZOO[name], min_iters=20) for name in (
+        "tv_efficientnet_b0", "tv_mobilenet_v3_small", "tv_mnasnet0_5", "tv_regnet_x_400mf",
+        "tv_convnext_tiny", "tv_squeezenet1_1", "tv_shufflenet_v2_x0_5", "tv_densenet121",
+        "timm_resnet10t", "hf_vit", "hf_bert", "hf_distilbert", "timm_vit_tiny")),
 ]
 
 
@@ -88,7 +95,8 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
     torch.manual_seed(0)
     module, inputs = case.build()
     row = Row(case, ", ".join(map(str, inputs)))
-    model = save_torchscript(module, inputs, work / f"{case.name}.pt")
+    model = save_torchscript(module, inputs, work / f"{case.name}.pt",
+                             trace=case.name in TRACED)
     print(f"\n== {case.name}: compile for cpu", flush=True)
     try:
         package = compile_model(CompileOptions(model=model, output=work / case.name, force=True,
@@ -112,6 +120,21 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
     print(f"== {case.name}: bench\n{options.display()}", flush=True)
     row.result = bench_package(options, log=lambda line: print(line, flush=True))
     return row
+
+
+def geometric_means(rows: list[Row]) -> str:
+    """One line: each peer's geometric mean ratio over the models measured."""
+    import math
+
+    measured = [row.result for row in rows if row.result is not None]
+    if not measured:
+        return "No model was measured."
+    def mean(peer: str) -> float:
+        return math.exp(sum(math.log(r.ratio(peer)) for r in measured) / len(measured))
+
+    means = [f"{LABELS[p]} {mean(p):.2f}x" for p in PEERS]
+    return (f"Geometric mean of the ratios over the {len(measured)} models measured: "
+            + ", ".join(means) + " (above 1: the package is faster).")
 
 
 def _mib(kb: int) -> str:
@@ -171,6 +194,7 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         memory = [_mib(r.get(n).peak_rss_kb) for n in ("package", *PEERS)]
         lines.append(f"| {name} | {row.inputs} | {row.compile_s:.1f} s | {row.tuning} | "
                      + " | ".join(cells + memory) + " |")
+    lines += ["", geometric_means(rows)]
     lines += ["", "## Every figure", "",
               "First inference: the model load, then its first run, each the median over the "
               "rounds' fresh processes. Peak RSS in brackets: the process before loading (for "
