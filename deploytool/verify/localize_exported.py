@@ -30,12 +30,14 @@ from .localize import (
 )
 from .references import compiled_model_file
 
-# aten operators that only move, view or copy data: not a layer of their own.
+# aten operators that only move, view or copy data, or make new tensors: not a layer.
 MOVES = {"view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "squeeze",
          "unsqueeze", "select", "slice", "clone", "alias", "detach", "contiguous", "flatten",
          "unflatten", "as_strided", "split", "split_with_sizes", "unbind", "chunk",
          "lift_fresh_copy", "_to_copy", "view_copy", "expand_copy", "permute_copy",
-         "slice_copy", "select_copy", "squeeze_copy", "unsqueeze_copy", "t_copy"}
+         "slice_copy", "select_copy", "squeeze_copy", "unsqueeze_copy", "t_copy",
+         # tensors that take only their input's shape
+         "full_like", "zeros_like", "ones_like", "empty_like", "new_zeros", "new_ones"}
 
 
 def localize_exported(package: Package, options, log) -> Localization:
