@@ -1,7 +1,9 @@
 """Validation that a miscompile cannot slip through: vacuous outputs, real-looking inputs, and
 deliberately wrong builds that validation catches and --localize pins to their layer."""
 
+import functools
 import json
+import re
 
 import numpy as np
 import onnx
@@ -16,7 +18,7 @@ from deploytool.frontends.load import load_model, to_onnx
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.testing.inject import drop_bias, injected, scale_weight, transpose_kernel
-from deploytool.testing.zoo import ZOO
+from deploytool.testing.zoo import ZOO, build_zoo_model, save_exported
 from deploytool.verify.inputs import integer_ranges, make_inputs
 from deploytool.verify.validate import find_vacuous
 
@@ -190,3 +192,82 @@ def test_the_bound_follows_the_references_own_spread_up_to_a_limit():
     assert any("output 'y': the references differ by 0.0002" in n for n in notes)
     same = [(None, {"onnxruntime": [ref, ref], "torchscript": [ref, ref]})]
     assert _error_bounds(package, same, ValidationOptions(), []) == {"y": 1e-4, "z": 1e-4}
+
+
+# ---------------------------------------------------------------------------------------------
+# The same on the torch.export route: faults in a program's parameters, --localize on the FX graph
+
+
+class _Branches(nn.Module):
+    """Two branches of the input added: a fault in the short one shows in no node of the long
+    one, so a bisection that looked only at the node it cuts after would pass it by."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = nn.Conv2d(3, 8, 3, padding=1)
+        self.right = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3, padding=1))
+
+    def forward(self, x):
+        return torch.relu(self.left(x) + self.right(x)).mean((2, 3))
+
+
+def _branches():
+    torch.manual_seed(0)
+    return _Branches().eval(), [TensorSpec("x", (1, 3, 16, 16))]
+
+
+# model -> (how to build it, the layer the fault goes into)
+EXPORTED = {"cnn": (lambda: build_zoo_model("cnn"), "4"),
+            "transformer": (lambda: build_zoo_model("transformer"),
+                            "encoder.layers.1.self_attn.out_proj"),
+            "branches": (_branches, "left")}
+LOCALIZED = re.compile(r"first differing layer: aten\.\w+ node '\w+' \(module '([^']*)', "
+                       r"weights ([^)]*)\)")
+
+
+@pytest.fixture(scope="module")
+def zoo_pt2(tmp_path_factory):
+    def save(name):
+        model, inputs = EXPORTED[name][0]()
+        return save_exported(model, inputs, tmp_path_factory.mktemp(name) / f"{name}.pt2")
+
+    return functools.cache(save)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_fault_in_a_torch_export_program_fails_validation_and_is_localised(
+        name, fault, zoo_pt2, compile_package, tmp_path, monkeypatch):
+    if name == "branches" and fault != "scale-1.001":
+        pytest.skip("one fault shows the branches are followed")
+    pt2 = zoo_pt2(name)
+    assert compile_package(pt2, java=False).manifest["validation"]["status"] == "passed"
+    layer = EXPORTED[name][1]
+    with injected(monkeypatch, FAULTS[fault], layer):
+        result = invoke("compile", pt2, "-o", tmp_path / "bad", "--no-java", "--allow-mismatch")
+        assert "validation FAILED" in result.output, result.output
+        result = invoke("validate", tmp_path / "bad", "--localize")
+    assert result.exit_code == 1
+    found = LOCALIZED.search(result.output)
+    assert found, result.output
+    module, weights = found.group(1), found.group(2).split(", ")
+    assert f"{layer}.{FAULTS[fault].tensor}" in weights, result.output
+    assert layer.startswith(module), result.output  # MultiheadAttention runs out_proj itself
+
+
+def test_localize_names_the_missing_torch_export_model_in_one_line(tmp_path):
+    from types import SimpleNamespace
+
+    from deploytool.errors import DeploytoolError
+    from deploytool.verify.localize import localize_package
+    from deploytool.verify.validate import ValidationOptions
+
+    package = SimpleNamespace(path=tmp_path, manifest={
+        "model": {"format": "torch.export", "sha256": "0" * 64},
+        "compile_options": {"model": str(tmp_path / "gone.pt2")}})
+    with pytest.raises(DeploytoolError) as err:
+        localize_package(package, ValidationOptions())
+    assert "gone.pt2" in err.value.what and "--model" in err.value.fix

@@ -134,10 +134,10 @@ class _Graph:
 
     def live(self, last) -> list:
         """The tensors computed from the inputs up to ``last`` that a later node (or the
-        output) still reads."""
+        output) still reads (the inputs themselves cannot differ)."""
         end = self.position[last]
         return [n for n in self.order[:end + 1]
-                if n in self.dependent and _is_tensor(n)
+                if n in self.dependent and n.op != "placeholder" and _is_tensor(n)
                 and any(self.position[u] > end for u in n.users)]
 
     def reported(self, node):
