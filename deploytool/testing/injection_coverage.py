@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .inject import Fault, drop_bias, scale_weight, transpose_kernel
 
 FAULTS: dict[str, Fault] = {"scale-1.001": scale_weight(1.001), "drop-bias": drop_bias,
@@ -29,24 +31,28 @@ FAULTS: dict[str, Fault] = {"scale-1.001": scale_weight(1.001), "drop-bias": dro
 
 def onnx_layers(proto, tensor: str) -> list[str]:
     """Names of the Conv, Gemm and MatMul nodes whose weight is an initializer (and, for
-    ``bias``, that hold their bias: input 2), in graph order."""
-    weights = {i.name for i in proto.graph.initializer}
+    ``bias``, whose bias, input 2, is one and not all zero), in graph order."""
+    from onnx import numpy_helper
+
+    values = {i.name: i for i in proto.graph.initializer}
+
+    def changeable(name: str) -> bool:
+        return name in values and bool(np.any(numpy_helper.to_array(values[name])))
+
+    index = 1 if tensor == "weight" else 2
     return [n.name for n in proto.graph.node
-            if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1
-            and n.input[1] in weights and (tensor == "weight" or len(n.input) > 2)]
+            if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in values
+            and len(n.input) > index and changeable(n.input[index])]
 
 
 def program_layers(program, tensor: str) -> list[str]:
-    """Module paths whose ``weight`` is a matrix or kernel (and, for ``bias``, with a bias),
-    in the program's parameter order; modules with only a bias (norms) when no such layer has
-    one."""
-    names = set(program.state_dict)
-    layered = [n[:-len(".weight")] for n in program.state_dict if n.endswith(".weight")
-               and program.state_dict[n].ndim >= 2]
+    """Module paths whose ``weight`` is a matrix or kernel (and, for ``bias``, whose bias is not
+    all zero: a zero bias dropped changes nothing), in the program's parameter order."""
+    state = program.state_dict
+    layered = [n[:-len(".weight")] for n in state if n.endswith(".weight") and state[n].ndim >= 2]
     if tensor == "weight":
         return layered
-    with_bias = [m for m in layered if f"{m}.bias" in names]
-    return with_bias or [n[:-len(".bias")] for n in program.state_dict if n.endswith(".bias")]
+    return [m for m in layered if f"{m}.bias" in state and bool(state[f"{m}.bias"].any())]
 
 
 def middle(layers: list[str]) -> str | None:
@@ -166,7 +172,7 @@ def _cell(entry: dict | None) -> str:
     if entry is None:
         return "not run"
     if entry.get("layer") is None:
-        return "no such layer"
+        return "no layer to change"
     if entry.get("error"):
         return "compile failed"
     if entry.get("status") != "failed":
@@ -199,8 +205,10 @@ def write_table(rows: dict, path: Path, commit: str) -> None:
         "`--localize` runs on each that fails. On the ONNX route (`.pt`) the layer is a Conv, "
         "Gemm or MatMul node and localised means `--localize` named that node; on the "
         "torch.export route (`.pt2`) the layer is a module and localised means the node it "
-        "named reads the changed parameter. Written by `python -m "
-        "deploytool.testing.injection_coverage`.",
+        "named reads the changed parameter. \"No layer to change\" means no such layer has a "
+        "bias that is not all zero (torchvision and Hugging Face initialise biases to zero; "
+        "on the ONNX route batch norms folded into convolutions give them one). Written by "
+        "`python -m deploytool.testing.injection_coverage`.",
         "",
         f"Caught {caught}/{len(entries)} faults, localised {localized}/{len(entries)}. "
         f"Generated {datetime.date.today().isoformat()} at commit {commit} on "
