@@ -273,3 +273,13 @@ def test_localize_names_the_missing_torch_export_model_in_one_line(tmp_path):
     with pytest.raises(DeploytoolError) as err:
         localize_package(package, ValidationOptions())
     assert "gone.pt2" in err.value.what and "--model" in err.value.fix
+
+
+def test_zoo_injection_changes_only_biases_that_are_not_zero():
+    from deploytool.testing.injection_coverage import program_layers
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.LayerNorm(4))
+    nn.init.zeros_(model[2].bias)
+    program = torch.export.export(model.eval(), (torch.randn(1, 4),))
+    assert program_layers(program, "weight") == ["0", "2"]  # not the norm's vector
+    assert program_layers(program, "bias") == ["0"]
