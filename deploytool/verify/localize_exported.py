@@ -174,8 +174,6 @@ def _is_tensor(node) -> bool:
 
 def _is_layer(node) -> bool:
     """A call whose float result a layer computed (not a view, copy or index)."""
-    import torch
-
     if node.op != "call_function" or not _is_tensor(node):
         return False
     if not node.meta["val"].dtype.is_floating_point:
@@ -185,7 +183,7 @@ def _is_layer(node) -> bool:
                                   isinstance(source.meta.get("val"), tuple | list)):
         return False
     name = str(source.target).split(".")
-    return not (len(name) > 1 and name[1] in MOVES) and source.target is not torch.ops.aten.sym_size
+    return not (len(name) > 1 and name[1] in MOVES)
 
 
 class _Cut:
