@@ -84,12 +84,13 @@ def first_failing(count: int, compare_at: Callable[[int], Comparison]
 
 
 def localize_package(package: Package, options, log: Log | None = None) -> Localization:
-    """Bisect the package's model.onnx for the first operator whose output differs.
+    """Bisect the package's model.onnx (or, without one, its torch.export program) for the
+    first operator whose output differs.
 
     Parameters
     ----------
     package : Package
-        A CPU package compiled from TorchScript or ONNX (it holds model.onnx).
+        A CPU package.
     options : ValidationOptions
         The seed, ranges and bounds of the validation that failed.
     log : callable, optional
