@@ -1,13 +1,16 @@
-"""Find the first layer where a package's numbers part from ONNX Runtime's.
+"""Find the first layer where a package's numbers part from its reference's.
 
-The package's model.onnx is cut after one operator at a time (``onnx.utils.Extractor``), and
-each cut is imported and built exactly as the package was (same target, same schedules and
-tuning database) and run beside ONNX Runtime on the same inputs. A bisection over the operators
-in graph order finds the first whose output fails the validation rule, in about log2(N) builds.
+A package built from ONNX has its model.onnx cut after one operator at a time
+(``onnx.utils.Extractor``), and each cut is imported and built exactly as the package was (same
+target, same schedules and tuning database) and run beside ONNX Runtime on the same inputs. A
+bisection over the operators in graph order finds the first whose output fails the validation
+rule, in about log2(N) builds. A package built from a torch.export program is cut the same way
+in its FX graph (see localize_exported.py) and compared with eager PyTorch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,26 +46,51 @@ class Localization:
     operators: int  # candidates in the graph
     builds: int  # cuts built to find it
     notes: list[str] = field(default_factory=list)
+    reference: str = "ONNX Runtime"
+    module: str | None = None  # a torch.export node's module path (nn_module_stack)
+    weights: list[str] = field(default_factory=list)  # the parameters the node reads
 
     def format(self) -> str:
         if self.node is None:
-            return ("localize: every operator's output matches ONNX Runtime when built alone "
-                    f"({self.builds} builds of {self.operators} operators); the difference "
-                    "comes from how the whole model is built (fusion across layers)")
+            return (f"localize: every operator's output matches {self.reference} when built "
+                    f"alone ({self.builds} builds of {self.operators} operators); the "
+                    "difference comes from how the whole model is built (fusion across layers)")
         c = self.comparison
-        return (f"localize: first differing layer: {self.op} node '{self.node}' (output "
-                f"'{self.tensor}'): scaled error {c.scaled_error:.3g} (bound {c.max_error:g}), "
+        return (f"localize: first differing layer: {self.op} node '{self.node}' "
+                f"({self._where()}): scaled error {c.scaled_error:.3g} (bound {c.max_error:g}), "
                 f"max abs {c.max_abs_error:.3g}, cosine {c.cosine:.6f} "
                 f"({self.builds} builds, {self.operators} operators)")
 
+    def _where(self) -> str:
+        if self.module is None:
+            return f"output '{self.tensor}'"
+        weights = f", weights {', '.join(self.weights)}" if self.weights else ""
+        return f"module '{self.module or '(top level)'}'{weights}"
+
+
+def first_failing(count: int, compare_at: Callable[[int], Comparison]
+                  ) -> tuple[int, Comparison] | None:
+    """The smallest index in [0, count) whose comparison fails, by bisection (it assumes that
+    once one fails, every later one does); None when the last passes."""
+    low, high, found = 0, count - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        comparison = compare_at(middle)
+        if comparison.passed:
+            low = middle + 1
+        else:
+            found, high = (middle, comparison), middle - 1
+    return found
+
 
 def localize_package(package: Package, options, log: Log | None = None) -> Localization:
-    """Bisect the package's model.onnx for the first operator whose output differs.
+    """Bisect the package's model.onnx (or, without one, its torch.export program) for the
+    first operator whose output differs.
 
     Parameters
     ----------
     package : Package
-        A CPU package compiled from TorchScript or ONNX (it holds model.onnx).
+        A CPU package.
     options : ValidationOptions
         The seed, ranges and bounds of the validation that failed.
     log : callable, optional
@@ -72,26 +100,17 @@ def localize_package(package: Package, options, log: Log | None = None) -> Local
 
     log = log or (lambda _line: None)
     path = package.path / "model.onnx"
-    if not path.is_file():
-        raise DeploytoolError(f"--localize needs the package's model.onnx, and {package.path} "
-                              "was compiled from a torch.export program",
-                              "Compile the TorchScript (.pt) or ONNX form of the model")
+    if not path.is_file():  # built from a torch.export program (a .pt2, or a re-traced .pt)
+        from .localize_exported import localize_exported
+
+        return localize_exported(package, options, log)
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    target = _package_target(package)
+    target = package_target(package)
     candidates = _candidates(proto)
-    sizes = example_sizes(package.inputs)
-    ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
-    arrays = make_inputs(package.inputs, options.seed, options.ranges, sizes, ranges)
+    arrays = validation_arrays(package, options)
     feeds = {s.name: a for s, a in zip(package.inputs, arrays, strict=True)}
     cut = _Cut(proto, package, target, feeds, options.max_error, log)
-    low, high, found = 0, len(candidates) - 1, None
-    while low <= high:
-        middle = (low + high) // 2
-        comparison = cut.compare(*candidates[middle])
-        if comparison.passed:
-            low = middle + 1
-        else:
-            found, high = (middle, comparison), middle - 1
+    found = first_failing(len(candidates), lambda i: cut.compare(*candidates[i]))
     if found is None:
         return Localization(None, None, None, None, len(candidates), cut.builds)
     node, tensor = candidates[found[0]]
@@ -114,7 +133,37 @@ def _candidates(proto) -> list[tuple]:
     return found
 
 
-def _package_target(package: Package) -> TargetSpec:
+def validation_arrays(package: Package, options) -> list[np.ndarray]:
+    """The first sample of the validation's inputs, at one size of any symbolic dimension."""
+    ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
+    return make_inputs(package.inputs, options.seed, options.ranges,
+                       example_sizes(package.inputs), ranges)
+
+
+def package_settings(package: Package) -> TuneSettings:
+    """The tuning settings the package was compiled with (its tuning database)."""
+    db = (package.manifest.get("compile_options") or {}).get("tuning", {}).get("db")
+    return TuneSettings(db=Path(db) if db else None)
+
+
+def build_and_run(mod, target: TargetSpec, settings: TuneSettings, arrays: list[np.ndarray],
+                  what: str) -> list[np.ndarray]:
+    """Build ``mod`` as a package is built and run it here on ``arrays``; its outputs."""
+    import tvm
+    from tvm import relax
+
+    pipeline, _ = schedule_build(target, settings)
+    try:
+        executable = compile_executable(mod, target, pipeline)
+    except DeploytoolError as err:
+        raise DeploytoolError(f"--localize could not build the model cut after {what} "
+                              f"({last_line(err)})", "Report it with the model") from err
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    result = vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
+    return [result.numpy()] if hasattr(result, "numpy") else [r.numpy() for r in result]
+
+
+def package_target(package: Package) -> TargetSpec:
     entry = dict(package.manifest["target"])
     target = dict(entry["target"])
     if target.get("mcpu") == "native" and entry.get("resolved_cpu"):
@@ -134,8 +183,7 @@ class _Cut:
         self.proto, self.package, self.target = proto, package, target
         self.feeds, self.max_error, self.log = feeds, max_error, log
         self.builds = 0
-        db = (package.manifest.get("compile_options") or {}).get("tuning", {}).get("db")
-        self.settings = TuneSettings(db=Path(db) if db else None)
+        self.settings = package_settings(package)
 
     def compare(self, node, tensor: str) -> Comparison:
         import onnx
@@ -153,22 +201,11 @@ class _Cut:
         return result
 
     def _run(self, sub, feeds: dict, tensor: str, expected: np.ndarray) -> np.ndarray:
-        import tvm
-        from tvm import relax
-
         specs = [TensorSpec(n, tuple(a.shape), str(a.dtype)) for n, a in feeds.items()]
         output = TensorSpec(tensor, tuple(expected.shape), str(expected.dtype))
         imported = import_model(OnnxModel(sub, specs, [output]))
-        pipeline, _ = schedule_build(self.target, self.settings)
-        try:
-            executable = compile_executable(imported.mod, self.target, pipeline)
-        except DeploytoolError as err:
-            raise DeploytoolError(f"--localize could not build the model cut after '{tensor}' "
-                                  f"({last_line(err)})", "Report it with the model") from err
-        vm = relax.VirtualMachine(executable, tvm.cpu())
-        result = vm["main"](*[tvm.runtime.tensor(a) for a in feeds.values()])
-        first = result if hasattr(result, "numpy") else result[0]
-        return first.numpy()
+        return build_and_run(imported.mod, self.target, self.settings, list(feeds.values()),
+                             f"'{tensor}'")[0]
 
 
 def _saved(proto) -> bytes:
