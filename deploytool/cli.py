@@ -304,11 +304,7 @@ def tune(model, target, inputs, trials, time_budget, db, rpc_tracker, rpc_key, r
 
 
 @main.command()
-@click.argument("packages", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--together", is_flag=True,
-              help="Load every PACKAGE in one process and run them at once, a thread each; "
-                   "report each one's latency alone and together (--compare onnxruntime: the "
-                   "same with ONNX Runtime sessions).")
+@click.argument("package", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path),
               help="The TorchScript model [default: the compiled file, if unchanged].")
 @torch_library_option
