@@ -19,8 +19,7 @@ from ..errors import DeploytoolError
 from ..frontends.model import ExportedModel
 from ..importer.relax import import_model
 from ..package.manifest import Package
-from .comparison import Comparison, compare
-from .localize import (
+from .bisection import (
     Localization,
     build_and_run,
     first_failing,
@@ -28,6 +27,7 @@ from .localize import (
     package_target,
     validation_arrays,
 )
+from .comparison import Comparison, compare
 from .references import compiled_model_file
 
 # aten operators that only move, view or copy data, or make new tensors: not a layer.
