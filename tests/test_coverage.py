@@ -33,3 +33,20 @@ def test_table_rows_cells_and_failures(tmp_path):
 def test_public_zoo_saves_hugging_face_models_traced():
     assert {"hf_bert", "hf_gpt2", "timm_resnet10t", "tv_swin_traced"} <= TRACED
     assert "tv_swin" in PUBLIC_ZOO and "tv_swin" not in TRACED
+
+
+def test_family_zoo_is_apart_from_the_public_zoo_and_has_its_own_table(tmp_path):
+    from deploytool.testing.zoo import FAMILY_ZOO, ZOO
+
+    assert not set(FAMILY_ZOO) & set(PUBLIC_ZOO)  # members no test builds
+    assert set(FAMILY_ZOO) <= set(ZOO) and {"hf_llama", "timm_deit_tiny"} <= TRACED
+    rows = {"hf_llama.pt": {"status": "passed", "route": "torchscript -> torch.export -> relax",
+                            "outputs": ["output"], "notes": []},
+            "hf_llama.pt2": {"status": "passed", "route": "torch.export -> relax", "notes": []}}
+    table = tmp_path / "family.md"
+    write_table(rows, table, ["hf_llama"], family=True)
+    text = table.read_text()
+    assert text.startswith("# Model family coverage") and "make zoo-family" in text
+    assert "Passed: 1/1 from .pt, 1/1 from .pt2." in text
+    row = "| hf_llama | passed (re-traced) | traced: ts -> torch.export | passed | output |"
+    assert row in text
