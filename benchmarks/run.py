@@ -113,8 +113,10 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
         row.tuning = f"{tuning['from_database']}/{tuning['tasks']} kernels from the database"
     elif tuning.get("default"):
         row.tuning = "default schedules"
+    # ONNX Runtime and OpenVINO run the package's model.onnx; a re-traced model has none.
+    peers = PEERS if (package.path / "model.onnx").is_file() else ("torchscript",)
     options = BenchOptions(package=package.path, model=model,
-                           compare=PEERS, warmup_ms=case.warmup_ms,
+                           compare=peers, warmup_ms=case.warmup_ms,
                            min_iters=max(1, round(case.min_iters * scale)),
                            min_seconds=case.min_seconds * scale, threads=threads, rounds=rounds)
     print(f"== {case.name}: bench\n{options.display()}", flush=True)
@@ -129,12 +131,18 @@ def geometric_means(rows: list[Row]) -> str:
     measured = [row.result for row in rows if row.result is not None]
     if not measured:
         return "No model was measured."
-    def mean(peer: str) -> float:
-        return math.exp(sum(math.log(r.ratio(peer)) for r in measured) / len(measured))
 
-    means = [f"{LABELS[p]} {mean(p):.2f}x" for p in PEERS]
-    return (f"Geometric mean of the ratios over the {len(measured)} models measured: "
-            + ", ".join(means) + " (above 1: the package is faster).")
+    def mean(peer: str) -> str:
+        ratios = [r.ratio(peer) for r in measured if _has(r, peer)]
+        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan")
+        return f"{LABELS[peer]} {geomean:.2f}x over {len(ratios)}"
+
+    return ("Geometric mean of the ratios (models measured): " + ", ".join(map(mean, PEERS))
+            + " (above 1: the package is faster).")
+
+
+def _has(result: BenchResult, backend: str) -> bool:
+    return any(b.name == backend for b in result.backends)
 
 
 def _mib(kb: int) -> str:
@@ -190,8 +198,9 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         r = row.result
         cells = [format_ms(r.get("package").stats.p50_ms)]
         for other in PEERS:
-            cells.append(f"{format_ms(r.get(other).stats.p50_ms)} ({r.ratio(other):.2f}x)")
-        memory = [_mib(r.get(n).peak_rss_kb) for n in ("package", *PEERS)]
+            cells.append(f"{format_ms(r.get(other).stats.p50_ms)} ({r.ratio(other):.2f}x)"
+                         if _has(r, other) else "- (no model.onnx)")
+        memory = [_mib(r.get(n).peak_rss_kb) if _has(r, n) else "-" for n in ("package", *PEERS)]
         lines.append(f"| {name} | {row.inputs} | {row.compile_s:.1f} s | {row.tuning} | "
                      + " | ".join(cells + memory) + " |")
     lines += ["", geometric_means(rows)]
