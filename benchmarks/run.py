@@ -9,7 +9,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,15 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
                            min_iters=max(1, round(case.min_iters * scale)),
                            min_seconds=case.min_seconds * scale, threads=threads, rounds=rounds)
     print(f"== {case.name}: bench\n{options.display()}", flush=True)
-    row.result = bench_package(options, log=lambda line: print(line, flush=True))
+    try:
+        row.result = bench_package(options, log=lambda line: print(line, flush=True))
+    except DeploytoolError as err:  # a peer that cannot run the model: time the others
+        failed = [p for p in peers if f"the {p} backend failed" in str(err)]
+        if not failed:
+            raise
+        print(f"  {failed[0]} left out: {err}", flush=True)
+        options = replace(options, compare=tuple(p for p in peers if p != failed[0]))
+        row.result = bench_package(options, log=lambda line: print(line, flush=True))
     return row
 
 
@@ -183,7 +191,9 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         "is cached between models; validation not included). "
         "Latency is the p50 of the timed runs; the ratio is the backend's p50 over the package's "
         "(the package is 1.00x; below 1 the backend is faster). Memory is the peak resident set "
-        "(VmHWM) of the process that ran the backend.",
+        "(VmHWM) of the process that ran the backend. A dash: the backend could not run the "
+        "model (a re-traced model has no model.onnx for ONNX Runtime and OpenVINO; OpenVINO "
+        "failed to convert it).",
         "",
         "| model | input | compile | tuning | package p50 | "
         + " | ".join(f"{LABELS[p]} p50" for p in PEERS) + " | package peak RSS | "
@@ -199,7 +209,7 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         cells = [format_ms(r.get("package").stats.p50_ms)]
         for other in PEERS:
             cells.append(f"{format_ms(r.get(other).stats.p50_ms)} ({r.ratio(other):.2f}x)"
-                         if _has(r, other) else "- (no model.onnx)")
+                         if _has(r, other) else "-")
         memory = [_mib(r.get(n).peak_rss_kb) if _has(r, n) else "-" for n in ("package", *PEERS)]
         lines.append(f"| {name} | {row.inputs} | {row.compile_s:.1f} s | {row.tuning} | "
                      + " | ".join(cells + memory) + " |")
