@@ -342,3 +342,28 @@ def test_openvino_runs_as_a_peer_on_the_same_inputs(mlp_copy):
     np.testing.assert_allclose(openvino.outputs[0], package_result.outputs[0], rtol=1e-4,
                                atol=1e-5)
     assert openvino.max_abs_diff < 1e-4
+
+
+def test_bench_suite_geometric_means_skip_a_peer_that_could_not_run(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, suite)  # its dataclasses look themselves up
+    spec.loader.exec_module(suite)
+
+    def result(**ratios):
+        backends = [SimpleNamespace(name=n) for n in ("package", *ratios)]
+        return SimpleNamespace(backends=backends, ratio=lambda peer: ratios[peer])
+
+    rows = [SimpleNamespace(result=result(onnxruntime=2.0, openvino=0.5, torchscript=4.0)),
+            SimpleNamespace(result=result(onnxruntime=0.5, torchscript=1.0)),  # no OpenVINO
+            SimpleNamespace(result=None)]  # did not compile
+    line = suite.geometric_means(rows)
+    assert "ONNX Runtime 1.00x over 2" in line and "TorchScript 2.00x over 2" in line
+    if "openvino" in suite.PEERS:
+        assert "OpenVINO 0.50x over 1" in line
