@@ -392,18 +392,17 @@ def _error_bounds(package: Package, runs, options: ValidationOptions, notes: lis
     - to FP32_ERROR_FACTOR times the worst fp32 reference's own error against float64 on that
       sample (``fp32_errors``, see float64.py): the package may be twice as far from the exact
       result as that reference, and the reference is that far again;
-    - to REFERENCE_SPREAD_FACTOR times the references' difference from each other on that
-      sample, at most MAX_LOOSENING times ``max_error`` (without a float64 run, it is the only
-      estimate).
+    - to REFERENCE_SPREAD_FACTOR times the references' largest difference from each other, at
+      most MAX_LOOSENING times ``max_error`` (without a float64 run, it is the only estimate).
     A package may then differ from a reference about as much as fp32 implementations do."""
+    spreads = [max(_spread(expected_by, i, spec.name) for _, expected_by in runs)
+               for i, spec in enumerate(package.outputs)]
     bounds = []
     widest: dict[str, tuple[float, str]] = {}
-    for k, (_, expected_by) in enumerate(runs):
+    for k in range(len(runs)):
         sample = {}
         for i, spec in enumerate(package.outputs):
-            arrays = [np.asarray(e[i], dtype=np.float64) for e in expected_by.values()]
-            spread = max([compare(spec.name, "", other, arrays[0]).scaled_error
-                          for other in arrays[1:] if other.shape == arrays[0].shape] or [0.0])
+            spread = spreads[i]
             fp32 = fp32_errors[k][i] if fp32_errors else 0.0
             widened = min(REFERENCE_SPREAD_FACTOR * spread, MAX_LOOSENING * options.max_error)
             sample[spec.name] = max(options.max_error, widened, FP32_ERROR_FACTOR * fp32)
@@ -417,6 +416,13 @@ def _error_bounds(package: Package, runs, options: ValidationOptions, notes: lis
         notes.append(f"output '{name}': {why} of its scale on some samples, so its bound there "
                      f"is up to {bound:.2g}")
     return bounds
+
+
+def _spread(expected_by: dict[str, Arrays], index: int, name: str) -> float:
+    """How far the references' output ``index`` differs from the first reference's, scaled."""
+    arrays = [np.asarray(e[index], dtype=np.float64) for e in expected_by.values()]
+    return max([compare(name, "", other, arrays[0]).scaled_error
+                for other in arrays[1:] if other.shape == arrays[0].shape] or [0.0])
 
 
 def _badness(c: Comparison) -> tuple:
