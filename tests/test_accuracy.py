@@ -336,3 +336,13 @@ def test_zoo_injection_changes_only_biases_that_are_not_zero():
     program = torch.export.export(model.eval(), (torch.randn(1, 4),))
     assert program_layers(program, "weight") == ["0", "2"]  # not the norm's vector
     assert program_layers(program, "bias") == ["0"]
+
+
+def test_a_reference_far_from_float64_is_another_model_not_rounding():
+    from deploytool.verify.float64 import fp32_error
+
+    exact = np.linspace(-1, 1, 20)
+    run64 = lambda arrays: [exact]  # noqa: E731
+    close, other = exact * (1 + 1e-3), exact[::-1].copy()
+    errors = fp32_error(run64, [[exact]], [{"torchscript": [close], "onnxruntime": [other]}])
+    assert errors == [[pytest.approx(1e-3)]]  # the other model widens nothing

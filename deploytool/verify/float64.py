@@ -15,6 +15,9 @@ from collections.abc import Callable
 import numpy as np
 
 Arrays = list[np.ndarray]
+# fp32 rounding of a model that computes anything useful stays well below this share of the
+# outputs' scale (the zoo's worst, EfficientNetV2-S with random weights: 3.5e-3).
+MAX_ROUNDING = 2e-2
 
 
 def _doubled(arrays: Arrays) -> Arrays:
@@ -65,9 +68,16 @@ def fp32_error(run64: Callable[[Arrays], Arrays] | None, samples: list[Arrays],
             return None
         if any(len(exact) != len(outputs) for outputs in by_reference.values()):
             return None
-        errors.append([max(_scaled_error(e, outputs[i]) for outputs in by_reference.values())
+        errors.append([max(_rounding(e, outputs[i]) for outputs in by_reference.values())
                        for i, e in enumerate(exact)])
     return errors
+
+
+def _rounding(exact, output) -> float:
+    """A reference's scaled error against float64, where it can be rounding: a reference that
+    is further off computes something else (a model other than the one compiled), and 0."""
+    error = _scaled_error(exact, output)
+    return error if error <= MAX_ROUNDING else 0.0
 
 
 def _scaled_error(exact, output) -> float:
