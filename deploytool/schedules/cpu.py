@@ -296,14 +296,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     tile_loops = ([*outer, width_outer, channel_outer] if rows_first
                   else [channel_outer, *outer, width_outer])
     sch.reorder(*tile_loops, *reduction[:-1], innermost, *unrolled, width_inner, channel_inner)
-    if epilogue and joined_rows:
-        _epilogue_pass(sch, epilogue[-1])
-    elif epilogue:
-        last = sch.get_sblock(epilogue[-1])
-        sch.reverse_compute_at(last, tile_loops[-1])
-        _vectorize_channels(sch, sch.get_loops(last)[-1])
-    tiles = sch.fuse(*tile_loops)
-    sch.parallel(tiles)
+    tiles = _epilogue_and_threads(sch, epilogue, joined_rows, tile_loops)
     _unroll_tile(sch, block, unrolled, width_inner, channel_inner, first_reduction)
     if "pad_temp" in names:
         _schedule_padding(sch, sch.get_sblock("pad_temp"), tiles,
@@ -387,6 +380,20 @@ def _pack_padded(sch, name: str, channel: int) -> None:
     sch.annotate(pad, "meta_schedule.layout_rewrite_preproc", True)
 
 
+def _epilogue_and_threads(sch, epilogue: list[str], joined_rows: bool, tile_loops: list):
+    """Place the epilogue (a pass of its own over joined rows, else inside each tile), then fuse
+    the tile loops and split them between the threads; returns the fused loop."""
+    if epilogue and joined_rows:
+        _epilogue_pass(sch, epilogue[-1])
+    elif epilogue:
+        last = sch.get_sblock(epilogue[-1])
+        sch.reverse_compute_at(last, tile_loops[-1])
+        _vectorize_channels(sch, sch.get_loops(last)[-1])
+    tiles = sch.fuse(*tile_loops)
+    sch.parallel(tiles)
+    return tiles
+
+
 def _tile_partitioned(sch, func, names, main, block, outer, width, channels, reduction,
                       channel_var, epilogue, tile, joined_rows, rows_first,
                       padded_weight=None) -> None:
@@ -407,14 +414,7 @@ def _tile_partitioned(sch, func, names, main, block, outer, width, channels, red
     tile_loops = [*outer, channel_outer] if rows_first else [channel_outer, *outer]
     sch.reorder(*tile_loops, pixel_outer, *reduction[:-1], innermost, *unrolled, pixel_inner,
                 channel_inner)
-    if epilogue and joined_rows:
-        _epilogue_pass(sch, epilogue[-1])
-    elif epilogue:
-        last = sch.get_sblock(epilogue[-1])
-        sch.reverse_compute_at(last, tile_loops[-1])
-        _vectorize_channels(sch, sch.get_loops(last)[-1])
-    tiles = sch.fuse(*tile_loops)
-    sch.parallel(tiles)
+    tiles = _epilogue_and_threads(sch, epilogue, joined_rows, tile_loops)
     for loop in unrolled:
         sch.unroll(loop)
     sch.unroll(pixel_inner)
