@@ -24,6 +24,7 @@ from deploytool.bench.timing import (  # noqa: E402
 )
 from deploytool.errors import DeploytoolError  # noqa: E402
 from deploytool.tensors import TensorSpec  # noqa: E402
+from deploytool.testing.coverage import source_commit  # noqa: E402
 from deploytool.testing.zoo import TRACED, ZOO  # noqa: E402
 
 # The peers every model is timed beside; OpenVINO where it is installed (pip install openvino).
@@ -153,14 +154,6 @@ def _has(result: BenchResult, backend: str) -> bool:
     return any(b.name == backend for b in result.backends)
 
 
-def _commit() -> str:
-    import subprocess
-
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                          capture_output=True)
-    return done.stdout.strip() or "unknown"
-
-
 def _mib(kb: int) -> str:
     return f"{kb / 1024:.0f} MiB"
 
@@ -187,7 +180,7 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
         f"({machine['usable_cpus']} usable), {threads} thread{'s' if threads != 1 else ''} for "
         "every backend. "
         f"Load average {machine['load_average_1min']} at the start, {end_load:.2f} at the end. "
-        f"{date}, commit {_commit()}.",
+        f"{date}, commit {source_commit()}.",
         f"Versions: TVM {tvm.__version__}, ONNX Runtime {onnxruntime.__version__}, "
         f"{_openvino_version()}torch {torch.__version__}. Batch 1, float32, target `cpu`.",
         "",

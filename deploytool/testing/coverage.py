@@ -87,24 +87,42 @@ def _stage(lines: list[str]) -> str:
     return order[min(len(done), len(order) - 1)]
 
 
-def _run_isolated(name: str, fmt: str, folder: Path, timeout: int, keep: bool) -> dict:
-    """compile_one in a child process, so that a crash or a hang is one failed row."""
+def source_commit() -> str:
+    """The short hash of the checkout deploytool runs from, for the tables that record it."""
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent)
+    return proc.stdout.strip() or "unknown"
+
+
+def run_isolated(module: str, name: str, fmt: str, folder: Path, timeout: int,
+                 extra: tuple[str, ...] = ()) -> dict | tuple[str, str]:
+    """``python -m <module> --one NAME FORMAT`` in a child process, so that a crash or a hang is
+    one failed row: the row it wrote, or (``"timeout"`` or ``"crash"``, why there is none)."""
     result = folder / f"{name}-{fmt}.json"
     result.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "deploytool.testing.coverage", "--one", name, fmt,
-               "--work", str(folder), "--json", str(result), *(["--keep"] if keep else [])]
-    start = time.perf_counter()
+    command = [sys.executable, "-m", module, "--one", name, fmt, "--work", str(folder),
+               "--json", str(result), *extra]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"model": name, "format": fmt, "status": "error", "stage": "timeout",
-                "error": f"no result after {timeout} s", "seconds": timeout}
+        return "timeout", f"no result after {timeout} s"
     if result.is_file():
         return json.loads(result.read_text())
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"model": name, "format": fmt, "status": "error", "stage": "crash",
-            "error": f"exit {proc.returncode}: {tail[0][:300]}",
-            "seconds": round(time.perf_counter() - start, 1)}
+    return "crash", f"exit {proc.returncode}: {tail[0][:300]}"
+
+
+def _run_isolated(name: str, fmt: str, folder: Path, timeout: int, keep: bool) -> dict:
+    """compile_one in a child process (see :func:`run_isolated`)."""
+    start = time.perf_counter()
+    outcome = run_isolated("deploytool.testing.coverage", name, fmt, folder, timeout,
+                           ("--keep",) if keep else ())
+    if isinstance(outcome, dict):
+        return outcome
+    stage, error = outcome
+    seconds = timeout if stage == "timeout" else round(time.perf_counter() - start, 1)
+    return {"model": name, "format": fmt, "status": "error", "stage": stage, "error": error,
+            "seconds": seconds}
 
 
 def _cell(row: dict | None) -> str:

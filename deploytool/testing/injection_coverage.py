@@ -16,13 +16,13 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .coverage import run_isolated, source_commit
 from .inject import Fault, drop_bias, scale_weight, transpose_kernel
 
 FAULTS: dict[str, Fault] = {"scale-1.001": scale_weight(1.001), "drop-bias": drop_bias,
@@ -153,19 +153,10 @@ def _names_layer(found, layer: str, tensor: str) -> bool:
 
 
 def _run_isolated(name: str, fmt: str, folder: Path, timeout: int) -> dict:
-    result = folder / f"{name}-{fmt}.json"
-    result.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "deploytool.testing.injection_coverage", "--one", name, fmt,
-               "--work", str(folder), "--json", str(result)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "format": fmt, "clean": {"error": f"no result after {timeout} s"}}
-    if result.is_file():
-        return json.loads(result.read_text())
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {"model": name, "format": fmt,
-            "clean": {"error": f"exit {proc.returncode}: {tail[0][:300]}"}}
+    outcome = run_isolated("deploytool.testing.injection_coverage", name, fmt, folder, timeout)
+    if isinstance(outcome, dict):
+        return outcome
+    return {"model": name, "format": fmt, "clean": {"error": outcome[1]}}
 
 
 def _cell(entry: dict | None) -> str:
@@ -239,12 +230,6 @@ def write_table(rows: dict, path: Path, commit: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=Path(__file__).parent)
-    return proc.stdout.strip() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     from .zoo import PUBLIC_ZOO
 
@@ -279,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             results.write_text(json.dumps(rows, indent=2, default=str) + "\n")
             faults = rows[key].get("faults") or {}
             print(f"{key:28} {' | '.join(_cell(faults.get(f)) for f in FAULTS)}", flush=True)
-            write_table(rows, args.table, _commit())
-    write_table(rows, args.table, _commit())
+            write_table(rows, args.table, source_commit())
+    write_table(rows, args.table, source_commit())
     print(f"table written to {args.table}")
     return 0
 
