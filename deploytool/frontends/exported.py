@@ -216,11 +216,16 @@ def prepare_program(program, inputs: list[TensorSpec], notes: list[str] | None =
 def run_exported_named(program, arrays) -> list[tuple[str, object]]:
     """Run an ExportedProgram eagerly on numpy arrays; returns its outputs as named numpy
     arrays, flattened as ``named_outputs`` does."""
+    return run_module_named(program.module(), arrays)
+
+
+def run_module_named(module, arrays) -> list[tuple[str, object]]:
+    """Run a module (an exported program's) eagerly on numpy arrays; its named outputs."""
     import numpy as np
     import torch
 
     with torch.no_grad():
-        result = program.module()(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        result = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
     return [(name, t.detach().cpu().numpy()) for name, t in named_outputs(result)]
 
 

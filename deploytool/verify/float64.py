@@ -36,19 +36,10 @@ def torchscript_float64(path) -> Callable[[Arrays], Arrays]:
 
 def exported_float64(program) -> Callable[[Arrays], Arrays]:
     """A torch.export program's module, copied and run in float64."""
-    import torch
-
-    from ..verify.references import named_outputs
+    from ..frontends.exported import run_module_named
 
     module = copy.deepcopy(program.module()).double()
-
-    def run(arrays: Arrays) -> Arrays:
-        with torch.no_grad():
-            result = module(*[torch.from_numpy(np.ascontiguousarray(a))
-                              for a in _doubled(arrays)])
-        return [t.detach().cpu().numpy() for _, t in named_outputs(result)]
-
-    return run
+    return lambda arrays: [a for _, a in run_module_named(module, _doubled(arrays))]
 
 
 def fp32_error(run64: Callable[[Arrays], Arrays] | None, samples: list[Arrays],
