@@ -215,6 +215,25 @@ def depthwise(channels: int, size: int, stride: int = 1):
     return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
 
 
+def grouped(channels: int, group_width: int, size: int, stride: int = 1):
+    """RegNet's and ResNeXt's grouped 3x3 convolution of ``group_width`` channels a group,
+    padded, with bias and ReLU: (model, inputs)."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, stride, 1,
+                                  groups=channels // group_width)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
+
+
 def squeeze_excite(channels: int = 40, size: int = 28):
     """A convolution, then squeeze-and-excitation (a mean over the pixels, two 1x1 convolutions,
     a sigmoid gate): (model, inputs)."""

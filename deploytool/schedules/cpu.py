@@ -178,14 +178,22 @@ def _vector_floats(lanes: int) -> int:
     return 16 if lanes >= TILE_LANES else VECTOR_FLOATS
 
 
-def _registers(pixels: int, channel: int, lanes: int) -> int:
+def _registers(pixels: int, channel: int, lanes: int, group: int | None = None) -> int:
     """Vector registers the accumulators of a ``pixels`` x ``channel`` tile take: a channel
-    tile narrower than a register still takes one per pixel."""
-    return pixels * -(-channel // _vector_floats(lanes))
+    tile narrower than a register still takes one per pixel, and so does each group's part."""
+    return pixels * -(-channel // _group_vector(lanes, group))
+
+
+def _group_vector(lanes: int, group: int | None) -> int:
+    """Floats of one vector of a tile's channels: a register, or the part of one that a group's
+    output channels fill (see _group_width)."""
+    floats = _vector_floats(lanes)
+    return floats if group is None else max(v for v in (floats, 8, 4) if group % v == 0
+                                                and v <= floats)
 
 
 def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES,
-                remainder: bool = False) -> tuple[int, int]:
+                remainder: bool = False, group: int | None = None) -> tuple[int, int]:
     """(output pixels or rows, output channels) of the register tile: two vectors of channels
     by up to 8 pixels where they divide (measured on ResNet-18, this beat 4x64, 2x128 and 14x16
     where those differed), wider channel tiles for a matrix-vector product (one row).
@@ -196,8 +204,15 @@ def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES,
     tile whose pixels divide ``width`` fills half the registers (197 tokens, a prime), the
     tile takes as many pixels as fit and the caller gives the last few a tile of their own:
     the pixels then need not divide ``width``.
+
+    With ``group`` (a grouped convolution's output channels per group, see _group_width), a
+    channel tile is whole groups or a part of one, in vectors that never span two groups.
     """
     tiles = CHANNEL_TILES if lanes >= TILE_LANES else NARROW_CHANNEL_TILES
+    if group is not None:  # whole groups first, then parts of one
+        wholes = [c for c in tiles if c % group == 0]
+        tiles = [*wholes, *(group * k for k in range(1, 5) if group * k not in wholes),
+                 *(c for c in tiles if group % c == 0 and c % group)]
     options = [c for c in tiles if channels % c == 0 and c <= lanes]
     if not options:
         raise ValueError(f"{channels} channels do not split into vectors")
@@ -211,7 +226,7 @@ def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES,
                          reverse=True)
 
     def most_pixels(channel: int) -> int:
-        return max(1, registers // _registers(1, channel, lanes))
+        return max(1, registers // _registers(1, channel, lanes, group))
 
     def dividing(channel: int) -> int:
         return max(d for d in range(1, most_pixels(channel) + 1) if width % d == 0)
@@ -220,10 +235,11 @@ def _tile_sizes(channels: int, width: int, lanes: int = TILE_LANES,
                 None)
     if tile is None:
         tile = dividing(options[0]), options[0]
-    if remainder and 2 * _registers(*tile, lanes) < registers:
+    if remainder and 2 * _registers(*tile, lanes, group) < registers:
         partial = next(((min(width, most_pixels(c)), c) for c in options
                         if min(width, most_pixels(c)) >= MIN_PIXELS), None)
-        if partial is not None and _registers(*partial, lanes) > _registers(*tile, lanes):
+        if (partial is not None
+                and _registers(*partial, lanes, group) > _registers(*tile, lanes, group)):
             return partial
     return tile
 
@@ -272,8 +288,9 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
         _tile_remainder(sch, func, names, block, outer, width, channels, reduction,
                         iter_vars[spatial - 1].var, epilogue, rows_first)
         return
+    group = _group_width(sch, main, block, iter_vars[spatial - 1].var, channels, reduction)
     outer, width, (pixels, channel), joined_rows = _pixel_loop(sch, main, outer, width, channels,
-                                                               lanes)
+                                                               lanes, group)
     # Padded channels: a tile's epilogue would write some of its channels, in vectors
     # predicated element by element; after the tiles, it runs in whole vectors (a ViT's
     # attention scores 710 -> 405 us on one Zen 4 core).
@@ -281,7 +298,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     if _extent(sch, width) % pixels:
         _tile_partitioned(sch, func, names, main, block, outer, width, channels, reduction,
                           iter_vars[spatial - 1].var, epilogue, (pixels, channel), joined_rows,
-                          rows_first, padded_weight)
+                          rows_first, padded_weight, group)
         return
 
     channel_outer, channel_inner = sch.split(channels, [None, channel])
@@ -297,7 +314,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
                   else [channel_outer, *outer, width_outer])
     sch.reorder(*tile_loops, *reduction[:-1], innermost, *unrolled, width_inner, channel_inner)
     tiles = _epilogue_and_threads(sch, epilogue, joined_rows, tile_loops)
-    _unroll_tile(sch, block, unrolled, width_inner, channel_inner, first_reduction)
+    _unroll_tile(sch, block, unrolled, width_inner, channel_inner, first_reduction, group)
     if "pad_temp" in names:
         _schedule_padding(sch, sch.get_sblock("pad_temp"), tiles,
                           per_tile=main == "group_conv2d_nhwc")
@@ -396,7 +413,7 @@ def _epilogue_and_threads(sch, epilogue: list[str], joined_rows: bool, tile_loop
 
 def _tile_partitioned(sch, func, names, main, block, outer, width, channels, reduction,
                       channel_var, epilogue, tile, joined_rows, rows_first,
-                      padded_weight=None) -> None:
+                      padded_weight=None, group: int | None = None) -> None:
     """_tile's register tile over pixels it does not divide: the last few pixels of each row
     (or of all of them, rows joined) get a tile of their own (``loop_partition``), its
     accumulators zeroed in registers per tile as in the others. The pixel tiles of a row run
@@ -418,7 +435,7 @@ def _tile_partitioned(sch, func, names, main, block, outer, width, channels, red
     for loop in unrolled:
         sch.unroll(loop)
     sch.unroll(pixel_inner)
-    _vectorize_tile_channels(sch, channel_inner)
+    _vectorize_tile_channels(sch, channel_inner, group)
     if "pad_temp" in names:
         _schedule_padding(sch, sch.get_sblock("pad_temp"), tiles,
                           per_tile=main == "group_conv2d_nhwc")
@@ -435,6 +452,22 @@ def _tile_partitioned(sch, func, names, main, block, outer, width, channels, red
         at = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(part)))
         init = sch.decompose_reduction(part_block, loops[at + 1])
         sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _group_width(sch, main: str, block, channel_var, channels, reduction) -> int | None:
+    """A grouped convolution's output channels per group, where they fill whole vectors of 4
+    floats or more; None for other kernels (depthwise ones included: one channel per group)."""
+    if main != "group_conv2d_nhwc":
+        return None
+    outputs = _extent(sch, channels)
+    per_group = _extent(sch, reduction[-1])  # input channels; the loop innermost in TVM's block
+    data = [r.source for r in sch.get(block).reads
+            if len(r.region) == 4 and not r.region[-1].min.same_as(channel_var)]
+    if len(data) != 1:
+        return None
+    groups = int(data[0].shape[-1]) // per_group
+    width = outputs // groups if groups and outputs % groups == 0 else 0
+    return width if width > 1 and width % 4 == 0 and width < outputs else None
 
 
 def _depthwise_tile_fits(sch, main: str, width, channels, reduction, lanes: int) -> bool:
@@ -571,22 +604,29 @@ def _widen_leftover(sch, leftover, pixels: int, channel: int) -> None:
     sch.unroll(joined)
 
 
-def _unroll_tile(sch, block, unrolled: list, pixels, channels, init_at) -> None:
+def _unroll_tile(sch, block, unrolled: list, pixels, channels, init_at,
+                 group: int | None = None) -> None:
     """The register tile's inner loops: the reduction's ``unrolled`` part and the ``pixels``
     unrolled, the ``channels`` vectorized; its accumulators zeroed before loop ``init_at``."""
     for loop in unrolled:
         sch.unroll(loop)
     sch.unroll(pixels)
-    _vectorize_tile_channels(sch, channels)
+    _vectorize_tile_channels(sch, channels, group)
     init = sch.decompose_reduction(block, init_at)
     sch.vectorize(sch.get_loops(init)[-1])
 
 
-def _vectorize_tile_channels(sch, channels) -> None:
+def _vectorize_tile_channels(sch, channels, group: int | None = None) -> None:
     """Vectorize a tile's channel loop: as one vector where its extent is a power of two, else
     as vectors of VECTOR_FLOATS (LLVM's code for a vector of, say, 24 floats ran 3x slower than
-    three of 8)."""
+    three of 8). A tile of several groups (see _group_width) takes one vector or more per group,
+    each multiplying one broadcast input: a vector across two groups gathered its inputs
+    element by element."""
     extent = _extent(sch, channels)
+    if group is not None and extent > group:
+        groups, channels = sch.split(channels, [None, group])
+        sch.unroll(groups)
+        extent = group
     if extent & (extent - 1) and extent % VECTOR_FLOATS == 0:
         vectors, channels = sch.split(channels, [None, VECTOR_FLOATS])
         sch.unroll(vectors)
@@ -620,7 +660,8 @@ def _epilogue_pass(sch, name: str) -> None:
     sch.loop_partition(outer, [count // VECTOR_FLOATS, None])
 
 
-def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):
+def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int,
+                group: int | None = None):
     """The loop a register tile takes its pixels from, and the tile: the output's width, or for
     a convolution whose rows are too short for a full tile (14 pixels, where two rows' 196 take
     4-pixel tiles; 7x7 outputs gain nothing), its rows and width fused, so that a tile's pixels
@@ -633,7 +674,8 @@ def _pixel_loop(sch, main: str, outer: list, width, channels, lanes: int):
 
     Returns (outer loops, pixel loop, (pixels, channels) of the tile, whether rows were fused).
     """
-    tile = _tile_sizes(_extent(sch, channels), _extent(sch, width), lanes, remainder=True)
+    tile = _tile_sizes(_extent(sch, channels), _extent(sch, width), lanes, remainder=True,
+                       group=group)
     if main != "conv2d_nhwc" or not outer or lanes >= TILE_LANES:
         return outer, width, tile, False
     joined = _tile_sizes(_extent(sch, channels), _extent(sch, outer[-1]) * _extent(sch, width),
