@@ -476,3 +476,31 @@ def test_a_gate_over_a_whole_feature_map_runs_after_the_tiles(tmp_path):
     assert "T.sigmoid" not in multiply, scheduled
     assert "ax0_ax1_fused in T.parallel(T.int64(28))" in scheduled, scheduled  # rows
     assert 'T.sblock("compute")' in scheduled  # the sigmoid, per channel
+
+
+def hard_activations():
+    """MobileNetV3's activations between convolutions: hardswish, and hardsigmoid gating."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Conv2d(16, 16, 3, 1, 1)
+            self.second = nn.Conv2d(16, 16, 1)
+
+        def forward(self, x):
+            y = nn.functional.hardswish(self.first(x))
+            return self.second(y) * nn.functional.hardsigmoid(y)
+
+    torch.manual_seed(0)
+    return Model().eval(), [TensorSpec("x", (1, 16, 16, 16))]
+
+
+def test_hard_activations_stay_channels_last(tmp_path):
+    # clip has no layout rule in TVM: written as maximum and minimum, hardswish and hardsigmoid
+    # fuse into the convolutions' epilogues, with no transposes to NCHW and back between them.
+    path = save_torchscript(*hard_activations(), tmp_path / "hard.pt")
+    names = [gv.name_hint for gv, _ in prim_funcs(_fused(path))]
+    assert not [n for n in names if "clip" in n], names
+    assert len([n for n in names if "transpose" in n]) <= 2, names  # the model's edges
