@@ -9,7 +9,8 @@ from deploytool.testing.zoo import PUBLIC_ZOO, TRACED
 def test_table_rows_cells_and_failures(tmp_path):
     rows = {
         "tv_resnet18.pt": {"status": "passed", "route": "torchscript -> onnx -> relax",
-                           "outputs": ["output"], "notes": []},
+                           "outputs": ["output"], "notes": [], "peak_rss_mib": 1536,
+                           "stage_seconds": {"export": 2.0, "build": 10.4, "validate": 30.0}},
         "tv_resnet18.pt2": {"status": "passed", "route": "torch.export -> relax", "notes": []},
         "tv_swin.pt": {"status": "passed", "route": "torchscript -> torch.export -> relax",
                        "outputs": ["output"], "notes": ["re-traced: no ONNX form"]},
@@ -21,7 +22,9 @@ def test_table_rows_cells_and_failures(tmp_path):
     write_table(rows, table, ["tv_resnet18", "tv_swin", "tv_vit", "tv_swin_traced"])
     text = table.read_text()
     assert "Passed: 2/4 from .pt, 1/3 from .pt2" in text
-    assert "| tv_resnet18 | passed | scripted: ts -> onnx | passed | output |" in text
+    # compile time leaves validation out: 2.0 + 10.4 s
+    assert ("| tv_resnet18 | passed | scripted: ts -> onnx | passed | output | 12 s, 1.5 GiB | - |"
+            in text)
     assert ("| tv_swin | passed (re-traced) | scripted: ts -> torch.export | fails at build |"
             in text)
     assert "validation failed, max error 0.5 (outputs tiny)" in text

@@ -74,10 +74,29 @@ def compile_one(name: str, fmt: str, folder: Path, keep: bool = False) -> dict:
                   for o in vectors.get("outputs", [])]
         row["output_scale"] = min(scales) if scales else None
     row["seconds"] = round(time.perf_counter() - start, 1)
+    row["peak_rss_mib"] = _peak_rss_mib()
     if not keep:
         path.unlink(missing_ok=True)
         shutil.rmtree(folder / f"{name}-{fmt}", ignore_errors=True)
     return row
+
+
+def _peak_rss_mib() -> int:
+    """The largest resident memory of this process or any child it waited for (the C++
+    compiler, the package's runner), in MiB."""
+    import resource
+
+    return max(resource.getrusage(who).ru_maxrss for who in
+               (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) // 1024
+
+
+def _compile_cell(row: dict | None) -> str:
+    """How long a row's compile took before validation, and its peak memory."""
+    if not row or "stage_seconds" not in row:
+        return "-"
+    seconds = sum(v for k, v in row["stage_seconds"].items() if k != "validate")
+    peak = row.get("peak_rss_mib")
+    return f"{seconds:.0f} s" + (f", {peak / 1024:.1f} GiB" if peak else "")
 
 
 def _stage(lines: list[str]) -> str:
@@ -163,11 +182,13 @@ def write_table(rows: dict, path: Path, names: list[str], family: bool = False) 
         f"Passed: {passed['pt']}/{len(counted['pt'])} from .pt, "
         f"{passed['pt2']}/{len(counted['pt2'])} from .pt2"
         + ("" if family else " (the `_traced` twins have no .pt2 row of their own)") + ". "
-        f"Generated {datetime.date.today().isoformat()} on {platform.machine()}, "
-        f"{os.cpu_count()} cores.",
+        f"Generated {datetime.date.today().isoformat()} at commit {source_commit()} on "
+        f"{platform.machine()}, {os.cpu_count()} cores. Compile: the time of every stage before "
+        "validation, untuned, and the peak resident memory of the process that compiled and "
+        "validated it (model building included).",
         "",
-        "| model | .pt | .pt route | .pt2 | outputs |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | .pt | .pt route | .pt2 | outputs | compile .pt | compile .pt2 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in names:
         pt, pt2 = rows.get(f"{name}.pt"), rows.get(f"{name}.pt2")
@@ -176,7 +197,7 @@ def write_table(rows: dict, path: Path, names: list[str], family: bool = False) 
         outputs = ", ".join((pt or pt2 or {}).get("outputs", []))
         pt2_cell = "(same as scripted)" if name in TRACED_TWINS else _cell(pt2)
         lines.append(f"| {name} | {_cell(pt)} | {saved}: {route or '-'} | {pt2_cell} | "
-                     f"{outputs} |")
+                     f"{outputs} | {_compile_cell(pt)} | {_compile_cell(pt2)} |")
     lines += ["", "## Failures and notes", ""]
     for name in names:
         for fmt in FORMATS:
