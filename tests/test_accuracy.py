@@ -162,6 +162,38 @@ def test_an_injected_fault_fails_validation_and_is_localised(name, fault, zoo_pt
         in result.output, result.output
 
 
+class _TwoBranches(nn.Module):
+    """A convolution on one branch, two on the other, added: in graph order the first branch's
+    convolution comes before the second branch's, which does not read it."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = nn.Conv2d(8, 8, 3, padding=1)
+        self.right = nn.Conv2d(8, 8, 3, padding=1)
+        self.after = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.left(x) + self.after(torch.relu(self.right(x)))
+
+
+@pytest.mark.slow
+def test_a_fault_on_a_parallel_branch_is_localised_to_its_layer(tmp_path, monkeypatch):
+    # Bisection first cuts after the right branch's convolution; compared alone, its output
+    # matches, and the search went on to name the Add that joins the branches. Each cut
+    # compares every tensor still live there, the left branch's output too.
+    torch.manual_seed(0)
+    pt = save_torchscript(_TwoBranches().eval(), [TensorSpec("x", (1, 8, 12, 12))],
+                          tmp_path / "branches.pt")
+    clean = compile_model(CompileOptions(model=pt, output=tmp_path / "clean", java=False))
+    proto = onnx.load(str(clean.path / "model.onnx"))
+    first = next(n.name for n in proto.graph.node if n.op_type == "Conv")
+    with injected(monkeypatch, FAULTS["scale-1.001"], first):
+        result = invoke("compile", pt, "-o", tmp_path / "bad", "--no-java", "--allow-mismatch")
+        assert "validation FAILED" in result.output, result.output
+        result = invoke("validate", tmp_path / "bad", "--localize")
+    assert f"first differing layer: Conv node '{first}'" in result.output, result.output
+
+
 def test_tiny_outputs_are_flagged_not_a_plain_pass():
     from deploytool.verify.comparison import compare
     from deploytool.verify.validate import ValidationReport

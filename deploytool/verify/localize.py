@@ -3,8 +3,11 @@
 A package built from ONNX has its model.onnx cut after one operator at a time
 (``onnx.utils.Extractor``), and each cut is imported and built exactly as the package was (same
 target, same schedules and tuning database) and run beside ONNX Runtime on the same inputs. A
-bisection over the operators in graph order finds the first whose output fails the validation
-rule, in about log2(N) builds. A package built from a torch.export program is cut the same way
+cut outputs every tensor still live after its operator (computed up to there and read later),
+not only that operator's: a wrong layer on a parallel branch (an Inception block's other
+towers, a residual's shortcut) then shows in every later cut, and a bisection over the
+operators in graph order finds the first whose output fails the validation rule, in about
+log2(N) builds. A package built from a torch.export program is cut the same way
 in its FX graph (see localize_exported.py) and compared with eager PyTorch.
 """
 
@@ -63,23 +66,35 @@ def localize_package(package: Package, options, log: Log | None = None) -> Local
     found = first_failing(len(candidates), lambda i: cut.compare(*candidates[i]))
     if found is None:
         return Localization(None, None, None, None, len(candidates), cut.builds)
-    node, tensor = candidates[found[0]]
+    node, tensor, _ = candidates[found[0]]
     return Localization(node.name, node.op_type, tensor, found[1], len(candidates), cut.builds)
 
 
 def _candidates(proto) -> list[tuple]:
-    """(node, its first float output of known shape), in graph order."""
+    """(node, its first output, the tensors a cut after it outputs), in graph order, for the
+    nodes whose first output is a float tensor of known shape. A cut outputs that tensor and
+    every other such tensor computed before it and read after it (or a graph output)."""
     known = {v.name: v for v in [*proto.graph.value_info, *proto.graph.output]}
-    found = []
-    for node in proto.graph.node:
-        if node.op_type in SKIPPED or not node.output:
+    outputs = {o.name for o in proto.graph.output}
+    nodes = list(proto.graph.node)
+    last_read = {name: len(nodes) for name in outputs}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            last_read[name] = max(last_read.get(name, i), i)
+
+    def comparable(name: str) -> bool:
+        value = known.get(name)
+        return (value is not None and value.type.tensor_type.elem_type in (1, 11)  # float, double
+                and all(d.HasField("dim_value") for d in value.type.tensor_type.shape.dim))
+
+    found, computed = [], []
+    for i, node in enumerate(nodes):
+        computed += [name for name in node.output if comparable(name)]
+        if node.op_type in SKIPPED or not node.output or not comparable(node.output[0]):
             continue
-        value = known.get(node.output[0])
-        if value is None or value.type.tensor_type.elem_type not in (1, 11):  # float, double
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            found.append((node, node.output[0]))
+        live = [name for name in computed
+                if name == node.output[0] or last_read.get(name, -1) > i]
+        found.append((node, node.output[0], live))
     return found
 
 
@@ -93,27 +108,36 @@ class _Cut:
         self.builds = 0
         self.settings = package_settings(package)
 
-    def compare(self, node, tensor: str) -> Comparison:
+    def compare(self, node, tensor: str, live: list[str]) -> Comparison:
+        """The cut after ``node``, every ``live`` tensor compared: the failing comparison of
+        ``tensor`` (the node's own output) or else the worst of the others."""
         import onnx
 
         names = [i.name for i in self.proto.graph.input if i.name in self.feeds]
-        sub = onnx.utils.Extractor(self.proto).extract_model(names, [tensor])
+        sub = onnx.utils.Extractor(self.proto).extract_model(names, live)
         used = [i.name for i in sub.graph.input]
         feeds = {n: self.feeds[n] for n in used if n in self.feeds}
-        expected = onnxruntime_session(_saved(sub)).run(None, feeds)[0]
-        actual = self._run(sub, feeds, tensor, expected)
+        expected = onnxruntime_session(_saved(sub)).run(None, feeds)
+        actual = self._run(sub, feeds, tensor, live, expected)
         self.builds += 1
-        result = compare(tensor, "onnxruntime", actual, expected, max_error=self.max_error)
-        self.log(f"  cut after {node.op_type} '{node.name}': scaled error "
-                 f"{result.scaled_error:.3g} {'ok' if result.passed else 'DIFFERS'}")
+        results = {name: compare(name, "onnxruntime", a, e, max_error=self.max_error)
+                   for name, a, e in zip(live, actual, expected, strict=True)}
+        own = results[tensor]
+        result = own if not own.passed else max(results.values(),
+                                                 key=lambda c: (not c.passed, c.scaled_error))
+        self.log(f"  cut after {node.op_type} '{node.name}' ({len(live)} live tensor"
+                 f"{'s' if len(live) > 1 else ''}): scaled error {result.scaled_error:.3g} "
+                 f"{'ok' if result.passed else 'DIFFERS'}")
         return result
 
-    def _run(self, sub, feeds: dict, tensor: str, expected: np.ndarray) -> np.ndarray:
+    def _run(self, sub, feeds: dict, tensor: str, live: list[str], expected: list
+             ) -> list[np.ndarray]:
         specs = [TensorSpec(n, tuple(a.shape), str(a.dtype)) for n, a in feeds.items()]
-        output = TensorSpec(tensor, tuple(expected.shape), str(expected.dtype))
-        imported = import_model(OnnxModel(sub, specs, [output]))
+        outputs = [TensorSpec(name, tuple(e.shape), str(e.dtype))
+                   for name, e in zip(live, expected, strict=True)]
+        imported = import_model(OnnxModel(sub, specs, outputs))
         return build_and_run(imported.mod, self.target, self.settings, list(feeds.values()),
-                             f"'{tensor}'")[0]
+                             f"'{tensor}'")
 
 
 def _saved(proto) -> bytes:
