@@ -50,6 +50,26 @@ def transformer_encoder():
     return Encoder(), [TensorSpec("tokens", (1, 32, 128))]
 
 
+def hf_bert_medium():
+    """Hugging Face BertModel at a deployed size: 4 layers of width 256, 128 tokens."""
+    from deploytool.testing.zoo import _hf_config, _transformers
+
+    hf = _transformers()
+    config = _hf_config(hf.BertConfig, vocab_size=1000, hidden_size=256, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=1024)
+    return hf.BertModel(config).eval(), [TensorSpec("input_ids", (1, 128), "int64")]
+
+
+def hf_vit_medium():
+    """Hugging Face ViTModel at a deployed size: 4 layers of width 256, 224x224 images."""
+    from deploytool.testing.zoo import _hf_config, _transformers
+
+    hf = _transformers()
+    config = _hf_config(hf.ViTConfig, image_size=224, patch_size=16, hidden_size=256,
+                        num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+    return hf.ViTModel(config).eval(), [TensorSpec("pixel_values", (1, 3, 224, 224))]
+
+
 @dataclass(frozen=True)
 class Case:
     """A model of the suite and how long to measure it (untuned big models take seconds a run)."""
@@ -74,6 +94,9 @@ CASES = [
         "tv_efficientnet_b0", "tv_mobilenet_v3_small", "tv_mnasnet0_5", "tv_regnet_x_400mf",
         "tv_convnext_tiny", "tv_squeezenet1_1", "tv_shufflenet_v2_x0_5", "tv_densenet121",
         "timm_resnet10t", "hf_vit", "hf_bert", "hf_distilbert", "timm_vit_tiny")),
+    # The zoo's transformers are small enough for tests; these are sized as deployed ones.
+    Case("hf_bert_medium", hf_bert_medium, min_iters=10),
+    Case("hf_vit_medium", hf_vit_medium, min_iters=10),
 ]
 
 
@@ -97,7 +120,7 @@ def run_case(case: Case, work: Path, threads: int | None, rounds: int, scale: fl
     module, inputs = case.build()
     row = Row(case, ", ".join(map(str, inputs)))
     model = save_torchscript(module, inputs, work / f"{case.name}.pt",
-                             trace=case.name in TRACED)
+                             trace=case.name in TRACED or case.name.startswith("hf_"))
     print(f"\n== {case.name}: compile for cpu", flush=True)
     try:
         package = compile_model(CompileOptions(model=model, output=work / case.name, force=True,
