@@ -258,25 +258,27 @@ class _Float32Inside(torch.nn.Module):
 
 
 def test_float64_reference_measures_fp32_rounding(tmp_path):
-    from deploytool.verify.float64 import fp32_error, torchscript_float64
+    from deploytool.verify.float64 import float64_results, fp32_error, torchscript_float64
 
     path = tmp_path / "sum.pt"
     torch.jit.save(torch.jit.script(_Sum()), str(path))
     x = np.random.default_rng(0).standard_normal((1, 100_000)).astype(np.float32) * 1e4
     fp32 = [np.asarray(_Sum()(torch.from_numpy(x)))]
     exact = 0.5 * x.astype(np.float64).sum(-1, keepdims=True)
-    measured = fp32_error(torchscript_float64(path), [[x]], [{"torchscript": fp32}])
+    exact64 = float64_results(torchscript_float64(path), [[x]], 1)
+    measured = fp32_error(exact64, [{"torchscript": fp32}])
     expected = float(np.abs(fp32[0] - exact).max() / np.abs(exact).max())
     assert measured == [[pytest.approx(expected, rel=1e-6)]] and expected > 1e-8
 
 
 def test_a_model_with_float32_fixed_inside_has_no_float64_floor(tmp_path):
-    from deploytool.verify.float64 import fp32_error, torchscript_float64
+    from deploytool.verify.float64 import float64_results, fp32_error, torchscript_float64
 
     path = tmp_path / "fixed.pt"
     torch.jit.save(torch.jit.script(_Float32Inside()), str(path))
     x = np.ones((1, 4), np.float32)
-    assert fp32_error(torchscript_float64(path), [[x]], [{"torchscript": [x]}]) is None
+    assert float64_results(torchscript_float64(path), [[x]], 1) is None
+    assert fp32_error(None, [{"torchscript": [x]}]) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,10 +373,12 @@ def test_zoo_injection_changes_only_biases_that_are_not_zero():
 
 
 def test_a_reference_far_from_float64_is_another_model_not_rounding():
-    from deploytool.verify.float64 import fp32_error
+    from deploytool.verify.float64 import faithful, fp32_error
 
     exact = np.linspace(-1, 1, 20)
-    run64 = lambda arrays: [exact]  # noqa: E731
     close, other = exact * (1 + 1e-3), exact[::-1].copy()
-    errors = fp32_error(run64, [[exact]], [{"torchscript": [close], "onnxruntime": [other]}])
+    errors = fp32_error([[exact]], [{"torchscript": [close], "onnxruntime": [other]}])
     assert errors == [[pytest.approx(1e-3)]]  # the other model widens nothing
+    # nor is the package held to a float64 result that a reference is that far from
+    assert faithful(exact, [close]) and not faithful(exact, [close, other])
+    assert not faithful(exact.astype(np.int64), [close])

@@ -266,7 +266,7 @@ def test_compile_validates_under_emulation(arm_packages, name, tmp_path):
     package, _ = arm_packages[name]
     validation = package.manifest["validation"]
     assert validation["status"] == "passed"
-    assert validation["references"] == ["onnxruntime", "torchscript"]
+    assert validation["references"] == ["onnxruntime", "torchscript", "float64"]
     prefix, env = runner_command("aarch64")
     proc = subprocess.run([*prefix, str(package.runner), "--self-test"], capture_output=True,
                           text=True, env={"PATH": "/usr/bin:/bin", **env}, timeout=300)

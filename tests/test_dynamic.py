@@ -122,7 +122,7 @@ def test_compile_validates_at_several_sizes(cnn_dynamic):
     package, lines = cnn_dynamic
     validation = package.manifest["validation"]
     assert validation["status"] == "passed" and validation["batch_sizes"] == [1, 2, 8]
-    assert set(validation["references"]) == {"onnxruntime", "torchscript"}
+    assert set(validation["references"]) == {"onnxruntime", "torchscript", "float64"}
     assert any("batch sizes 1, 2, 8" in line for line in lines)
 
 

@@ -173,7 +173,7 @@ def test_wrong_numbers_from_torch_export_lstm_are_detected(tmp_path, monkeypatch
     monkeypatch.undo()
     fixed = compile_model(CompileOptions(model=path, output=tmp_path / "fixed", java=False))
     assert fixed.manifest["validation"]["status"] == "passed"
-    assert fixed.manifest["validation"]["references"] == ["torch.export"]
+    assert fixed.manifest["validation"]["references"][0] == "torch.export"
     assert fixed.manifest["model"]["notes"] == [
         "applied torch.export fix 'negative select index' to 1 node(s)"]
     assert_close(run_package(fixed.path, arrays, tmp_path / "run-fixed"), want, "fixed lstm")

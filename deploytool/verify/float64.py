@@ -42,26 +42,45 @@ def exported_float64(program) -> Callable[[Arrays], Arrays]:
     return lambda arrays: [a for _, a in run_module_named(module, _doubled(arrays))]
 
 
-def fp32_error(run64: Callable[[Arrays], Arrays] | None, samples: list[Arrays],
-               references: list[dict[str, Arrays]]) -> list[list[float]] | None:
-    """For each sample, each output's largest max|fp32 - fp64| / max|fp64| over the fp32
-    references (ONNX Runtime, torch); None where the model does not run in float64 (a dtype
-    fixed in its graph) or its outputs do not match. Per sample: rounding can be large on one
-    input and small on the next (EfficientNetV2-S: 3.5e-3 and 5e-6), and a bound loosened
-    for one sample would hide a wrong layer on the others."""
+def float64_results(run64: Callable[[Arrays], Arrays] | None, samples: list[Arrays],
+                    outputs: int) -> list[Arrays] | None:
+    """Each sample's outputs of the model run in float64; None where there is no float64 run,
+    where it fails (a dtype fixed in its graph) or gives another number of outputs."""
     if run64 is None:
         return None
-    errors = []
-    for arrays, by_reference in zip(samples, references, strict=True):
+    results = []
+    for arrays in samples:
         try:
             exact = run64(arrays)
         except Exception:  # a graph with float32 baked in: no floor, the default bound holds
             return None
-        if any(len(exact) != len(outputs) for outputs in by_reference.values()):
+        if len(exact) != outputs:
             return None
-        errors.append([max(_rounding(e, outputs[i]) for outputs in by_reference.values())
-                       for i, e in enumerate(exact)])
-    return errors
+        results.append(exact)
+    return results
+
+
+def fp32_error(exact: list[Arrays] | None, references: list[dict[str, Arrays]]
+               ) -> list[list[float]] | None:
+    """For each sample, each output's largest max|fp32 - fp64| / max|fp64| over the fp32
+    references (ONNX Runtime, torch), against the float64 results ``exact``
+    (:func:`float64_results`); None without them. Per sample: rounding can be large on one
+    input and small on the next (EfficientNetV2-S: 3.5e-3 and 5e-6), and a bound loosened
+    for one sample would hide a wrong layer on the others."""
+    if exact is None:
+        return None
+    return [[max(_rounding(e, outputs[i]) for outputs in by_reference.values())
+             for i, e in enumerate(sample)]
+            for sample, by_reference in zip(exact, references, strict=True)]
+
+
+def faithful(exact, outputs: list) -> bool:
+    """Whether a float64 output can stand for the exact result of the fp32 references'
+    ``outputs``: a float tensor that every one of them is within rounding of."""
+    exact = np.asarray(exact)
+    return (exact.dtype.kind == "f" and bool(outputs)
+            and all(np.asarray(o).shape == exact.shape
+                    and _scaled_error(exact, o) <= MAX_ROUNDING for o in outputs))
 
 
 def _rounding(exact, output) -> float:
