@@ -339,8 +339,9 @@ def validate(package, model, max_error, atol, rtol, tols, seed, ranges, samples,
     click.echo(report.format())
     if localize and not report.compared:
         from .verify.localize import localize_package
+        from .verify.validate import localize_options
 
-        found = localize_package(pkg, options, log=click.echo)
+        found = localize_package(pkg, localize_options(report, options), log=click.echo)
         click.echo(found.format())
     if json_path:
         write_report_json(report, json_path)

@@ -382,3 +382,28 @@ def test_a_reference_far_from_float64_is_another_model_not_rounding():
     # nor is the package held to a float64 result that a reference is that far from
     assert faithful(exact, [close]) and not faithful(exact, [close, other])
     assert not faithful(exact.astype(np.int64), [close])
+
+
+def test_localize_holds_cuts_to_half_an_error_seen_only_against_float64():
+    from deploytool.verify.comparison import compare
+    from deploytool.verify.validate import (
+        ValidationOptions,
+        ValidationReport,
+        localize_options,
+    )
+
+    ref = np.linspace(-1, 1, 50)
+
+    def report(**errors):
+        return ValidationReport([compare("y", name, ref + error, ref, max_error=bound)
+                                 for name, (error, bound) in errors.items()], list(errors), 1, 0)
+
+    options = ValidationOptions()
+    # BERT's wrong layer before a LayerNorm: 1.6e-5 off, inside 1e-4 of the references
+    exact_only = report(onnxruntime=(1.6e-5, 1e-4), float64=(1.6e-5, 1.6e-6))
+    assert localize_options(exact_only, options).max_error == pytest.approx(8e-6)
+    # failing against a reference: the cuts keep the bound on the references
+    both = report(onnxruntime=(1e-2, 1e-4), float64=(1e-2, 1.6e-6))
+    assert localize_options(both, options) is options
+    tiny = report(onnxruntime=(1.2e-6, 1e-4), float64=(1.2e-6, 1e-6))
+    assert localize_options(tiny, options).max_error == 1e-6  # never under EXACT_FLOOR

@@ -116,7 +116,7 @@ def _inject(path: Path, folder: Path, fault_name: str, clean: dict) -> dict:
     from ..errors import DeploytoolError
     from ..package.manifest import load_package
     from ..verify.localize import localize_package
-    from ..verify.validate import ValidationOptions
+    from ..verify.validate import ValidationOptions, localize_options, validate_package
     from .inject import injected
 
     fault = FAULTS[fault_name]
@@ -132,8 +132,9 @@ def _inject(path: Path, folder: Path, fault_name: str, clean: dict) -> dict:
                       scaled_error=outcome.get("scaled_error"), error=outcome.get("error"))
         if outcome.get("status") == "failed":
             try:
-                found = localize_package(load_package(output), ValidationOptions(),
-                                         log=lambda _line: None)
+                package = load_package(output)
+                options = localize_options(validate_package(package), ValidationOptions())
+                found = localize_package(package, options, log=lambda _line: None)
             except DeploytoolError as err:
                 result["localize_error"] = last_line(str(err), limit=300)
             else:
