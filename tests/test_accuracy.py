@@ -407,3 +407,25 @@ def test_localize_holds_cuts_to_half_an_error_seen_only_against_float64():
     assert localize_options(both, options) is options
     tiny = report(onnxruntime=(1.2e-6, 1e-4), float64=(1.2e-6, 1e-6))
     assert localize_options(tiny, options).max_error == 1e-6  # never under EXACT_FLOOR
+
+
+def test_injection_table_tells_a_fault_below_rounding_from_a_miss(tmp_path):
+    from deploytool.testing.injection_coverage import write_table
+
+    clean = {"result": "PASSED", "status": "passed", "scaled_error": 3e-7}
+    missed = {"layer": "q", "status": "passed", "result": "PASSED", "effect": 1e-4}
+    below = {"layer": "q", "status": "passed", "result": "PASSED", "effect": 1.2e-6}
+    caught = {"layer": "q", "status": "failed", "result": "FAILED", "effect": 1e-3,
+              "localized": True, "builds": 5, "node": "addmm", "op": "aten.addmm"}
+    rows = {"a.pt2": {"model": "a", "format": "pt2", "clean": clean,
+                      "faults": {"scale-1.001": below, "drop-bias": {"layer": None},
+                                 "transpose": caught}},
+            "b.pt": {"model": "b", "format": "pt", "clean": clean,
+                     "faults": {"scale-1.001": missed, "drop-bias": {"layer": None},
+                                "transpose": caught}}}
+    table = tmp_path / "injection.md"
+    write_table(rows, table, "abc1234")
+    text = table.read_text()
+    assert "below rounding: moves the output by 1.2e-06 (PASSED)" in text
+    assert "**missed** (PASSED)" in text  # 1e-4 is far above 5x the clean error
+    assert "Caught 2/3 faults, localised 2/3." in text  # the one below rounding not counted

@@ -141,8 +141,46 @@ def _inject(path: Path, folder: Path, fault_name: str, clean: dict) -> dict:
                 result.update(node=found.node, op=found.op, module=found.module,
                               weights=found.weights, tensor=found.tensor, builds=found.builds,
                               localized=_names_layer(found, layer, fault.tensor))
+    result["effect"] = exact_effect(Path(clean["package"]), path, fault, layer)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def exact_effect(package_dir: Path, path: Path, fault: Fault, layer: str) -> float:
+    """How far ``fault`` in ``layer`` moves the model's outputs when the model itself computes
+    it (ONNX Runtime on the package's model.onnx, or the torch.export program eagerly): the
+    largest scaled difference from the unchanged model over the validation's samples."""
+    import copy
+
+    import onnx
+
+    from ..frontends.exported import run_exported
+    from ..frontends.load import load_model, to_onnx
+    from ..package.manifest import load_package
+    from ..verify.comparison import compare
+    from ..verify.inputs import make_inputs
+    from ..verify.references import onnxruntime_session
+
+    package = load_package(package_dir)
+    ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
+    samples = [make_inputs(package.inputs, seed, {}, {}, ranges) for seed in range(3)]
+    if (package_dir / "model.onnx").is_file():
+        proto = onnx.load(str(package_dir / "model.onnx"))
+        changed = copy.deepcopy(proto)
+        fault(changed, layer)
+        runs = []
+        for model in (proto, changed):
+            session = onnxruntime_session(model.SerializeToString())
+            names = [i.name for i in session.get_inputs()]
+            runs.append([session.run(None, dict(zip(names, a, strict=True))) for a in samples])
+    else:
+        program = to_onnx(load_model(path)).program
+        clean = [run_exported(program, a) for a in samples]
+        with fault.swapped(program, layer):
+            runs = [clean, [run_exported(program, a) for a in samples]]
+    return max(compare("", "", np.asarray(b), np.asarray(a)).scaled_error
+               for before, after in zip(*runs, strict=True)
+               for a, b in zip(before, after, strict=True))
 
 
 def _names_layer(found, layer: str, tensor: str) -> bool:
@@ -160,7 +198,18 @@ def _run_isolated(name: str, fmt: str, folder: Path, timeout: int) -> dict:
     return {"model": name, "format": fmt, "clean": {"error": outcome[1]}}
 
 
-def _cell(entry: dict | None) -> str:
+def _below_rounding(entry: dict, clean: dict) -> bool:
+    """Whether a fault moves the model's own output by no more than validation lets a correct
+    package differ (EXACT_FACTOR times the clean package's error, at least EXACT_FLOOR): no
+    comparison of outputs can tell it from rounding."""
+    from ..verify.validate import EXACT_FACTOR, EXACT_FLOOR
+
+    effect = entry.get("effect")
+    return effect is not None and effect <= max(EXACT_FLOOR,
+                                                EXACT_FACTOR * (clean.get("scaled_error") or 0))
+
+
+def _cell(entry: dict | None, clean: dict) -> str:
     if entry is None:
         return "not run"
     if entry.get("layer") is None:
@@ -168,6 +217,8 @@ def _cell(entry: dict | None) -> str:
     if entry.get("error"):
         return "compile failed"
     if entry.get("status") != "failed":
+        if _below_rounding(entry, clean):
+            return f"below rounding: moves the output by {entry['effect']:.2g} ({entry['result']})"
         return f"**missed** ({entry.get('result')})"
     if "localized" not in entry:
         return "caught, localize failed"
@@ -184,7 +235,8 @@ def _clean_cell(clean: dict) -> str:
 def write_table(rows: dict, path: Path, commit: str) -> None:
     """The table: one row per model and format, one column per fault; then the details."""
     entries = [f for row in rows.values() for f in (row.get("faults") or {}).values()
-               if f.get("layer") is not None]
+               if f.get("layer") is not None
+               and (f.get("status") == "failed" or not _below_rounding(f, row["clean"]))]
     caught = sum(1 for f in entries if f.get("status") == "failed")
     localized = sum(1 for f in entries if f.get("localized"))
     lines = [
@@ -202,6 +254,10 @@ def write_table(rows: dict, path: Path, commit: str) -> None:
         "on the ONNX route batch norms folded into convolutions give them one). Written by "
         "`python -m deploytool.testing.injection_coverage`.",
         "",
+        "A fault that moves the model's own output (ONNX Runtime or torch.export, unchanged "
+        "but for the fault) by no more than validation lets a correct package differ is "
+        "\"below rounding\": no comparison of outputs can see it, and it is not counted.",
+        "",
         f"Caught {caught}/{len(entries)} faults, localised {localized}/{len(entries)}. "
         f"Generated {datetime.date.today().isoformat()} at commit {commit} on "
         f"{platform.machine()}, {os.cpu_count()} cores.",
@@ -211,7 +267,7 @@ def write_table(rows: dict, path: Path, commit: str) -> None:
     ]
     for row in rows.values():
         faults = row.get("faults") or {}
-        cells = " | ".join(_cell(faults.get(f)) for f in FAULTS)
+        cells = " | ".join(_cell(faults.get(f), row["clean"]) for f in FAULTS)
         lines.append(f"| {row['model']} | .{row['format']} | {_clean_cell(row['clean'])} | "
                      f"{cells} |")
     lines += ["", "## Layers changed and layers named", ""]
@@ -223,7 +279,9 @@ def write_table(rows: dict, path: Path, commit: str) -> None:
             where = (f"{entry.get('op')} '{entry.get('node')}'"
                      + (f" in module '{named}'" if named is not None else ""))
             lines.append(f"- {row['model']}.{row['format']} {fault}: changed `{entry['layer']}`; "
-                         f"output scaled error {entry.get('scaled_error') or 0:.3g}; "
+                         f"output scaled error {entry.get('scaled_error') or 0:.3g}"
+                         + (f" (the fault alone moves it by {entry['effect']:.3g})"
+                            if entry.get("effect") is not None else "") + "; "
                          f"--localize named {where if entry.get('node') else '-'}"
                          + (f" ({entry['localize_error']})" if entry.get("localize_error")
                             else ""))
