@@ -59,9 +59,11 @@ def localize_package(package: Package, options, log: Log | None = None) -> Local
         return localize_exported(package, options, log)
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     target = package_target(package)
-    candidates = _candidates(proto)
     arrays = validation_arrays(package, options)
     feeds = {s.name: a for s, a in zip(package.inputs, arrays, strict=True)}
+    floats = _float_tensors(proto, feeds)
+    _declare(proto, floats)
+    candidates = _candidates(proto, set(floats))
     cut = _Cut(proto, package, target, feeds, options.max_error, log)
     found = first_failing(len(candidates), lambda i: cut.compare(*candidates[i]))
     if found is None:
@@ -70,11 +72,44 @@ def localize_package(package: Package, options, log: Log | None = None) -> Local
     return Localization(node.name, node.op_type, tensor, found[1], len(candidates), cut.builds)
 
 
-def _candidates(proto) -> list[tuple]:
+def _float_tensors(proto, feeds: dict) -> dict[str, np.ndarray]:
+    """The float tensors ONNX Runtime computes from ``feeds``, every node output made a graph
+    output: ONNX's shape inference leaves many of a traced transformer's without a shape (a
+    Reshape to a computed shape), and a layer whose output is not a candidate cannot be named."""
+    import copy
+
+    import onnx
+
+    marked = copy.deepcopy(proto)
+    declared = {o.name for o in marked.graph.output}
+    names = [name for node in marked.graph.node for name in node.output
+             if name and name not in declared]
+    marked.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    session = onnxruntime_session(_saved(marked))
+    wanted = [o.name for o in session.get_outputs()]
+    used = {i.name for i in session.get_inputs()}
+    values = session.run(None, {n: a for n, a in feeds.items() if n in used})
+    return {name: value for name, value in zip(wanted, values, strict=True)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
+
+
+def _declare(proto, floats: dict[str, np.ndarray]) -> None:
+    """Give each of the ``floats`` its shape in ``proto``'s value_info, as ONNX Runtime computed
+    it (the extractor cuts only at tensors with one)."""
+    from onnx import helper
+
+    declared = {v.name for v in [*proto.graph.value_info, *proto.graph.output]}
+    for name, value in floats.items():
+        if name in declared:
+            continue
+        elem = helper.np_dtype_to_tensor_dtype(value.dtype)
+        proto.graph.value_info.append(helper.make_tensor_value_info(name, elem, value.shape))
+
+
+def _candidates(proto, floats: set[str]) -> list[tuple]:
     """(node, its first output, the tensors a cut after it outputs), in graph order, for the
-    nodes whose first output is a float tensor of known shape. A cut outputs that tensor and
-    every other such tensor computed before it and read after it (or a graph output)."""
-    known = {v.name: v for v in [*proto.graph.value_info, *proto.graph.output]}
+    nodes whose first output is one of the ``floats``. A cut outputs that tensor and every
+    other one computed before it and read after it (or a graph output)."""
     outputs = {o.name for o in proto.graph.output}
     nodes = list(proto.graph.node)
     last_read = {name: len(nodes) for name in outputs}
@@ -83,9 +118,7 @@ def _candidates(proto) -> list[tuple]:
             last_read[name] = max(last_read.get(name, i), i)
 
     def comparable(name: str) -> bool:
-        value = known.get(name)
-        return (value is not None and value.type.tensor_type.elem_type in (1, 11)  # float, double
-                and all(d.HasField("dim_value") for d in value.type.tensor_type.shape.dim))
+        return name in floats
 
     found, computed = [], []
     for i, node in enumerate(nodes):
