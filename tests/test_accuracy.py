@@ -429,3 +429,19 @@ def test_injection_table_tells_a_fault_below_rounding_from_a_miss(tmp_path):
     assert "below rounding: moves the output by 1.2e-06 (PASSED)" in text
     assert "**missed** (PASSED)" in text  # 1e-4 is far above 5x the clean error
     assert "Caught 2/3 faults, localised 2/3." in text  # the one below rounding not counted
+
+
+def test_injection_coverage_prints_and_tables_each_row_as_it_lands(tmp_path, monkeypatch, capsys):
+    from deploytool.testing import injection_coverage
+
+    clean = {"result": "PASSED", "status": "passed", "scaled_error": 3e-7}
+    caught = {"layer": "q", "status": "failed", "result": "FAILED", "effect": 1e-3,
+              "localized": True, "builds": 5, "node": "addmm", "op": "aten.addmm"}
+    row = {"model": "hf_bert", "format": "pt2", "clean": clean,
+           "faults": {"scale-1.001": caught, "drop-bias": {"layer": None}, "transpose": caught}}
+    monkeypatch.setattr(injection_coverage, "_run_isolated", lambda *a: row)
+    table = tmp_path / "table.md"
+    assert injection_coverage.main(["hf_bert", "--formats", "pt2", "--work", str(tmp_path),
+                                    "--table", str(table)]) == 0
+    assert "hf_bert.pt2" in capsys.readouterr().out
+    assert "| hf_bert | .pt2 | PASSED | caught, localised (5 builds) |" in table.read_text()

@@ -321,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows[key] = _run_isolated(name, fmt, args.work, args.timeout)
             results.write_text(json.dumps(rows, indent=2, default=str) + "\n")
-            faults = rows[key].get("faults") or {}
-            print(f"{key:28} {' | '.join(_cell(faults.get(f)) for f in FAULTS)}", flush=True)
+            faults, clean = rows[key].get("faults") or {}, rows[key].get("clean") or {}
+            cells = " | ".join(_cell(faults.get(f), clean) for f in FAULTS)
+            print(f"{key:28} {cells}", flush=True)
             write_table(rows, args.table, source_commit())
     write_table(rows, args.table, source_commit())
     print(f"table written to {args.table}")
