@@ -445,3 +445,40 @@ def test_injection_coverage_prints_and_tables_each_row_as_it_lands(tmp_path, mon
                                     "--table", str(table)]) == 0
     assert "hf_bert.pt2" in capsys.readouterr().out
     assert "| hf_bert | .pt2 | PASSED | caught, localised (5 builds) |" in table.read_text()
+
+
+class _Cancelling(torch.nn.Module):
+    """Eight products of about 0.3 that cancel to a few hundredths."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 1, bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[0.3, -0.3, 0.31, -0.29, 0.3, -0.3, 0.3,
+                                                     -0.3]]))
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_rounded_weights_measure_the_rounding_that_cancellation_amplifies(tmp_path):
+    from deploytool.verify.float64 import (
+        ROUNDED_DRAWS,
+        float64_results,
+        fp32_error,
+        rounded_references,
+        torchscript_float64,
+    )
+
+    path = tmp_path / "cancel.pt"
+    torch.jit.save(torch.jit.script(_Cancelling().eval()), str(path))
+    x = np.array([[1.0, 1.0, 1.1, 1.0, 0.9, 1.0, 1.0, 0.9]], np.float32)
+    exact = float64_results(torchscript_float64(path), [[x]], 1)
+    perturbed = [float64_results(torchscript_float64(path, perturb=s), [[x]], 1)
+                 for s in range(ROUNDED_DRAWS)]
+    assert float(exact[0][0].squeeze()) == pytest.approx(0.051, abs=1e-6)
+    # one rounding of each weight moves the 0.051 by about 2**-24 * 0.3 * sqrt(8): 5e-8, 1e-6 of
+    # its scale; an exact reference alone would hold the package to EXACT_FLOOR
+    measured = fp32_error(exact, [{"exact copy": exact[0], **rounded_references(perturbed)[0]}])
+    assert 2e-7 < measured[0][0] < 1e-4
+    assert fp32_error(exact, [{"exact copy": exact[0]}]) == [[0.0]]

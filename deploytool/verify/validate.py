@@ -23,7 +23,15 @@ from ..package.manifest import Package
 from ..tensors import symbol_bounds
 from ..toolchains.emulation import runner_command
 from .comparison import DEFAULT_MAX_ERROR, Comparison, compare
-from .float64 import exported_float64, faithful, float64_results, fp32_error, torchscript_float64
+from .float64 import (
+    ROUNDED_DRAWS,
+    exported_float64,
+    faithful,
+    float64_results,
+    fp32_error,
+    rounded_references,
+    torchscript_float64,
+)
 from .inputs import make_inputs, read_inputs_dir
 from .references import compiled_model_file, onnxruntime_session
 
@@ -42,7 +50,8 @@ MAX_LOOSENING = 5
 # this many times as much (twice as far from the exact result, plus the reference's own error).
 FP32_ERROR_FACTOR = 3
 # Against the float64 result, a package may be this many times as far as the worst fp32
-# reference is on the same sample, and never held closer than EXACT_FLOOR. Correct packages of
+# reference (and the float64 model with rounded weights, see float64.py) is on the same sample,
+# and never held closer than EXACT_FLOOR. Correct packages of
 # the 18 models of make bench measured 0.59 to 1.65 times their references' distance
 # (benchmarks/RESULTS.md, "Validation"); a weight scaled by 1.001 before a LayerNorm in Hugging
 # Face BERT moved its output by 1.6e-5 of scale, against references 3.3e-7 from float64: inside
@@ -343,18 +352,20 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     references = {}
     if (package.path / "model.onnx").is_file():  # not on the torch.export route
         references["onnxruntime"] = onnxruntime_backend(package)
-    run64 = None  # the torch reference in float64 (see float64.py)
+    run64, perturbed64 = None, []  # the torch reference in float64, and with rounded weights
     model = _torchscript_model(package, options, notes)
     if model is not None:
         references["torchscript"] = torchscript_backend(package, model)
         if sha256_of(model) == package.manifest["model"]["sha256"]:  # not another model
             run64 = _quietly(torchscript_float64, model)
+            perturbed64 = [_quietly(torchscript_float64, model, s) for s in range(ROUNDED_DRAWS)]
     program = _exported_program(package, notes)
     if program is not None:
         from ..frontends.exported import run_exported
 
         references["torch.export"] = lambda arrays: run_exported(program, arrays)
         run64 = _quietly(exported_float64, program)
+        perturbed64 = [_quietly(exported_float64, program, s) for s in range(ROUNDED_DRAWS)]
     dynamic = any(s.is_dynamic for s in package.inputs)
     batch_sizes = validation_sizes(package.inputs, options.batch_sizes) if dynamic else None
     if options.batch_sizes and not dynamic:
@@ -376,7 +387,10 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     runs = [(native(package, arrays), {name: run(arrays) for name, run in references.items()})
             for arrays in samples]
     exact = float64_results(run64, samples, len(package.outputs))
-    fp32_errors = fp32_error(exact, [r for _, r in runs])
+    rounded = rounded_references([float64_results(run, samples, len(package.outputs))
+                                  for run in (perturbed64 if exact else [])])
+    fp32_errors = fp32_error(exact, [dict(r, **(rounded[k] if rounded else {}))
+                                     for k, (_, r) in enumerate(runs)])
     bounds = _error_bounds(package, runs, options, notes, fp32_errors)
     exact_compared = False
     for (actual, expected_by), sample_bounds in zip(runs, bounds, strict=True):
