@@ -64,7 +64,7 @@ def localize_package(package: Package, options, log: Log | None = None) -> Local
     floats = _float_tensors(proto, feeds)
     _declare(proto, floats)
     candidates = _candidates(proto, set(floats))
-    cut = _Cut(proto, package, target, feeds, options.max_error, log)
+    cut = _Cut(proto, package, target, feeds, floats, options.max_error, log)
     found = first_failing(len(candidates), lambda i: cut.compare(*candidates[i]))
     if found is None:
         return Localization(None, None, None, None, len(candidates), cut.builds)
@@ -117,13 +117,10 @@ def _candidates(proto, floats: set[str]) -> list[tuple]:
         for name in node.input:
             last_read[name] = max(last_read.get(name, i), i)
 
-    def comparable(name: str) -> bool:
-        return name in floats
-
     found, computed = [], []
     for i, node in enumerate(nodes):
-        computed += [name for name in node.output if comparable(name)]
-        if node.op_type in SKIPPED or not node.output or not comparable(node.output[0]):
+        computed += [name for name in node.output if name in floats]
+        if node.op_type in SKIPPED or not node.output or node.output[0] not in floats:
             continue
         live = [name for name in computed
                 if name == node.output[0] or last_read.get(name, -1) > i]
@@ -132,12 +129,14 @@ def _candidates(proto, floats: set[str]) -> list[tuple]:
 
 
 class _Cut:
-    """Builds the model cut after one tensor, and compares it with ONNX Runtime."""
+    """Builds the model cut after one tensor, and compares it with ONNX Runtime's values of the
+    whole model (``floats``, see :func:`_float_tensors`)."""
 
     def __init__(self, proto, package: Package, target: TargetSpec, feeds: dict,
-                 max_error: float, log: Log):
+                 floats: dict[str, np.ndarray], max_error: float, log: Log):
         self.proto, self.package, self.target = proto, package, target
-        self.feeds, self.max_error, self.log = feeds, max_error, log
+        self.feeds, self.floats = feeds, floats
+        self.max_error, self.log = max_error, log
         self.builds = 0
         self.settings = package_settings(package)
 
@@ -150,7 +149,7 @@ class _Cut:
         sub = onnx.utils.Extractor(self.proto).extract_model(names, live)
         used = [i.name for i in sub.graph.input]
         feeds = {n: self.feeds[n] for n in used if n in self.feeds}
-        expected = onnxruntime_session(_saved(sub)).run(None, feeds)
+        expected = [self.floats[name] for name in live]
         actual = self._run(sub, feeds, tensor, live, expected)
         self.builds += 1
         results = {name: compare(name, "onnxruntime", a, e, max_error=self.max_error)
