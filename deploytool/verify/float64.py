@@ -31,14 +31,6 @@ UNIT_ROUNDOFF = 2.0 ** -24  # fp32
 ROUNDED_DRAWS = 3
 
 
-def rounded_references(perturbed: list[list[Arrays] | None]) -> list[dict[str, Arrays]]:
-    """Per sample, the float64 results with rounded weights (one list per draw, None where it
-    could not run) as references named for :func:`fp32_error`."""
-    draws = [d for d in perturbed if d is not None]
-    return [{f"rounded weights {j}": d[k] for j, d in enumerate(draws)}
-            for k in range(len(draws[0]) if draws else 0)]
-
-
 def _doubled(arrays: Arrays) -> Arrays:
     return [a.astype(np.float64) if a.dtype == np.float32 else a for a in arrays]
 
@@ -98,18 +90,21 @@ def float64_results(run64: Callable[[Arrays], Arrays] | None, samples: list[Arra
     return results
 
 
-def fp32_error(exact: list[Arrays] | None, references: list[dict[str, Arrays]]
-               ) -> list[list[float]] | None:
+def fp32_error(exact: list[Arrays] | None, references: list[dict[str, Arrays]],
+               rounded: list[list[Arrays] | None] = ()) -> list[list[float]] | None:
     """For each sample, each output's largest max|fp32 - fp64| / max|fp64| over the fp32
-    references (ONNX Runtime, torch), against the float64 results ``exact``
-    (:func:`float64_results`); None without them. Per sample: rounding can be large on one
+    references (ONNX Runtime, torch) and the ``rounded`` draws (:func:`float64_results` of the
+    model with rounded weights, None where it could not run), against the float64 results
+    ``exact`` (:func:`float64_results`); None without them. Per sample: rounding can be large on one
     input and small on the next (EfficientNetV2-S: 3.5e-3 and 5e-6), and a bound loosened
     for one sample would hide a wrong layer on the others."""
     if exact is None:
         return None
-    return [[max(_rounding(e, outputs[i]) for outputs in by_reference.values())
+    draws = [d for d in rounded if d is not None]
+    return [[max(_rounding(e, outputs[i])
+                 for outputs in [*by_reference.values(), *(d[k] for d in draws)])
              for i, e in enumerate(sample)]
-            for sample, by_reference in zip(exact, references, strict=True)]
+            for k, (sample, by_reference) in enumerate(zip(exact, references, strict=True))]
 
 
 def faithful(exact, outputs: list) -> bool:

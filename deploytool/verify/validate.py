@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,6 @@ from .float64 import (
     faithful,
     float64_results,
     fp32_error,
-    rounded_references,
     torchscript_float64,
 )
 from .inputs import make_inputs, read_inputs_dir
@@ -352,21 +352,18 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     references = {}
     if (package.path / "model.onnx").is_file():  # not on the torch.export route
         references["onnxruntime"] = onnxruntime_backend(package)
-    run64 = None  # the torch reference in float64 (see float64.py)
-    rounded64 = None  # its copy with rounded weights, for a seed
+    make64 = None  # the torch reference in float64, with weights rounded for a seed (float64.py)
     model = _torchscript_model(package, options, notes)
     if model is not None:
         references["torchscript"] = torchscript_backend(package, model)
         if sha256_of(model) == package.manifest["model"]["sha256"]:  # not another model
-            run64 = _quietly(torchscript_float64, model)
-            rounded64 = lambda seed: _quietly(torchscript_float64, model, seed)  # noqa: E731
+            make64 = partial(_quietly, torchscript_float64, model)
     program = _exported_program(package, notes)
     if program is not None:
         from ..frontends.exported import run_exported
 
         references["torch.export"] = lambda arrays: run_exported(program, arrays)
-        run64 = _quietly(exported_float64, program)
-        rounded64 = lambda seed: _quietly(exported_float64, program, seed)  # noqa: E731
+        make64 = partial(_quietly, exported_float64, program)
     dynamic = any(s.is_dynamic for s in package.inputs)
     batch_sizes = validation_sizes(package.inputs, options.batch_sizes) if dynamic else None
     if options.batch_sizes and not dynamic:
@@ -387,12 +384,11 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     first_reference: list[Arrays] = []
     runs = [(native(package, arrays), {name: run(arrays) for name, run in references.items()})
             for arrays in samples]
-    exact = float64_results(run64, samples, len(package.outputs))
+    exact = float64_results(make64 and make64(None), samples, len(package.outputs))
     # one float64 copy at a time: tv_fcn peaked at 3.1 GiB with four, 2.6 so, 2.1 without
-    rounded = rounded_references([float64_results(rounded64(seed), samples, len(package.outputs))
-                                  for seed in range(ROUNDED_DRAWS if exact and rounded64 else 0)])
-    fp32_errors = fp32_error(exact, [dict(r, **(rounded[k] if rounded else {}))
-                                     for k, (_, r) in enumerate(runs)])
+    rounded = [float64_results(make64(seed), samples, len(package.outputs))
+               for seed in range(ROUNDED_DRAWS if exact else 0)]
+    fp32_errors = fp32_error(exact, [r for _, r in runs], rounded)
     bounds = _error_bounds(package, runs, options, notes, fp32_errors)
     exact_compared = False
     for (actual, expected_by), sample_bounds in zip(runs, bounds, strict=True):
