@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..schedules.copies import schedule_concat
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
@@ -12,131 +13,13 @@ from ..schedules.sampled import DEFAULT_SCHEDULE, sample_best_schedule
 from ..targets import TargetSpec
 from ..tuning.database import SEARCH_MARGIN, open_database, search_won
 from ..tuning.settings import TuneSettings
-
-# Convolutions are computed channels-last (transposes at the edges keep the model's own layout):
-# the schedules then vectorize over channels. Tuning and builds both use it, so records match.
-CONV2D_LAYOUT = ["NHWC", "HWIO"]
+from .cpu_rewrites import rewrite_for_cpu
 
 
 def _cpu_pipeline():
     from tvm.relax.backend.cpu_generic import pipeline
 
     return pipeline
-
-
-def _channels_last(mod):
-    """``mod`` with its 2-D convolutions channels-last (CONV2D_LAYOUT); unchanged when it has
-    none or when TVM cannot convert it (its ConvertLayout failed on a transformer, which has no
-    convolution)."""
-    import tvm
-    from tvm import relax
-
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
-    found = []
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and expr.op.same_as(conv2d):
-            found.append(expr)
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    if not found:
-        return mod
-    try:
-        return relax.transform.ConvertLayout({"relax.nn.conv2d": CONV2D_LAYOUT})(mod)
-    except Exception:  # TVM's layout inference does not cover every operator
-        return mod
-
-
-def _clip_as_bounds(mod):
-    """``mod`` with each ``clip(x, lo, hi)`` of constant bounds written ``minimum(maximum(x, lo),
-    hi)``, which TVM's layout conversion sees through (it has no layout rule for clip): the
-    hardswish and hardsigmoid activations of MobileNetV3 were transposed to NCHW and back around
-    each clip, 4 of its 5 costliest kernels (torchvision's MobileNetV3-Small at 64x64)."""
-    import tvm
-    from tvm import relax
-
-    clip = tvm.ir.Op.get("relax.clip")
-
-    @relax.expr_functor.mutator
-    class Bounds(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(clip):
-                return call
-            x, lo, hi = call.args
-            dtype = str(getattr(x.ty, "dtype", ""))
-            if not dtype.startswith("float") or not all(
-                    isinstance(b, tvm.tirx.FloatImm | tvm.tirx.IntImm) for b in (lo, hi)):
-                return call
-            lo, hi = (relax.const(float(b.value), dtype) for b in (lo, hi))
-            return relax.op.minimum(relax.op.maximum(x, lo), hi)
-
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mod[gv] = Bounds(mod).visit_expr(func)
-    return mod
-
-
-# Output channels of a convolution are padded with zero weights to a multiple of this, where
-# they are not one (the slice back to the model's channels runs in the kernel's epilogue): the
-# register tiles then vectorize them (see _pad_output_channels).
-CHANNEL_MULTIPLE = 8
-
-
-def _pad_output_channels(mod):
-    """``mod`` with each channels-last convolution (one group, a constant weight) whose output
-    channels are not a multiple of CHANNEL_MULTIPLE computed with its weight padded to one,
-    then sliced back: ``strided_slice(conv2d(x, pad(w)))``. The padding folds into the weight
-    at compile time, the slice into the kernel's epilogue. Unpadded, no vector of channels
-    divides such a convolution's 12 channels, and it took MetaSchedule's sampled schedule: a
-    3x3 convolution from 3 to 12 channels at 64x64 ran at 6 GFLOP/s on one Zen 4 core."""
-    import tvm
-    from tvm import relax
-
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
-
-    for gv, func in list(mod.functions_items()):
-        if not isinstance(func, relax.Function):
-            continue
-        bindings = relax.analysis.get_var2val(func)
-
-        def constant(expr, bindings=bindings):
-            while isinstance(expr, relax.Var) and expr in bindings:
-                expr = bindings[expr]
-            if isinstance(expr, tvm.ir.expr.Constant):
-                return True
-            return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
-                    and all(constant(arg) for arg in expr.args
-                            if not isinstance(arg, relax.expr.ShapeExpr)))
-
-        @relax.expr_functor.mutator
-        class Pad(relax.PyExprMutator):
-            def visit_call_(self, call):
-                call = super().visit_call_(call)
-                if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(conv2d):
-                    return call
-                attrs = call.attrs
-                weight = call.args[1]
-                shape = weight.ty.shape
-                if (int(attrs.groups) != 1 or attrs.kernel_layout != "HWIO"
-                        or attrs.out_layout != "NHWC" or shape is None
-                        or not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)
-                        or not constant(weight)):
-                    return call
-                channels = int(shape.values[3])
-                padded = -(-channels // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
-                if padded == channels:
-                    return call
-                weight = relax.op.nn.pad(weight, [0, 0, 0, 0, 0, 0, 0, padded - channels])
-                padded_conv = self.builder_.normalize(relax.Call(call.op, [call.args[0], weight],
-                                                                 attrs))
-                return relax.op.strided_slice(padded_conv, axes=[3], begin=[0], end=[channels])
-
-        mutator = Pad(mod)
-        mod[gv] = mutator.visit_expr(func)
-    return mod
 
 
 def fuse(mod, target):
@@ -150,7 +33,7 @@ def fuse(mod, target):
     from tvm import relax
 
     cpu = _cpu_pipeline()
-    mod = _pad_output_channels(_channels_last(_clip_as_bounds(mod)))
+    mod = rewrite_for_cpu(mod)
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                        + cpu.legalize_passes(target)
@@ -221,6 +104,7 @@ class SchedulePlan:
     from_database: int = 0
     hand_written: int = 0  # of the default ones: schedules/cpu.py's register-tiled ones
     reductions: int = 0  # of the default ones: schedules/reductions.py's
+    concatenations: int = 0  # of the default ones: schedules/copies.py's
     default: int = 0
     kept_default: int = 0  # of the default ones: with records the search won too narrowly
     unscheduled: int = 0
@@ -234,8 +118,9 @@ class SchedulePlan:
         kept = (f"; {self.kept_default} of them had records, but none "
                 f"{1 - SEARCH_MARGIN:.0%} faster than the default" if self.kept_default else "")
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
-                f"default schedules ({self.hand_written} register-tiled, {self.reductions} "
-                f"reductions{kept}), {self.unscheduled} unscheduled")
+                f"default schedules ({self.hand_written} register-tiled, {self.concatenations} "
+                f"concatenations, {self.reductions} reductions{kept}), {self.unscheduled} "
+                f"unscheduled")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -289,6 +174,9 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     plan.hand_written += scheduled is not None
                     if scheduled is None:
                         scheduled = schedule_pool(func)
+                    if scheduled is None:
+                        scheduled = schedule_concat(func, lanes)
+                        plan.concatenations += scheduled is not None
                     if scheduled is None:
                         scheduled = schedule_reduction(func, lanes)
                         plan.reductions += scheduled is not None

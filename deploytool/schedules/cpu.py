@@ -6,8 +6,8 @@ import math
 
 from .prefetch import PREFETCH_LOOP
 
-# Blocks TVM's legalization names, channels-last (see tuning.CONV2D_LAYOUT), that these schedules
-# know: spatial loops ..., W (or M), C (or N), then the reduction loops.
+# Blocks TVM's legalization names, channels-last (see build.cpu_rewrites.CONV2D_LAYOUT), that
+# these schedules know: spatial loops ..., W (or M), C (or N), then the reduction loops.
 KNOWN_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc", "matmul")
 # Accumulators of one register tile, in float lanes: 16 of the 32 AVX-512 registers; 12 of the
 # 16 AVX2 ones, 24 of the 32 NEON ones elsewhere (see accumulator_lanes).

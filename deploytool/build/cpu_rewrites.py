@@ -1,0 +1,179 @@
+"""Relax rewrites before the CPU build's fusion: each makes the default schedules' kernels
+faster, and none changes what the model computes beyond rounding."""
+
+from __future__ import annotations
+
+# Convolutions are computed channels-last (transposes at the edges keep the model's own layout):
+# the schedules then vectorize over channels. Tuning and builds both use it, so records match.
+CONV2D_LAYOUT = ["NHWC", "HWIO"]
+
+
+def channels_last(mod):
+    """``mod`` with its 2-D convolutions channels-last (CONV2D_LAYOUT); unchanged when it has
+    none or when TVM cannot convert it (its ConvertLayout failed on a transformer, which has no
+    convolution)."""
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(conv2d):
+            found.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    if not found:
+        return mod
+    try:
+        return relax.transform.ConvertLayout({"relax.nn.conv2d": CONV2D_LAYOUT})(mod)
+    except Exception:  # TVM's layout inference does not cover every operator
+        return mod
+
+
+def clip_as_bounds(mod):
+    """``mod`` with each ``clip(x, lo, hi)`` of constant bounds written ``minimum(maximum(x, lo),
+    hi)``, which TVM's layout conversion sees through (it has no layout rule for clip): the
+    hardswish and hardsigmoid activations of MobileNetV3 were transposed to NCHW and back around
+    each clip, 4 of its 5 costliest kernels (torchvision's MobileNetV3-Small at 64x64)."""
+    import tvm
+    from tvm import relax
+
+    clip = tvm.ir.Op.get("relax.clip")
+
+    @relax.expr_functor.mutator
+    class Bounds(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(clip):
+                return call
+            x, lo, hi = call.args
+            dtype = str(getattr(x.ty, "dtype", ""))
+            if not dtype.startswith("float") or not all(
+                    isinstance(b, tvm.tirx.FloatImm | tvm.tirx.IntImm) for b in (lo, hi)):
+                return call
+            lo, hi = (relax.const(float(b.value), dtype) for b in (lo, hi))
+            return relax.op.minimum(relax.op.maximum(x, lo), hi)
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = Bounds(mod).visit_expr(func)
+    return mod
+
+
+# Output channels of a convolution are padded with zero weights to a multiple of this, where
+# they are not one (the slice back to the model's channels runs in the kernel's epilogue): the
+# register tiles then vectorize them (see pad_output_channels).
+CHANNEL_MULTIPLE = 8
+
+
+def pad_output_channels(mod):
+    """``mod`` with each channels-last convolution (one group, a constant weight) whose output
+    channels are not a multiple of CHANNEL_MULTIPLE computed with its weight padded to one,
+    then sliced back: ``strided_slice(conv2d(x, pad(w)))``. The padding folds into the weight
+    at compile time, the slice into the kernel's epilogue. Unpadded, no vector of channels
+    divides such a convolution's 12 channels, and it took MetaSchedule's sampled schedule: a
+    3x3 convolution from 3 to 12 channels at 64x64 ran at 6 GFLOP/s on one Zen 4 core."""
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function):
+            continue
+        bindings = relax.analysis.get_var2val(func)
+
+        def constant(expr, bindings=bindings):
+            while isinstance(expr, relax.Var) and expr in bindings:
+                expr = bindings[expr]
+            if isinstance(expr, tvm.ir.expr.Constant):
+                return True
+            return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+                    and all(constant(arg) for arg in expr.args
+                            if not isinstance(arg, relax.expr.ShapeExpr)))
+
+        @relax.expr_functor.mutator
+        class Pad(relax.PyExprMutator):
+            def visit_call_(self, call):
+                call = super().visit_call_(call)
+                if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(conv2d):
+                    return call
+                attrs = call.attrs
+                weight = call.args[1]
+                shape = weight.ty.shape
+                if (int(attrs.groups) != 1 or attrs.kernel_layout != "HWIO"
+                        or attrs.out_layout != "NHWC" or shape is None
+                        or not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)
+                        or not constant(weight)):
+                    return call
+                channels = int(shape.values[3])
+                padded = -(-channels // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+                if padded == channels:
+                    return call
+                weight = relax.op.nn.pad(weight, [0, 0, 0, 0, 0, 0, 0, padded - channels])
+                padded_conv = self.builder_.normalize(relax.Call(call.op, [call.args[0], weight],
+                                                                 attrs))
+                return relax.op.strided_slice(padded_conv, axes=[3], begin=[0], end=[channels])
+
+        mutator = Pad(mod)
+        mod[gv] = mutator.visit_expr(func)
+    return mod
+
+
+def batch_norm_as_scale_shift(mod):
+    """``mod`` with each inference batch norm of constant statistics written ``x * scale +
+    shift``, the two folded at compile time (in float64). TVM's legalization computes
+    ``(x - mean) / sqrt(var + eps) * gamma + beta`` for every element: DenseNet-121's
+    normalizations, which follow concatenations and so fold into no convolution, each took a
+    square root and a division per element."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    batch_norm = tvm.ir.Op.get("relax.nn.batch_norm")
+
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function):
+            continue
+        bindings = relax.analysis.get_var2val(func)
+
+        def constant(expr, bindings=bindings):
+            while isinstance(expr, relax.Var) and expr in bindings:
+                expr = bindings[expr]
+            return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+        @relax.expr_functor.mutator
+        class ScaleShift(relax.PyExprMutator):
+            def visit_call_(self, call):
+                call = super().visit_call_(call)
+                if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(batch_norm) \
+                        or bool(call.attrs.training):
+                    return call
+                x, *params = call.args
+                gamma, beta, mean, var = (constant(p) for p in params)
+                rank = len(getattr(x.ty, "shape", None) or [])
+                if any(p is None or p.ndim != 1 for p in (gamma, beta, mean, var)) or not rank:
+                    return call
+                axis = int(call.attrs.axis) % rank
+                gamma = gamma if call.attrs.scale else np.ones_like(gamma)
+                beta = beta if call.attrs.center else np.zeros_like(beta)
+                scale = gamma.astype("float64") / np.sqrt(var.astype("float64")
+                                                          + float(call.attrs.epsilon))
+                shift = beta.astype("float64") - mean.astype("float64") * scale
+                shape = [-1 if a == axis else 1 for a in range(rank)]
+                dtype = str(x.ty.dtype)
+                scale, shift = (relax.const(v.reshape(shape).astype(dtype)) for v in (scale, shift))
+                normalized = relax.op.add(relax.op.multiply(x, scale), shift)
+                return relax.Tuple([normalized, params[2], params[3]])
+
+        mod[gv] = ScaleShift(mod).visit_expr(func)
+    # item 0 of the tuple each rewrite leaves is its sum itself, which fusion then sees
+    return relax.transform.CanonicalizeBindings()(mod)
+
+
+def rewrite_for_cpu(mod):
+    """``mod`` with every rewrite of this module applied, in the order they need."""
+    return pad_output_channels(channels_last(clip_as_bounds(batch_norm_as_scale_shift(mod))))

@@ -1,0 +1,176 @@
+"""Concatenations (alone, or followed by a batch norm and a ReLU as in DenseNet) copy each input
+in vectors of its own, and inference batch norms become a multiply and an add; the numbers stay
+right."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deploytool.build.cpu_pipeline import prim_funcs
+from deploytool.build.cpu_rewrites import batch_norm_as_scale_shift
+from deploytool.compiler import CompileOptions, compile_model
+from deploytool.schedules.copies import schedule_concat
+from deploytool.tensors import TensorSpec
+from deploytool.testing.examples import save_torchscript
+from deploytool.tuning.settings import TuneSettings
+
+TARGET = {"kind": "llvm", "mcpu": "x86-64-v3"}  # AVX2: 8-float vectors, on every x86 CI machine
+
+
+def dense_block():
+    """SqueezeNet's fire module (parallel 1x1 and 3x3 expansions, concatenated), then
+    DenseNet's concatenation of the block's input and output, batch norm and ReLU."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 24, 3, padding=1)
+            self.squeeze = nn.Conv2d(24, 16, 1)
+            self.expand1 = nn.Conv2d(16, 32, 1)
+            self.expand3 = nn.Conv2d(16, 48, 3, padding=1)
+            self.norm = nn.BatchNorm2d(24 + 80)
+            self.out = nn.Conv2d(24 + 80, 16, 1)
+
+        def forward(self, x):
+            x = self.stem(x)
+            s = torch.relu(self.squeeze(x))
+            y = torch.cat([torch.relu(self.expand1(s)), torch.relu(self.expand3(s))], 1)
+            return self.out(torch.relu(self.norm(torch.cat([x, y], 1))))
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.5, 0.5)
+    return model, [TensorSpec("x", (1, 3, 12, 12))]
+
+
+def _fused(path):
+    from deploytool.build.cpu_pipeline import fuse
+    from deploytool.frontends.load import load_model, to_onnx
+    from deploytool.importer.relax import import_relax
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.targets import load_target
+
+    return fuse(import_relax(to_onnx(load_model(path))), tuning_target(load_target("cpu")))
+
+
+def _concatenate(shapes, axis, epilogue: bool = False):
+    """TOPI's concatenation kernel of float inputs of ``shapes``, then with ``epilogue`` a
+    per-channel multiply and ReLU; returns (PrimFunc, numpy reference of random inputs)."""
+    from tvm import te, topi
+
+    inputs = [te.placeholder(shape, name=f"x{i}") for i, shape in enumerate(shapes)]
+    out = topi.concatenate(inputs, axis)
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    expected = np.concatenate(values, axis)
+    if epilogue:
+        scale = te.placeholder((int(out.shape[-1]),), name="scale")
+        out = topi.nn.relu(topi.multiply(out, scale))
+        inputs.append(scale)
+        values.append(rng.random(expected.shape[-1]).astype("float32"))
+        expected = np.maximum(expected * values[-1], 0)
+    return te.create_prim_func([*inputs, out]), values, expected
+
+
+def _run(func, values, expected_shape):
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(TARGET))
+    args = [tvm.runtime.tensor(v) for v in values]
+    args.append(tvm.runtime.tensor(np.zeros(expected_shape, "float32")))
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("shapes", "axis", "pieces"), [
+    ([(1, 15, 15, 64), (1, 15, 15, 64)], 3, 2),  # SqueezeNet's fire module, channels-last
+    ([(1, 4, 4, 256), *[(1, 4, 4, 32)] * 5], 3, 13),  # DenseNet's growing concatenations
+    ([(1, 7, 7, 32), (1, 7, 7, 48), (1, 7, 7, 16)], 3, 6),  # unequal: pieces of their gcd
+    ([(1, 3, 8, 40), (1, 5, 8, 40)], 1, 8),  # along rows: each row copied as it is
+])
+def test_a_concatenation_is_copied_in_pieces_of_whole_vectors(shapes, axis, pieces):
+    func, values, expected = _concatenate(shapes, axis)
+    scheduled = schedule_concat(func, 96)
+    assert scheduled is not None
+    script = scheduled.script()
+    assert script.count("_partition") == pieces, script  # one loop per piece, no select
+    assert "T.vectorized(8)" in script, script  # AVX2's 8 floats (96 accumulator lanes)
+    np.testing.assert_array_equal(_run(scheduled, values, expected.shape), expected)
+
+
+@pytest.mark.slow
+def test_a_concatenation_followed_by_elementwise_operations_is_one_loop_per_piece():
+    func, values, expected = _concatenate([(1, 4, 4, 64), (1, 4, 4, 32)], 3, epilogue=True)
+    scheduled = schedule_concat(func, 256)
+    script = scheduled.script()
+    assert script.count("_partition") == 3 and "T.vectorized(16)" in script, script
+    np.testing.assert_allclose(_run(scheduled, values, expected.shape), expected, rtol=1e-6)
+
+
+def test_what_is_not_a_concatenation_is_left_to_the_other_schedules():
+    from tvm import te, topi
+
+    x = te.placeholder((1, 8, 8, 16), name="x")
+    assert schedule_concat(te.create_prim_func([x, topi.nn.relu(x)])) is None
+    # 3 + 5 channels: gcd 1, a piece per channel; more pieces than MAX_PIECES stay sampled
+    func, _, _ = _concatenate([(1, 2, 2, 3), (1, 2, 2, 5)], 3)
+    assert schedule_concat(func) is not None
+    func, _, _ = _concatenate([(1, 2, 2, 33), (1, 2, 2, 64)], 3)
+    assert schedule_concat(func) is None
+
+
+@pytest.mark.slow
+def test_batch_norm_becomes_a_multiply_and_an_add_of_folded_constants():
+    import tvm
+    from tvm import relax
+    from tvm.script import relax as R
+
+    rng = np.random.default_rng(0)
+    gamma, beta, mean = (rng.standard_normal(6).astype("float32") for _ in range(3))
+    var = rng.random(6).astype("float32") + 0.5
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((1, 6, 3, 3), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            norm = builder.emit(relax.op.nn.batch_norm(
+                x, *(relax.const(v) for v in (gamma, beta, mean, var)), axis=1, epsilon=1e-3,
+                training=False))
+            out = builder.emit_output(relax.TupleGetItem(norm, 0))
+        builder.emit_func_output(out)
+    rewritten = batch_norm_as_scale_shift(builder.get())
+    assert "batch_norm" not in rewritten.script() and "R.multiply" in rewritten.script()
+    data = rng.standard_normal((1, 6, 3, 3)).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(rewritten, target="llvm"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    c = (slice(None), None, None)
+    expected = (data - mean[c]) / np.sqrt(var[c] + 1e-3) * gamma[c] + beta[c]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_densenets_concatenation_norm_and_relu_is_one_kernel_without_square_roots(tmp_path):
+    path = save_torchscript(*dense_block(), tmp_path / "dense.pt")
+    kernels = [f for gv, f in prim_funcs(_fused(path)) if "concatenate" in gv.name_hint]
+    assert kernels, [gv.name_hint for gv, _ in prim_funcs(_fused(path))]
+    for kernel in kernels:
+        assert "sqrt" not in kernel.script()  # the normalization folded into two constants
+        assert schedule_concat(kernel) is not None
+
+
+@pytest.mark.slow
+def test_a_model_of_concatenations_compiles_them_by_this_schedule_and_validates(tmp_path):
+    path = save_torchscript(*dense_block(), tmp_path / "dense.pt")
+    package = compile_model(CompileOptions(model=path, output=tmp_path / "pkg", java=False,
+                                           tuning=TuneSettings(db=tmp_path / "no-db")))
+    manifest = json.loads((package.path / "manifest.json").read_text())
+    assert manifest["validation"]["status"] == "passed", manifest["validation"]
+    assert manifest["tuning"]["concatenations"] == 1, manifest["tuning"]
