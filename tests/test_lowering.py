@@ -90,6 +90,29 @@ def test_only_kernels_worth_two_threads_launch_them(monkeypatch):
     assert PARALLEL_LAUNCH in _linear_layer_ir(64, 512)
 
 
+def _concatenation_ir(channels: int) -> str:
+    """The LLVM IR of a channels-last concatenation of two 56x56 inputs of ``channels``."""
+    import tvm
+    from tvm import te, topi
+
+    from deploytool.schedules.copies import schedule_concat
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.targets import load_target
+
+    inputs = [te.placeholder((1, 56, 56, channels), name=f"x{i}") for i in range(2)]
+    func = schedule_concat(te.create_prim_func([*inputs, topi.concatenate(inputs, 3)]))
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=tuning_target(load_target("cpu")),
+                         pipeline=lowering.tir_pipeline())
+    return lib.inspect_source("ll")
+
+
+def test_copies_without_arithmetic_take_the_threads_only_when_large():
+    assert 2 * 56 * 56 * 16 * 2 * 4 < lowering.SINGLE_THREAD_BYTES < 2 * 56 * 56 * 64 * 2 * 4
+    assert PARALLEL_LAUNCH not in _concatenation_ir(16)  # 784 KiB read and written
+    assert PARALLEL_LAUNCH in _concatenation_ir(64)  # 3 MiB
+
+
 def test_scratch_over_the_limit_stays_in_the_workspace_pool(grouped_path, monkeypatch):
     monkeypatch.setattr(lowering, "STACK_SCRATCH_BYTES", 1024)  # the padded rows no longer fit
     assert _workspace_calls(grouped_path, lowering.tir_pipeline()) >= 1

@@ -18,6 +18,10 @@ STACK_SCRATCH_BYTES = 16 * 1024
 # matrix-vector product took 1.7 us on one thread, 2.1 us on two; a 512x256 one 8.6 us on one,
 # 4.4 us on two.
 SINGLE_THREAD_FLOPS = 128 * 1024
+# ... unless they read and write at least this many bytes (copies count no operations): a serial
+# copy of 512 KiB took 2.1 us and a parallel one 3.0 us, at 8 MiB the parallel one 41 us and the
+# serial one 69 us (Zen 5, 2 threads).
+SINGLE_THREAD_BYTES = 1 << 20
 SINGLE_THREAD = "deploytool.single_thread"  # the attribute of a kernel made single-threaded
 # float32 functions computed inline as polynomials (TVM's own topi.fast_exp, fast_tanh, fast_erf:
 # Cephes' and Eigen's approximations, a few ulp) instead of a libm call per element, which LLVM
@@ -119,8 +123,9 @@ _POLYNOMIALS: dict = {}
 
 
 def single_thread_when_small():
-    """A pass making the parallel loops of a kernel of under SINGLE_THREAD_FLOPS serial, and
-    marking the kernel SINGLE_THREAD (for :func:`scratch_on_stack`)."""
+    """A pass making the parallel loops of a kernel of under SINGLE_THREAD_FLOPS and
+    SINGLE_THREAD_BYTES serial, and marking the kernel SINGLE_THREAD (for
+    :func:`scratch_on_stack`)."""
     import tvm
     import tvm_ffi
     from tvm.s_tir.analysis import estimate_tir_flops
@@ -138,11 +143,22 @@ def single_thread_when_small():
             flops = estimate_tir_flops(tvm.IRModule({"main": func}))
         except Exception:  # a kernel the estimate cannot analyse keeps its threads
             return func
-        if flops >= SINGLE_THREAD_FLOPS:
+        if flops >= SINGLE_THREAD_FLOPS or _argument_bytes(func) >= SINGLE_THREAD_BYTES:
             return func
         return tvm_ffi.structural_map(func, [(stmt.For, serial)]).with_attr(SINGLE_THREAD, True)
 
     return transform
+
+
+def _argument_bytes(func) -> int:
+    """Bytes of the kernel's buffer arguments (0 where a shape is symbolic)."""
+    import math
+
+    try:
+        return sum(math.prod(int(d) for d in p.ty.shape) * p.ty.dtype.dtype.bits // 8
+                   for p in func.params if hasattr(p.ty, "shape"))
+    except TypeError:
+        return 0
 
 
 def nan_keeping_max_min():

@@ -7,10 +7,6 @@ import math
 
 from .cpu import TILE_LANES, _vector_floats
 
-# A copy of fewer bytes (read and written) than this runs on one thread: the pool's fork and
-# join cost about a microsecond, a serial copy of 512 KiB took 2.1 us and a parallel one 3.0 us
-# (Zen 5, 2 threads); at 8 MiB the parallel one took 41 us and the serial one 69 us.
-PARALLEL_COPY_BYTES = 1 << 20
 # A concatenation split into more pieces than this keeps MetaSchedule's schedule: each piece
 # is a loop of its own in the generated code.
 MAX_PIECES = 64
@@ -93,12 +89,10 @@ def concatenated(mod, lanes: int = TILE_LANES):
     piece = math.gcd(*(end - start for start, end in itertools.pairwise(edges)))
     if extents[axis] // piece > MAX_PIECES:
         return None
-    out = sch.get(block).writes[0].source
-    moved = 2 * math.prod(extents) * out.dtype.bits // 8
     outer = sch.fuse(*loops[:axis]) if axis else None
     pieces, _ = sch.split(sch.get_loops(block)[1 if axis else 0], [None, piece])
     _vectorize_innermost(sch, sch.get_loops(block)[-1], _vector_floats(lanes))
-    if outer is not None and moved >= PARALLEL_COPY_BYTES:
+    if outer is not None:  # (small copies then run on one thread: build/lowering.py)
         sch.parallel(outer)
     if extents[axis] // piece > 1:
         sch.loop_partition(pieces, [1] * (extents[axis] // piece - 1) + [None])
