@@ -93,6 +93,7 @@ CASES = [
     *(Case(name, ZOO[name], min_iters=20) for name in (
         "tv_efficientnet_b0", "tv_mobilenet_v3_small", "tv_mnasnet0_5", "tv_regnet_x_400mf",
         "tv_convnext_tiny", "tv_squeezenet1_1", "tv_shufflenet_v2_x0_5", "tv_densenet121",
+        "tv_googlenet", "tv_inception_v3",
         "timm_resnet10t", "hf_vit", "hf_bert", "hf_distilbert", "timm_vit_tiny")),
     # The zoo's transformers are small enough for tests; these are sized as deployed ones.
     Case("hf_bert_medium", hf_bert_medium, min_iters=10),
