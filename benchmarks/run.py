@@ -281,7 +281,8 @@ def render(rows: list[Row], machine: dict, threads: int, end_load: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(c.name for c in CASES),
-                        help="comma-separated subset of: %(default)s")
+                        help="comma-separated, of: %(default)s, or any other zoo model "
+                             "(deploytool/testing/zoo.py)")
     parser.add_argument("--threads", type=int, help="default: the CPUs usable")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0,
@@ -291,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", help="a paragraph to add under the machine line")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = sorted(set(names) - {c.name for c in CASES})
+    unknown = sorted(set(names) - {c.name for c in CASES} - set(ZOO))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}")
+    cases = [c for c in CASES if c.name in names]
+    cases += [Case(n, ZOO[n], min_iters=20) for n in names if n not in {c.name for c in CASES}]
     args.work.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    rows = [run_case(c, args.work, args.threads, args.rounds, args.scale)
-            for c in CASES if c.name in names]
+    rows = [run_case(c, args.work, args.threads, args.rounds, args.scale) for c in cases]
     threads = args.threads or machine["usable_cpus"]
     text = render(rows, machine, threads, os.getloadavg()[0], args.note)
     if args.output.is_file() and GPU_SECTION in args.output.read_text():  # from benchmarks/gpu.py
