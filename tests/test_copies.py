@@ -1,6 +1,5 @@
 """Concatenations (alone, or followed by a batch norm and a ReLU as in DenseNet) copy each input
-in vectors of its own, and inference batch norms become a multiply and an add; the numbers stay
-right."""
+in vectors of its own; the numbers stay right."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 from deploytool.build.cpu_pipeline import prim_funcs
-from deploytool.build.cpu_rewrites import batch_norm_as_scale_shift
 from deploytool.compiler import CompileOptions, compile_model
 from deploytool.schedules.copies import schedule_concat
 from deploytool.tensors import TensorSpec
@@ -127,34 +125,6 @@ def test_what_is_not_a_concatenation_is_left_to_the_other_schedules():
     assert schedule_concat(func) is not None
     func, _, _ = _concatenate([(1, 2, 2, 33), (1, 2, 2, 64)], 3)
     assert schedule_concat(func) is None
-
-
-@pytest.mark.slow
-def test_batch_norm_becomes_a_multiply_and_an_add_of_folded_constants():
-    import tvm
-    from tvm import relax
-    from tvm.script import relax as R
-
-    rng = np.random.default_rng(0)
-    gamma, beta, mean = (rng.standard_normal(6).astype("float32") for _ in range(3))
-    var = rng.random(6).astype("float32") + 0.5
-    builder = relax.BlockBuilder()
-    x = relax.Var("x", R.Tensor((1, 6, 3, 3), "float32"))
-    with builder.function("main", [x]):
-        with builder.dataflow():
-            norm = builder.emit(relax.op.nn.batch_norm(
-                x, *(relax.const(v) for v in (gamma, beta, mean, var)), axis=1, epsilon=1e-3,
-                training=False))
-            out = builder.emit_output(relax.TupleGetItem(norm, 0))
-        builder.emit_func_output(out)
-    rewritten = batch_norm_as_scale_shift(builder.get())
-    assert "batch_norm" not in rewritten.script() and "R.multiply" in rewritten.script()
-    data = rng.standard_normal((1, 6, 3, 3)).astype("float32")
-    vm = relax.VirtualMachine(tvm.compile(rewritten, target="llvm"), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(data)).numpy()
-    c = (slice(None), None, None)
-    expected = (data - mean[c]) / np.sqrt(var[c] + 1e-3) * gamma[c] + beta[c]
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_densenets_concatenation_norm_and_relu_is_one_kernel_without_square_roots(tmp_path):

@@ -174,6 +174,95 @@ def batch_norm_as_scale_shift(mod):
     return relax.transform.CanonicalizeBindings()(mod)
 
 
+def _used_taps(size: int, out: int, kernel: int, stride: int, dilation: int, before: int):
+    """The first and last kernel taps along one axis that read the input somewhere (the others
+    read only padding), or None when every tap does."""
+    used = [k for k in range(kernel)
+            if any(0 <= y * stride + k * dilation - before < size for y in range(out))]
+    if not used or (used[0] == 0 and used[-1] == kernel - 1):
+        return None
+    return used[0], used[-1]
+
+
+def dead_taps_cropped(mod):
+    """``mod`` with each 2-D convolution of a constant weight whose kernel reaches taps that
+    read only padding computed without them: its weight sliced to the taps that read the
+    input, its padding reduced to match (the output is the same). On small images the deep
+    layers are this small: Inception v3 at 75x75 runs 3x3 convolutions on 1x1 inputs, and
+    ResNet-50 at 32x32 its last 3x3 ones, where only the centre tap reads anything; those
+    kernels stream their whole weight for a ninth of it (Inception v3's 3x3 convolution from
+    448 to 384 channels: 164 us for 6 MiB of weights)."""
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function):
+            continue
+        bindings = relax.analysis.get_var2val(func)
+
+        @relax.expr_functor.mutator
+        class Crop(relax.PyExprMutator):
+            def visit_call_(self, call, bindings=bindings):
+                call = super().visit_call_(call)
+                if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(conv2d):
+                    return call
+                cropped = _cropped(call, bindings)
+                return call if cropped is None else cropped
+
+        mod[gv] = Crop(mod).visit_expr(func)
+    return mod
+
+
+def _cropped(call, bindings):
+    """:func:`dead_taps_cropped`'s convolution for ``call``, or None when it keeps its taps."""
+    import tvm
+    from tvm import relax
+
+    x, weight = call.args
+    attrs = call.attrs
+    constant = weight
+    while isinstance(constant, relax.Var) and constant in bindings:
+        constant = bindings[constant]
+    shapes = [getattr(e.ty, "shape", None) for e in (x, weight, call)]
+    if not isinstance(constant, tvm.ir.expr.Constant) or any(
+            s is None or not all(isinstance(d, tvm.tirx.IntImm) for d in s.values)
+            for s in shapes):
+        return None
+    data, kernel, out = ([int(d) for d in s.values] for s in shapes)
+    padding = [int(p) for p in attrs.padding]  # top, left, bottom, right
+    crops = []
+    for i, axis in enumerate("HW"):
+        d, k = attrs.data_layout.index(axis), attrs.kernel_layout.index(axis)
+        o = attrs.out_layout.index(axis)
+        taps = _used_taps(data[d], out[o], kernel[k], int(attrs.strides[i]),
+                          int(attrs.dilation[i]), padding[i])
+        if taps is None:
+            crops.append(None)
+            continue
+        first, last = taps
+        dilation = int(attrs.dilation[i])
+        before = padding[i] - first * dilation
+        after = (out[o] - 1) * int(attrs.strides[i]) + (last - first) * dilation + 1 \
+            - data[d] - before
+        if before < 0 or after < 0:
+            return None
+        crops.append((k, first, last, before, after))
+    if all(c is None for c in crops):
+        return None
+    values = constant.value.numpy()
+    for i, crop in enumerate(crops):
+        if crop is not None:
+            k, first, last, padding[i], padding[i + 2] = crop
+            values = values.take(range(first, last + 1), axis=k)
+    return relax.op.nn.conv2d(x, relax.const(values), strides=attrs.strides, padding=padding,
+                              dilation=attrs.dilation, groups=attrs.groups,
+                              data_layout=attrs.data_layout, kernel_layout=attrs.kernel_layout,
+                              out_layout=attrs.out_layout, out_dtype=attrs.out_dtype)
+
+
 def rewrite_for_cpu(mod):
     """``mod`` with every rewrite of this module applied, in the order they need."""
-    return pad_output_channels(channels_last(clip_as_bounds(batch_norm_as_scale_shift(mod))))
+    mod = clip_as_bounds(batch_norm_as_scale_shift(dead_taps_cropped(mod)))
+    return pad_output_channels(channels_last(mod))
