@@ -8,6 +8,15 @@ from __future__ import annotations
 CONV2D_LAYOUT = ["NHWC", "HWIO"]
 
 
+def _bound(expr, bindings):
+    """The expression ``expr`` stands for: through the chain of variables it is bound to."""
+    from tvm import relax
+
+    while isinstance(expr, relax.Var) and expr in bindings:
+        expr = bindings[expr]
+    return expr
+
+
 def channels_last(mod):
     """``mod`` with its 2-D convolutions channels-last (CONV2D_LAYOUT); unchanged when it has
     none or when TVM cannot convert it (its ConvertLayout failed on a transformer, which has no
@@ -87,8 +96,7 @@ def pad_output_channels(mod):
         bindings = relax.analysis.get_var2val(func)
 
         def constant(expr, bindings=bindings):
-            while isinstance(expr, relax.Var) and expr in bindings:
-                expr = bindings[expr]
+            expr = _bound(expr, bindings)
             if isinstance(expr, tvm.ir.expr.Constant):
                 return True
             return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
@@ -141,8 +149,7 @@ def batch_norm_as_scale_shift(mod):
         bindings = relax.analysis.get_var2val(func)
 
         def constant(expr, bindings=bindings):
-            while isinstance(expr, relax.Var) and expr in bindings:
-                expr = bindings[expr]
+            expr = _bound(expr, bindings)
             return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
         @relax.expr_functor.mutator
@@ -222,9 +229,7 @@ def _cropped(call, bindings):
 
     x, weight = call.args
     attrs = call.attrs
-    constant = weight
-    while isinstance(constant, relax.Var) and constant in bindings:
-        constant = bindings[constant]
+    constant = _bound(weight, bindings)
     shapes = [getattr(e.ty, "shape", None) for e in (x, weight, call)]
     if not isinstance(constant, tvm.ir.expr.Constant) or any(
             s is None or not all(isinstance(d, tvm.tirx.IntImm) for d in s.values)
