@@ -13,7 +13,7 @@ import click
 
 from .common import DISK_FULL, disk_full_error, note_interrupt, was_interrupted, watch_ctrl_c
 from .errors import DeploytoolError, UsageError
-from .verify.comparison import DEFAULT_MAX_ERROR
+from .verify import DEFAULT_MAX_ERROR
 
 
 class Group(click.Group):

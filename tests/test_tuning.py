@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,9 @@ def test_ctrl_c_keeps_a_usable_database(models, tmp_path):
                 break
             time.sleep(1)
         assert process.poll() is None, "tuning ended before it could be interrupted"
+        # A thread that takes SIGINT would run whatever handler a library has installed at
+        # that moment, and the Ctrl-C was lost under load: every thread must block it.
+        assert _threads_taking_sigint(process.pid) == []
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=240)
     finally:
@@ -185,6 +189,30 @@ def test_ctrl_c_keeps_a_usable_database(models, tmp_path):
     tuned = json.loads((tmp_path / "pkg" / "manifest.json").read_text())["tuning"]
     assert tuned["from_database"] >= 1
     assert _run_package(tmp_path / "pkg", models["mlp"], tmp_path) < 1e-5
+
+
+def _threads_taking_sigint(pid: int) -> list[str]:
+    takers = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(FileNotFoundError):  # the thread ended
+            status = (task / "status").read_text()
+            blocked = int(next(line.split()[1] for line in status.splitlines()
+                               if line.startswith("SigBlk:")), 16)
+            # sigtimedwait unblocks what it waits for: that is the tuner's watcher taking it
+            waiting = "sigtimedwait" in (task / "wchan").read_text()
+            if not blocked & (1 << (signal.SIGINT - 1)) and not waiting:
+                takers.append((task / "comm").read_text().strip())
+    return takers
+
+
+def test_the_cli_starts_no_thread_before_it_holds_ctrl_c():
+    """numpy starts OpenBLAS's threads on import; imported by the CLI module, they existed before
+    the tune command held Ctrl-C, and took the SIGINT meant for the tuner."""
+    script = ("import os, sys, deploytool.cli; "
+              "print(len(os.listdir('/proc/self/task')), 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert out.split() == ["1", "False"]
 
 
 CTRL_C_SCRIPT = """

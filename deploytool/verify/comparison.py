@@ -15,10 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# The default bound on the scaled error. Correct fp32 packages of the zoo measure at most
-# about 2e-6 (benchmarks/RESULTS.md, "Validation"); a weight scaled by 1.001 in one layer of
-# any of them comes out above 1e-4.
-DEFAULT_MAX_ERROR = 1e-4
+from . import DEFAULT_MAX_ERROR
 
 
 @dataclass
