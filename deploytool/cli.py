@@ -13,6 +13,7 @@ import click
 
 from .common import DISK_FULL, disk_full_error, note_interrupt, was_interrupted, watch_ctrl_c
 from .errors import DeploytoolError, UsageError
+from .precision import PRECISIONS
 from .verify import DEFAULT_MAX_ERROR
 
 
@@ -226,6 +227,13 @@ def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuou
 @click.option("--java/--no-java", default=None,
               help="Build the Java binding (java/deploytool.jar, JNI library) or leave it out "
                    "[default: when a JDK is found].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Arithmetic of the package: int8 quantizes the model (static, calibrated) "
+                   "and computes its convolutions and matrix products in integers.")
+@click.option("--calibrate", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="int8 calibration data: one folder per sample holding <input>.npy for each "
+                   "input (one input: a .npy file per sample) [default: 8 seeded random "
+                   "samples, with a warning].")
 @click.option("--tune", is_flag=True, help="Tune with MetaSchedule first (see deploytool tune).")
 @_tuning_options
 @click.option("--dump-ir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -237,7 +245,7 @@ def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuou
 @verbose_option
 def compile(model, target, inputs, output, force, archive, runtime_dir, validate, allow_mismatch,
             max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous, batch_sizes, java,
-            tune, trials, time_budget, db, dump_ir, keep_temps, verbose):
+            precision, calibrate, tune, trials, time_budget, db, dump_ir, keep_temps, verbose):
     """Compile MODEL (TorchScript .pt, .onnx or torch.export .pt2) into a package for TARGET.
 
     The package is validated against ONNX Runtime and the original model when this machine can
@@ -260,7 +268,8 @@ def compile(model, target, inputs, output, force, archive, runtime_dir, validate
                                                     samples, allow_vacuous, batch_sizes),
                              java=java, tune=tune,
                              tuning=TuneSettings(trials=trials, time_budget=time_budget, db=db),
-                             dump_ir=dump_ir, keep_temps=keep_temps, verbose=verbose)
+                             dump_ir=dump_ir, keep_temps=keep_temps, verbose=verbose,
+                             precision=precision, calibrate=calibrate)
     click.echo(options.display())
     package = compile_model(options, log=click.echo)
     click.echo(f"package written to {package.path}" + (" (and .tar.gz)" if archive else ""))

@@ -6,7 +6,7 @@ import datetime
 import platform
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import numpy as np
 from . import __version__
 from .build.cpu_pipeline import schedule_build
 from .build.dump import dump_summary, start_dump
+from .build.int8_rewrites import integer_products
 from .build.library import build_library
 from .common import Log, check_interrupt
 from .errors import DeploytoolError
@@ -34,6 +35,9 @@ from .package.manifest import (
     write_test_vectors,
 )
 from .package.readme import write_readme
+from .precision import check_precision, integer_instructions
+from .precision.calibration import Calibration, calibration_samples
+from .precision.quantize import SCHEME, quantize_int8
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
 from .toolchains.cuda import check_toolchain, is_cuda, runtime_manifest
@@ -43,6 +47,7 @@ from .toolchains.native import build_native, check_compiler, tvm_runtime_librari
 from .tuning.interrupts import ctrl_c_stops_tuning
 from .tuning.search import tune_module
 from .tuning.settings import TuneSettings
+from .verify.accuracy import REFERENCE_ONNX, validate_reduced_package
 from .verify.inputs import integer_ranges, make_inputs
 from .verify.validate import (
     ValidationOptions,
@@ -50,6 +55,7 @@ from .verify.validate import (
     failure_summary,
     onnxruntime_backend,
     record_validation,
+    run_native,
     validate_package,
 )
 
@@ -74,6 +80,8 @@ class CompileOptions:
     dump_ir: Path | None = None  # a folder for the IR and generated code (see build/dump.py)
     keep_temps: bool = False  # keep the scratch folder of a failed compile
     verbose: bool = False  # print the warnings collected, not only their count
+    precision: str = "fp32"  # fp32, or int8 (see deploytool/precision)
+    calibrate: Path | None = None  # int8 calibration samples; None: seeded ones, with a warning
 
     def output_dir(self) -> Path:
         return self.output or Path("artifacts") / self.model.stem
@@ -82,6 +90,8 @@ class CompileOptions:
         inputs = ", ".join(map(str, self.inputs)) if self.inputs else "from the model file"
         return (f"model   {self.model}\ntarget  {self.target}\ninputs  {inputs}\n"
                 f"output  {self.output_dir()}{' (archive too)' if self.archive else ''}"
+                + (f"\nprecision {self.precision}" if self.precision != "fp32" else "")
+                + (f"\ncalibrate {self.calibrate}" if self.calibrate else "")
                 + (f"\nruntime {self.runtime_dir}" if self.runtime_dir else "")
                 + (f"\ndump-ir {self.dump_ir}" if self.dump_ir else "")
                 + ("\ntemps   kept on failure" if self.keep_temps else ""))
@@ -132,6 +142,7 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     timer = StageTimer(log)
     options.validation.check()
     target: TargetSpec = load_target(options.target).resolved()
+    check_precision(options.precision, target)
     if is_cuda(target):
         check_toolchain(target)  # nvcc and the CUDA runtime, before any heavy work
     destination = options.output_dir()
@@ -165,8 +176,14 @@ def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
             graph = to_onnx(source)
             if isinstance(graph, OnnxModel):  # kept in the package (and by --keep-temps)
                 (scratch / "model.onnx").write_bytes(graph.proto.SerializeToString())
+        calibration = None
+        if options.precision == "int8":
+            with timer.stage("quantize"):
+                graph, calibration = _quantized(graph, options, scratch, log)
         with timer.stage("import"), data_dependence_explained(source):
-            graph, imported = _import_on_a_route(source, graph)
+            # a quantized model has no second route: it would be the float32 model
+            graph, imported = (_import_on_a_route(source, graph) if calibration is None
+                               else (graph, import_model(graph)))
             if options.dump_ir:
                 start_dump(options.dump_ir, imported.mod)
         tuned = None
@@ -180,7 +197,7 @@ def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
         pipeline, tuning = schedule_build(target, options.tuning, tuned)
         graph, imported = _build_on_a_route(source, graph, imported, target, pipeline,
                                             scratch / "model.so", options.dump_ir,
-                                            tuned is None)
+                                            tuned is None and calibration is None)
         if tuning:
             log(f"  schedules  {tuning.summary()}")
     if options.dump_ir:
@@ -193,14 +210,21 @@ def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
         java = build_java(target, scratch, options.java, log)
         manifest = _manifest(options, target, source, imported, timer, tuning, java,
                              {k: list(v) for k, v in integer_ranges(graph).items()})
+        manifest["precision"] = _precision_entry(options, target, calibration, imported.mod)
         package = Package(scratch, manifest)
-        manifest["self_test"] = _write_test_vectors(package, source, options.validation)
+        if calibration is None:
+            manifest["self_test"] = _write_test_vectors(package, source, options.validation)
         manifest["files"] = file_digests(scratch)
         manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
         package.save_manifest()
+        if calibration is not None:  # its own outputs are the vectors: it runs first
+            manifest["self_test"] = _write_test_vectors(package, source, options.validation,
+                                                        target)
+            manifest["files"] = file_digests(scratch)
+            package.save_manifest()
         copy_cpp_example(scratch)
         write_readme(scratch, manifest)
-    _validate(package, target, source, options, timer, log)
+    _validate(package, target, source, options, timer, log, calibration)
     return package
 
 
@@ -305,8 +329,11 @@ def _manifest(options: CompileOptions, target: TargetSpec, source, imported, tim
     }
 
 
-def _write_test_vectors(package: Package, source, validation: ValidationOptions) -> dict:
-    """The package's own test vectors: seeded inputs and the original model's outputs.
+def _write_test_vectors(package: Package, source, validation: ValidationOptions,
+                        reduced: TargetSpec | None = None) -> dict:
+    """The package's own test vectors: seeded inputs and the original model's outputs; for a
+    reduced-precision package (``reduced``, its target), the package's own outputs where this
+    machine runs it, else ONNX Runtime's on the same quantized model.
 
     The runner's self-test compares under allclose; without --atol its atol is the scaled-error
     bound times the smallest output's scale, so the self-test is as strict as validation.
@@ -314,6 +341,8 @@ def _write_test_vectors(package: Package, source, validation: ValidationOptions)
     ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
     arrays = make_inputs(package.inputs, validation.seed, validation.ranges,
                          example_sizes(package.inputs), ranges)  # one size of a symbolic dim
+    if reduced is not None:
+        return _reduced_test_vectors(package, arrays, reduced, validation)
     if source.format == "torchscript":
         reference, outputs = "torchscript", run_torchscript(source.module, arrays)
     elif source.format == "torch.export":
@@ -331,7 +360,7 @@ def _write_test_vectors(package: Package, source, validation: ValidationOptions)
 
 
 def _validate(package: Package, target: TargetSpec, source, options: CompileOptions,
-              timer: StageTimer, log: Log) -> None:
+              timer: StageTimer, log: Log, calibration: Calibration | None = None) -> None:
     """Validate against the references when this machine can run the target; record the result."""
     if not options.validate:
         log("  validation skipped (--no-validate): the package is not validated")
@@ -343,6 +372,9 @@ def _validate(package: Package, target: TargetSpec, source, options: CompileOpti
         record_validation(package, None, "pending")
         return
     validation = options.validation
+    if calibration is not None:
+        _validate_reduced(package, options, calibration, timer, log)
+        return
     if source.format == "torchscript" and validation.model is None:
         validation = ValidationOptions(**{**validation.__dict__, "model": source.path})
     with timer.stage("validate"):
@@ -353,3 +385,74 @@ def _validate(package: Package, target: TargetSpec, source, options: CompileOpti
     if not report.passed and not options.allow_mismatch:
         raise DeploytoolError(f"validation {report.status}: {failure_summary(report)}",
                               failure_advice(report))
+
+
+def _quantized(graph, options: CompileOptions, scratch: Path, log: Log):
+    """The int8 QDQ model of ``graph`` and its calibration; the float32 model is kept in the
+    package as the accuracy reference."""
+    if not isinstance(graph, OnnxModel):
+        raise DeploytoolError(f"--precision int8 quantizes the model's ONNX export, and "
+                              f"{options.model.name} imports without one ({graph.route})",
+                              "Compile its TorchScript (.pt) or ONNX file instead")
+    calibration = calibration_samples(graph.inputs, options.calibrate, options.validation.seed,
+                                      options.validation.ranges, integer_ranges(graph))
+    log(f"  calibrate  {calibration.source}")
+    if calibration.seeded:
+        log(f"  warning: {calibration.warning()}")
+    (scratch / REFERENCE_ONNX).write_bytes(graph.proto.SerializeToString())
+    quantized = quantize_int8(graph.proto, calibration)
+    (scratch / "model.onnx").write_bytes(quantized.SerializeToString())
+    return replace(graph, proto=quantized, route=f"{graph.route} -> int8 (QDQ)"), calibration
+
+
+def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, mod) -> dict:
+    """The manifest's record of the package's precision."""
+    if calibration is None:
+        return {"mode": "fp32"}
+    _, products = integer_products(mod)
+    return {"mode": "int8", "scheme": SCHEME, "integer_products": products,
+            "instructions": integer_instructions(target),
+            "calibration": {"source": calibration.source, "samples": len(calibration.samples),
+                            "seeded": calibration.seeded, "warning": calibration.warning()},
+            "reference": REFERENCE_ONNX}
+
+
+def _reduced_test_vectors(package: Package, arrays, target: TargetSpec,
+                          validation: ValidationOptions) -> dict:
+    if can_run_target(target):
+        reference, outputs = "package", run_native(package, arrays)
+        bound = validation.max_error
+    else:  # the same integers in ONNX Runtime, up to a rounding step of its requantization
+        reference, outputs = "onnxruntime-int8", onnxruntime_backend(package)(arrays)
+        bound = 1e-2
+    scales = [float(np.abs(o).max()) for o in outputs if o.size and np.abs(o).max() > 0]
+    atol = validation.atol if validation.atol is not None else (
+        bound * min(scales) if scales else 0.0)
+    return write_test_vectors(package.path, package.inputs, package.outputs, arrays, outputs,
+                              reference, atol, validation.rtol or 0.0)
+
+
+def _validate_reduced(package: Package, options: CompileOptions, calibration: Calibration,
+                      timer: StageTimer, log: Log) -> None:
+    """Validate a reduced-precision package by its accuracy (see verify/accuracy.py)."""
+    validation = options.validation
+    ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
+    seeded = [make_inputs(package.inputs, validation.seed + i, validation.ranges, None, ranges)
+              for i in range(validation.samples)]
+    names = [s.name for s in package.inputs]
+    calibrated = [[sample[n] for n in names] for sample in calibration.samples]
+    with timer.stage("validate"):
+        report = validate_reduced_package(package, seeded, calibrated)
+    for line in report.format().splitlines():
+        log("    " + line)
+    package.manifest["validation"] = {"status": "passed" if report.passed else "failed",
+                                      **report.to_dict()}
+    package.save_manifest()
+    if not report.passed and not options.allow_mismatch:
+        failed = [a for a in report.agreements if not a.passed]
+        raise DeploytoolError(
+            f"validation FAILED: {len(failed)} of {len(report.agreements)} agreements below "
+            f"their thresholds (worst: output '{failed[0].output}' against {failed[0].reference}"
+            f", cosine {failed[0].cosine:.4f})",
+            "Calibrate on real data (--calibrate DIR), or keep the package with "
+            "--allow-mismatch, or compile with --precision fp32")

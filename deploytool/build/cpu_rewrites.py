@@ -268,6 +268,10 @@ def _cropped(call, bindings):
 
 
 def rewrite_for_cpu(mod):
-    """``mod`` with every rewrite of this module applied, in the order they need."""
+    """``mod`` with every rewrite of this module applied, in the order they need; a quantized
+    model's products become integer ones first (see int8_rewrites.py)."""
+    from .int8_rewrites import integer_products
+
+    mod, _ = integer_products(mod)
     mod = clip_as_bounds(batch_norm_as_scale_shift(dead_taps_cropped(mod)))
     return pad_output_channels(channels_last(mod))

@@ -50,7 +50,7 @@ def _finite_max(x: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
-def _cosine_and_snr(a: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+def cosine_and_snr(a: np.ndarray, r: np.ndarray) -> tuple[float, float]:
     ok = np.isfinite(a) & np.isfinite(r)
     a, r = a[ok], r[ok]
     noise = float(np.sum((a - r) ** 2))
@@ -107,7 +107,7 @@ def compare(output: str, reference: str, actual: np.ndarray, expected: np.ndarra
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = _finite_max(np.abs(r))
     scaled = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    cosine, snr = _cosine_and_snr(a, r)
+    cosine, snr = cosine_and_snr(a, r)
     if exact:
         within = max_abs == 0
     else:

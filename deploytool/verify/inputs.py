@@ -148,18 +148,23 @@ def read_inputs_dir(folder: Path, specs: list[TensorSpec]) -> Arrays:
         if not path.is_file():
             raise DeploytoolError(f"{path} not found",
                                   f"Write one .npy per input, named after it ({spec.name}.npy)")
-        try:  # mapped: a header claiming a huge shape allocates nothing before the check
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise DeploytoolError(f"{path} is not a valid .npy file ({last_line(err)})",
-                                  "Save it with numpy.save") from err
-        if not spec.matches(array.shape) or str(array.dtype) != spec.dtype:
-            raise DeploytoolError(
-                f"{path} holds {array.dtype} {tuple(array.shape)} but input '{spec.name}' "
-                f"needs {spec.dtype} {_shape_text(spec)}",
-                "Save an array of that shape and dtype")
-        arrays.append(np.array(array))
+        arrays.append(read_input(path, spec))
     return arrays
+
+
+def read_input(path: Path, spec: TensorSpec) -> np.ndarray:
+    """Read the .npy file ``path`` as input ``spec``, checking its shape and dtype."""
+    try:  # mapped: a header claiming a huge shape allocates nothing before the check
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DeploytoolError(f"{path} is not a valid .npy file ({last_line(err)})",
+                              "Save it with numpy.save") from err
+    if not spec.matches(array.shape) or str(array.dtype) != spec.dtype:
+        raise DeploytoolError(
+            f"{path} holds {array.dtype} {tuple(array.shape)} but input '{spec.name}' "
+            f"needs {spec.dtype} {_shape_text(spec)}",
+            "Save an array of that shape and dtype")
+    return np.array(array)
 
 
 def _shape_text(spec: TensorSpec) -> str:

@@ -1,0 +1,161 @@
+"""Relax rewrites of a quantized (QDQ) model: each convolution and matrix product whose input is a
+dequantized 8-bit activation and whose weight is a constant dequantized per channel becomes an
+integer product with int32 accumulation, scaled back to float in its epilogue.
+
+The QDQ model computes ``conv(sx * (xq - zx), sw * wq)``; the rewrite computes
+``sx * sw * (conv(xq, wq) - zx * sum(wq))`` with 8-bit operands and an int32 sum, which is the
+same number (the integer sum is exact). Padding reads ``zx``, the zero point, as the QDQ model's
+padding reads 0.0.
+"""
+
+from __future__ import annotations
+
+
+def _bound(expr, bindings):
+    from tvm import relax
+
+    while isinstance(expr, relax.Var) and expr in bindings:
+        expr = bindings[expr]
+    return expr
+
+
+def _constant(expr, bindings):
+    import tvm
+
+    expr = _bound(expr, bindings)
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
+
+
+def _is(expr, name: str) -> bool:
+    import tvm
+    from tvm import relax
+
+    return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+            and expr.op.name == f"relax.{name}")
+
+
+def _activation(expr, bindings):
+    """(xq, scale, zero point) of an 8-bit activation dequantized per tensor, or None."""
+    source = _bound(expr, bindings)
+    if not _is(source, "dequantize"):
+        return None
+    xq, scale, zero = source.args
+    scale, zero = _constant(scale, bindings), _constant(zero, bindings)
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1 \
+            or str(xq.ty.dtype) not in ("uint8", "int8"):
+        return None
+    return xq, float(scale.reshape(())), int(zero.reshape(()))
+
+
+def _weight(expr, bindings, out_axis: int):
+    """(int8 weight, float32 per-channel scale along ``out_axis``) of a constant weight
+    dequantized symmetrically, as a numpy pair; or None. A transposed 2-D weight is followed."""
+    import numpy as np
+
+    source = _bound(expr, bindings)
+    transposed = False
+    if _is(source, "permute_dims") and len(source.args[0].ty.shape) == 2:
+        axes = source.attrs.axes
+        transposed = axes is not None and [int(a) for a in axes] == [1, 0]
+        if not transposed:
+            return None
+        source = _bound(source.args[0], bindings)
+    if not _is(source, "dequantize"):
+        return None
+    values, scale, zero = (_constant(a, bindings) for a in source.args)
+    if values is None or scale is None or zero is None or values.dtype != np.int8 \
+            or np.any(zero != 0):
+        return None
+    axis = int(source.attrs.axis) % values.ndim
+    if transposed:
+        values, axis = values.T, 1 - axis
+    if scale.size != 1 and axis != out_axis % values.ndim:
+        return None
+    channels = values.shape[out_axis]
+    return values, np.broadcast_to(scale.astype("float32").reshape(-1), (channels,)).copy()
+
+
+def _conv2d(call, bindings):
+    """The integer form of a QDQ 2-D convolution (NCHW, OIHW), or None."""
+    import numpy as np
+    from tvm import relax
+
+    attrs = call.attrs
+    activation = _activation(call.args[0], bindings)
+    weight = _weight(call.args[1], bindings, 0)
+    if activation is None or weight is None or attrs.data_layout != "NCHW" \
+            or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
+        return None
+    (xq, sx, zx), (wq, sw) = activation, weight
+    top, left, bottom, right = (int(p) for p in attrs.padding)
+    if zx and any((top, left, bottom, right)):
+        xq = relax.op.nn.pad(xq, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
+        top = left = bottom = right = 0
+    acc = relax.op.nn.conv2d(xq, relax.const(wq), strides=attrs.strides,
+                             padding=[top, left, bottom, right], dilation=attrs.dilation,
+                             groups=attrs.groups, out_dtype="int32")
+    shape = (1, -1, 1, 1)
+    correction = zx * wq.astype("int32").sum(axis=(1, 2, 3))
+    return _scaled(acc, correction.reshape(shape), (np.float32(sx) * sw).reshape(shape))
+
+
+def _matmul(call, bindings):
+    """The integer form of a QDQ matrix product by a constant 2-D weight, or None."""
+    import numpy as np
+    from tvm import relax
+
+    activation = _activation(call.args[0], bindings)
+    weight = _weight(call.args[1], bindings, 1)
+    if activation is None or weight is None or weight[0].ndim != 2:
+        return None
+    (xq, sx, zx), (wq, sw) = activation, weight
+    acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wq)), out_dtype="int32")
+    correction = zx * wq.astype("int32").sum(axis=0)
+    return _scaled(acc, correction, np.float32(sx) * sw)
+
+
+def _scaled(acc, correction, scale):
+    """``(acc - correction) * scale`` in float32; the subtraction is left out where it is 0."""
+    import numpy as np
+    from tvm import relax
+
+    if np.any(correction):
+        acc = relax.op.subtract(acc, relax.const(correction.astype("int32")))
+    return relax.op.multiply(relax.op.astype(acc, "float32"),
+                             relax.const(scale.astype("float32")))
+
+
+def integer_products(mod):
+    """``mod`` with each QDQ convolution and matrix product by a constant weight computed in
+    integers (see the module's docstring); the others, and every other operator, unchanged.
+
+    Returns
+    -------
+    tuple of (tvm.IRModule, int)
+        The module, and how many products became integer ones.
+    """
+    import tvm
+    from tvm import relax
+
+    rewrites = {"relax.nn.conv2d": _conv2d, "relax.matmul": _matmul}
+    count = 0
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function):
+            continue
+        bindings = relax.analysis.get_var2val(func)
+
+        @relax.expr_functor.mutator
+        class Integer(relax.PyExprMutator):
+            def visit_call_(self, call, bindings=bindings):
+                nonlocal count
+                call = super().visit_call_(call)
+                rewrite = isinstance(call.op, tvm.ir.Op) and rewrites.get(call.op.name)
+                integer = rewrite(call, bindings) if rewrite else None
+                if integer is None:
+                    return call
+                count += 1
+                return integer
+
+        mod[gv] = Integer(mod).visit_expr(func)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, count

@@ -1,0 +1,55 @@
+"""Static int8 quantization of an ONNX model with ONNX Runtime's tool, as its users run it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..common import last_line
+from ..errors import DeploytoolError
+from .calibration import Calibration
+
+# What is quantized, and how: the choices of ONNX Runtime's x86 guidance (QDQ format, unsigned
+# activations per tensor, signed symmetric weights per output channel), for the operators whose
+# integer kernels pay; the others stay in float32 between a dequantize and a quantize.
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+SCHEME = {"format": "QDQ", "activations": "uint8, per tensor, asymmetric (min-max)",
+          "weights": "int8, per output channel, symmetric", "operators": QUANTIZED_OPS}
+
+
+def quantize_int8(proto, calibration: Calibration):
+    """``proto`` (an onnx.ModelProto) quantized to int8 QDQ form, its activation ranges
+    calibrated on ``calibration``'s samples.
+
+    Returns
+    -------
+    onnx.ModelProto
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Samples(CalibrationDataReader):
+        def __init__(self):
+            self.remaining = iter(calibration.samples)
+
+        def get_next(self):
+            return next(self.remaining, None)
+
+    with tempfile.TemporaryDirectory(prefix="deploytool-int8-") as tmp:
+        source, quantized = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        onnx.save(proto, source)
+        try:
+            quantize_static(source, quantized, Samples(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
+                            extra_options={"ActivationSymmetric": False,
+                                           "WeightSymmetric": True})
+        except Exception as err:
+            raise DeploytoolError(f"ONNX Runtime could not quantize the model: {last_line(err)}",
+                                  "Compile it with --precision fp32") from err
+        return onnx.load(quantized)

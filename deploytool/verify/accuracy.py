@@ -1,0 +1,166 @@
+"""Validation of a reduced-precision package: how closely it agrees with the float32 model
+(cosine similarity, SNR, top-1 agreement), and with ONNX Runtime on the same quantized model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .comparison import cosine_and_snr
+
+Arrays = list[np.ndarray]
+FP32 = "fp32"  # the float32 model (ONNX Runtime)
+PEER = "onnxruntime-int8"  # the same quantized model in ONNX Runtime
+
+
+@dataclass
+class Thresholds:
+    """The least agreement a package must reach, recorded in its manifest.
+
+    Against the float32 model: what int8 costs a model calibrated on its data (ONNX Runtime's
+    own int8 result must reach it too, or the model does not quantize well). Against ONNX
+    Runtime on the same quantized model: near equality, since both compute the same integers;
+    a wrong zero point or scale falls far below it.
+    """
+
+    fp32_cosine: float = 0.98
+    fp32_top1: float = 0.9  # classifier outputs (2-D, a class axis) only
+    peer_cosine: float = 0.999
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Agreement:
+    """One output against one reference, over every sample: the worst cosine and SNR, and for
+    classifier outputs the share of rows whose arg-max agrees."""
+
+    output: str
+    reference: str
+    cosine: float
+    snr_db: float
+    top1: float | None
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AccuracyReport:
+    agreements: list[Agreement]
+    samples: int
+    thresholds: Thresholds
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.agreements) and all(a.passed for a in self.agreements)
+
+    @property
+    def status(self) -> str:
+        return "PASSED" if self.passed else "FAILED"
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "result": self.status, "samples": self.samples,
+                "thresholds": self.thresholds.to_dict(), "notes": self.notes,
+                "agreements": [a.to_dict() for a in self.agreements]}
+
+    def format(self) -> str:
+        lines = [f"{'output':<12} {'reference':<17} {'cosine':>10} {'SNR dB':>7} {'top-1':>6}"
+                 "  result"]
+        for a in self.agreements:
+            top1 = "-" if a.top1 is None else f"{a.top1:.0%}"
+            lines.append(f"{a.output[:12]:<12} {a.reference:<17} {a.cosine:10.6f} "
+                         f"{a.snr_db:7.1f} {top1:>6}  {'PASSED' if a.passed else 'FAILED'}")
+        t = self.thresholds
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"validation {self.status}: cosine >= {t.fp32_cosine:g} and top-1 >= "
+                     f"{t.fp32_top1:.0%} against {FP32}, cosine >= {t.peer_cosine:g} against "
+                     f"{PEER} ({self.samples} samples)")
+        return "\n".join(lines)
+
+
+def is_classifier(output: np.ndarray) -> bool:
+    """A batch of class scores: 2-D, more than one class."""
+    return output.ndim == 2 and output.shape[1] > 1 and output.dtype.kind == "f"
+
+
+def measure(names: list[str], package: list[Arrays], reference: list[Arrays], label: str,
+            min_cosine: float, min_top1: float | None) -> list[Agreement]:
+    """The package's outputs against one reference's, sample by sample."""
+    found = []
+    for i, name in enumerate(names):
+        cosines, snrs, agree, rows = [], [], 0, 0
+        for ours, theirs in zip(package, reference, strict=True):
+            a = np.asarray(ours[i], dtype=np.float64)
+            r = np.asarray(theirs[i], dtype=np.float64)
+            cosine, snr = cosine_and_snr(a.ravel(), r.ravel())
+            cosines.append(cosine)
+            snrs.append(snr)
+            if is_classifier(np.asarray(theirs[i])):
+                agree += int((a.argmax(axis=1) == r.argmax(axis=1)).sum())
+                rows += a.shape[0]
+        top1 = agree / rows if rows else None
+        passed = min(cosines) >= min_cosine and (
+            min_top1 is None or top1 is None or top1 >= min_top1)
+        found.append(Agreement(name, label, min(cosines), min(snrs) if snrs else math.inf,
+                               top1, passed))
+    return found
+
+
+def validate_accuracy(names: list[str], samples: list[Arrays],
+                      package: Callable[[Arrays], Arrays], fp32: Callable[[Arrays], Arrays],
+                      peer: Callable[[Arrays], Arrays], thresholds: Thresholds | None = None
+                      ) -> AccuracyReport:
+    """Run the package and both references on every sample and measure their agreement.
+
+    Parameters
+    ----------
+    names : list of str
+        The outputs' names.
+    samples : list of input arrays
+        Calibration samples (the data the model will see) and seeded ones.
+    package, fp32, peer : callable
+        Run one sample: the package, the float32 model, the same quantized model elsewhere.
+    """
+    thresholds = thresholds or Thresholds()
+    ours = [package(s) for s in samples]
+    agreements = measure(names, ours, [fp32(s) for s in samples], FP32,
+                         thresholds.fp32_cosine, thresholds.fp32_top1)
+    agreements += measure(names, ours, [peer(s) for s in samples], PEER,
+                          thresholds.peer_cosine, None)
+    return AccuracyReport(agreements, len(samples), thresholds)
+
+
+# Calibration samples that validation reruns (with the seeded ones): enough to measure top-1
+# agreement in steps of a few percent without running the package a hundred times.
+MAX_CALIBRATION_SAMPLES = 32
+REFERENCE_ONNX = "reference.onnx"  # the float32 model, kept in a reduced-precision package
+
+
+def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Arrays],
+                             thresholds: Thresholds | None = None) -> AccuracyReport:
+    """Validate a reduced-precision package on calibration and seeded samples (see
+    :func:`validate_accuracy`): the package runs natively (or under its emulator), the float32
+    model (``reference.onnx``) and the quantized one (``model.onnx``) in ONNX Runtime."""
+    from .references import onnxruntime_session
+    from .validate import run_native
+
+    def session(name):
+        runner = onnxruntime_session(package.path / name)
+        inputs = [i.name for i in runner.get_inputs()]
+        return lambda arrays: runner.run(None, dict(zip(inputs, arrays, strict=True)))
+
+    samples = calibration[:MAX_CALIBRATION_SAMPLES] + seeded
+    report = validate_accuracy([s.name for s in package.outputs], samples,
+                               lambda arrays: run_native(package, arrays),
+                               session(REFERENCE_ONNX), session("model.onnx"), thresholds)
+    if len(calibration) > MAX_CALIBRATION_SAMPLES:
+        report.notes.append(f"{MAX_CALIBRATION_SAMPLES} of the {len(calibration)} calibration "
+                            "samples were rerun")
+    return report
