@@ -336,7 +336,9 @@ def validate(package, model, max_error, atol, rtol, tols, seed, ranges, samples,
     --record is given.
     """
     from .package.manifest import load_package, verify_files
-    from .verify.validate import record_validation, validate_package, write_report_json
+    from .verify.accuracy import is_reduced, seeded_samples, validate_reduced_package
+    from .verify.inputs import read_inputs_dir
+    from .verify.validate import validate_package
 
     options = _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuous,
                           batch_sizes, model=model, inputs_dir=inputs_dir)
@@ -344,6 +346,16 @@ def validate(package, model, max_error, atol, rtol, tols, seed, ranges, samples,
         raise DeploytoolError(f"model file {model} not found", "Check the --model path")
     pkg = load_package(package)
     verify_files(pkg)
+    if is_reduced(pkg):  # judged by its accuracy against the float32 model
+        given = [read_inputs_dir(inputs_dir, pkg.inputs)] if inputs_dir else []
+        report = validate_reduced_package(pkg, seeded_samples(pkg, options), given)
+        click.echo(report.format())
+        _report_outcome(pkg, report, json_path, record)
+        if not report.passed:
+            raise DeploytoolError("validation FAILED: the package's accuracy is below the "
+                                  "thresholds above", "Recompile it with --calibrate DIR of "
+                                  "real data, or with --precision fp32")
+        return
     report = validate_package(pkg, options)
     click.echo(report.format())
     if localize and not report.compared:
@@ -352,15 +364,22 @@ def validate(package, model, max_error, atol, rtol, tols, seed, ranges, samples,
 
         found = localize_package(pkg, localize_options(report, options), log=click.echo)
         click.echo(found.format())
-    if json_path:
-        write_report_json(report, json_path)
-    if record:
-        record_validation(pkg, report, "passed" if report.passed else "failed")
+    _report_outcome(pkg, report, json_path, record)
     if not report.passed:
         from .verify.validate import failure_advice, failure_summary
 
         raise DeploytoolError(f"validation {report.status}: {failure_summary(report)}",
                               "See the report above. " + failure_advice(report))
+
+
+def _report_outcome(pkg, report, json_path, record) -> None:
+    """--json and --record of deploytool validate."""
+    from .verify.validate import record_validation, write_report_json
+
+    if json_path:
+        write_report_json(report, json_path)
+    if record:
+        record_validation(pkg, report, "passed" if report.passed else "failed")
 
 
 @main.command()

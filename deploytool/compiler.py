@@ -47,7 +47,12 @@ from .toolchains.native import build_native, check_compiler, tvm_runtime_librari
 from .tuning.interrupts import ctrl_c_stops_tuning
 from .tuning.search import tune_module
 from .tuning.settings import TuneSettings
-from .verify.accuracy import REFERENCE_ONNX, validate_reduced_package
+from .verify.accuracy import (
+    REFERENCE_ONNX,
+    Thresholds,
+    seeded_samples,
+    validate_reduced_package,
+)
 from .verify.inputs import integer_ranges, make_inputs
 from .verify.validate import (
     ValidationOptions,
@@ -414,7 +419,7 @@ def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, m
             "instructions": integer_instructions(target),
             "calibration": {"source": calibration.source, "samples": len(calibration.samples),
                             "seeded": calibration.seeded, "warning": calibration.warning()},
-            "reference": REFERENCE_ONNX}
+            "reference": REFERENCE_ONNX, "thresholds": Thresholds().to_dict()}
 
 
 def _reduced_test_vectors(package: Package, arrays, target: TargetSpec,
@@ -435,10 +440,7 @@ def _reduced_test_vectors(package: Package, arrays, target: TargetSpec,
 def _validate_reduced(package: Package, options: CompileOptions, calibration: Calibration,
                       timer: StageTimer, log: Log) -> None:
     """Validate a reduced-precision package by its accuracy (see verify/accuracy.py)."""
-    validation = options.validation
-    ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
-    seeded = [make_inputs(package.inputs, validation.seed + i, validation.ranges, None, ranges)
-              for i in range(validation.samples)]
+    seeded = seeded_samples(package, options.validation)
     names = [s.name for s in package.inputs]
     calibrated = [[sample[n] for n in names] for sample in calibration.samples]
     with timer.stage("validate"):

@@ -125,6 +125,32 @@ def _scaled(acc, correction, scale):
                              relax.const(scale.astype("float32")))
 
 
+def _elementwise(call, bindings):
+    """A per-tensor quantize or dequantize as the elementwise operations it computes (the same
+    rounding as TVM's own legalization), which layout conversion and fusion see through."""
+    import numpy as np
+    from tvm import relax
+
+    x, scale, zero = call.args
+    scale, zero = _constant(scale, bindings), _constant(zero, bindings)
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None
+    scale = relax.const(np.float32(scale.reshape(())), "float32")
+    if call.op.name == "relax.dequantize":
+        if str(call.attrs.out_dtype) != "float32" or str(x.ty.dtype) not in ("uint8", "int8"):
+            return None
+        shifted = relax.op.subtract(relax.op.astype(x, "int32"),
+                                    relax.const(int(zero.reshape(())), "int32"))
+        return relax.op.multiply(relax.op.astype(shifted, "float32"), scale)
+    dtype = str(call.attrs.out_dtype)
+    if dtype not in ("uint8", "int8") or str(x.ty.dtype) != "float32":
+        return None
+    info = np.iinfo(dtype)
+    shifted = relax.op.add(relax.op.round(relax.op.divide(x, scale)),
+                           relax.const(float(zero.reshape(())), "float32"))
+    return relax.op.astype(relax.op.clip(shifted, int(info.min), int(info.max)), dtype)
+
+
 def integer_products(mod):
     """``mod`` with each QDQ convolution and matrix product by a constant weight computed in
     integers (see the module's docstring); the others, and every other operator, unchanged.
@@ -134,28 +160,44 @@ def integer_products(mod):
     tuple of (tvm.IRModule, int)
         The module, and how many products became integer ones.
     """
+    from tvm import relax
+
+    count = 0
+
+    def counted(rewrite):
+        def run(call, bindings):
+            nonlocal count
+            new = rewrite(call, bindings)
+            count += new is not None
+            return new
+
+        return run
+
+    mod = _rewrite_calls(mod, {"relax.nn.conv2d": counted(_conv2d),
+                               "relax.matmul": counted(_matmul)})
+    mod = relax.transform.DeadCodeElimination()(mod)  # the dequantized inputs they replaced
+    elementwise = {"relax.quantize": _elementwise, "relax.dequantize": _elementwise}
+    return _rewrite_calls(mod, elementwise), count
+
+
+def _rewrite_calls(mod, rewrites: dict):
+    """``mod`` with each call of an operator in ``rewrites`` replaced by what its rewrite
+    returns for it (unless None)."""
     import tvm
     from tvm import relax
 
-    rewrites = {"relax.nn.conv2d": _conv2d, "relax.matmul": _matmul}
-    count = 0
     for gv, func in list(mod.functions_items()):
         if not isinstance(func, relax.Function):
             continue
         bindings = relax.analysis.get_var2val(func)
 
         @relax.expr_functor.mutator
-        class Integer(relax.PyExprMutator):
+        class Rewrite(relax.PyExprMutator):
             def visit_call_(self, call, bindings=bindings):
-                nonlocal count
                 call = super().visit_call_(call)
                 rewrite = isinstance(call.op, tvm.ir.Op) and rewrites.get(call.op.name)
-                integer = rewrite(call, bindings) if rewrite else None
-                if integer is None:
-                    return call
-                count += 1
-                return integer
+                new = rewrite(call, bindings) if rewrite else None
+                return call if new is None else new
 
-        mod[gv] = Integer(mod).visit_expr(func)
-    mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, count
+        mod[gv] = Rewrite(mod).visit_expr(func)
+    return mod

@@ -277,6 +277,10 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
             continue
         sch.compute_inline(sch.get_sblock(name))
     epilogue = [name for name in epilogue if name in _block_names(sch)]
+    for name in names[:names.index(main)]:
+        if name != "pad_temp":  # the epilogue's other inputs, dequantized: into the epilogue
+            sch.compute_inline(sch.get_sblock(name))
+    names = [name for name in names if name in _block_names(sch)]
     if "pad_temp" in names and _plain_copy(sch, sch.get_sblock("pad_temp")):
         sch.compute_inline(sch.get_sblock("pad_temp"))
         names = [name for name in names if name != "pad_temp"]

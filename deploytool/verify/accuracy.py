@@ -16,6 +16,13 @@ FP32 = "fp32"  # the float32 model (ONNX Runtime)
 PEER = "onnxruntime-int8"  # the same quantized model in ONNX Runtime
 
 
+# Where ONNX Runtime's int8 of the same model is itself less accurate than the thresholds, the
+# package may err PEER_SLACK times as much as it does against fp32 (1 - cosine), and agree on
+# top-1 TOP1_SLACK less often (one sample in ten moves top-1 agreement by 0.1).
+PEER_SLACK = 2
+TOP1_SLACK = 0.15
+
+
 @dataclass
 class Thresholds:
     """The least agreement a package must reach, recorded in its manifest.
@@ -130,11 +137,31 @@ def validate_accuracy(names: list[str], samples: list[Arrays],
     """
     thresholds = thresholds or Thresholds()
     ours = [package(s) for s in samples]
-    agreements = measure(names, ours, [fp32(s) for s in samples], FP32,
-                         thresholds.fp32_cosine, thresholds.fp32_top1)
-    agreements += measure(names, ours, [peer(s) for s in samples], PEER,
-                          thresholds.peer_cosine, None)
-    return AccuracyReport(agreements, len(samples), thresholds)
+    expected, theirs = [fp32(s) for s in samples], [peer(s) for s in samples]
+    report = AccuracyReport([], len(samples), thresholds)
+    for i, name in enumerate(names):
+        # the quantized model's own accuracy, which the package cannot exceed by much
+        baseline = measure([name], _column(theirs, i), _column(expected, i), "", 0, None)[0]
+        cosine = min(thresholds.fp32_cosine, 1 - PEER_SLACK * (1 - baseline.cosine))
+        top1 = thresholds.fp32_top1 if baseline.top1 is None else min(
+            thresholds.fp32_top1, baseline.top1 - TOP1_SLACK)
+        if cosine < thresholds.fp32_cosine or top1 < thresholds.fp32_top1:
+            report.notes.append(
+                f"output '{name}': ONNX Runtime's int8 of the same model reaches only cosine "
+                f"{baseline.cosine:.4f}" + ("" if baseline.top1 is None else
+                                            f", top-1 {baseline.top1:.0%}")
+                + " against fp32, so the package is held to that (the model loses accuracy "
+                "in int8 itself: calibrate on real data)")
+        report.agreements += measure([name], _column(ours, i), _column(expected, i), FP32,
+                                     cosine, top1)
+        report.agreements += measure([name], _column(ours, i), _column(theirs, i), PEER,
+                                     thresholds.peer_cosine, None)
+    return report
+
+
+def _column(outputs: list[Arrays], i: int) -> list[Arrays]:
+    """Output ``i`` of every sample, as one-output samples."""
+    return [[sample[i]] for sample in outputs]
 
 
 # Calibration samples that validation reruns (with the seeded ones): enough to measure top-1
@@ -156,6 +183,8 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
         inputs = [i.name for i in runner.get_inputs()]
         return lambda arrays: runner.run(None, dict(zip(inputs, arrays, strict=True)))
 
+    recorded = (package.manifest.get("precision") or {}).get("thresholds")
+    thresholds = thresholds or (Thresholds(**recorded) if recorded else None)
     samples = calibration[:MAX_CALIBRATION_SAMPLES] + seeded
     report = validate_accuracy([s.name for s in package.outputs], samples,
                                lambda arrays: run_native(package, arrays),
@@ -164,3 +193,16 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
         report.notes.append(f"{MAX_CALIBRATION_SAMPLES} of the {len(calibration)} calibration "
                             "samples were rerun")
     return report
+
+
+def seeded_samples(package, options) -> list[Arrays]:
+    """``options.samples`` seeded inputs (ValidationOptions), within the model's input ranges."""
+    from .inputs import make_inputs
+
+    ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
+    return [make_inputs(package.inputs, options.seed + i, options.ranges, None, ranges)
+            for i in range(options.samples)]
+
+
+def is_reduced(package) -> bool:
+    return (package.manifest.get("precision") or {}).get("mode", "fp32") != "fp32"
