@@ -186,6 +186,7 @@ def _rewrite_calls(mod, rewrites: dict):
     import tvm
     from tvm import relax
 
+    mod = mod.clone()  # the caller's module stays as it was
     for gv, func in list(mod.functions_items()):
         if not isinstance(func, relax.Function):
             continue

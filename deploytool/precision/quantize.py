@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def quantize_int8(proto, calibration: Calibration):
     with tempfile.TemporaryDirectory(prefix="deploytool-int8-") as tmp:
         source, quantized = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         onnx.save(proto, source)
+        # its advice to pre-process goes to the root logger: ONNX export already folds what
+        # the pre-processing would (batch norms into convolutions, constants)
+        logging.disable(logging.WARNING)
         try:
             quantize_static(source, quantized, Samples(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
@@ -52,4 +56,6 @@ def quantize_int8(proto, calibration: Calibration):
         except Exception as err:
             raise DeploytoolError(f"ONNX Runtime could not quantize the model: {last_line(err)}",
                                   "Compile it with --precision fp32") from err
+        finally:
+            logging.disable(logging.NOTSET)
         return onnx.load(quantized)

@@ -1,0 +1,206 @@
+"""--precision: refusals, calibration data, the int8 rewrite into integer kernels, accuracy
+validation, and int8 packages end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deploytool.build.int8_rewrites import integer_products
+from deploytool.cli import main
+from deploytool.errors import DeploytoolError
+from deploytool.precision import check_precision
+from deploytool.precision.calibration import calibration_samples
+from deploytool.precision.quantize import quantize_int8
+from deploytool.targets import load_target
+from deploytool.tensors import TensorSpec
+from deploytool.verify.accuracy import FP32, PEER, validate_accuracy
+
+IMAGE = TensorSpec("x", [1, 8, 12, 12], "float32")
+
+
+def _residual_net():
+    """A 3x3 convolution (padded: the zero point must pad), a depthwise one, a 1x1 one with a
+    residual add, a mean and a linear layer: every form the rewrite meets in a CNN."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(8, 16, 3, padding=1)
+            self.depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.pointwise = torch.nn.Conv2d(16, 16, 1)
+            self.head = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.stem(x))
+            y = y + self.pointwise(torch.relu(self.depthwise(y)))
+            return self.head(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+@pytest.fixture(scope="module")
+def qdq(tmp_path_factory) -> tuple[Path, Path]:
+    """The float32 ONNX model of _residual_net and its int8 QDQ model."""
+    import onnx
+    import torch
+
+    folder = tmp_path_factory.mktemp("qdq")
+    fp32 = folder / "model.onnx"
+    torch.onnx.export(_residual_net(), (torch.zeros(IMAGE.shape),), str(fp32),
+                      input_names=["x"], dynamo=False)
+    calibration = calibration_samples([IMAGE], None)
+    quantized = folder / "model.int8.onnx"
+    onnx.save(quantize_int8(onnx.load(fp32), calibration), quantized)
+    return fp32, quantized
+
+
+def _import(path: Path):
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    return from_onnx(onnx.load(path), keep_params_in_input=False)
+
+
+def _calls(mod) -> list:
+    from tvm import relax
+
+    found = []
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: found.append(e) if isinstance(e, relax.Call) else None)
+    return found
+
+
+def test_bf16_and_fp16_are_refused_in_one_line_and_int8_off_the_cpu():
+    for precision in ("bf16", "fp16"):
+        with pytest.raises(DeploytoolError, match="not built yet"):
+            check_precision(precision, load_target("cpu"))
+    with pytest.raises(DeploytoolError, match="CPU targets"):
+        check_precision("int8", load_target("cuda"))
+    check_precision("int8", load_target("raspberry-pi-4"))  # NEON: no refusal
+    outcome = CliRunner().invoke(main, ["compile", "m.pt", "--precision", "bf16"])
+    assert outcome.exit_code != 0 and "Traceback" not in outcome.output
+
+
+def test_calibration_reads_a_folder_per_sample_or_a_file_per_sample(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (tmp_path / "per_sample" / f"s{i}").mkdir(parents=True)
+        np.save(tmp_path / "per_sample" / f"s{i}" / "x.npy",
+                rng.standard_normal(IMAGE.shape).astype("float32"))
+        (tmp_path / "files").mkdir(exist_ok=True)
+        np.save(tmp_path / "files" / f"{i}.npy", np.full(IMAGE.shape, i, "float32"))
+    folders = calibration_samples([IMAGE], tmp_path / "per_sample")
+    files = calibration_samples([IMAGE], tmp_path / "files")
+    assert len(folders.samples) == 3 and not folders.seeded and folders.warning() is None
+    assert [float(s["x"].max()) for s in files.samples] == [0.0, 1.0, 2.0]
+    seeded = calibration_samples([IMAGE], None)
+    assert seeded.seeded and "--calibrate" in seeded.warning()
+    np.save(tmp_path / "files" / "bad.npy", np.zeros((2, 2), "float32"))
+    with pytest.raises(DeploytoolError, match="needs float32"):
+        calibration_samples([IMAGE], tmp_path / "files")
+    with pytest.raises(DeploytoolError, match="not a folder"):
+        calibration_samples([IMAGE], tmp_path / "missing")
+
+
+def test_every_quantized_product_becomes_an_integer_one(qdq):
+    """The products take the 8-bit tensors and accumulate in int32: a rewrite that fell back to
+    float32 would leave float convolutions, and dequantized inputs, behind."""
+    _, quantized = qdq
+    mod, count = integer_products(_import(quantized))
+    convs = [c for c in _calls(mod) if c.op.name == "relax.nn.conv2d"]
+    matmuls = [c for c in _calls(mod) if c.op.name == "relax.matmul"]
+    assert count == 4 and len(convs) == 3 and len(matmuls) == 1
+    for product in convs + matmuls:
+        data, weight = product.args
+        assert str(product.ty.dtype) == "int32"
+        assert str(data.ty.dtype) == "uint8" and str(weight.ty.dtype) == "int8"
+    ops = {c.op.name for c in _calls(mod)}
+    assert "relax.quantize" not in ops  # per tensor: elementwise, which layouts see through
+    padded = [c for c in _calls(mod) if c.op.name == "relax.nn.pad"]
+    assert padded and all(float(p.attrs.pad_value) != 0 for p in padded)  # the zero point
+
+
+@pytest.mark.slow
+def test_the_integer_module_computes_what_onnxruntime_computes_from_the_qdq_model(qdq):
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    _, quantized = qdq
+    mod, _ = integer_products(_import(quantized))
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal(IMAGE.shape).astype("float32")
+        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+        theirs = session.run(None, {"x": x})[0]
+        step = float(np.abs(theirs).max()) / 127  # one step of the output's quantization
+        assert np.abs(ours - theirs).max() <= step, seed
+
+
+def _constant(value):
+    return lambda arrays: [np.full((2, 10), value, "float32") + arrays[0]]
+
+
+def test_accuracy_holds_the_package_to_the_fp32_model_and_to_the_peer():
+    rng = np.random.default_rng(0)
+    samples = [[rng.standard_normal((2, 10)).astype("float32")] for _ in range(8)]
+    exact = validate_accuracy(["y"], samples, _constant(0), _constant(0), _constant(0))
+    assert exact.passed and {a.reference for a in exact.agreements} == {FP32, PEER}
+    # a package off by a constant (a wrong zero point) fails against both references
+    wrong = validate_accuracy(["y"], samples, _constant(3), _constant(0), _constant(0))
+    assert not wrong.passed and all(not a.passed for a in wrong.agreements)
+    assert wrong.agreements[0].top1 is not None  # 2-D scores: a classifier
+    # where int8 itself loses accuracy, the peer's own agreement bounds the package's
+    noisy = [[s[0] + rng.standard_normal((2, 10)).astype("float32")] for s in samples]
+    lossy = iter(noisy * 2)
+    peer = lambda arrays: [next(lossy)[0]]  # noqa: E731
+    ours = iter(noisy)
+    report = validate_accuracy(["y"], samples, lambda a: [next(ours)[0]], _constant(0), peer)
+    assert report.passed and report.notes
+
+
+@pytest.mark.slow
+def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
+    """Compile from calibration data; the package's convolution kernels take uint8 and int8
+    buffers and the generated code runs vpdpbusd where the CPU has AVX-512 VNNI."""
+    import onnx
+    import torch
+
+    fp32, _ = qdq
+    model = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.trace(_residual_net(), torch.zeros(IMAGE.shape)), str(model))
+    data = tmp_path / "calibration"
+    for i in range(4):
+        (data / str(i)).mkdir(parents=True)
+        np.save(data / str(i) / "x.npy",
+                np.random.default_rng(i).standard_normal(IMAGE.shape).astype("float32"))
+    out, dump = tmp_path / "pkg", tmp_path / "dump"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x8x12x12:float32",
+                                        "--precision", "int8",
+                                        "--calibrate", str(data), "-o", str(out),
+                                        "--dump-ir", str(dump)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "validation PASSED" in outcome.output and "seeded" not in outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    precision = manifest["precision"]
+    assert precision["mode"] == "int8" and precision["integer_products"] == 4
+    assert precision["calibration"]["samples"] == 4 and not precision["calibration"]["seeded"]
+    assert manifest["validation"]["status"] == "passed"
+    assert {i.op_type for i in onnx.load(out / "model.onnx").graph.node} >= {"QuantizeLinear"}
+    assert (out / "reference.onnx").is_file()
+    kernels = [p.read_text() for p in (dump / "tir").glob("*conv2d*prepacked.py")]
+    assert kernels and all('"uint8"' in k and '"int8"' in k for k in kernels)
+    selftest = subprocess.run([str(out / "bin" / "deploytool-run"), str(out), "--self-test"],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    again = CliRunner().invoke(main, ["validate", str(out)])
+    assert again.exit_code == 0 and "onnxruntime-int8" in again.output, again.output
