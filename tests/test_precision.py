@@ -21,18 +21,19 @@ from deploytool.targets import load_target
 from deploytool.tensors import TensorSpec
 from deploytool.verify.accuracy import FP32, PEER, validate_accuracy
 
-IMAGE = TensorSpec("x", [1, 8, 12, 12], "float32")
+IMAGE = TensorSpec("x", [1, 3, 12, 12], "float32")
 
 
 def _residual_net():
-    """A 3x3 convolution (padded: the zero point must pad), a depthwise one, a 1x1 one with a
-    residual add, a mean and a linear layer: every form the rewrite meets in a CNN."""
+    """A 3x3 convolution of 3 channels (padded: the zero point must pad), a depthwise one, a
+    1x1 one with a residual add, a mean and a linear layer of 10 classes (padded to 16): every
+    form the rewrite meets in a CNN."""
     import torch
 
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.stem = torch.nn.Conv2d(8, 16, 3, padding=1)
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
             self.depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
             self.pointwise = torch.nn.Conv2d(16, 16, 1)
             self.head = torch.nn.Linear(16, 10)
@@ -184,7 +185,7 @@ def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
         np.save(data / str(i) / "x.npy",
                 np.random.default_rng(i).standard_normal(IMAGE.shape).astype("float32"))
     out, dump = tmp_path / "pkg", tmp_path / "dump"
-    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x8x12x12:float32",
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x3x12x12:float32",
                                         "--precision", "int8",
                                         "--calibrate", str(data), "-o", str(out),
                                         "--dump-ir", str(dump)])

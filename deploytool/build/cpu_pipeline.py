@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from ..schedules.copies import schedule_concat
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
+from ..schedules.int8 import schedule_int8
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
 from ..schedules.reductions import schedule_reduction
@@ -105,6 +106,7 @@ class SchedulePlan:
     hand_written: int = 0  # of the default ones: schedules/cpu.py's register-tiled ones
     reductions: int = 0  # of the default ones: schedules/reductions.py's
     concatenations: int = 0  # of the default ones: schedules/copies.py's
+    integer: int = 0  # of the default ones: schedules/int8.py's VNNI tiles
     default: int = 0
     kept_default: int = 0  # of the default ones: with records the search won too narrowly
     unscheduled: int = 0
@@ -118,7 +120,9 @@ class SchedulePlan:
         kept = (f"; {self.kept_default} of them had records, but none "
                 f"{1 - SEARCH_MARGIN:.0%} faster than the default" if self.kept_default else "")
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
-                f"default schedules ({self.hand_written} register-tiled, {self.concatenations} "
+                f"default schedules ({self.hand_written} register-tiled, "
+                + (f"{self.integer} int8 with VNNI, " if self.integer else "")
+                + f"{self.concatenations} "
                 f"concatenations, {self.reductions} reductions{kept}), {self.unscheduled} "
                 f"unscheduled")
 
@@ -146,6 +150,7 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
     """
     import tvm
     from tvm import relax
+    from tvm.target.codegen import target_has_features
 
     tvm_target = tuning_target(target)
     plan = plan if plan is not None else SchedulePlan(None)
@@ -167,11 +172,15 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
             plan.from_database = sum(is_scheduled(f) for _, f in prim_funcs(mod))
             if default_schedules:
                 lanes = accumulator_lanes(tvm_target)
+                vnni = target_has_features("avx512vnni", tvm_target)
                 for gv, func in prim_funcs(mod):
                     if is_scheduled(func) or not has_blocks(func):
                         continue  # (a kernel written as plain loops is built as it is)
-                    scheduled = schedule_kernel(func, lanes)
-                    plan.hand_written += scheduled is not None
+                    scheduled = schedule_int8(func) if vnni else None
+                    plan.integer += scheduled is not None
+                    if scheduled is None:
+                        scheduled = schedule_kernel(func, lanes)
+                        plan.hand_written += scheduled is not None
                     if scheduled is None:
                         scheduled = schedule_pool(func)
                     if scheduled is None:

@@ -10,6 +10,9 @@ padding reads 0.0.
 
 from __future__ import annotations
 
+CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
+OUTPUT_GROUP = 16  # output channels of one 512-bit vector of int32 sums
+
 
 def _bound(expr, bindings):
     from tvm import relax
@@ -88,9 +91,16 @@ def _conv2d(call, bindings):
         return None
     (xq, sx, zx), (wq, sw) = activation, weight
     top, left, bottom, right = (int(p) for p in attrs.padding)
-    if zx and any((top, left, bottom, right)):
-        xq = relax.op.nn.pad(xq, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
-        top = left = bottom = right = 0
+    # Input channels padded to a multiple of CHANNEL_GROUP (zero weights: any input value
+    # adds nothing), so that the integer tile takes them four at a time (a stem's 3 channels).
+    extra = -wq.shape[1] % CHANNEL_GROUP if int(attrs.groups) == 1 else 0
+    if extra:
+        wq = np.pad(wq, [(0, 0), (0, extra), (0, 0), (0, 0)])
+    if extra or (zx and any((top, left, bottom, right))):
+        pads = [top, bottom, left, right] if zx else [0, 0, 0, 0]
+        xq = relax.op.nn.pad(xq, [0, 0, 0, extra, *pads], pad_value=float(zx))
+        if zx:
+            top = left = bottom = right = 0
     acc = relax.op.nn.conv2d(xq, relax.const(wq), strides=attrs.strides,
                              padding=[top, left, bottom, right], dilation=attrs.dilation,
                              groups=attrs.groups, out_dtype="int32")
@@ -109,9 +119,16 @@ def _matmul(call, bindings):
     if activation is None or weight is None or weight[0].ndim != 2:
         return None
     (xq, sx, zx), (wq, sw) = activation, weight
+    columns = wq.shape[1]
+    extra = -columns % OUTPUT_GROUP  # zero columns, sliced off: the tile takes 16 at a time
+    wq, sw = np.pad(wq, [(0, 0), (0, extra)]), np.pad(sw, [(0, extra)])
     acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wq)), out_dtype="int32")
     correction = zx * wq.astype("int32").sum(axis=0)
-    return _scaled(acc, correction, np.float32(sx) * sw)
+    scaled = _scaled(acc, correction, np.float32(sx) * sw)
+    if not extra:
+        return scaled
+    return relax.op.strided_slice(scaled, axes=[len(call.ty.shape) - 1], begin=[0],
+                                  end=[columns])
 
 
 def _scaled(acc, correction, scale):
