@@ -21,6 +21,12 @@ PEER = "onnxruntime-int8"  # the same quantized model in ONNX Runtime
 # top-1 TOP1_SLACK less often (one sample in ten moves top-1 agreement by 0.1).
 PEER_SLACK = 2
 TOP1_SLACK = 0.15
+# Against the peer, the package may differ by this share of the peer's own error against fp32
+# (1 - cosine), where that is above the peer threshold: MobileNetV2 with random weights and
+# seeded calibration, whose int8 is itself far from fp32 (cosine 0.964), differed from ONNX
+# Runtime's by cosine 0.9967. A wrong zero point or scale differs by more than the model's
+# whole int8 error.
+PEER_SHARE = 0.25
 
 
 @dataclass
@@ -52,6 +58,8 @@ class Agreement:
     snr_db: float
     top1: float | None
     passed: bool
+    min_cosine: float  # the thresholds it was held to
+    min_top1: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,17 +86,21 @@ class AccuracyReport:
                 "agreements": [a.to_dict() for a in self.agreements]}
 
     def format(self) -> str:
-        lines = [f"{'output':<12} {'reference':<17} {'cosine':>10} {'SNR dB':>7} {'top-1':>6}"
-                 "  result"]
+        lines = [f"{'output':<12} {'reference':<17} {'cosine':>10} {'at least':>10} "
+                 f"{'SNR dB':>7} {'top-1':>6} {'at least':>8}  result"]
         for a in self.agreements:
             top1 = "-" if a.top1 is None else f"{a.top1:.0%}"
+            least = "-" if a.top1 is None or a.min_top1 is None else f"{a.min_top1:.0%}"
             lines.append(f"{a.output[:12]:<12} {a.reference:<17} {a.cosine:10.6f} "
-                         f"{a.snr_db:7.1f} {top1:>6}  {'PASSED' if a.passed else 'FAILED'}")
+                         f"{a.min_cosine:10.6f} {a.snr_db:7.1f} {top1:>6} {least:>8}  "
+                         f"{'PASSED' if a.passed else 'FAILED'}")
         t = self.thresholds
         lines += [f"note: {n}" for n in self.notes]
-        lines.append(f"validation {self.status}: cosine >= {t.fp32_cosine:g} and top-1 >= "
-                     f"{t.fp32_top1:.0%} against {FP32}, cosine >= {t.peer_cosine:g} against "
-                     f"{PEER} ({self.samples} samples)")
+        lines.append(f"validation {self.status}: {sum(a.passed for a in self.agreements)}/"
+                     f"{len(self.agreements)} agreements at their thresholds (cosine "
+                     f"{t.fp32_cosine:g} and top-1 {t.fp32_top1:.0%} against {FP32}, cosine "
+                     f"{t.peer_cosine:g} against {PEER}, or as the notes say; "
+                     f"{self.samples} samples)")
         return "\n".join(lines)
 
 
@@ -116,7 +128,7 @@ def measure(names: list[str], package: list[Arrays], reference: list[Arrays], la
         passed = min(cosines) >= min_cosine and (
             min_top1 is None or top1 is None or top1 >= min_top1)
         found.append(Agreement(name, label, min(cosines), min(snrs) if snrs else math.inf,
-                               top1, passed))
+                               top1, passed, min_cosine, min_top1))
     return found
 
 
@@ -142,9 +154,14 @@ def validate_accuracy(names: list[str], samples: list[Arrays],
     for i, name in enumerate(names):
         # the quantized model's own accuracy, which the package cannot exceed by much
         baseline = measure([name], _column(theirs, i), _column(expected, i), "", 0, None)[0]
-        cosine = min(thresholds.fp32_cosine, 1 - PEER_SLACK * (1 - baseline.cosine))
-        top1 = thresholds.fp32_top1 if baseline.top1 is None else min(
-            thresholds.fp32_top1, baseline.top1 - TOP1_SLACK)
+        cosine, top1 = thresholds.fp32_cosine, thresholds.fp32_top1
+        if baseline.cosine < cosine:
+            cosine = 1 - PEER_SLACK * (1 - baseline.cosine)
+        if baseline.top1 is not None and baseline.top1 < top1:
+            top1 = baseline.top1 - TOP1_SLACK
+        # the package differs from the peer by rounding steps of the requantization, which
+        # compound through a deep model as the model's own int8 error does
+        peer_cosine = min(thresholds.peer_cosine, 1 - PEER_SHARE * (1 - baseline.cosine))
         if cosine < thresholds.fp32_cosine or top1 < thresholds.fp32_top1:
             report.notes.append(
                 f"output '{name}': ONNX Runtime's int8 of the same model reaches only cosine "
@@ -155,7 +172,7 @@ def validate_accuracy(names: list[str], samples: list[Arrays],
         report.agreements += measure([name], _column(ours, i), _column(expected, i), FP32,
                                      cosine, top1)
         report.agreements += measure([name], _column(ours, i), _column(theirs, i), PEER,
-                                     thresholds.peer_cosine, None)
+                                     peer_cosine, None)
     return report
 
 
