@@ -423,7 +423,8 @@ def example(name, output):
               help="The TorchScript file the package was compiled from, for --compare "
                    "torchscript [default: the path its manifest records, if still there].")
 @click.option("--compare", default="", metavar="BACKEND,...",
-              help="Also run these on the same inputs: onnxruntime, torchscript.")
+              help="Also run these on the same inputs: onnxruntime, openvino, torchscript, "
+                   "package:PATH (another package of the same model, e.g. its fp32 build).")
 @click.option("--warmup-ms", type=float, default=200, show_default=True,
               help="Warm-up per round before the timed runs.")
 @click.option("--min-iters", type=int, default=50, show_default=True,

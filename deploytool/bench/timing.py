@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -217,17 +217,41 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
+# ``package:PATH`` in --compare: another package of the same model (its float32 build, its
+# untuned build), run by its own runner in the same interleaved rounds.
+OTHER_PACKAGE = "package:"
+
+
+def _other_package(name: str) -> Backend:
+    other = load_package(Path(name[len(OTHER_PACKAGE):]))
+
+    def command(job, settings, json_path, output_dir):
+        return _package_command(replace(job, package=other), settings, json_path, output_dir)
+
+    return Backend(name, f"the package at {other.path}", command)
+
+
+def _backend(name: str) -> Backend:
+    return _other_package(name) if name.startswith(OTHER_PACKAGE) else BACKENDS[name]
+
+
 def parse_compare(text: str | None) -> tuple[str, ...]:
-    """Parse ``--compare onnxruntime,torchscript`` into backend names (the package is implied)."""
+    """Parse ``--compare onnxruntime,torchscript,package:PATH`` into backend names (the package
+    itself is implied)."""
     names: list[str] = []
     for name in (text or "").split(","):
-        name = name.strip().lower()
+        name = name.strip()
+        if name.startswith(OTHER_PACKAGE):
+            _other_package(name)  # a folder that is not a package fails here, in one line
+            names.append(name)
+            continue
+        name = name.lower()
         if not name or name == PACKAGE or name in names:
             continue
         if name not in BACKENDS:
             known = ", ".join(n for n in BACKENDS if n != PACKAGE)
             raise UsageError(f"unknown backend '{name}' in --compare",
-                             f"Use {known} (comma-separated)")
+                             f"Use {known} or package:PATH (comma-separated)")
         names.append(name)
     return tuple(names)
 
@@ -405,7 +429,8 @@ def _run_round(backend: Backend, job: Job, settings, workdir: Path, label: str,
         raise _failed(f"the {backend.name} backend", proc, command)
     report = json.loads(json_path.read_text())
     if output_dir:
-        names = ([npy_name(s.name) for s in job.package.outputs] if backend.name == PACKAGE
+        runners = backend.name == PACKAGE or backend.name.startswith(OTHER_PACKAGE)
+        names = ([npy_name(s.name) for s in job.package.outputs] if runners
                  else sorted((p.name for p in output_dir.glob("output*.npy")),
                              key=lambda n: int(n[6:-4])))
         report["outputs"] = [np.load(output_dir / n) for n in names]
@@ -465,7 +490,7 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
     gpu = check_runs_here(package, device)
     verify_files(package)  # a damaged package never runs
     for name in options.compare:
-        module = BACKENDS[name].python_module
+        module = _backend(name).python_module
         if module and importlib.util.find_spec(module) is None:
             raise DeploytoolError(f"--compare {name} needs the Python package {module}",
                                   f"Install it (pip install {module})")
@@ -491,8 +516,9 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
         job = Job(package, model, inputs, threads, device)
         for r in range(options.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                report = _run_round(BACKENDS[name], job, options.round_settings(), workdir,
-                                    f"{name}-{r}", outputs=r == 0)
+                label = re.sub(r"[^\w.-]", "_", name)  # package:PATH names a file too
+                report = _run_round(_backend(name), job, options.round_settings(), workdir,
+                                    f"{label}-{r}", outputs=r == 0)
                 reports[name].append(report)
                 schedule.append(f"{r + 1}:{name}")
                 log(f"  round {r + 1}/{options.rounds}  {name:<12} p50 "
