@@ -367,3 +367,21 @@ def test_bench_suite_geometric_means_skip_a_peer_that_could_not_run(monkeypatch)
     assert "ONNX Runtime 1.00x over 2" in line and "TorchScript 2.00x over 2" in line
     if "openvino" in suite.PEERS:
         assert "OpenVINO 0.50x over 1" in line
+
+
+@pytest.mark.slow
+def test_compare_runs_another_package_of_the_model_in_the_same_rounds(mlp_copy, tmp_path):
+    """package:PATH runs a second package (here a copy, so the same outputs) by its own runner,
+    interleaved with the others; a folder that is no package is refused in one line."""
+    package, _ = mlp_copy
+    other = copy_package(package, tmp_path / "other")
+    name = f"package:{other}"
+    options = BenchOptions(package=package, compare=parse_compare(f"onnxruntime,{name}"),
+                           warmup_ms=10, min_iters=4, min_seconds=0, threads=1, rounds=2,
+                           save=False)
+    result = bench_package(options)
+    assert [b.name for b in result.backends] == ["package", "onnxruntime", name]
+    assert result.backends[2].max_abs_diff == 0 and result.backends[2].stats.iterations >= 4
+    assert result.schedule[3:] == ["2:onnxruntime", f"2:{name}", "2:package"]
+    outcome = _cli(str(package), "--compare", f"package:{tmp_path}")
+    assert outcome.exit_code != 0 and "not a deploytool package" in outcome.output

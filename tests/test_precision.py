@@ -200,8 +200,32 @@ def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
     assert (out / "reference.onnx").is_file()
     kernels = [p.read_text() for p in (dump / "tir").glob("*conv2d*prepacked.py")]
     assert kernels and all('"uint8"' in k and '"int8"' in k for k in kernels)
+    if "avx512_vnni" in manifest["runtime"]["cpu_features"]:
+        # the stem (3 channels, padded to 4), the pointwise convolution and the head (10
+        # columns, padded to 16); the depthwise one has no reduction over channels
+        assert manifest["tuning"]["integer"] == 3
+        assert "vpdpbusd" in (dump / "model.s").read_text()
     selftest = subprocess.run([str(out / "bin" / "deploytool-run"), str(out), "--self-test"],
                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
     again = CliRunner().invoke(main, ["validate", str(out)])
     assert again.exit_code == 0 and "onnxruntime-int8" in again.output, again.output
+
+
+@pytest.mark.slow
+@pytest.mark.cross
+def test_an_arm_int8_package_validates_under_qemu(tmp_path):
+    """No dot-product kernels on ARM yet: the manifest says what computes the products, and the
+    package, run by its aarch64 runner under qemu, still agrees with both references."""
+    from deploytool.testing.examples import write_example
+
+    model = write_example("cnn", tmp_path / "cnn.pt")
+    out = tmp_path / "pkg"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "int8", "--target",
+                                        "raspberry-pi-4", "-o", str(out), "--no-java"])
+    assert outcome.exit_code == 0, outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["validation"]["status"] == "passed"
+    assert manifest["runtime"]["arch"] == "aarch64"
+    assert "no dot-product kernels" in manifest["precision"]["instructions"]
+    assert manifest["self_test"]["reference"] == "package"

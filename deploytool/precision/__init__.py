@@ -33,11 +33,7 @@ def check_precision(precision: str, target) -> None:
 
 def integer_instructions(target) -> str:
     """How the target's int8 products are computed, for the manifest and the log."""
-    features = set(target.cpu_features())
-    if target.arch == "x86_64":
-        if "avx512_vnni" in features or "avx_vnni" in features:
-            return "vpdpbusd (AVX-512 VNNI)" if "avx512_vnni" in features else "vpdpbusd (AVX-VNNI)"
-        return "8-bit multiplies widened to 16 and 32 bits (no VNNI on this target)"
-    if "asimddp" in features:
-        return "sdot/udot (ARMv8.2 dot product)"
-    return "NEON 8-bit multiplies widened to 16 and 32 bits (no dot product on this target)"
+    if target.arch == "x86_64" and "avx512_vnni" in target.cpu_features():
+        return "vpdpbusd (AVX-512 VNNI) for convolutions and matrix products"
+    return ("8-bit values widened to 32 bits, vector multiply-adds (this target has no "
+            "dot-product kernels yet)")
