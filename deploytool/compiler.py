@@ -17,7 +17,7 @@ from .build.dump import dump_summary, start_dump
 from .build.int8_rewrites import integer_products
 from .build.library import build_library
 from .common import Log, check_interrupt
-from .errors import DeploytoolError
+from .errors import DeploytoolError, UsageError
 from .frontends.custom_ops import loaded_libraries
 from .frontends.dynamic import example_sizes
 from .frontends.load import load_model, other_route, route_failure, to_onnx
@@ -148,6 +148,9 @@ def compile_model(options: CompileOptions, log: Log | None = None) -> Package:
     options.validation.check()
     target: TargetSpec = load_target(options.target).resolved()
     check_precision(options.precision, target)
+    if options.calibrate is not None and options.precision != "int8":
+        raise UsageError("--calibrate gives int8 calibration data",
+                         "Add --precision int8, or leave --calibrate out")
     if is_cuda(target):
         check_toolchain(target)  # nvcc and the CUDA runtime, before any heavy work
     destination = options.output_dir()

@@ -79,15 +79,19 @@ def _calls(mod) -> list:
     return found
 
 
-def test_bf16_and_fp16_are_refused_in_one_line_and_int8_off_the_cpu():
+def test_bf16_and_fp16_are_refused_in_one_line_and_int8_off_the_cpu(tmp_path):
     for precision in ("bf16", "fp16"):
         with pytest.raises(DeploytoolError, match="not built yet"):
             check_precision(precision, load_target("cpu"))
     with pytest.raises(DeploytoolError, match="CPU targets"):
         check_precision("int8", load_target("cuda"))
     check_precision("int8", load_target("raspberry-pi-4"))  # NEON: no refusal
-    outcome = CliRunner().invoke(main, ["compile", "m.pt", "--precision", "bf16"])
-    assert outcome.exit_code != 0 and "Traceback" not in outcome.output
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")  # refused before it is read
+    outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "bf16"])
+    assert outcome.exit_code == 1
+    assert outcome.output.splitlines()[-1] == ("Error: --precision bf16 is not built yet. "
+                                              "Compile with --precision int8 or fp32")
 
 
 def test_calibration_reads_a_folder_per_sample_or_a_file_per_sample(tmp_path):
@@ -233,3 +237,10 @@ def test_an_arm_int8_package_validates_under_qemu(tmp_path):
     assert manifest["runtime"]["arch"] == "aarch64"
     assert "no dot-product kernels" in manifest["precision"]["instructions"]
     assert manifest["self_test"]["reference"] == "package"
+
+
+def test_calibration_data_without_int8_is_refused(tmp_path):
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")  # refused before it is read
+    outcome = CliRunner().invoke(main, ["compile", str(model), "--calibrate", str(tmp_path)])
+    assert outcome.exit_code == 2 and "Add --precision int8" in outcome.output

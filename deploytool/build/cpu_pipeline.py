@@ -15,6 +15,7 @@ from ..targets import TargetSpec
 from ..tuning.database import SEARCH_MARGIN, open_database, search_won
 from ..tuning.settings import TuneSettings
 from .cpu_rewrites import rewrite_for_cpu
+from .int8_rewrites import integer_products
 
 
 def _cpu_pipeline():
@@ -34,7 +35,7 @@ def fuse(mod, target):
     from tvm import relax
 
     cpu = _cpu_pipeline()
-    mod = rewrite_for_cpu(mod)
+    mod = rewrite_for_cpu(integer_products(mod)[0])  # a quantized model's, first
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                        + cpu.legalize_passes(target)

@@ -8,7 +8,7 @@ from __future__ import annotations
 CONV2D_LAYOUT = ["NHWC", "HWIO"]
 
 
-def _bound(expr, bindings):
+def bound_value(expr, bindings):
     """The expression ``expr`` stands for: through the chain of variables it is bound to."""
     from tvm import relax
 
@@ -96,7 +96,7 @@ def pad_output_channels(mod):
         bindings = relax.analysis.get_var2val(func)
 
         def constant(expr, bindings=bindings):
-            expr = _bound(expr, bindings)
+            expr = bound_value(expr, bindings)
             if isinstance(expr, tvm.ir.expr.Constant):
                 return True
             return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
@@ -149,7 +149,7 @@ def batch_norm_as_scale_shift(mod):
         bindings = relax.analysis.get_var2val(func)
 
         def constant(expr, bindings=bindings):
-            expr = _bound(expr, bindings)
+            expr = bound_value(expr, bindings)
             return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
         @relax.expr_functor.mutator
@@ -229,7 +229,7 @@ def _cropped(call, bindings):
 
     x, weight = call.args
     attrs = call.attrs
-    constant = _bound(weight, bindings)
+    constant = bound_value(weight, bindings)
     shapes = [getattr(e.ty, "shape", None) for e in (x, weight, call)]
     if not isinstance(constant, tvm.ir.expr.Constant) or any(
             s is None or not all(isinstance(d, tvm.tirx.IntImm) for d in s.values)
@@ -268,10 +268,6 @@ def _cropped(call, bindings):
 
 
 def rewrite_for_cpu(mod):
-    """``mod`` with every rewrite of this module applied, in the order they need; a quantized
-    model's products become integer ones first (see int8_rewrites.py)."""
-    from .int8_rewrites import integer_products
-
-    mod, _ = integer_products(mod)
+    """``mod`` with every rewrite of this module applied, in the order they need."""
     mod = clip_as_bounds(batch_norm_as_scale_shift(dead_taps_cropped(mod)))
     return pad_output_channels(channels_last(mod))

@@ -10,26 +10,16 @@ padding reads 0.0.
 
 from __future__ import annotations
 
-# Grouped (depthwise) convolutions stay in float32 between their dequantize and quantize: with
-# one input channel per output there is no channel sum for a dot-product instruction, and the
-# float32 depthwise tile ran MobileNetV2's faster than 8-bit values widened to int32 did.
-DEPTHWISE_IN_FLOAT = True
+from .cpu_rewrites import bound_value
+
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
 OUTPUT_GROUP = 16  # output channels of one 512-bit vector of int32 sums
-
-
-def _bound(expr, bindings):
-    from tvm import relax
-
-    while isinstance(expr, relax.Var) and expr in bindings:
-        expr = bindings[expr]
-    return expr
 
 
 def _constant(expr, bindings):
     import tvm
 
-    expr = _bound(expr, bindings)
+    expr = bound_value(expr, bindings)
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.Constant) else None
 
 
@@ -43,7 +33,7 @@ def _is(expr, name: str) -> bool:
 
 def _activation(expr, bindings):
     """(xq, scale, zero point) of an 8-bit activation dequantized per tensor, or None."""
-    source = _bound(expr, bindings)
+    source = bound_value(expr, bindings)
     if not _is(source, "dequantize"):
         return None
     xq, scale, zero = source.args
@@ -59,14 +49,14 @@ def _weight(expr, bindings, out_axis: int):
     dequantized symmetrically, as a numpy pair; or None. A transposed 2-D weight is followed."""
     import numpy as np
 
-    source = _bound(expr, bindings)
+    source = bound_value(expr, bindings)
     transposed = False
     if _is(source, "permute_dims") and len(source.args[0].ty.shape) == 2:
         axes = source.attrs.axes
         transposed = axes is not None and [int(a) for a in axes] == [1, 0]
         if not transposed:
             return None
-        source = _bound(source.args[0], bindings)
+        source = bound_value(source.args[0], bindings)
     if not _is(source, "dequantize"):
         return None
     values, scale, zero = (_constant(a, bindings) for a in source.args)
@@ -94,7 +84,10 @@ def _conv2d(call, bindings):
             or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
         return None
     (xq, sx, zx), (wq, sw) = activation, weight
-    if int(attrs.groups) > 1:  # see DEPTHWISE_IN_FLOAT
+    if int(attrs.groups) > 1:
+        # Grouped (depthwise) ones stay float32 between their dequantize and quantize: with one
+        # input channel per output there is no channel sum for a dot-product instruction, and
+        # the float32 depthwise tile ran MobileNetV2's faster than widened 8-bit values did.
         return None
     top, left, bottom, right = (int(p) for p in attrs.padding)
     # Input channels padded to a multiple of CHANNEL_GROUP, output channels to one of

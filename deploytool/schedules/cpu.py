@@ -278,7 +278,10 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
         sch.compute_inline(sch.get_sblock(name))
     epilogue = [name for name in epilogue if name in _block_names(sch)]
     for name in names[:names.index(main)]:
-        if name != "pad_temp":  # the epilogue's other inputs, dequantized: into the epilogue
+        # the epilogue's other inputs (a dequantized residual) go into the epilogue; what the
+        # main block reads stays whole (inlined, a transpose was recomputed per product)
+        consumers = {sch.get(c).name_hint for c in sch.get_consumers(sch.get_sblock(name))}
+        if name != "pad_temp" and main not in consumers:
             sch.compute_inline(sch.get_sblock(name))
     names = [name for name in names if name in _block_names(sch)]
     if "pad_temp" in names and _plain_copy(sch, sch.get_sblock("pad_temp")):

@@ -150,7 +150,8 @@ def _inline_around(sch, names: list[str], main: str) -> None:
         if name not in outputs:
             sch.compute_inline(sch.get_sblock(name))
     for name in names[:names.index(main)]:
-        if name != "pad_temp":
+        consumers = {sch.get(c).name_hint for c in sch.get_consumers(sch.get_sblock(name))}
+        if name != "pad_temp" and main not in consumers:
             sch.compute_inline(sch.get_sblock(name))
 
 
