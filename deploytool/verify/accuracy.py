@@ -169,10 +169,18 @@ def validate_accuracy(names: list[str], samples: list[Arrays],
                                             f", top-1 {baseline.top1:.0%}")
                 + " against fp32, so the package is held to that (the model loses accuracy "
                 "in int8 itself: calibrate on real data)")
-        report.agreements += measure([name], _column(ours, i), _column(expected, i), FP32,
-                                     cosine, top1)
-        report.agreements += measure([name], _column(ours, i), _column(theirs, i), PEER,
-                                     peer_cosine, None)
+        against_fp32 = measure([name], _column(ours, i), _column(expected, i), FP32,
+                               cosine, top1)[0]
+        against_peer = measure([name], _column(ours, i), _column(theirs, i), PEER,
+                               peer_cosine, None)[0]
+        if not against_peer.passed and against_fp32.cosine >= baseline.cosine:
+            # farther from the peer, but closer to fp32 than the peer is: rounded differently,
+            # not wrongly
+            against_peer.passed = True
+            report.notes.append(f"output '{name}': the package is closer to fp32 (cosine "
+                                f"{against_fp32.cosine:.4f}) than ONNX Runtime's int8 is "
+                                f"({baseline.cosine:.4f}), which passes it against the peer")
+        report.agreements += [against_fp32, against_peer]
     return report
 
 
