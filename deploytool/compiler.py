@@ -359,12 +359,19 @@ def _write_test_vectors(package: Package, source, validation: ValidationOptions,
         reference, outputs = "torch.export", run_exported(source.module, arrays)
     else:
         reference, outputs = "onnxruntime", onnxruntime_backend(package)(arrays)
-    atol, rtol = validation.atol, validation.rtol
+    return _vectors(package, arrays, outputs, reference, validation, validation.max_error)
+
+
+def _vectors(package: Package, arrays, outputs, reference: str, validation: ValidationOptions,
+             bound: float) -> dict:
+    """Write the test vectors; without --atol, the atol is ``bound`` times the smallest
+    output's scale."""
+    atol = validation.atol
     if atol is None:
         scales = [float(np.abs(o).max()) for o in outputs if o.size and np.abs(o).max() > 0]
-        atol = validation.max_error * min(scales) if scales else 0.0
+        atol = bound * min(scales) if scales else 0.0
     return write_test_vectors(package.path, package.inputs, package.outputs, arrays, outputs,
-                              reference, atol, rtol or 0.0)
+                              reference, atol, validation.rtol or 0.0)
 
 
 def _validate(package: Package, target: TargetSpec, source, options: CompileOptions,
@@ -433,11 +440,7 @@ def _reduced_test_vectors(package: Package, arrays, target: TargetSpec,
     else:  # the same integers in ONNX Runtime, up to a rounding step of its requantization
         reference, outputs = "onnxruntime-int8", onnxruntime_backend(package)(arrays)
         bound = 1e-2
-    scales = [float(np.abs(o).max()) for o in outputs if o.size and np.abs(o).max() > 0]
-    atol = validation.atol if validation.atol is not None else (
-        bound * min(scales) if scales else 0.0)
-    return write_test_vectors(package.path, package.inputs, package.outputs, arrays, outputs,
-                              reference, atol, validation.rtol or 0.0)
+    return _vectors(package, arrays, outputs, reference, validation, bound)
 
 
 def _validate_reduced(package: Package, options: CompileOptions, calibration: Calibration,

@@ -17,6 +17,30 @@ def bound_value(expr, bindings):
     return expr
 
 
+def rewrite_calls(mod, rewrites: dict):
+    """``mod`` with each call of an operator in ``rewrites`` replaced by what its rewrite
+    returns for it (unless None)."""
+    import tvm
+    from tvm import relax
+
+    mod = mod.clone()  # the caller's module stays as it was
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, relax.Function):
+            continue
+        bindings = relax.analysis.get_var2val(func)
+
+        @relax.expr_functor.mutator
+        class Rewrite(relax.PyExprMutator):
+            def visit_call_(self, call, bindings=bindings):
+                call = super().visit_call_(call)
+                rewrite = isinstance(call.op, tvm.ir.Op) and rewrites.get(call.op.name)
+                new = rewrite(call, bindings) if rewrite else None
+                return call if new is None else new
+
+        mod[gv] = Rewrite(mod).visit_expr(func)
+    return mod
+
+
 def channels_last(mod):
     """``mod`` with its 2-D convolutions channels-last (CONV2D_LAYOUT); unchanged when it has
     none or when TVM cannot convert it (its ConvertLayout failed on a transformer, which has no
@@ -199,27 +223,7 @@ def dead_taps_cropped(mod):
     ResNet-50 at 32x32 its last 3x3 ones, where only the centre tap reads anything; those
     kernels stream their whole weight for a ninth of it (Inception v3's 3x3 convolution from
     448 to 384 channels: 164 us for 6 MiB of weights)."""
-    import tvm
-    from tvm import relax
-
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
-
-    for gv, func in list(mod.functions_items()):
-        if not isinstance(func, relax.Function):
-            continue
-        bindings = relax.analysis.get_var2val(func)
-
-        @relax.expr_functor.mutator
-        class Crop(relax.PyExprMutator):
-            def visit_call_(self, call, bindings=bindings):
-                call = super().visit_call_(call)
-                if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(conv2d):
-                    return call
-                cropped = _cropped(call, bindings)
-                return call if cropped is None else cropped
-
-        mod[gv] = Crop(mod).visit_expr(func)
-    return mod
+    return rewrite_calls(mod, {"relax.nn.conv2d": _cropped})
 
 
 def _cropped(call, bindings):

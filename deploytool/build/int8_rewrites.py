@@ -10,7 +10,7 @@ padding reads 0.0.
 
 from __future__ import annotations
 
-from .cpu_rewrites import bound_value
+from .cpu_rewrites import bound_value, rewrite_calls
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
 OUTPUT_GROUP = 16  # output channels of one 512-bit vector of int32 sums
@@ -199,32 +199,9 @@ def integer_products(mod):
 
         return run
 
-    mod = _rewrite_calls(mod, {"relax.nn.conv2d": counted(_conv2d),
+    mod = rewrite_calls(mod, {"relax.nn.conv2d": counted(_conv2d),
                                "relax.matmul": counted(_matmul)})
     mod = relax.transform.DeadCodeElimination()(mod)  # the dequantized inputs they replaced
     elementwise = {"relax.quantize": _elementwise, "relax.dequantize": _elementwise}
-    return _rewrite_calls(mod, elementwise), count
+    return rewrite_calls(mod, elementwise), count
 
-
-def _rewrite_calls(mod, rewrites: dict):
-    """``mod`` with each call of an operator in ``rewrites`` replaced by what its rewrite
-    returns for it (unless None)."""
-    import tvm
-    from tvm import relax
-
-    mod = mod.clone()  # the caller's module stays as it was
-    for gv, func in list(mod.functions_items()):
-        if not isinstance(func, relax.Function):
-            continue
-        bindings = relax.analysis.get_var2val(func)
-
-        @relax.expr_functor.mutator
-        class Rewrite(relax.PyExprMutator):
-            def visit_call_(self, call, bindings=bindings):
-                call = super().visit_call_(call)
-                rewrite = isinstance(call.op, tvm.ir.Op) and rewrites.get(call.op.name)
-                new = rewrite(call, bindings) if rewrite else None
-                return call if new is None else new
-
-        mod[gv] = Rewrite(mod).visit_expr(func)
-    return mod

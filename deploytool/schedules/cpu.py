@@ -277,12 +277,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
             continue
         sch.compute_inline(sch.get_sblock(name))
     epilogue = [name for name in epilogue if name in _block_names(sch)]
-    for name in names[:names.index(main)]:
-        # the epilogue's other inputs (a dequantized residual) go into the epilogue; what the
-        # main block reads stays whole (inlined, a transpose was recomputed per product)
-        consumers = {sch.get(c).name_hint for c in sch.get_consumers(sch.get_sblock(name))}
-        if name != "pad_temp" and main not in consumers:
-            sch.compute_inline(sch.get_sblock(name))
+    _inline_producers(sch, names, main)
     names = [name for name in names if name in _block_names(sch)]
     if "pad_temp" in names and _plain_copy(sch, sch.get_sblock("pad_temp")):
         sch.compute_inline(sch.get_sblock("pad_temp"))
@@ -335,6 +330,16 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     packed = _pack_weight(sch, func, block, iter_vars[spatial - 1].var, channel)
     if packed is not None and not rows_first:
         sch.annotate(innermost, PREFETCH_LOOP, packed)
+
+
+def _inline_producers(sch, names: list[str], main: str) -> None:
+    """Inline the blocks before ``main`` that only the epilogue reads (a dequantized residual)
+    into it. What the main block reads stays whole (inlined, a transpose was recomputed per
+    product), and so does the padding, which the tiles schedule themselves."""
+    for name in names[:names.index(main)]:
+        consumers = {sch.get(c).name_hint for c in sch.get_consumers(sch.get_sblock(name))}
+        if name != "pad_temp" and main not in consumers:
+            sch.compute_inline(sch.get_sblock(name))
 
 
 def _broadcast(sch, main: str, epilogue: list[str]) -> bool:
@@ -698,10 +703,7 @@ def _pack_weight(sch, func, block, channel_var, channel: int) -> int | None:
     reads, or None when there is no constant weight to pack."""
     import tvm
 
-    attrs = func.attrs
-    if attrs is None or "layout_free_buffers" not in attrs:
-        return None
-    free = {func.params[int(i)].name for i in attrs["layout_free_buffers"]}
+    free = _layout_free(func)
     reads = [i for i, region in enumerate(sch.get(block).reads)
              if region.source.name in free and len(region.region) >= 2
              and region.region[-1].min.same_as(channel_var)]

@@ -9,7 +9,10 @@ or ``(N/16) (K/4) 16 4`` (matrix products), so that every block is one 64-byte l
 
 from __future__ import annotations
 
+import functools
 import math
+
+from .cpu import _block_names, _extent, _inline_producers, _layout_free
 
 INT8_BLOCKS = ("conv2d_nhwc", "matmul")
 LANES = 16  # int32 accumulators in one 512-bit register
@@ -21,6 +24,7 @@ MAX_VECTORS = 4  # 64 output channels of a tile
 VNNI_INTRIN = "deploytool_dot_16x4_vnni"
 
 
+@functools.cache
 def _register_intrinsic() -> None:
     """TVM's own ``dot_16x4_vnni`` passes the bytes to ``vpdpbusd`` as 16 x i32, which the LLVM
     inside TVM 0.27 rejects (it declares them 64 x i8); this one passes 64 x i8."""
@@ -61,14 +65,6 @@ def schedule_int8(func):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _names(sch) -> list[str]:
-    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-
-
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
-
 def _is_int8_product(sch, block) -> bool:
     stmt = sch.get(block)
     dtypes = sorted(str(r.source.dtype) for r in stmt.reads
@@ -90,7 +86,7 @@ def _tile_shape(width: int, vectors: int) -> tuple[int, int]:
 
 
 def _tile(sch, func) -> bool:
-    names = _names(sch)
+    names = _block_names(sch)
     main = next((n for n in INT8_BLOCKS if n in names), None)
     if main is None or not _is_int8_product(sch, sch.get_sblock(main)):
         return False
@@ -122,7 +118,7 @@ def _tile(sch, func) -> bool:
     sch.unroll(channel_vectors)
     if output is not None:
         _vectorize_last(sch, output)
-    if "pad_temp" in _names(sch):
+    if "pad_temp" in _block_names(sch):
         pad_loops = sch.get_loops(sch.get_sblock("pad_temp"))
         _vectorize_last(sch, sch.get_sblock("pad_temp"))
         if len(pad_loops) > 2:
@@ -133,10 +129,7 @@ def _tile(sch, func) -> bool:
 def _constant_weight(sch, func, block) -> int | None:
     """The index, among the block's reads, of its int8 weight when the caller passes it as a
     constant (so that it can be packed at compile time)."""
-    attrs = func.attrs
-    if attrs is None or "layout_free_buffers" not in attrs:
-        return None
-    free = {func.params[int(i)].name for i in attrs["layout_free_buffers"]}
+    free = _layout_free(func)
     return next((i for i, r in enumerate(sch.get(block).reads)
                  if r.source.name in free and str(r.source.dtype) == "int8"), None)
 
@@ -149,10 +142,7 @@ def _inline_around(sch, names: list[str], main: str) -> None:
     for name in names[names.index(main) + 1:]:
         if name not in outputs:
             sch.compute_inline(sch.get_sblock(name))
-    for name in names[:names.index(main)]:
-        consumers = {sch.get(c).name_hint for c in sch.get_consumers(sch.get_sblock(name))}
-        if name != "pad_temp" and main not in consumers:
-            sch.compute_inline(sch.get_sblock(name))
+    _inline_producers(sch, names, main)
 
 
 def _pack(sch, block, weight: int, main: str) -> None:
@@ -172,7 +162,7 @@ def _pack(sch, block, weight: int, main: str) -> None:
 
 def _epilogue(sch, main: str, tile_loop):
     """Compute the kernel's output block per tile, after the tile's accumulation."""
-    names = _names(sch)
+    names = _block_names(sch)
     following = names[names.index(main) + 1:]
     if not following:
         return None
