@@ -191,18 +191,24 @@ def test_ctrl_c_keeps_a_usable_database(models, tmp_path):
     assert _run_package(tmp_path / "pkg", models["mlp"], tmp_path) < 1e-5
 
 
-def _threads_taking_sigint(pid: int) -> list[str]:
-    takers = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with suppress(FileNotFoundError):  # the thread ended
-            status = (task / "status").read_text()
-            blocked = int(next(line.split()[1] for line in status.splitlines()
-                               if line.startswith("SigBlk:")), 16)
-            # sigtimedwait unblocks what it waits for: that is the tuner's watcher taking it
-            waiting = "sigtimedwait" in (task / "wchan").read_text()
-            if not blocked & (1 << (signal.SIGINT - 1)) and not waiting:
-                takers.append((task / "comm").read_text().strip())
-    return takers
+def _threads_taking_sigint(pid: int, samples: int = 5) -> list[str]:
+    """The threads of ``pid`` that have SIGINT unblocked in every one of ``samples`` looks, 50 ms
+    apart. The tuner's watcher unblocks it only while it waits in sigtimedwait, which it leaves
+    and re-enters every 0.1 s: one look can catch it between its status and its wchan."""
+    takers = None
+    for _ in range(samples):
+        found = set()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with suppress(FileNotFoundError):  # the thread ended
+                status = (task / "status").read_text()
+                blocked = int(next(line.split()[1] for line in status.splitlines()
+                                   if line.startswith("SigBlk:")), 16)
+                waiting = "sigtimedwait" in (task / "wchan").read_text()
+                if not blocked & (1 << (signal.SIGINT - 1)) and not waiting:
+                    found.add(task.name)
+        takers = found if takers is None else takers & found
+        time.sleep(0.05)
+    return sorted(takers)
 
 
 def test_the_cli_starts_no_thread_before_it_holds_ctrl_c():
