@@ -14,6 +14,7 @@ import numpy as np
 from . import __version__
 from .build.cpu_pipeline import schedule_build
 from .build.dump import dump_summary, start_dump
+from .build.bf16_rewrites import bf16_products
 from .build.int8_rewrites import integer_products
 from .build.library import build_library
 from .common import Log, check_interrupt
@@ -190,8 +191,8 @@ def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
                 graph, calibration = _quantized(graph, options, scratch, log)
         with timer.stage("import"), data_dependence_explained(source):
             # a quantized model has no second route: it would be the float32 model
-            graph, imported = (_import_on_a_route(source, graph) if calibration is None
-                               else (graph, import_model(graph)))
+            graph, imported = (_import_on_a_route(source, graph, options.precision)
+                               if calibration is None else (graph, import_model(graph)))
             if options.dump_ir:
                 start_dump(options.dump_ir, imported.mod)
         tuned = None
@@ -205,7 +206,8 @@ def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
         pipeline, tuning = schedule_build(target, options.tuning, tuned)
         graph, imported = _build_on_a_route(source, graph, imported, target, pipeline,
                                             scratch / "model.so", options.dump_ir,
-                                            tuned is None and calibration is None)
+                                            tuned is None and calibration is None,
+                                            options.precision)
         if tuning:
             log(f"  schedules  {tuning.summary()}")
     if options.dump_ir:
@@ -276,19 +278,28 @@ def check_destination(options: CompileOptions, destination: Path) -> None:
                                   "output with -o")
 
 
-def _import_on_a_route(source, graph):
+def _imported(graph, precision: str):
+    """The imported module of ``graph``, its products in bfloat16 for ``precision`` bf16."""
+    imported = import_model(graph)
+    if precision == "bf16":
+        imported = replace(imported, mod=bf16_products(imported.mod)[0])
+    return imported
+
+
+def _import_on_a_route(source, graph, precision: str):
     """Import ``graph``; where that fails, a TorchScript model takes its second route."""
     try:
-        return graph, import_model(graph)
+        return graph, _imported(graph, precision)
     except DeploytoolError as err:
         graph = other_route(source, graph, route_failure(graph, err))
         try:
-            return graph, import_model(graph)
+            return graph, _imported(graph, precision)
         except DeploytoolError as second:
             raise route_failure(graph, second) from second
 
 
-def _build_on_a_route(source, graph, imported, target, pipeline, path, dump, may_switch: bool):
+def _build_on_a_route(source, graph, imported, target, pipeline, path, dump, may_switch: bool,
+                      precision: str):
     """Build the library; where the build fails, a TorchScript model takes its second route
     (unless the schedules were tuned for this route's module: ``may_switch`` False)."""
     try:
@@ -299,7 +310,7 @@ def _build_on_a_route(source, graph, imported, target, pipeline, path, dump, may
             raise
         graph = other_route(source, graph, route_failure(graph, err))
         try:
-            imported = import_model(graph)
+            imported = _imported(graph, precision)
             build_library(imported.mod, target, path, pipeline, dump)
             return graph, imported
         except DeploytoolError as second:

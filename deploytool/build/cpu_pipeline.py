@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 from ..schedules.copies import schedule_concat
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
-from ..schedules.int8 import schedule_int8
+from ..schedules.dot_products import (BF16, VNNI, schedule_dot_product,
+                                      target_instructions)
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
 from ..schedules.reductions import schedule_reduction
@@ -107,7 +108,8 @@ class SchedulePlan:
     hand_written: int = 0  # of the default ones: schedules/cpu.py's register-tiled ones
     reductions: int = 0  # of the default ones: schedules/reductions.py's
     concatenations: int = 0  # of the default ones: schedules/copies.py's
-    integer: int = 0  # of the default ones: schedules/int8.py's VNNI tiles
+    integer: int = 0  # of the default ones: schedules/dot_products.py's VNNI tiles
+    bf16: int = 0  # of the default ones: schedules/dot_products.py's vdpbf16ps tiles
     default: int = 0
     kept_default: int = 0  # of the default ones: with records the search won too narrowly
     unscheduled: int = 0
@@ -123,6 +125,7 @@ class SchedulePlan:
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
                 f"default schedules ({self.hand_written} register-tiled, "
                 + (f"{self.integer} int8 with VNNI, " if self.integer else "")
+                + (f"{self.bf16} bf16 with vdpbf16ps, " if self.bf16 else "")
                 + f"{self.concatenations} "
                 f"concatenations, {self.reductions} reductions{kept}), {self.unscheduled} "
                 f"unscheduled")
@@ -151,7 +154,6 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
     """
     import tvm
     from tvm import relax
-    from tvm.target.codegen import target_has_features
 
     tvm_target = tuning_target(target)
     plan = plan if plan is not None else SchedulePlan(None)
@@ -173,12 +175,13 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
             plan.from_database = sum(is_scheduled(f) for _, f in prim_funcs(mod))
             if default_schedules:
                 lanes = accumulator_lanes(tvm_target)
-                vnni = target_has_features("avx512vnni", tvm_target)
+                instructions = target_instructions(tvm_target)
                 for gv, func in prim_funcs(mod):
                     if is_scheduled(func) or not has_blocks(func):
                         continue  # (a kernel written as plain loops is built as it is)
-                    scheduled = schedule_int8(func) if vnni else None
-                    plan.integer += scheduled is not None
+                    scheduled, instruction = schedule_dot_product(func, instructions)
+                    plan.integer += instruction is VNNI
+                    plan.bf16 += instruction is BF16
                     if scheduled is None:
                         scheduled = schedule_kernel(func, lanes)
                         plan.hand_written += scheduled is not None

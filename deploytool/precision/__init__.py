@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import DeploytoolError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BF16_FLAG = "avx512_bf16"  # /proc/cpuinfo's name of the vdpbf16ps instructions
 
 
 def check_precision(precision: str, target) -> None:
@@ -22,13 +23,19 @@ def check_precision(precision: str, target) -> None:
                               f"Pass one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return
-    if precision in ("fp16", "bf16"):
-        raise DeploytoolError(f"--precision {precision} is not built yet",
-                              "Compile with --precision int8 or fp32")
+    if precision == "fp16":
+        raise DeploytoolError("--precision fp16 is not built yet",
+                              "Compile with --precision bf16, int8 or fp32")
     if target.target.get("kind") != "llvm":
-        raise DeploytoolError(f"--precision int8 builds for CPU targets, not "
+        raise DeploytoolError(f"--precision {precision} builds for CPU targets, not "
                               f"{target.target.get('kind')} ({target.name})",
                               "Compile this target with --precision fp32")
+    if precision == "bf16" and BF16_FLAG not in target.cpu_features():
+        raise DeploytoolError(f"--precision bf16 needs AVX-512 BF16, which {target.name} "
+                              f"({target.cpu}) does not have",
+                              "Compile with --precision int8 or fp32, or for a target with "
+                              "AVX-512 BF16 (Intel Cooper Lake, Sapphire Rapids; AMD Zen 4 "
+                              "and later)")
 
 
 def integer_instructions(target) -> str:

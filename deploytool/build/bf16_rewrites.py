@@ -1,0 +1,113 @@
+"""The Relax rewrite of a bf16 build: each convolution (of one group) and matrix product by a
+constant float32 weight takes its input and weight in bfloat16 and sums in float32
+(``out_dtype``); every other operator stays float32, as OpenVINO's bf16 inference keeps
+softmax, normalizations and reductions in float32.
+
+The input is rounded to bfloat16 where the product reads it (the cast fuses into the kernel
+that produces it, or into the product's own kernel); the weight is rounded at compile time.
+"""
+
+from __future__ import annotations
+
+from .cpu_rewrites import bound_value, rewrite_calls
+
+PAIR = 2  # input channels that one vdpbf16ps lane sums
+OUTPUT_GROUP = 16  # output channels of one 512-bit vector of float32 sums
+BF16 = "bfloat16"
+
+
+def _constant_weight(expr, bindings):
+    """The float32 numpy value of a constant weight (followed through a 2-D transpose), or
+    None."""
+    import tvm
+    from tvm import relax
+
+    source = bound_value(expr, bindings)
+    transposed = False
+    if isinstance(source, relax.Call) and isinstance(source.op, tvm.ir.Op) \
+            and source.op.name == "relax.permute_dims" and len(source.args[0].ty.shape) == 2:
+        axes = source.attrs.axes
+        if axes is not None and [int(a) for a in axes] != [1, 0]:
+            return None
+        transposed, source = True, bound_value(source.args[0], bindings)
+    if not isinstance(source, tvm.ir.expr.Constant) or str(source.ty.dtype) != "float32":
+        return None
+    value = source.value.numpy()
+    return value.T if transposed else value
+
+
+def _bf16_const(values):
+    import ml_dtypes
+    import numpy as np
+    from tvm import relax
+
+    return relax.const(np.ascontiguousarray(values).astype(ml_dtypes.bfloat16))
+
+
+def _conv2d(call, bindings):
+    import numpy as np
+    from tvm import relax
+
+    attrs = call.attrs
+    weight = _constant_weight(call.args[1], bindings)
+    if weight is None or weight.ndim != 4 or int(attrs.groups) != 1 \
+            or str(call.args[0].ty.dtype) != "float32" or attrs.data_layout != "NCHW" \
+            or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
+        return None
+    # Input channels padded to pairs, output channels to sixteens (zero weights, the extra
+    # outputs sliced off), so that the bf16 tile takes every convolution (a stem's 3 channels).
+    channels = weight.shape[0]
+    extra, more = -weight.shape[1] % PAIR, -channels % OUTPUT_GROUP
+    weight = np.pad(weight, [(0, more), (0, extra), (0, 0), (0, 0)])
+    data = relax.op.astype(call.args[0], BF16)
+    if extra:
+        data = relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0])
+    out = relax.op.nn.conv2d(data, _bf16_const(weight), strides=attrs.strides,
+                             padding=attrs.padding, dilation=attrs.dilation, groups=1,
+                             out_dtype="float32")
+    return relax.op.strided_slice(out, axes=[1], begin=[0], end=[channels]) if more else out
+
+
+def _matmul(call, bindings):
+    import numpy as np
+    from tvm import relax
+
+    weight = _constant_weight(call.args[1], bindings)
+    if weight is None or weight.ndim != 2 or weight.shape[0] % PAIR \
+            or str(call.args[0].ty.dtype) != "float32":
+        return None
+    columns = weight.shape[1]
+    more = -columns % OUTPUT_GROUP
+    weight = np.pad(weight, [(0, 0), (0, more)])
+    out = relax.op.matmul(relax.op.astype(call.args[0], BF16), _bf16_const(weight),
+                          out_dtype="float32")
+    if not more:
+        return out
+    return relax.op.strided_slice(out, axes=[len(call.ty.shape) - 1], begin=[0], end=[columns])
+
+
+def bf16_products(mod):
+    """``mod`` with its convolutions and matrix products by constant weights in bfloat16 (see
+    the module's docstring).
+
+    Returns
+    -------
+    tuple of (tvm.IRModule, int)
+        The module, and how many products became bf16 ones.
+    """
+    from tvm import relax
+
+    count = 0
+
+    def counted(rewrite):
+        def run(call, bindings):
+            nonlocal count
+            new = rewrite(call, bindings)
+            count += new is not None
+            return new
+
+        return run
+
+    mod = rewrite_calls(mod, {"relax.nn.conv2d": counted(_conv2d),
+                               "relax.matmul": counted(_matmul)})
+    return relax.transform.DeadCodeElimination()(mod), count

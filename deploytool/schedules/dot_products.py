@@ -1,0 +1,279 @@
+"""Register tiles of dot-product instructions: 8-bit products accumulated in int32 with
+AVX-512 VNNI's ``vpdpbusd`` (four u8 x s8 products into each of 16 int32 lanes), and bfloat16
+ones accumulated in float32 with AVX-512 BF16's ``vdpbf16ps`` (two products into each of 16
+float32 lanes).
+
+A tile holds ``pixels x vectors`` accumulators of 16 output channels. For each group of input
+channels an instruction sums (four, or two) it broadcasts the group's values of a pixel as one
+32-bit word and multiplies them with a 16 x group block of the weight, packed at compile time
+as ``(O/16) KH KW (I/group) 16 group`` (convolutions) or ``(N/16) (K/group) 16 group`` (matrix
+products), so that every block is one 64-byte load.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from .cpu import _block_names, _extent, _inline_producers, _layout_free
+
+DOT_BLOCKS = ("conv2d_nhwc", "matmul")
+LANES = 16  # 32-bit accumulators in one 512-bit register
+MAX_ACCUMULATORS = 24  # of AVX-512's 32 registers: the rest hold weights and the broadcast
+MAX_VECTORS = 4  # 64 output channels of a tile
+
+
+@dataclass(frozen=True)
+class DotInstruction:
+    """One dot-product instruction and the products it computes."""
+
+    name: str  # as the manifest and the build log say it
+    feature: str  # the LLVM target feature that has it
+    data: str  # dtype of the input, broadcast a group at a time
+    weight: str  # dtype of the packed constant weight
+    accumulator: str
+    group: int  # input channels that one lane sums
+    intrinsic: str  # the TensorIntrin it is registered as
+
+
+VNNI = DotInstruction("vpdpbusd (AVX-512 VNNI)", "avx512vnni", "uint8", "int8", "int32", 4,
+                      "deploytool_dot_16x4_vnni")
+BF16 = DotInstruction("vdpbf16ps (AVX-512 BF16)", "avx512bf16", "bfloat16", "bfloat16",
+                      "float32", 2, "deploytool_dot_16x2_bf16")
+INSTRUCTIONS = (VNNI, BF16)
+
+
+def target_instructions(target) -> tuple[DotInstruction, ...]:
+    """The dot-product instructions a ``tvm.target.Target`` has."""
+    from tvm.target.codegen import target_has_features
+
+    return tuple(i for i in INSTRUCTIONS if target_has_features(i.feature, target))
+
+
+@functools.cache
+def _register_vnni() -> None:
+    """TVM's own ``dot_16x4_vnni`` passes the bytes to ``vpdpbusd`` as 16 x i32, which the LLVM
+    inside TVM 0.27 rejects (it declares them 64 x i8); this one passes 64 x i8."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            word = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(word, 16), dtype="int8x64"),
+                b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    TensorIntrin.register(VNNI.intrinsic, dot_product_16x4_u8i8i32_desc, vnni, override=True)
+
+
+# TVM legalizes bfloat16 arithmetic to float32 before LLVM sees it (BF16ComputeLegalize): it
+# would turn vdpbf16ps's <32 x bfloat> operands into floats, and a kernel's padded input into a
+# float32 buffer. So the kernel passes this function the buffers' data pointers and element
+# offsets (a buffer read through its pointer is left in bfloat16, stored as 16-bit integers), and
+# it loads the pairs as 32-bit words. The offsets are int32, as TVM narrows them anyway (a
+# signature that differs from the call's is not inlined, and leaves an undefined symbol). It is linked into each kernel that uses it
+# (``pragma_import_llvm``) and inlined there.
+BF16_FUNCTION = "deploytool_dpbf16ps"
+BF16_LLVM_IR = f"""
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+define internal <16 x float> @{BF16_FUNCTION}(<16 x float> %acc, ptr %data, i32 %i, ptr %weight,
+                                              i32 %j) alwaysinline {{
+  %a = getelementptr i16, ptr %data, i32 %i
+  %b = getelementptr i16, ptr %weight, i32 %j
+  %pair = load i32, ptr %a, align 2
+  %one = insertelement <16 x i32> poison, i32 %pair, i64 0
+  %pairs = shufflevector <16 x i32> %one, <16 x i32> poison, <16 x i32> zeroinitializer
+  %x = bitcast <16 x i32> %pairs to <32 x bfloat>
+  %y = load <32 x bfloat>, ptr %b, align 2
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x,
+                                                           <32 x bfloat> %y)
+  ret <16 x float> %r
+}}
+"""
+
+
+@functools.cache
+def _register_bf16() -> None:
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((2,), "bfloat16", offset_factor=1),
+             b: T.Buffer((16, 2), "bfloat16", offset_factor=1),
+             c: T.Buffer((16,), "float32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:2], b[0:16, 0:2])
+            T.writes(c[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "float32") * T.cast(b[vi, vk], "float32")
+
+    @T.prim_func(s_tir=True)
+    def dpbf16ps(a: T.Buffer((2,), "bfloat16", offset_factor=1),
+                 b: T.Buffer((16, 2), "bfloat16", offset_factor=1),
+                 c: T.Buffer((16,), "float32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:2], b[0:16, 0:2])
+            T.writes(c[0:16])
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_extern(
+                "float32x16", BF16_FUNCTION, c.vload([0], dtype="float32x16"),
+                a.data, T.Cast("int32", a.elem_offset), b.data, T.Cast("int32", b.elem_offset))
+
+    TensorIntrin.register(BF16.intrinsic, desc, dpbf16ps, override=True)
+
+
+_REGISTER = {VNNI: _register_vnni, BF16: _register_bf16}
+
+
+def schedule_dot_product(func, instructions=INSTRUCTIONS):
+    """The tensorized schedule of a fused kernel whose main block is a convolution (one group)
+    or matrix product by a constant weight in the dtypes of one of ``instructions``, and the
+    instruction; or (None, None) when it is not one (or its channels do not split into 16s and
+    groups)."""
+    import tvm
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    names = _block_names(sch)
+    main = next((n for n in DOT_BLOCKS if n in names), None)
+    if main is None:
+        return None, None
+    instruction = next((i for i in instructions
+                        if _computes(sch, sch.get_sblock(main), i)), None)
+    if instruction is None:
+        return None, None
+    try:
+        if not _tile(sch, func, names, main, instruction):
+            return None, None
+    except Exception:  # a form this schedule does not cover (tests check the forms it does)
+        return None, None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True), instruction
+
+
+def _computes(sch, block, instruction: DotInstruction) -> bool:
+    """Whether the block multiplies the instruction's dtypes into its accumulator's."""
+    stmt = sch.get(block)
+    inputs = sorted(str(r.source.dtype) for r in stmt.reads
+                    if str(r.source.dtype) in (instruction.data, instruction.weight))
+    return (len(inputs) == 2 and inputs == sorted([instruction.data, instruction.weight])
+            and str(stmt.writes[0].source.dtype) == instruction.accumulator)
+
+
+def _tile_shape(width: int, vectors: int) -> tuple[int, int]:
+    """(pixels, vectors of 16 channels) of a tile: the most accumulators that fit, each count
+    dividing its loop."""
+    best = (1, 1)
+    for v in range(1, min(vectors, MAX_VECTORS) + 1):
+        if vectors % v:
+            continue
+        for p in range(1, MAX_ACCUMULATORS // v + 1):
+            if width % p == 0 and (p * v, v) > (best[0] * best[1], best[1]):
+                best = (p, v)
+    return best
+
+
+def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -> bool:
+    group = instruction.group
+    block = sch.get_sblock(main)
+    loops = sch.get_loops(block)
+    reductions = 3 if main == "conv2d_nhwc" else 1
+    spatial, reduction = loops[:-reductions], loops[-reductions:]
+    width, channels = spatial[-2], spatial[-1]
+    if _extent(sch, channels) % LANES or _extent(sch, reduction[-1]) % group:
+        return False
+    weight = _constant_weight(sch, func, block, instruction.weight)
+    if weight is None:
+        return False
+    _inline_around(sch, names, main)
+    pixels, vectors = _tile_shape(_extent(sch, width), _extent(sch, channels) // LANES)
+    channel_tiles, channel_vectors, lanes = sch.split(channels, [None, vectors, LANES])
+    width_tiles, width_pixels = sch.split(width, [None, pixels])
+    groups, in_group = sch.split(reduction[-1], [None, group])
+    outer = [*spatial[:-2], width_tiles, channel_tiles]
+    sch.reorder(*outer, *reduction[:-1], groups, width_pixels, channel_vectors, lanes, in_group)
+    _pack(sch, block, weight, main, group)
+    output = _epilogue(sch, main, outer[-1])
+    tiles = sch.fuse(*outer)
+    sch.parallel(tiles)
+    init = sch.decompose_reduction(block, reduction[0] if reductions > 1 else groups)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _REGISTER[instruction]()
+    sch.tensorize(lanes, instruction.intrinsic)
+    if instruction is BF16:
+        # on a serial loop: the code generator drops it from a parallel one
+        sch.annotate(groups, "pragma_import_llvm", BF16_LLVM_IR)
+    sch.unroll(width_pixels)
+    sch.unroll(channel_vectors)
+    if output is not None:
+        _vectorize_last(sch, output)
+    if "pad_temp" in _block_names(sch):
+        pad_loops = sch.get_loops(sch.get_sblock("pad_temp"))
+        _vectorize_last(sch, sch.get_sblock("pad_temp"))
+        if len(pad_loops) > 2:
+            sch.parallel(sch.fuse(*pad_loops[:-2]))
+    return True
+
+
+def _constant_weight(sch, func, block, dtype: str) -> int | None:
+    """The index, among the block's reads, of its weight when the caller passes it as a
+    constant (so that it can be packed at compile time)."""
+    free = _layout_free(func)
+    return next((i for i, r in enumerate(sch.get(block).reads)
+                 if r.source.name in free and str(r.source.dtype) == dtype), None)
+
+
+def _inline_around(sch, names: list[str], main: str) -> None:
+    """Inline the epilogue (requantization, activation, the next quantization) into its last
+    block, and the elementwise producers of its other inputs (a dequantized residual)."""
+    root = sch.get_sblock("root")
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    for name in names[names.index(main) + 1:]:
+        if name not in outputs:
+            sch.compute_inline(sch.get_sblock(name))
+    _inline_producers(sch, names, main)
+
+
+def _pack(sch, block, weight: int, main: str, group: int) -> None:
+    """Pack the weight as the module's docstring says, marked to run at compile time."""
+    import tvm
+
+    packed = sch.cache_read(block, weight, "global")
+    if main == "conv2d_nhwc":  # HWIO
+        index_map = tvm.tirx.IndexMap.from_func(
+            lambda h, w, i, o: (o // LANES, h, w, i // group, o % LANES, i % group))
+    else:  # KN
+        index_map = tvm.tirx.IndexMap.from_func(
+            lambda k, n: (n // LANES, k // group, n % LANES, k % group))
+    sch.transform_layout(packed, ("write", 0), index_map)
+    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
+
+
+def _epilogue(sch, main: str, tile_loop):
+    """Compute the kernel's output block per tile, after the tile's accumulation."""
+    names = _block_names(sch)
+    following = names[names.index(main) + 1:]
+    if not following:
+        return None
+    output = sch.get_sblock(following[-1])
+    sch.reverse_compute_at(output, tile_loop)
+    return output
+
+
+def _vectorize_last(sch, block) -> None:
+    loop = sch.get_loops(block)[-1]
+    extent = _extent(sch, loop)
+    lanes = math.gcd(extent, 64)
+    if lanes >= 4:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
