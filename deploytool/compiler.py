@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__
 from .build.cpu_pipeline import schedule_build
 from .build.dump import dump_summary, start_dump
-from .build.bf16_rewrites import bf16_products
+from .build.bf16_rewrites import bf16_products, count_bf16_products
 from .build.int8_rewrites import integer_products
 from .build.library import build_library
 from .common import Log, check_interrupt
@@ -49,8 +49,11 @@ from .tuning.interrupts import ctrl_c_stops_tuning
 from .tuning.search import tune_module
 from .tuning.settings import TuneSettings
 from .verify.accuracy import (
+    BF16_THRESHOLDS,
+    BF16_VECTOR_BOUND,
     REFERENCE_ONNX,
     Thresholds,
+    float32_reference,
     seeded_samples,
     validate_reduced_package,
 )
@@ -220,14 +223,16 @@ def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
         java = build_java(target, scratch, options.java, log)
         manifest = _manifest(options, target, source, imported, timer, tuning, java,
                              {k: list(v) for k, v in integer_ranges(graph).items()})
-        manifest["precision"] = _precision_entry(options, target, calibration, imported.mod)
+        manifest["precision"] = _precision_entry(options, target, calibration, imported.mod,
+                                                 isinstance(graph, OnnxModel))
         package = Package(scratch, manifest)
-        if calibration is None:
+        reduced = options.precision != "fp32"
+        if not reduced:
             manifest["self_test"] = _write_test_vectors(package, source, options.validation)
         manifest["files"] = file_digests(scratch)
         manifest["file_sizes"] = {"model.so": (scratch / "model.so").stat().st_size}
         package.save_manifest()
-        if calibration is not None:  # its own outputs are the vectors: it runs first
+        if reduced:  # its own outputs are the vectors: it runs first
             manifest["self_test"] = _write_test_vectors(package, source, options.validation,
                                                         target)
             manifest["files"] = file_digests(scratch)
@@ -398,7 +403,7 @@ def _validate(package: Package, target: TargetSpec, source, options: CompileOpti
         record_validation(package, None, "pending")
         return
     validation = options.validation
-    if calibration is not None:
+    if options.precision != "fp32":
         _validate_reduced(package, options, calibration, timer, log)
         return
     if source.format == "torchscript" and validation.model is None:
@@ -431,8 +436,14 @@ def _quantized(graph, options: CompileOptions, scratch: Path, log: Log):
     return replace(graph, proto=quantized, route=f"{graph.route} -> int8 (QDQ)"), calibration
 
 
-def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, mod) -> dict:
+def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, mod,
+                     from_onnx: bool) -> dict:
     """The manifest's record of the package's precision."""
+    if options.precision == "bf16":
+        return {"mode": "bf16", "bf16_products": count_bf16_products(mod),
+                "instructions": "vdpbf16ps (AVX-512 BF16) for convolutions and matrix products",
+                "reference": "model.onnx" if from_onnx else "the model file",
+                "thresholds": BF16_THRESHOLDS.to_dict()}
     if calibration is None:
         return {"mode": "fp32"}
     _, products = integer_products(mod)
@@ -448,18 +459,23 @@ def _reduced_test_vectors(package: Package, arrays, target: TargetSpec,
     if can_run_target(target):
         reference, outputs = "package", run_native(package, arrays)
         bound = validation.max_error
-    else:  # the same integers in ONNX Runtime, up to a rounding step of its requantization
+    elif package.manifest["precision"]["mode"] == "int8":
+        # the same integers in ONNX Runtime, up to a rounding step of its requantization
         reference, outputs = "onnxruntime-int8", onnxruntime_backend(package)(arrays)
         bound = 1e-2
+    else:  # the float32 model, up to bfloat16's rounding
+        reference, outputs = "fp32", float32_reference(package)(arrays)
+        bound = BF16_VECTOR_BOUND
     return _vectors(package, arrays, outputs, reference, validation, bound)
 
 
-def _validate_reduced(package: Package, options: CompileOptions, calibration: Calibration,
-                      timer: StageTimer, log: Log) -> None:
+def _validate_reduced(package: Package, options: CompileOptions,
+                      calibration: Calibration | None, timer: StageTimer, log: Log) -> None:
     """Validate a reduced-precision package by its accuracy (see verify/accuracy.py)."""
     seeded = seeded_samples(package, options.validation)
     names = [s.name for s in package.inputs]
-    calibrated = [[sample[n] for n in names] for sample in calibration.samples]
+    calibrated = ([[sample[n] for n in names] for sample in calibration.samples]
+                  if calibration is not None else [])
     with timer.stage("validate"):
         report = validate_reduced_package(package, seeded, calibrated)
     for line in report.format().splitlines():
@@ -473,5 +489,6 @@ def _validate_reduced(package: Package, options: CompileOptions, calibration: Ca
             f"validation FAILED: {len(failed)} of {len(report.agreements)} agreements below "
             f"their thresholds (worst: output '{failed[0].output}' against {failed[0].reference}"
             f", cosine {failed[0].cosine:.4f})",
-            "Calibrate on real data (--calibrate DIR), or keep the package with "
-            "--allow-mismatch, or compile with --precision fp32")
+            ("Calibrate on real data (--calibrate DIR), or keep" if calibration is not None
+             else "Keep") + " the package with --allow-mismatch, or compile with --precision "
+            "fp32")

@@ -111,3 +111,21 @@ def bf16_products(mod):
     mod = rewrite_calls(mod, {"relax.nn.conv2d": counted(_conv2d),
                                "relax.matmul": counted(_matmul)})
     return relax.transform.DeadCodeElimination()(mod), count
+
+
+def count_bf16_products(mod) -> int:
+    """How many convolutions and matrix products of ``mod`` take bfloat16 inputs."""
+    from tvm import relax
+
+    ops = ("relax.nn.conv2d", "relax.matmul")
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) in ops \
+                and str(expr.args[0].ty.dtype) == BF16:
+            found.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return len(found)

@@ -67,7 +67,8 @@ def _pipeline(**kwargs):
         return tvm.transform.Sequential([scratch_on_stack(), finalize_host(),
                                          nan_keeping_max_min()])
 
-    return (tvm.transform.Sequential([single_thread_when_small(), inline_fast_math(), lower]),
+    return (tvm.transform.Sequential([single_thread_when_small(), inline_fast_math(),
+                                      bf16_casts_without_lets(), lower]),
             finalize_host_on_stack, finalize_device)
 
 
@@ -93,6 +94,31 @@ def inline_fast_math():
     @tvm.tirx.transform.prim_func_pass(opt_level=0, name="InlineFastMath")
     def transform(func, _mod, _ctx):
         return tvm_ffi.structural_map(func, [(Call, fast)])
+
+    return transform
+
+
+def bf16_casts_without_lets():
+    """A pass substituting the Lets inside each cast to bfloat16 (an inlined erf or exp, see
+    :func:`inline_fast_math`): TVM's legalization rounds the value with integer operations that
+    read it twice, and a copied Let binds its variable twice, which vectorization refuses
+    (ViT's GELU before a bf16 matrix product). LLVM computes the copies once."""
+    import tvm
+    import tvm_ffi
+    from tvm.tirx import expr
+
+    def substituted(let):
+        return tvm_ffi.structural_map(
+            let.body, [(expr.Var, lambda var: let.value if var.same_as(let.var) else var)])
+
+    def without_lets(cast):
+        if not str(cast.ty).startswith("bfloat16"):
+            return cast
+        return tvm_ffi.structural_map(cast, [(expr.Let, substituted)])
+
+    @tvm.tirx.transform.prim_func_pass(opt_level=0, name="Bf16CastsWithoutLets")
+    def transform(func, _mod, _ctx):
+        return tvm_ffi.structural_map(func, [(expr.Cast, without_lets)])
 
     return transform
 

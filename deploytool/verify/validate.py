@@ -325,6 +325,30 @@ def _exported_program(package: Package, notes: list[str]):
     return None
 
 
+def model_references(package: Package, notes: list[str],
+                     options: ValidationOptions | None = None) -> dict:
+    """The model file the package was compiled from (or --model) as references, by name."""
+    return _model_references(package, options or ValidationOptions(), notes)[0]
+
+
+def _model_references(package: Package, options: ValidationOptions, notes: list[str]):
+    """(references by name, a maker of the float64 reference or None)."""
+    references = {}
+    make64 = None  # the torch reference in float64, with weights rounded for a seed (float64.py)
+    model = _torchscript_model(package, options, notes)
+    if model is not None:
+        references["torchscript"] = torchscript_backend(package, model)
+        if sha256_of(model) == package.manifest["model"]["sha256"]:  # not another model
+            make64 = partial(_quietly, torchscript_float64, model)
+    program = _exported_program(package, notes)
+    if program is not None:
+        from ..frontends.exported import run_exported
+
+        references["torch.export"] = lambda arrays: run_exported(program, arrays)
+        make64 = partial(_quietly, exported_float64, program)
+    return references, make64
+
+
 def validate_package(package: Package, options: ValidationOptions | None = None,
                      native: Callable[[Package, Arrays], Arrays] | None = None
                      ) -> ValidationReport:
@@ -352,18 +376,8 @@ def validate_package(package: Package, options: ValidationOptions | None = None,
     references = {}
     if (package.path / "model.onnx").is_file():  # not on the torch.export route
         references["onnxruntime"] = onnxruntime_backend(package)
-    make64 = None  # the torch reference in float64, with weights rounded for a seed (float64.py)
-    model = _torchscript_model(package, options, notes)
-    if model is not None:
-        references["torchscript"] = torchscript_backend(package, model)
-        if sha256_of(model) == package.manifest["model"]["sha256"]:  # not another model
-            make64 = partial(_quietly, torchscript_float64, model)
-    program = _exported_program(package, notes)
-    if program is not None:
-        from ..frontends.exported import run_exported
-
-        references["torch.export"] = lambda arrays: run_exported(program, arrays)
-        make64 = partial(_quietly, exported_float64, program)
+    found, make64 = _model_references(package, options, notes)
+    references.update(found)
     dynamic = any(s.is_dynamic for s in package.inputs)
     batch_sizes = validation_sizes(package.inputs, options.batch_sizes) if dynamic else None
     if options.batch_sizes and not dynamic:
