@@ -214,6 +214,10 @@ BACKENDS: dict[str, Backend] = {
     "openvino": Backend("openvino", "OpenVINO's CPU plugin on the package's model.onnx (f32, "
                         "latency mode)", _worker_command("openvino", lambda job: job.package.path
                                                          / "model.onnx"), "openvino"),
+    "openvino-bf16": Backend("openvino-bf16", "OpenVINO's CPU plugin on the package's "
+                             "model.onnx with its bf16 inference precision hint",
+                             _worker_command("openvino-bf16", lambda job: job.package.path
+                                             / "model.onnx"), "openvino"),
 }
 
 
@@ -496,7 +500,7 @@ def bench_package(options: BenchOptions, log: Log | None = None) -> BenchResult:
                                   f"Install it (pip install {module})")
     model = _torchscript_model(package, options.model) if "torchscript" in options.compare \
         else None
-    for name in {"onnxruntime", "openvino"} & set(options.compare):
+    for name in {"onnxruntime", "openvino", "openvino-bf16"} & set(options.compare):
         if not (package.path / "model.onnx").is_file():
             raise DeploytoolError(f"package {package.path} has no model.onnx for {name}",
                                   "Compile the TorchScript or ONNX form of the model")

@@ -8,6 +8,8 @@ from the same .npy files, with buffers made once before the loop.
 
 from __future__ import annotations
 
+import functools
+
 import argparse
 import importlib
 import json
@@ -109,12 +111,14 @@ def _load_torchscript(model: str, arrays: dict[str, np.ndarray], threads: int, d
     return timed, timed, outputs
 
 
-def _load_openvino(model: str, arrays: dict[str, np.ndarray], threads: int, device: str):
-    """OpenVINO's CPU plugin on the package's model.onnx (fp32, latency mode); the inputs are
-    set once as tensors sharing the arrays' memory, so the timed runs allocate nothing."""
+def _load_openvino(model: str, arrays: dict[str, np.ndarray], threads: int, device: str,
+                   precision: str = "f32"):
+    """OpenVINO's CPU plugin on the package's model.onnx (latency mode, ``precision`` its
+    inference precision hint); the inputs are set once as tensors sharing the arrays' memory,
+    so the timed runs allocate nothing."""
     import openvino as ov
 
-    compiled = openvino_model(model, threads, device)
+    compiled = openvino_model(model, threads, device, precision)
     request = compiled.create_infer_request()
     for port in compiled.inputs:
         name = port.get_any_name()
@@ -127,8 +131,10 @@ def _load_openvino(model: str, arrays: dict[str, np.ndarray], threads: int, devi
 
 
 LOADERS = {"onnxruntime": _load_onnxruntime, "torchscript": _load_torchscript,
-           "openvino": _load_openvino}
-MODULES = {"onnxruntime": "onnxruntime", "torchscript": "torch", "openvino": "openvino"}
+           "openvino": _load_openvino,
+           "openvino-bf16": functools.partial(_load_openvino, precision="bf16")}
+MODULES = {"onnxruntime": "onnxruntime", "torchscript": "torch", "openvino": "openvino",
+           "openvino-bf16": "openvino"}
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -187,17 +187,28 @@ def _tile_shape(width: int, vectors: int) -> tuple[int, int]:
 def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -> bool:
     group = instruction.group
     block = sch.get_sblock(main)
-    loops = sch.get_loops(block)
     reductions = 3 if main == "conv2d_nhwc" else 1
-    spatial, reduction = loops[:-reductions], loops[-reductions:]
+    spatial, reduction = _loop_roles(sch, block, reductions)
     width, channels = spatial[-2], spatial[-1]
     if _extent(sch, channels) % LANES or _extent(sch, reduction[-1]) % group:
         return False
     weight = _constant_weight(sch, func, block, instruction.weight)
     if weight is None:
         return False
-    _inline_around(sch, names, main)
     pixels, vectors = _tile_shape(_extent(sch, width), _extent(sch, channels) // LANES)
+    wanted = min(_extent(sch, width), MAX_ACCUMULATORS // vectors)
+    if main == "matmul" and pixels * 2 <= wanted:
+        # Rows no tile size divides well (a ViT's 197 tokens: tiles of one row, a vector of
+        # weights loaded per instruction) are padded to a multiple of a full tile, the input
+        # copied into the padded rows first.
+        sch.pad_einsum(block, [1] * (len(spatial) - 2) + [wanted, 1, 1])
+        spatial, reduction = _loop_roles(sch, block, reductions)
+        width, channels = spatial[-2], spatial[-1]
+        pixels = wanted
+        names = _block_names(sch)
+    _inline_around(sch, names, main)
+    kept = _block_names(sch)
+    padding = kept[:kept.index(main)]  # the padded input (pad_temp, or pad_einsum's rows)
     channel_tiles, channel_vectors, lanes = sch.split(channels, [None, vectors, LANES])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
     groups, in_group = sch.split(reduction[-1], [None, group])
@@ -205,8 +216,7 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     sch.reorder(*outer, *reduction[:-1], groups, width_pixels, channel_vectors, lanes, in_group)
     _pack(sch, block, weight, main, group)
     output = _epilogue(sch, main, outer[-1])
-    tiles = sch.fuse(*outer)
-    sch.parallel(tiles)
+    sch.parallel(sch.fuse(*outer))
     init = sch.decompose_reduction(block, reduction[0] if reductions > 1 else groups)
     sch.vectorize(sch.get_loops(init)[-1])
     _REGISTER[instruction]()
@@ -218,12 +228,19 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     sch.unroll(channel_vectors)
     if output is not None:
         _vectorize_last(sch, output)
-    if "pad_temp" in _block_names(sch):
-        pad_loops = sch.get_loops(sch.get_sblock("pad_temp"))
-        _vectorize_last(sch, sch.get_sblock("pad_temp"))
-        if len(pad_loops) > 2:
-            sch.parallel(sch.fuse(*pad_loops[:-2]))
+    for name in padding:
+        producer = sch.get_sblock(name)
+        loops = sch.get_loops(producer)
+        _vectorize_last(sch, producer)
+        if len(loops) > 2:
+            sch.parallel(sch.fuse(*loops[:-2]))
     return True
+
+
+def _loop_roles(sch, block, reductions: int):
+    """(spatial loops, reduction loops) of the block."""
+    loops = sch.get_loops(block)
+    return loops[:-reductions], loops[-reductions:]
 
 
 def _constant_weight(sch, func, block, dtype: str) -> int | None:

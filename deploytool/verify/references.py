@@ -43,15 +43,17 @@ def onnxruntime_session(model: Path | str | bytes, threads: int | None = None,
     return ort.InferenceSession(source, options, providers=providers)
 
 
-def openvino_model(model: Path | str, threads: int | None = None, device: str = "cpu"):
-    """OpenVINO's CPU plugin compiling ``model`` (ONNX) as a peer is measured: fp32
-    (``INFERENCE_PRECISION_HINT``), latency mode, on ``threads`` threads (None: its default)."""
+def openvino_model(model: Path | str, threads: int | None = None, device: str = "cpu",
+                   precision: str = "f32"):
+    """OpenVINO's CPU plugin compiling ``model`` (ONNX) as a peer is measured: in ``precision``
+    (its ``INFERENCE_PRECISION_HINT``, f32 or bf16), latency mode, on ``threads`` threads (None:
+    its default)."""
     import openvino as ov
 
     if device != "cpu":
         raise Unavailable("deploytool compares OpenVINO on the CPU only: drop openvino from "
                           "--compare for a GPU package")
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = str(threads)
     return ov.Core().compile_model(str(model), "CPU", config)
