@@ -79,19 +79,10 @@ def _calls(mod) -> list:
     return found
 
 
-def test_bf16_and_fp16_are_refused_in_one_line_and_int8_off_the_cpu(tmp_path):
-    for precision in ("bf16", "fp16"):
-        with pytest.raises(DeploytoolError, match="not built yet"):
-            check_precision(precision, load_target("cpu"))
+def test_int8_is_refused_off_the_cpu():
     with pytest.raises(DeploytoolError, match="CPU targets"):
         check_precision("int8", load_target("cuda"))
     check_precision("int8", load_target("raspberry-pi-4"))  # NEON: no refusal
-    model = tmp_path / "m.pt"
-    model.write_bytes(b"")  # refused before it is read
-    outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "bf16"])
-    assert outcome.exit_code == 1
-    assert outcome.output.splitlines()[-1] == ("Error: --precision bf16 is not built yet. "
-                                              "Compile with --precision int8 or fp32")
 
 
 def test_calibration_reads_a_folder_per_sample_or_a_file_per_sample(tmp_path):

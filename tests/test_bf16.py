@@ -1,0 +1,186 @@
+"""--precision bf16: refusals, the rewrite of products into bfloat16, the vdpbf16ps tile, the
+emulated peer of validation, and bf16 packages end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import ml_dtypes
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deploytool.build.bf16_rewrites import bf16_products, count_bf16_products
+from deploytool.cli import main
+from deploytool.errors import DeploytoolError
+from deploytool.precision import check_precision
+from deploytool.targets import load_target, machine_cpu_flags
+from deploytool.verify.accuracy import FP32, validate_accuracy
+
+BF16_TARGET = "x86_64-avx512-bf16"
+HAS_BF16 = "avx512_bf16" in machine_cpu_flags()
+
+
+def _net():
+    """A 3x3 convolution of 3 channels (padded to pairs), a depthwise one (left float32), a 1x1
+    one with a residual add, a mean, a linear layer of 10 classes (padded to 16 columns)."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.pointwise = torch.nn.Conv2d(16, 16, 1)
+            self.head = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.stem(x))
+            y = y + self.pointwise(torch.relu(self.depthwise(y)))
+            return self.head(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def _tokens():
+    """A transformer's feed-forward block over 197 tokens (ViT's count, a prime): a linear layer,
+    GELU (erf, computed inline), a second linear layer."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(),
+                               torch.nn.Linear(128, 64)).eval()
+
+
+def _onnx(module, shape, path):
+    import torch
+
+    torch.onnx.export(module, (torch.zeros(shape),), str(path), input_names=["x"], dynamo=False)
+    return path
+
+
+def _import(path):
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    return from_onnx(onnx.load(path), keep_params_in_input=False)
+
+
+def test_bf16_is_refused_where_the_target_lacks_it_and_fp16_is_not_built(tmp_path):
+    check_precision("bf16", load_target(BF16_TARGET))
+    for target in ("x86_64-avx512", "raspberry-pi-5"):
+        with pytest.raises(DeploytoolError, match="needs AVX-512 BF16"):
+            check_precision("bf16", load_target(target))
+    with pytest.raises(DeploytoolError, match="CPU targets"):
+        check_precision("bf16", load_target("cuda"))
+    with pytest.raises(DeploytoolError, match="not built yet"):
+        check_precision("fp16", load_target(BF16_TARGET))
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")  # refused before it is read
+    outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "bf16",
+                                        "--target", "x86_64-avx512"])
+    assert outcome.exit_code == 1
+    assert outcome.output.splitlines()[-1].startswith(
+        "Error: --precision bf16 needs AVX-512 BF16, which x86_64-avx512 (skylake-avx512) does "
+        "not have. Compile with --precision int8 or fp32")
+
+
+def test_products_by_constant_weights_take_bfloat16_and_sum_in_float32(tmp_path):
+    from tvm import relax
+
+    mod, count = bf16_products(_import(_onnx(_net(), (1, 3, 12, 12), tmp_path / "m.onnx")))
+    assert count == 3 and count_bf16_products(mod) == 3
+    products = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: products.append(e) if isinstance(
+        e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul")
+        else None)
+    dtypes = {(p.op.name, int(getattr(p.attrs, "groups", 1))): (str(p.args[0].ty.dtype),
+                                                                str(p.args[1].ty.dtype),
+                                                                str(p.ty.dtype))
+              for p in products}
+    assert dtypes[("relax.nn.conv2d", 16)] == ("float32", "float32", "float32")  # depthwise
+    assert dtypes[("relax.nn.conv2d", 1)] == ("bfloat16", "bfloat16", "float32")
+    assert dtypes[("relax.matmul", 1)] == ("bfloat16", "bfloat16", "float32")
+    shapes = sorted(tuple(int(d) for d in p.args[1].ty.shape) for p in products
+                    if str(p.args[1].ty.dtype) == "bfloat16")
+    # the stem's 3 input channels padded to 4, the head's 10 columns (K x N) to 16
+    assert shapes == [(16, 4, 3, 3), (16, 16), (16, 16, 1, 1)]
+
+
+def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):
+    """ONNX Runtime on the emulated model computes x_bf16 @ W_bf16 in float32: exactly numpy's
+    product of the rounded operands, and not the float32 product."""
+    import onnx
+    import torch
+
+    from deploytool.precision.emulation import emulated_bf16
+    from deploytool.verify.references import onnxruntime_session
+
+    layer = torch.nn.Linear(64, 32, bias=False).eval()
+    path = _onnx(layer, (4, 64), tmp_path / "linear.onnx")
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype("float32")
+    weight = layer.weight.detach().numpy().T
+
+    def rounded(a):
+        return a.astype(ml_dtypes.bfloat16).astype("float32")
+
+    emulated = onnxruntime_session(emulated_bf16(onnx.load(path)).SerializeToString())
+    got = emulated.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, rounded(x) @ rounded(weight), rtol=1e-5, atol=1e-5)
+    assert np.abs(got - x @ weight).max() > 1e-3  # the rounding is not optimized away
+
+
+def test_accuracy_without_a_peer_holds_the_package_to_fp32_alone():
+    rng = np.random.default_rng(0)
+    samples = [[rng.standard_normal((2, 10)).astype("float32")] for _ in range(4)]
+    same = validate_accuracy(["y"], samples, lambda a: a, lambda a: a, None)
+    assert same.passed and [a.reference for a in same.agreements] == [FP32]
+    off = validate_accuracy(["y"], samples, lambda a: [a[0] + 1], lambda a: a, None)
+    assert not off.passed
+
+
+@pytest.mark.slow
+def test_the_bf16_tile_runs_vdpbf16ps_on_rows_no_tile_divides(tmp_path):
+    """Each product of the feed-forward block (197 rows, padded to whole tiles) is scheduled
+    with the bf16 tile, and the code LLVM makes for a bf16 CPU multiplies with vdpbf16ps."""
+    from deploytool.build.cpu_pipeline import SchedulePlan
+    from deploytool.build.library import build_library
+    from deploytool.build.cpu_pipeline import build_pipeline
+
+    mod, count = bf16_products(_import(_onnx(_tokens(), (1, 197, 64), tmp_path / "m.onnx")))
+    assert count == 2
+    plan = SchedulePlan(None)
+    target = load_target(BF16_TARGET)
+    dump = tmp_path / "dump"
+    build_library(mod, target, tmp_path / "model.so", build_pipeline(target, None, plan), dump)
+    assert plan.bf16 == 2
+    assert (dump / "model.s").read_text().count("vdpbf16ps") >= 2 * 24  # 24-accumulator tiles
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX-512 BF16")
+def test_a_bf16_package_computes_in_bfloat16_and_validates(tmp_path):
+    import torch
+
+    model = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.trace(_net(), torch.zeros(1, 3, 12, 12)), str(model))
+    out, dump = tmp_path / "pkg", tmp_path / "dump"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x3x12x12:float32",
+                                        "--precision", "bf16", "-o", str(out), "--no-java",
+                                        "--dump-ir", str(dump)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "validation PASSED" in outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"]["mode"] == "bf16" and manifest["precision"]["bf16_products"] == 3
+    assert manifest["tuning"]["bf16"] == 3  # stem, pointwise and head kernels
+    references = {a["reference"] for a in manifest["validation"]["agreements"]}
+    assert references == {"fp32", "onnxruntime-bf16"}
+    assert all(a["cosine"] > 0.999 for a in manifest["validation"]["agreements"])
+    assert "vdpbf16ps" in (dump / "model.s").read_text()
+    selftest = subprocess.run([str(out / "bin" / "deploytool-run"), str(out), "--self-test"],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    again = CliRunner().invoke(main, ["validate", str(out)])
+    assert again.exit_code == 0 and "onnxruntime-bf16" in again.output, again.output
