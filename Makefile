@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # CPU torch) and timm, without their dependencies so that pip cannot swap torch for a CUDA build.
 ZOO_NO_DEPS := torchvision==0.28.0 timm==1.0.31
 
-.PHONY: install demo test test-fast lint bench bench-int8 zoo zoo-family clean
+.PHONY: install demo test test-fast lint bench bench-int8 bench-bf16 zoo zoo-family clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,10 @@ bench: $(STAMP)
 # int8 packages of make bench's models against their fp32 packages and the peers' int8 (after
 # make bench, which leaves the models and fp32 packages in build/bench); prints a table.
 bench-int8: $(STAMP)
-	nice $(PY) benchmarks/int8.py
+	nice $(PY) benchmarks/precision.py --precision int8
+
+bench-bf16: $(STAMP)
+	nice $(PY) benchmarks/precision.py --precision bf16
 
 # Compile every public zoo model from .pt and .pt2 (about an hour on 2 cores); rows already in
 # artifacts/zoo/results.json are kept (ZOO_ARGS=--again recompiles them); writes the table to
