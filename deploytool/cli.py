@@ -229,7 +229,8 @@ def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuou
                    "[default: when a JDK is found].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Arithmetic of the package: int8 quantizes the model (static, calibrated) "
-                   "and computes its convolutions and matrix products in integers.")
+                   "and computes its convolutions and matrix products in integers; bf16 "
+                   "computes them in bfloat16 with float32 sums (CPUs with AVX-512 BF16).")
 @click.option("--calibrate", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="int8 calibration data: one folder per sample holding <input>.npy for each "
                    "input (one input: a .npy file per sample) [default: 8 seeded random "
@@ -423,8 +424,9 @@ def example(name, output):
               help="The TorchScript file the package was compiled from, for --compare "
                    "torchscript [default: the path its manifest records, if still there].")
 @click.option("--compare", default="", metavar="BACKEND,...",
-              help="Also run these on the same inputs: onnxruntime, openvino, torchscript, "
-                   "package:PATH (another package of the same model, e.g. its fp32 build).")
+              help="Also run these on the same inputs: onnxruntime, openvino, openvino-bf16, "
+                   "torchscript, package:PATH (another package of the same model, e.g. its "
+                   "fp32 build).")
 @click.option("--warmup-ms", type=float, default=200, show_default=True,
               help="Warm-up per round before the timed runs.")
 @click.option("--min-iters", type=int, default=50, show_default=True,

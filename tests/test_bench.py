@@ -385,3 +385,22 @@ def test_compare_runs_another_package_of_the_model_in_the_same_rounds(mlp_copy, 
     assert result.schedule[3:] == ["2:onnxruntime", f"2:{name}", "2:package"]
     outcome = _cli(str(package), "--compare", f"package:{tmp_path}")
     assert outcome.exit_code != 0 and "not a deploytool package" in outcome.output
+
+
+@pytest.mark.slow
+def test_openvino_bf16_runs_with_its_bf16_hint(mlp_copy):
+    """The bf16 peer runs the same model.onnx; where the CPU has AVX-512 BF16 its outputs carry
+    bfloat16's rounding (the hint took effect), elsewhere OpenVINO computes f32."""
+    pytest.importorskip("openvino")
+    from deploytool.targets import machine_cpu_flags
+
+    package, _ = mlp_copy
+    result = bench_package(BenchOptions(package=package, compare=("openvino-bf16",),
+                                        warmup_ms=10, min_iters=6, min_seconds=0, threads=1,
+                                        rounds=1))
+    package_result, openvino = result.backends
+    assert openvino.name == "openvino-bf16" and openvino.stats.iterations >= 6
+    scale = np.abs(package_result.outputs[0]).max()
+    assert openvino.max_abs_diff < 0.05 * scale
+    if "avx512_bf16" in machine_cpu_flags():
+        assert openvino.max_abs_diff > 1e-5 * scale

@@ -9,7 +9,7 @@ that produces it, or into the product's own kernel); the weight is rounded at co
 
 from __future__ import annotations
 
-from .cpu_rewrites import bound_value, rewrite_calls
+from .cpu_rewrites import bound_value, rewrite_counted
 
 PAIR = 2  # input channels that one vdpbf16ps lane sums
 OUTPUT_GROUP = 16  # output channels of one 512-bit vector of float32 sums
@@ -97,19 +97,7 @@ def bf16_products(mod):
     """
     from tvm import relax
 
-    count = 0
-
-    def counted(rewrite):
-        def run(call, bindings):
-            nonlocal count
-            new = rewrite(call, bindings)
-            count += new is not None
-            return new
-
-        return run
-
-    mod = rewrite_calls(mod, {"relax.nn.conv2d": counted(_conv2d),
-                               "relax.matmul": counted(_matmul)})
+    mod, count = rewrite_counted(mod, {"relax.nn.conv2d": _conv2d, "relax.matmul": _matmul})
     return relax.transform.DeadCodeElimination()(mod), count
 
 

@@ -41,6 +41,28 @@ def rewrite_calls(mod, rewrites: dict):
     return mod
 
 
+def rewrite_counted(mod, rewrites: dict):
+    """:func:`rewrite_calls`, and how many calls it replaced.
+
+    Returns
+    -------
+    tuple of (tvm.IRModule, int)
+    """
+    count = 0
+
+    def counted(rewrite):
+        def run(call, bindings):
+            nonlocal count
+            new = rewrite(call, bindings)
+            count += new is not None
+            return new
+
+        return run
+
+    mod = rewrite_calls(mod, {name: counted(rewrite) for name, rewrite in rewrites.items()})
+    return mod, count
+
+
 def channels_last(mod):
     """``mod`` with its 2-D convolutions channels-last (CONV2D_LAYOUT); unchanged when it has
     none or when TVM cannot convert it (its ConvertLayout failed on a transformer, which has no

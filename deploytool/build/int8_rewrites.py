@@ -10,7 +10,7 @@ padding reads 0.0.
 
 from __future__ import annotations
 
-from .cpu_rewrites import bound_value, rewrite_calls
+from .cpu_rewrites import bound_value, rewrite_calls, rewrite_counted
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
 OUTPUT_GROUP = 16  # output channels of one 512-bit vector of int32 sums
@@ -188,19 +188,7 @@ def integer_products(mod):
     """
     from tvm import relax
 
-    count = 0
-
-    def counted(rewrite):
-        def run(call, bindings):
-            nonlocal count
-            new = rewrite(call, bindings)
-            count += new is not None
-            return new
-
-        return run
-
-    mod = rewrite_calls(mod, {"relax.nn.conv2d": counted(_conv2d),
-                               "relax.matmul": counted(_matmul)})
+    mod, count = rewrite_counted(mod, {"relax.nn.conv2d": _conv2d, "relax.matmul": _matmul})
     mod = relax.transform.DeadCodeElimination()(mod)  # the dequantized inputs they replaced
     elementwise = {"relax.quantize": _elementwise, "relax.dequantize": _elementwise}
     return rewrite_calls(mod, elementwise), count
