@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .build.bf16_rewrites import bf16_products, count_bf16_products
 from .build.cpu_pipeline import schedule_build
 from .build.dump import dump_summary, start_dump
-from .build.bf16_rewrites import bf16_products, count_bf16_products
 from .build.int8_rewrites import integer_products
 from .build.library import build_library
 from .common import Log, check_interrupt

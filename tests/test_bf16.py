@@ -145,9 +145,8 @@ def test_accuracy_without_a_peer_holds_the_package_to_fp32_alone():
 def test_the_bf16_tile_runs_vdpbf16ps_on_rows_no_tile_divides(tmp_path):
     """Each product of the feed-forward block (197 rows, padded to whole tiles) is scheduled
     with the bf16 tile, and the code LLVM makes for a bf16 CPU multiplies with vdpbf16ps."""
-    from deploytool.build.cpu_pipeline import SchedulePlan
+    from deploytool.build.cpu_pipeline import SchedulePlan, build_pipeline
     from deploytool.build.library import build_library
-    from deploytool.build.cpu_pipeline import build_pipeline
 
     mod, count = bf16_products(_import(_onnx(_tokens(), (1, 197, 64), tmp_path / "m.onnx")))
     assert count == 2

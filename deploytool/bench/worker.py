@@ -8,9 +8,8 @@ from the same .npy files, with buffers made once before the loop.
 
 from __future__ import annotations
 
-import functools
-
 import argparse
+import functools
 import importlib
 import json
 import os

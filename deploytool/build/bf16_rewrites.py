@@ -9,6 +9,7 @@ that produces it, or into the product's own kernel); the weight is rounded at co
 
 from __future__ import annotations
 
+from ..schedules.dot_products import padded_extents
 from .cpu_rewrites import bound_value, rewrite_counted
 
 PAIR = 2  # input channels that one vdpbf16ps lane sums
@@ -54,18 +55,38 @@ def _conv2d(call, bindings):
             or str(call.args[0].ty.dtype) != "float32" or attrs.data_layout != "NCHW" \
             or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
         return None
-    # Input channels padded to pairs, output channels to sixteens (zero weights, the extra
-    # outputs sliced off), so that the bf16 tile takes every convolution (a stem's 3 channels).
-    channels = weight.shape[0]
-    extra, more = -weight.shape[1] % PAIR, -channels % OUTPUT_GROUP
+    # Input channels padded to pairs; output channels and the output's width padded to what
+    # the bf16 tile takes well (schedules.dot_products.padded_extents: sixteens of channels at
+    # least), the extra outputs sliced off; so the tile takes every convolution (a stem's 3
+    # channels, RegNetX's 400 at 7x7).
+    channels, width = weight.shape[0], _static(call.ty.shape[3])
+    padded_width, padded_channels = (padded_extents(width, channels) if width
+                                     else (None, _sixteens(channels)))
+    extra, more = -weight.shape[1] % PAIR, padded_channels - channels
     weight = np.pad(weight, [(0, more), (0, extra), (0, 0), (0, 0)])
     data = relax.op.astype(call.args[0], BF16)
     if extra:
         data = relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0])
+    top, left, bottom, right = (int(p) for p in attrs.padding)
+    wider = (padded_width - width) if width else 0
+    right += wider * int(attrs.strides[1])  # zeros the extra output columns read
     out = relax.op.nn.conv2d(data, _bf16_const(weight), strides=attrs.strides,
-                             padding=attrs.padding, dilation=attrs.dilation, groups=1,
-                             out_dtype="float32")
-    return relax.op.strided_slice(out, axes=[1], begin=[0], end=[channels]) if more else out
+                             padding=[top, left, bottom, right], dilation=attrs.dilation,
+                             groups=1, out_dtype="float32")
+    if not (more or wider):
+        return out
+    return relax.op.strided_slice(out, axes=[1, 3], begin=[0, 0], end=[channels, width])
+
+
+def _sixteens(channels: int) -> int:
+    return -(-channels // OUTPUT_GROUP) * OUTPUT_GROUP
+
+
+def _static(dim) -> int | None:
+    try:
+        return int(dim)
+    except TypeError:
+        return None
 
 
 def _matmul(call, bindings):
@@ -77,7 +98,9 @@ def _matmul(call, bindings):
             or str(call.args[0].ty.dtype) != "float32":
         return None
     columns = weight.shape[1]
-    more = -columns % OUTPUT_GROUP
+    rows = _static(call.ty.shape[-2]) if len(call.ty.shape) > 1 else 1
+    # the rows are padded by the schedule (pad_einsum); the columns as a convolution's channels
+    more = (padded_extents(rows, columns)[1] if rows else _sixteens(columns)) - columns
     weight = np.pad(weight, [(0, 0), (0, more)])
     out = relax.op.matmul(relax.op.astype(call.args[0], BF16), _bf16_const(weight),
                           out_dtype="float32")

@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass
 
 from ..schedules.copies import schedule_concat
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
-from ..schedules.dot_products import (BF16, VNNI, schedule_dot_product,
-                                      target_instructions)
+from ..schedules.dot_products import BF16, VNNI, schedule_dot_product, target_instructions
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
 from ..schedules.reductions import schedule_reduction

@@ -22,6 +22,13 @@ DOT_BLOCKS = ("conv2d_nhwc", "matmul")
 LANES = 16  # 32-bit accumulators in one 512-bit register
 MAX_ACCUMULATORS = 24  # of AVX-512's 32 registers: the rest hold weights and the broadcast
 MAX_VECTORS = 4  # 64 output channels of a tile
+# Independent accumulators that keep both vector pipes busy through an instruction's latency
+# (Zen 4 and 5, Ice Lake and later: 2 per cycle, latency 5-6), and the cost of a load or
+# broadcast against an instruction's (see padded_extents).
+BUSY_ACCUMULATORS = 12
+LOAD_COST = 0.25
+MIN_GAIN = 0.9
+MAX_PADDING = 1.25
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,8 @@ def _register_vnni() -> None:
 # float32 buffer. So the kernel passes this function the buffers' data pointers and element
 # offsets (a buffer read through its pointer is left in bfloat16, stored as 16-bit integers), and
 # it loads the pairs as 32-bit words. The offsets are int32, as TVM narrows them anyway (a
-# signature that differs from the call's is not inlined, and leaves an undefined symbol). It is linked into each kernel that uses it
-# (``pragma_import_llvm``) and inlined there.
+# signature that differs from the call's is not inlined, and leaves an undefined symbol). It is
+# linked into each kernel that uses it (``pragma_import_llvm``) and inlined there.
 BF16_FUNCTION = "deploytool_dpbf16ps"
 BF16_LLVM_IR = f"""
 declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
@@ -181,6 +188,35 @@ def _tile_shape(width: int, vectors: int) -> tuple[int, int]:
         for p in range(1, MAX_ACCUMULATORS // v + 1):
             if width % p == 0 and (p * v, v) > (best[0] * best[1], best[1]):
                 best = (p, v)
+    return best
+
+
+def padded_extents(width: int, channels: int) -> tuple[int, int]:
+    """(width, output channels) a product's rewrite pads its output to, so that this tile takes
+    it well: output channels are padded to sixteens at least; more padding (a quarter more at
+    most, of either) is taken where its estimated cost is under MIN_GAIN of that. A tile of
+    ``pixels x vectors`` accumulators runs at full speed from BUSY_ACCUMULATORS on, and costs a
+    weight load per pixel and a broadcast per vector besides. RegNetX's 1x1 convolutions of 400
+    channels at 7x7 took tiles of 7 x 1 (7 accumulators) unpadded, 1.5x slower in bf16 than
+    in float32."""
+    least = -(-channels // LANES) * LANES
+
+    def cost(padded_width: int, padded_channels: int, p: int, v: int) -> float:
+        waste = padded_width * padded_channels / (width * least)
+        speed = min(1.0, p * v / BUSY_ACCUMULATORS)
+        return waste / speed * (1 + LOAD_COST * (1 / p + 1 / v))
+
+    p, v = _tile_shape(width, least // LANES)
+    best, lowest = (width, least), cost(width, least, p, v) * MIN_GAIN
+    for v in range(1, MAX_VECTORS + 1):
+        padded_channels = -(-channels // (LANES * v)) * LANES * v
+        for p in range(1, min(width, MAX_ACCUMULATORS // v) + 1):
+            padded_width = -(-width // p) * p
+            if max(padded_channels / least, padded_width / width) > MAX_PADDING:
+                continue
+            estimate = cost(padded_width, padded_channels, p, v)
+            if estimate < lowest:
+                best, lowest = (padded_width, padded_channels), estimate
     return best
 
 
