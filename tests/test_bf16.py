@@ -183,3 +183,51 @@ def test_a_bf16_package_computes_in_bfloat16_and_validates(tmp_path):
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
     again = CliRunner().invoke(main, ["validate", str(out)])
     assert again.exit_code == 0 and "onnxruntime-bf16" in again.output, again.output
+
+
+def test_outputs_are_padded_to_tiles_with_enough_accumulators(tmp_path):
+    """400 channels at 7x7 (RegNetX's last stage) would take tiles of 7 pixels x 1 vector: the
+    rewrite pads them to 416 channels (tiles of 7 x 2) and slices the output back."""
+    import torch
+
+    from deploytool.schedules.dot_products import padded_extents
+
+    assert padded_extents(7, 400) == (7, 416)
+    assert padded_extents(56, 64) == (56, 64)  # tiles of 4 x 4 already
+    assert padded_extents(1, 16) == (1, 16)  # a matrix-vector product is not padded 4x
+    for width, channels in [(7, 400), (1, 1000), (56, 24), (197, 256), (13, 40)]:
+        padded_width, padded_channels = padded_extents(width, channels)
+        assert padded_channels % 16 == 0 and padded_channels <= 1.25 * (-(-channels // 16) * 16)
+        assert width <= padded_width <= 1.25 * width
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(400, 400, 1).eval()
+    mod, count = bf16_products(_import(_onnx(conv, (1, 400, 7, 7), tmp_path / "c.onnx")))
+    from tvm import relax
+
+    convs = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: convs.append(e) if isinstance(
+        e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
+    assert count == 1 and [int(d) for d in convs[0].args[1].ty.shape] == [416, 400, 1, 1]
+    assert [int(d) for d in mod["main"].ret_ty.shape] == [1, 400, 7, 7]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX-512 BF16")
+def test_a_convolution_padded_wider_computes_its_own_columns(tmp_path):
+    """A 3x3 convolution to 40 channels at 29x29 (a prime width) is computed 30 wide and 48
+    channels deep, sliced back: the package agrees with ONNX Runtime's bf16 emulation."""
+    import torch
+
+    torch.manual_seed(0)
+    model = tmp_path / "conv.pt"
+    conv = torch.nn.Sequential(torch.nn.Conv2d(8, 40, 3, padding=1), torch.nn.ReLU()).eval()
+    torch.jit.save(torch.jit.trace(conv, torch.zeros(1, 8, 29, 29)), str(model))
+    out = tmp_path / "pkg"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x8x29x29:float32",
+                                        "--precision", "bf16", "-o", str(out), "--no-java"])
+    assert outcome.exit_code == 0, outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tuning"]["bf16"] == 1
+    peer = next(a for a in manifest["validation"]["agreements"]
+                if a["reference"] == "onnxruntime-bf16")
+    assert peer["cosine"] > 0.99999
