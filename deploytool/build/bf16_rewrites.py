@@ -9,11 +9,10 @@ that produces it, or into the product's own kernel); the weight is rounded at co
 
 from __future__ import annotations
 
-from ..schedules.dot_products import padded_extents
+from ..schedules.dot_products import padded_extents, sixteens, static_extent
 from .cpu_rewrites import bound_value, rewrite_counted
 
 PAIR = 2  # input channels that one vdpbf16ps lane sums
-OUTPUT_GROUP = 16  # output channels of one 512-bit vector of float32 sums
 BF16 = "bfloat16"
 
 
@@ -59,9 +58,9 @@ def _conv2d(call, bindings):
     # the bf16 tile takes well (schedules.dot_products.padded_extents: sixteens of channels at
     # least), the extra outputs sliced off; so the tile takes every convolution (a stem's 3
     # channels, RegNetX's 400 at 7x7).
-    channels, width = weight.shape[0], _static(call.ty.shape[3])
+    channels, width = weight.shape[0], static_extent(call.ty.shape[3])
     padded_width, padded_channels = (padded_extents(width, channels) if width
-                                     else (None, _sixteens(channels)))
+                                     else (None, sixteens(channels)))
     extra, more = -weight.shape[1] % PAIR, padded_channels - channels
     weight = np.pad(weight, [(0, more), (0, extra), (0, 0), (0, 0)])
     data = relax.op.astype(call.args[0], BF16)
@@ -78,17 +77,6 @@ def _conv2d(call, bindings):
     return relax.op.strided_slice(out, axes=[1, 3], begin=[0, 0], end=[channels, width])
 
 
-def _sixteens(channels: int) -> int:
-    return -(-channels // OUTPUT_GROUP) * OUTPUT_GROUP
-
-
-def _static(dim) -> int | None:
-    try:
-        return int(dim)
-    except TypeError:
-        return None
-
-
 def _matmul(call, bindings):
     import numpy as np
     from tvm import relax
@@ -98,9 +86,9 @@ def _matmul(call, bindings):
             or str(call.args[0].ty.dtype) != "float32":
         return None
     columns = weight.shape[1]
-    rows = _static(call.ty.shape[-2]) if len(call.ty.shape) > 1 else 1
+    rows = static_extent(call.ty.shape[-2]) if len(call.ty.shape) > 1 else 1
     # the rows are padded by the schedule (pad_einsum); the columns as a convolution's channels
-    more = (padded_extents(rows, columns)[1] if rows else _sixteens(columns)) - columns
+    more = (padded_extents(rows, columns)[1] if rows else sixteens(columns)) - columns
     weight = np.pad(weight, [(0, 0), (0, more)])
     out = relax.op.matmul(relax.op.astype(call.args[0], BF16), _bf16_const(weight),
                           out_dtype="float32")

@@ -10,10 +10,10 @@ padding reads 0.0.
 
 from __future__ import annotations
 
+from ..schedules.dot_products import padded_extents, sixteens, static_extent
 from .cpu_rewrites import bound_value, rewrite_calls, rewrite_counted
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
-OUTPUT_GROUP = 16  # output channels of one 512-bit vector of int32 sums
 
 
 def _constant(expr, bindings):
@@ -90,11 +90,13 @@ def _conv2d(call, bindings):
         # the float32 depthwise tile ran MobileNetV2's faster than widened 8-bit values did.
         return None
     top, left, bottom, right = (int(p) for p in attrs.padding)
-    # Input channels padded to a multiple of CHANNEL_GROUP, output channels to one of
-    # OUTPUT_GROUP (zero weights, the extra outputs sliced off), so that the integer tile takes
-    # them four and sixteen at a time (a stem's 3 channels, MobileNetV2's 24).
-    channels = wq.shape[0]
-    extra, more = -wq.shape[1] % CHANNEL_GROUP, -channels % OUTPUT_GROUP
+    # Input channels padded to a multiple of CHANNEL_GROUP; output channels and the output's
+    # width to what the integer tile takes well (padded_extents: sixteens of channels at least),
+    # zero weights, the extra outputs sliced off (a stem's 3 channels, MobileNetV2's 24).
+    channels, width = wq.shape[0], static_extent(call.ty.shape[3])
+    padded_width, padded_channels = (padded_extents(width, channels) if width
+                                     else (None, sixteens(channels)))
+    extra, more = -wq.shape[1] % CHANNEL_GROUP, padded_channels - channels
     wq = np.pad(wq, [(0, more), (0, extra), (0, 0), (0, 0)])
     sw = np.pad(sw, [(0, more)])
     if extra or (zx and any((top, left, bottom, right))):
@@ -102,15 +104,17 @@ def _conv2d(call, bindings):
         xq = relax.op.nn.pad(xq, [0, 0, 0, extra, *pads], pad_value=float(zx))
         if zx:
             top = left = bottom = right = 0
+    wider = (padded_width - width) if width else 0
+    right += wider * int(attrs.strides[1])  # the extra output columns, sliced off, read zeros
     acc = relax.op.nn.conv2d(xq, relax.const(wq), strides=attrs.strides,
                              padding=[top, left, bottom, right], dilation=attrs.dilation,
                              groups=attrs.groups, out_dtype="int32")
     shape = (1, -1, 1, 1)
     correction = zx * wq.astype("int32").sum(axis=(1, 2, 3))
     scaled = _scaled(acc, correction.reshape(shape), (np.float32(sx) * sw).reshape(shape))
-    if not more:
+    if not (more or wider):
         return scaled
-    return relax.op.strided_slice(scaled, axes=[1], begin=[0], end=[channels])
+    return relax.op.strided_slice(scaled, axes=[1, 3], begin=[0, 0], end=[channels, width])
 
 
 def _matmul(call, bindings):
@@ -124,7 +128,9 @@ def _matmul(call, bindings):
         return None
     (xq, sx, zx), (wq, sw) = activation, weight
     columns = wq.shape[1]
-    extra = -columns % OUTPUT_GROUP  # zero columns, sliced off: the tile takes 16 at a time
+    rows = static_extent(call.ty.shape[-2]) if len(call.ty.shape) > 1 else 1
+    # zero columns, sliced off, as a convolution's channels (the rows: see schedules/)
+    extra = (padded_extents(rows, columns)[1] if rows else sixteens(columns)) - columns
     wq, sw = np.pad(wq, [(0, 0), (0, extra)]), np.pad(sw, [(0, extra)])
     acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wq)), out_dtype="int32")
     correction = zx * wq.astype("int32").sum(axis=0)

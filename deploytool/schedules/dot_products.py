@@ -191,6 +191,19 @@ def _tile_shape(width: int, vectors: int) -> tuple[int, int]:
     return best
 
 
+def sixteens(channels: int) -> int:
+    """``channels`` rounded up to whole vectors of LANES."""
+    return -(-channels // LANES) * LANES
+
+
+def static_extent(dim) -> int | None:
+    """A shape dimension as an int; None where it is symbolic."""
+    try:
+        return int(dim)
+    except TypeError:
+        return None
+
+
 def padded_extents(width: int, channels: int) -> tuple[int, int]:
     """(width, output channels) a product's rewrite pads its output to, so that this tile takes
     it well: output channels are padded to sixteens at least; more padding (a quarter more at
@@ -199,7 +212,7 @@ def padded_extents(width: int, channels: int) -> tuple[int, int]:
     weight load per pixel and a broadcast per vector besides. RegNetX's 1x1 convolutions of 400
     channels at 7x7 took tiles of 7 x 1 (7 accumulators) unpadded, 1.5x slower in bf16 than
     in float32."""
-    least = -(-channels // LANES) * LANES
+    least = sixteens(channels)
 
     def cost(padded_width: int, padded_channels: int, p: int, v: int) -> float:
         waste = padded_width * padded_channels / (width * least)
