@@ -39,6 +39,7 @@ from .package.readme import write_readme
 from .precision import check_precision, integer_instructions
 from .precision.calibration import Calibration, calibration_samples
 from .precision.quantize import SCHEME, quantize_int8
+from .schedules.dot_products import BF16
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
 from .toolchains.cuda import check_toolchain, is_cuda, runtime_manifest
@@ -441,7 +442,7 @@ def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, m
     """The manifest's record of the package's precision."""
     if options.precision == "bf16":
         return {"mode": "bf16", "bf16_products": count_bf16_products(mod),
-                "instructions": "vdpbf16ps (AVX-512 BF16) for convolutions and matrix products",
+                "instructions": f"{BF16.name} for convolutions and matrix products",
                 "reference": "model.onnx" if from_onnx else "the model file",
                 "thresholds": BF16_THRESHOLDS.to_dict()}
     if calibration is None:

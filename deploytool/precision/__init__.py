@@ -40,7 +40,9 @@ def check_precision(precision: str, target) -> None:
 
 def integer_instructions(target) -> str:
     """How the target's int8 products are computed, for the manifest and the log."""
+    from ..schedules.dot_products import VNNI
+
     if target.arch == "x86_64" and "avx512_vnni" in target.cpu_features():
-        return "vpdpbusd (AVX-512 VNNI) for convolutions and matrix products"
+        return f"{VNNI.name} for convolutions and matrix products"
     return ("8-bit values widened to 32 bits, vector multiply-adds (this target has no "
             "dot-product kernels yet)")
