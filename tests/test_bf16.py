@@ -126,10 +126,25 @@ def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):
     def rounded(a):
         return a.astype(ml_dtypes.bfloat16).astype("float32")
 
-    emulated = onnxruntime_session(emulated_bf16(onnx.load(path)).SerializeToString())
+    model, products = emulated_bf16(onnx.load(path))
+    assert products == 1
+    emulated = onnxruntime_session(model.SerializeToString())
     got = emulated.run(None, {"x": x})[0]
     np.testing.assert_allclose(got, rounded(x) @ rounded(weight), rtol=1e-5, atol=1e-5)
     assert np.abs(got - x @ weight).max() > 1e-3  # the rounding is not optimized away
+    # a frozen TorchScript model exports its weights as Constant nodes (GoogLeNet's did): the
+    # same rounding, not a peer that is the float32 model again
+    frozen = onnx.load(path)
+    weights = list(frozen.graph.initializer)
+    del frozen.graph.initializer[:]
+    nodes = [onnx.helper.make_node("Constant", [], [w.name], value=w) for w in weights]
+    nodes += list(frozen.graph.node)
+    del frozen.graph.node[:]
+    frozen.graph.node.extend(nodes)
+    model, products = emulated_bf16(frozen)
+    assert products == 1
+    again = onnxruntime_session(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(again, got)
 
 
 def test_accuracy_without_a_peer_holds_the_package_to_fp32_alone():

@@ -3,8 +3,9 @@ package computes in bfloat16 rounded to it, the peer a bf16 package is validated
 an int8 one is against ONNX Runtime on its QDQ model).
 
 The rounding is ONNX Runtime's Cast to bfloat16 and back (round to nearest even, as the
-package's), before each convolution of one group and each matrix product whose weight is an
-initializer; the weights are rounded in place. The sums stay float32, as in the package.
+package's), before each convolution of one group and each matrix product whose weight is a
+constant (an initializer, or a Constant node as a frozen TorchScript model exports them); the
+product reads a rounded copy of its weight. The sums stay float32, as in the package.
 """
 
 from __future__ import annotations
@@ -23,8 +24,23 @@ def _weight_name(node) -> str | None:
     return None
 
 
+def _constants(graph) -> dict:
+    """The float32 constants of ``graph`` by name: its initializers and Constant nodes'."""
+    from onnx import TensorProto, numpy_helper
+
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                found[node.output[0]] = value
+    return {name: numpy_helper.to_array(t) for name, t in found.items()
+            if t.data_type == TensorProto.FLOAT}
+
+
 def emulated_bf16(model):
-    """A copy of the float32 ONNX ``model`` that rounds the products' operands to bfloat16.
+    """A copy of the float32 ONNX ``model`` that rounds the products' operands to bfloat16,
+    and how many products it rounds.
 
     Parameters
     ----------
@@ -32,34 +48,33 @@ def emulated_bf16(model):
 
     Returns
     -------
-    onnx.ModelProto
+    tuple of (onnx.ModelProto, int)
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    rounded: set[str] = set()
-    casts: dict[str, str] = {}  # an input -> its rounded copy (read by several products)
-    nodes = []
+    constants = _constants(graph)
+    copies: dict[str, str] = {}  # a tensor -> its rounded copy (read by several products)
+    nodes, count = [], 0
     for node in graph.node:
         weight = _weight_name(node)
-        if weight in initializers and initializers[weight].data_type == TensorProto.FLOAT:
-            if weight not in rounded:
-                tensor = initializers[weight]
-                value = numpy_helper.to_array(tensor)
-                tensor.CopyFrom(numpy_helper.from_array(
-                    value.astype(ml_dtypes.bfloat16).astype(np.float32), weight))
-                rounded.add(weight)
+        if weight in constants:
+            if weight not in copies:
+                copies[weight] = f"{weight}/bf16"
+                rounded = constants[weight].astype(ml_dtypes.bfloat16).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(rounded, copies[weight]))
             data = node.input[0]
-            if data not in casts:
-                short = casts[data] = f"{data}/bf16"
-                nodes += [helper.make_node("Cast", [data], [short], to=TensorProto.BFLOAT16),
-                          helper.make_node("Cast", [short], [f"{short}/float"],
+            if data not in copies:
+                copies[data] = f"{data}/bf16/float"
+                nodes += [helper.make_node("Cast", [data], [f"{data}/bf16"],
+                                           to=TensorProto.BFLOAT16),
+                          helper.make_node("Cast", [f"{data}/bf16"], [copies[data]],
                                            to=TensorProto.FLOAT)]
-            node.input[0] = f"{casts[data]}/float"
+            node.input[0], node.input[1] = copies[data], copies[weight]
+            count += 1
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    return model
+    return model, count

@@ -258,7 +258,8 @@ def _session(package, name: str, model: bytes | None = None) -> Callable[[Arrays
 
 def _emulated_bf16(package) -> Callable[[Arrays], Arrays] | None:
     """ONNX Runtime on the package's model.onnx with bf16's rounding; None without one (a model
-    built on the torch.export route is held to the float32 model alone)."""
+    built on the torch.export route is held to the float32 model alone) or where it rounds no
+    product."""
     import onnx
 
     from ..precision.emulation import emulated_bf16
@@ -266,7 +267,10 @@ def _emulated_bf16(package) -> Callable[[Arrays], Arrays] | None:
     path = package.path / "model.onnx"
     if not path.is_file():
         return None
-    return _session(package, "", emulated_bf16(onnx.load(path)).SerializeToString())
+    emulated, rounded = emulated_bf16(onnx.load(path))
+    if not rounded:  # no product it knows: the peer would be the float32 model again
+        return None
+    return _session(package, "", emulated.SerializeToString())
 
 
 def float32_reference(package) -> Callable[[Arrays], Arrays]:
