@@ -24,20 +24,6 @@ def _weight_name(node) -> str | None:
     return None
 
 
-def _constants(graph) -> dict:
-    """The float32 constants of ``graph`` by name: its initializers and Constant nodes'."""
-    from onnx import TensorProto, numpy_helper
-
-    found = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                found[node.output[0]] = value
-    return {name: numpy_helper.to_array(t) for name, t in found.items()
-            if t.data_type == TensorProto.FLOAT}
-
-
 def emulated_bf16(model):
     """A copy of the float32 ONNX ``model`` that rounds the products' operands to bfloat16,
     and how many products it rounds.
@@ -50,12 +36,14 @@ def emulated_bf16(model):
     -------
     tuple of (onnx.ModelProto, int)
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    from .quantize import constants_as_initializers
+
+    model = constants_as_initializers(model)  # a copy
     graph = model.graph
-    constants = _constants(graph)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
+                 if t.data_type == TensorProto.FLOAT}
     copies: dict[str, str] = {}  # a tensor -> its rounded copy (read by several products)
     nodes, count = [], 0
     for node in graph.node:

@@ -43,7 +43,7 @@ def quantize_int8(proto, calibration: Calibration):
 
     with tempfile.TemporaryDirectory(prefix="deploytool-int8-") as tmp:
         source, quantized = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        onnx.save(proto, source)
+        onnx.save(constants_as_initializers(proto), source)
         # its advice to pre-process goes to the root logger: ONNX export already folds what
         # the pre-processing would (batch norms into convolutions, constants)
         logging.disable(logging.WARNING)
@@ -59,3 +59,26 @@ def quantize_int8(proto, calibration: Calibration):
         finally:
             logging.disable(logging.NOTSET)
         return onnx.load(quantized)
+
+
+def constants_as_initializers(proto):
+    """A copy of ``proto`` with its Constant nodes' tensors as initializers: ONNX Runtime's
+    quantizer quantizes the weights it finds among the initializers only, and a frozen
+    TorchScript model exports its weights as Constant nodes (GoogLeNet's int8 package had no
+    integer product)."""
+    import onnx
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    graph = proto.graph
+    nodes = []
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) \
+            if node.op_type == "Constant" else None
+        if value is None:
+            nodes.append(node)
+            continue
+        value.name = node.output[0]
+        graph.initializer.append(value)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto
