@@ -38,7 +38,7 @@ from .package.manifest import (
 from .package.readme import write_readme
 from .precision import check_precision, integer_instructions
 from .precision.calibration import Calibration, calibration_samples
-from .precision.quantize import SCHEME, quantize_int8
+from .precision.quantize import activation_type, quantize_int8, scheme
 from .schedules.dot_products import BF16
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
@@ -192,7 +192,7 @@ def _compile_into(scratch: Path, options: CompileOptions, target: TargetSpec,
         calibration = None
         if options.precision == "int8":
             with timer.stage("quantize"):
-                graph, calibration = _quantized(graph, options, scratch, log)
+                graph, calibration = _quantized(graph, options, target, scratch, log)
         with timer.stage("import"), data_dependence_explained(source):
             # a quantized model has no second route: it would be the float32 model
             graph, imported = (_import_on_a_route(source, graph, options.precision)
@@ -419,7 +419,7 @@ def _validate(package: Package, target: TargetSpec, source, options: CompileOpti
                               failure_advice(report))
 
 
-def _quantized(graph, options: CompileOptions, scratch: Path, log: Log):
+def _quantized(graph, options: CompileOptions, target: TargetSpec, scratch: Path, log: Log):
     """The int8 QDQ model of ``graph`` and its calibration; the float32 model is kept in the
     package as the accuracy reference."""
     if not isinstance(graph, OnnxModel):
@@ -432,7 +432,7 @@ def _quantized(graph, options: CompileOptions, scratch: Path, log: Log):
     if calibration.seeded:
         log(f"  warning: {calibration.warning()}")
     (scratch / REFERENCE_ONNX).write_bytes(graph.proto.SerializeToString())
-    quantized = quantize_int8(graph.proto, calibration)
+    quantized = quantize_int8(graph.proto, calibration, activation_type(target.arch))
     (scratch / "model.onnx").write_bytes(quantized.SerializeToString())
     return replace(graph, proto=quantized, route=f"{graph.route} -> int8 (QDQ)"), calibration
 
@@ -448,7 +448,8 @@ def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, m
     if calibration is None:
         return {"mode": "fp32"}
     _, products = integer_products(mod)
-    return {"mode": "int8", "scheme": SCHEME, "integer_products": products,
+    return {"mode": "int8", "scheme": scheme(activation_type(target.arch)),
+            "integer_products": products,
             "instructions": integer_instructions(target),
             "calibration": {"source": calibration.source, "samples": len(calibration.samples),
                             "seeded": calibration.seeded, "warning": calibration.warning()},

@@ -248,6 +248,28 @@ def test_an_arm_int8_package_validates_under_qemu(tmp_path):
     assert manifest["self_test"]["reference"] == "package"
 
 
+@pytest.mark.slow
+@pytest.mark.cross
+def test_an_arm_dot_product_int8_package_runs_sdot_and_validates_under_qemu(tmp_path):
+    """On a Cortex-A76 (Raspberry Pi 5) the activations are quantized signed (S8S8, as ONNX
+    Runtime advises for ARM) and the products run on sdot; the package, run by its aarch64
+    runner under qemu, agrees with both references."""
+    from deploytool.testing.examples import write_example
+
+    model = write_example("cnn", tmp_path / "cnn.pt")
+    out, dump = tmp_path / "pkg", tmp_path / "dump"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "int8", "--target",
+                                        "raspberry-pi-5", "-o", str(out), "--no-java",
+                                        "--dump-ir", str(dump)])
+    assert outcome.exit_code == 0, outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["validation"]["status"] == "passed"
+    assert manifest["precision"]["scheme"]["activations"].startswith("int8")
+    assert manifest["precision"]["instructions"].startswith("sdot")
+    assert manifest["tuning"]["integer"] == manifest["precision"]["integer_products"] == 3
+    assert "sdot\tv" in (dump / "model.s").read_text()
+
+
 def test_calibration_data_without_int8_is_refused(tmp_path):
     model = tmp_path / "m.pt"
     model.write_bytes(b"")  # refused before it is read

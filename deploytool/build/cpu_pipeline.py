@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from ..schedules.copies import schedule_concat
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
-from ..schedules.dot_products import BF16, VNNI, schedule_dot_product, target_instructions
+from ..schedules.dot_products import BF16, SDOT, VNNI, schedule_dot_product, target_instructions
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
 from ..schedules.reductions import schedule_reduction
@@ -107,7 +107,7 @@ class SchedulePlan:
     hand_written: int = 0  # of the default ones: schedules/cpu.py's register-tiled ones
     reductions: int = 0  # of the default ones: schedules/reductions.py's
     concatenations: int = 0  # of the default ones: schedules/copies.py's
-    integer: int = 0  # of the default ones: schedules/dot_products.py's VNNI tiles
+    integer: int = 0  # of the default ones: schedules/dot_products.py's VNNI or sdot tiles
     bf16: int = 0  # of the default ones: schedules/dot_products.py's vdpbf16ps tiles
     default: int = 0
     kept_default: int = 0  # of the default ones: with records the search won too narrowly
@@ -123,7 +123,7 @@ class SchedulePlan:
                 f"{1 - SEARCH_MARGIN:.0%} faster than the default" if self.kept_default else "")
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
                 f"default schedules ({self.hand_written} register-tiled, "
-                + (f"{self.integer} int8 with VNNI, " if self.integer else "")
+                + (f"{self.integer} int8 with dot products, " if self.integer else "")
                 + (f"{self.bf16} bf16 with vdpbf16ps, " if self.bf16 else "")
                 + f"{self.concatenations} "
                 f"concatenations, {self.reductions} reductions{kept}), {self.unscheduled} "
@@ -179,7 +179,7 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     if is_scheduled(func) or not has_blocks(func):
                         continue  # (a kernel written as plain loops is built as it is)
                     scheduled, instruction = schedule_dot_product(func, instructions)
-                    plan.integer += instruction is VNNI
+                    plan.integer += instruction in (VNNI, SDOT)
                     plan.bf16 += instruction is BF16
                     if scheduled is None:
                         scheduled = schedule_kernel(func, lanes)

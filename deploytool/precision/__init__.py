@@ -40,9 +40,11 @@ def check_precision(precision: str, target) -> None:
 
 def integer_instructions(target) -> str:
     """How the target's int8 products are computed, for the manifest and the log."""
-    from ..schedules.dot_products import VNNI
+    from ..schedules.dot_products import SDOT, VNNI
 
     if target.arch == "x86_64" and "avx512_vnni" in target.cpu_features():
         return f"{VNNI.name} for convolutions and matrix products"
+    if target.arch == "aarch64" and "asimddp" in target.cpu_features():
+        return f"{SDOT.name} for convolutions and matrix products"
     return ("8-bit values widened to 32 bits, vector multiply-adds (this target has no "
             "dot-product kernels yet)")

@@ -14,13 +14,25 @@ from .calibration import Calibration
 # activations per tensor, signed symmetric weights per output channel), for the operators whose
 # integer kernels pay; the others stay in float32 between a dequantize and a quantize.
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
-SCHEME = {"format": "QDQ", "activations": "uint8, per tensor, asymmetric (min-max)",
-          "weights": "int8, per output channel, symmetric", "operators": QUANTIZED_OPS}
 
 
-def quantize_int8(proto, calibration: Calibration):
+def activation_type(arch: str) -> str:
+    """The 8-bit type of activations for a CPU: int8 on ARM, whose dot-product instruction
+    (``sdot``) multiplies signed bytes by signed bytes, as ONNX Runtime's ARM guidance says
+    (S8S8); uint8 elsewhere, as VNNI's ``vpdpbusd`` multiplies unsigned by signed bytes."""
+    return "int8" if arch == "aarch64" else "uint8"
+
+
+def scheme(activations: str = "uint8") -> dict:
+    """What is quantized and how, for the manifest."""
+    return {"format": "QDQ", "activations": f"{activations}, per tensor, asymmetric (min-max)",
+            "weights": "int8, per output channel, symmetric", "operators": QUANTIZED_OPS}
+
+
+def quantize_int8(proto, calibration: Calibration, activations: str = "uint8"):
     """``proto`` (an onnx.ModelProto) quantized to int8 QDQ form, its activation ranges
-    calibrated on ``calibration``'s samples.
+    calibrated on ``calibration``'s samples, its activations of type ``activations`` (uint8 or
+    int8, see :func:`activation_type`).
 
     Returns
     -------
@@ -49,7 +61,9 @@ def quantize_int8(proto, calibration: Calibration):
         logging.disable(logging.WARNING)
         try:
             quantize_static(source, quantized, Samples(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8,
+                            per_channel=True,
+                            activation_type={"uint8": QuantType.QUInt8,
+                                             "int8": QuantType.QInt8}[activations],
                             weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
                             extra_options={"ActivationSymmetric": False,
                                            "WeightSymmetric": True})

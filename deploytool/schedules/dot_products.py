@@ -1,13 +1,13 @@
 """Register tiles of dot-product instructions: 8-bit products accumulated in int32 with
-AVX-512 VNNI's ``vpdpbusd`` (four u8 x s8 products into each of 16 int32 lanes), and bfloat16
-ones accumulated in float32 with AVX-512 BF16's ``vdpbf16ps`` (two products into each of 16
-float32 lanes).
+AVX-512 VNNI's ``vpdpbusd`` (four u8 x s8 products into each of 16 int32 lanes) or ARMv8.2's
+``sdot`` (four s8 x s8 products into each of 4 int32 lanes), and bfloat16 ones accumulated in
+float32 with AVX-512 BF16's ``vdpbf16ps`` (two products into each of 16 float32 lanes).
 
-A tile holds ``pixels x vectors`` accumulators of 16 output channels. For each group of input
-channels an instruction sums (four, or two) it broadcasts the group's values of a pixel as one
-32-bit word and multiplies them with a 16 x group block of the weight, packed at compile time
-as ``(O/16) KH KW (I/group) 16 group`` (convolutions) or ``(N/16) (K/group) 16 group`` (matrix
-products), so that every block is one 64-byte load.
+A tile holds ``pixels x vectors`` accumulators of L output channels (a vector's lanes: 16, or
+4). For each group of input channels an instruction sums (four, or two) it broadcasts the
+group's values of a pixel as one 32-bit word and multiplies them with an L x group block of the
+weight, packed at compile time as ``(O/L) KH KW (I/group) L group`` (convolutions) or
+``(N/L) (K/group) L group`` (matrix products), so that every block is one vector load.
 """
 
 from __future__ import annotations
@@ -42,13 +42,16 @@ class DotInstruction:
     accumulator: str
     group: int  # input channels that one lane sums
     intrinsic: str  # the TensorIntrin it is registered as
+    lanes: int = LANES  # accumulators of one vector register
 
 
 VNNI = DotInstruction("vpdpbusd (AVX-512 VNNI)", "avx512vnni", "uint8", "int8", "int32", 4,
                       "deploytool_dot_16x4_vnni")
 BF16 = DotInstruction("vdpbf16ps (AVX-512 BF16)", "avx512bf16", "bfloat16", "bfloat16",
                       "float32", 2, "deploytool_dot_16x2_bf16")
-INSTRUCTIONS = (VNNI, BF16)
+SDOT = DotInstruction("sdot (ARMv8.2 dot product)", "dotprod", "int8", "int8", "int32", 4,
+                      "deploytool_dot_4x4_sdot", lanes=4)
+INSTRUCTIONS = (VNNI, BF16, SDOT)
 
 
 def target_instructions(target) -> tuple[DotInstruction, ...]:
@@ -141,7 +144,42 @@ def _register_bf16() -> None:
     TensorIntrin.register(BF16.intrinsic, desc, dpbf16ps, override=True)
 
 
-_REGISTER = {VNNI: _register_vnni, BF16: _register_bf16}
+@functools.cache
+def _register_sdot() -> None:
+    """``sdot`` adds four s8 x s8 products into each of 4 int32 lanes (128-bit NEON)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "int8", offset_factor=1),
+             b: T.Buffer((4, 4), "int8", offset_factor=1),
+             c: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+            T.writes(c[0:4])
+            for i in T.serial(0, 4):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def sdot(a: T.Buffer((4,), "int8", offset_factor=1),
+             b: T.Buffer((4, 4), "int8", offset_factor=1),
+             c: T.Buffer((4,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+            T.writes(c[0:4])
+            word = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                c.vload([0], dtype="int32x4"), b.vload([0, 0], dtype="int8x16"),
+                T.reinterpret(T.broadcast(word, 4), dtype="int8x16"), dtype="int32x4")
+
+    TensorIntrin.register(SDOT.intrinsic, desc, sdot, override=True)
+
+
+_REGISTER = {VNNI: _register_vnni, BF16: _register_bf16, SDOT: _register_sdot}
 
 
 def schedule_dot_product(func, instructions=INSTRUCTIONS):
@@ -239,12 +277,14 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     reductions = 3 if main == "conv2d_nhwc" else 1
     spatial, reduction = _loop_roles(sch, block, reductions)
     width, channels = spatial[-2], spatial[-1]
-    if _extent(sch, channels) % LANES or _extent(sch, reduction[-1]) % group:
+    lanes_per_vector = instruction.lanes
+    if _extent(sch, channels) % lanes_per_vector or _extent(sch, reduction[-1]) % group:
         return False
     weight = _constant_weight(sch, func, block, instruction.weight)
     if weight is None:
         return False
-    pixels, vectors = _tile_shape(_extent(sch, width), _extent(sch, channels) // LANES)
+    pixels, vectors = _tile_shape(_extent(sch, width),
+                                  _extent(sch, channels) // lanes_per_vector)
     wanted = min(_extent(sch, width), MAX_ACCUMULATORS // vectors)
     if main == "matmul" and pixels * 2 <= wanted:
         # Rows no tile size divides well (a ViT's 197 tokens: tiles of one row, a vector of
@@ -258,12 +298,13 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     _inline_around(sch, names, main)
     kept = _block_names(sch)
     padding = kept[:kept.index(main)]  # the padded input (pad_temp, or pad_einsum's rows)
-    channel_tiles, channel_vectors, lanes = sch.split(channels, [None, vectors, LANES])
+    channel_tiles, channel_vectors, lanes = sch.split(channels,
+                                                      [None, vectors, lanes_per_vector])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
     groups, in_group = sch.split(reduction[-1], [None, group])
     outer = [*spatial[:-2], width_tiles, channel_tiles]
     sch.reorder(*outer, *reduction[:-1], groups, width_pixels, channel_vectors, lanes, in_group)
-    _pack(sch, block, weight, main, group)
+    _pack(sch, block, weight, main, group, lanes_per_vector)
     output = _epilogue(sch, main, outer[-1])
     sch.parallel(sch.fuse(*outer))
     init = sch.decompose_reduction(block, reduction[0] if reductions > 1 else groups)
@@ -311,17 +352,17 @@ def _inline_around(sch, names: list[str], main: str) -> None:
     _inline_producers(sch, names, main)
 
 
-def _pack(sch, block, weight: int, main: str, group: int) -> None:
+def _pack(sch, block, weight: int, main: str, group: int, lanes: int) -> None:
     """Pack the weight as the module's docstring says, marked to run at compile time."""
     import tvm
 
     packed = sch.cache_read(block, weight, "global")
     if main == "conv2d_nhwc":  # HWIO
         index_map = tvm.tirx.IndexMap.from_func(
-            lambda h, w, i, o: (o // LANES, h, w, i // group, o % LANES, i % group))
+            lambda h, w, i, o: (o // lanes, h, w, i // group, o % lanes, i % group))
     else:  # KN
         index_map = tvm.tirx.IndexMap.from_func(
-            lambda k, n: (n // LANES, k // group, n % LANES, k % group))
+            lambda k, n: (n // lanes, k // group, n % lanes, k % group))
     sch.transform_layout(packed, ("write", 0), index_map)
     sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
 
