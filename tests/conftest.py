@@ -254,3 +254,26 @@ def squeeze_excite(channels: int = 40, size: int = 28):
 
     torch.manual_seed(0)
     return Model().eval(), [TensorSpec("x", (1, channels, size, size))]
+
+
+def residual_net():
+    """A 3x3 convolution of 3 channels (padded: the zero point must pad), a depthwise one, a
+    1x1 one with a residual add, a mean and a linear layer of 10 classes (padded to 16): every
+    form the rewrite meets in a CNN."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.pointwise = torch.nn.Conv2d(16, 16, 1)
+            self.head = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.stem(x))
+            y = y + self.pointwise(torch.relu(self.depthwise(y)))
+            return self.head(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    return Net().eval()

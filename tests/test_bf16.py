@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import residual_net
 
 from deploytool.build.bf16_rewrites import bf16_products, count_bf16_products
 from deploytool.cli import main
@@ -20,28 +21,6 @@ from deploytool.verify.accuracy import FP32, validate_accuracy
 
 BF16_TARGET = "x86_64-avx512-bf16"
 HAS_BF16 = "avx512_bf16" in machine_cpu_flags()
-
-
-def _net():
-    """A 3x3 convolution of 3 channels (padded to pairs), a depthwise one (left float32), a 1x1
-    one with a residual add, a mean, a linear layer of 10 classes (padded to 16 columns)."""
-    import torch
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
-            self.depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
-            self.pointwise = torch.nn.Conv2d(16, 16, 1)
-            self.head = torch.nn.Linear(16, 10)
-
-        def forward(self, x):
-            y = torch.relu(self.stem(x))
-            y = y + self.pointwise(torch.relu(self.depthwise(y)))
-            return self.head(y.mean((2, 3)))
-
-    torch.manual_seed(0)
-    return Net().eval()
 
 
 def _tokens():
@@ -90,7 +69,7 @@ def test_bf16_is_refused_where_the_target_lacks_it_and_fp16_is_not_built(tmp_pat
 def test_products_by_constant_weights_take_bfloat16_and_sum_in_float32(tmp_path):
     from tvm import relax
 
-    mod, count = bf16_products(_import(_onnx(_net(), (1, 3, 12, 12), tmp_path / "m.onnx")))
+    mod, count = bf16_products(_import(_onnx(residual_net(), (1, 3, 12, 12), tmp_path / "m.onnx")))
     assert count == 3 and count_bf16_products(mod) == 3
     products = []
     relax.analysis.post_order_visit(mod["main"], lambda e: products.append(e) if isinstance(
@@ -179,7 +158,7 @@ def test_a_bf16_package_computes_in_bfloat16_and_validates(tmp_path):
     import torch
 
     model = tmp_path / "net.pt"
-    torch.jit.save(torch.jit.trace(_net(), torch.zeros(1, 3, 12, 12)), str(model))
+    torch.jit.save(torch.jit.trace(residual_net(), torch.zeros(1, 3, 12, 12)), str(model))
     out, dump = tmp_path / "pkg", tmp_path / "dump"
     outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x3x12x12:float32",
                                         "--precision", "bf16", "-o", str(out), "--no-java",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import residual_net
 
 from deploytool.build.int8_rewrites import integer_products
 from deploytool.cli import main
@@ -24,29 +25,6 @@ from deploytool.verify.accuracy import FP32, PEER, validate_accuracy
 IMAGE = TensorSpec("x", [1, 3, 12, 12], "float32")
 
 
-def _residual_net():
-    """A 3x3 convolution of 3 channels (padded: the zero point must pad), a depthwise one, a
-    1x1 one with a residual add, a mean and a linear layer of 10 classes (padded to 16): every
-    form the rewrite meets in a CNN."""
-    import torch
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
-            self.depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
-            self.pointwise = torch.nn.Conv2d(16, 16, 1)
-            self.head = torch.nn.Linear(16, 10)
-
-        def forward(self, x):
-            y = torch.relu(self.stem(x))
-            y = y + self.pointwise(torch.relu(self.depthwise(y)))
-            return self.head(y.mean((2, 3)))
-
-    torch.manual_seed(0)
-    return Net().eval()
-
-
 @pytest.fixture(scope="module")
 def qdq(tmp_path_factory) -> tuple[Path, Path]:
     """The float32 ONNX model of _residual_net and its int8 QDQ model."""
@@ -55,7 +33,7 @@ def qdq(tmp_path_factory) -> tuple[Path, Path]:
 
     folder = tmp_path_factory.mktemp("qdq")
     fp32 = folder / "model.onnx"
-    torch.onnx.export(_residual_net(), (torch.zeros(IMAGE.shape),), str(fp32),
+    torch.onnx.export(residual_net(), (torch.zeros(IMAGE.shape),), str(fp32),
                       input_names=["x"], dynamo=False)
     calibration = calibration_samples([IMAGE], None)
     quantized = folder / "model.int8.onnx"
@@ -194,7 +172,7 @@ def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
 
     fp32, _ = qdq
     model = tmp_path / "net.pt"
-    torch.jit.save(torch.jit.trace(_residual_net(), torch.zeros(IMAGE.shape)), str(model))
+    torch.jit.save(torch.jit.trace(residual_net(), torch.zeros(IMAGE.shape)), str(model))
     data = tmp_path / "calibration"
     for i in range(4):
         (data / str(i)).mkdir(parents=True)

@@ -42,15 +42,17 @@ class DotInstruction:
     accumulator: str
     group: int  # input channels that one lane sums
     intrinsic: str  # the TensorIntrin it is registered as
+    llvm: str  # the LLVM intrinsic (bf16's is called through BF16_FUNCTION)
     lanes: int = LANES  # accumulators of one vector register
 
 
 VNNI = DotInstruction("vpdpbusd (AVX-512 VNNI)", "avx512vnni", "uint8", "int8", "int32", 4,
-                      "deploytool_dot_16x4_vnni")
+                      "deploytool_dot_16x4_vnni", "llvm.x86.avx512.vpdpbusd.512")
 BF16 = DotInstruction("vdpbf16ps (AVX-512 BF16)", "avx512bf16", "bfloat16", "bfloat16",
-                      "float32", 2, "deploytool_dot_16x2_bf16")
+                      "float32", 2, "deploytool_dot_16x2_bf16",
+                      "llvm.x86.avx512bf16.dpbf16ps.512")
 SDOT = DotInstruction("sdot (ARMv8.2 dot product)", "dotprod", "int8", "int8", "int32", 4,
-                      "deploytool_dot_4x4_sdot", lanes=4)
+                      "deploytool_dot_4x4_sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", lanes=4)
 INSTRUCTIONS = (VNNI, BF16, SDOT)
 
 
@@ -62,28 +64,61 @@ def target_instructions(target) -> tuple[DotInstruction, ...]:
 
 
 @functools.cache
-def _register_vnni() -> None:
-    """TVM's own ``dot_16x4_vnni`` passes the bytes to ``vpdpbusd`` as 16 x i32, which the LLVM
-    inside TVM 0.27 rejects (it declares them 64 x i8); this one passes 64 x i8."""
+def _register(instruction: DotInstruction) -> None:
+    """Register the instruction's TensorIntrin: what it computes, and how."""
     from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
+
+    how = _dpbf16ps() if instruction is BF16 else _broadcast_bytes(instruction)
+    TensorIntrin.register(instruction.intrinsic, _description(instruction), how, override=True)
+
+
+def _description(instruction: DotInstruction):
+    """The products one instruction computes: each of ``lanes`` accumulators adds ``group``
+    products of the broadcast input and its row of the weight block."""
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def vnni(a: T.Buffer((4,), "uint8", offset_factor=1),
-             b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            word = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(word, 16), dtype="int8x64"),
-                b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+    lanes, group, acc = instruction.lanes, instruction.group, instruction.accumulator
 
-    TensorIntrin.register(VNNI.intrinsic, dot_product_16x4_u8i8i32_desc, vnni, override=True)
+    @T.prim_func(s_tir=True)
+    def description(a: T.Buffer((group,), instruction.data, offset_factor=1),
+                    b: T.Buffer((lanes, group), instruction.weight, offset_factor=1),
+                    c: T.Buffer((lanes,), acc, offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], acc) * T.cast(b[vi, vk], acc)
+
+    return description
+
+
+def _broadcast_bytes(instruction: DotInstruction):
+    """How an 8-bit instruction runs: the input's four bytes broadcast as one 32-bit word to
+    every lane, the weight block one vector load, both passed to LLVM as vectors of i8 (TVM's
+    own ``dot_16x4_vnni`` passes 16 x i32, which the LLVM inside TVM 0.27 rejects)."""
+    from tvm.script import tirx as T
+
+    lanes, group, data, llvm = (instruction.lanes, instruction.group, instruction.data,
+                                instruction.llvm)
+    block = f"int8x{lanes * group}"
+
+    @T.prim_func(s_tir=True)
+    def how(a: T.Buffer((group,), data, offset_factor=1),
+            b: T.Buffer((lanes, group), instruction.weight, offset_factor=1),
+            c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            word = T.reinterpret(a.vload([0], f"{data}x{group}"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm), c.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(word, lanes), dtype=block),
+                b.vload([0, 0], dtype=block), dtype=f"int32x{lanes}")
+
+    return how
 
 
 # TVM legalizes bfloat16 arithmetic to float32 before LLVM sees it (BF16ComputeLegalize): it
@@ -95,7 +130,7 @@ def _register_vnni() -> None:
 # linked into each kernel that uses it (``pragma_import_llvm``) and inlined there.
 BF16_FUNCTION = "deploytool_dpbf16ps"
 BF16_LLVM_IR = f"""
-declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+declare <16 x float> @{BF16.llvm}(<16 x float>, <32 x bfloat>, <32 x bfloat>)
 define internal <16 x float> @{BF16_FUNCTION}(<16 x float> %acc, ptr %data, i32 %i, ptr %weight,
                                               i32 %j) alwaysinline {{
   %a = getelementptr i16, ptr %data, i32 %i
@@ -105,30 +140,14 @@ define internal <16 x float> @{BF16_FUNCTION}(<16 x float> %acc, ptr %data, i32 
   %pairs = shufflevector <16 x i32> %one, <16 x i32> poison, <16 x i32> zeroinitializer
   %x = bitcast <16 x i32> %pairs to <32 x bfloat>
   %y = load <32 x bfloat>, ptr %b, align 2
-  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x,
-                                                           <32 x bfloat> %y)
+  %r = call <16 x float> @{BF16.llvm}(<16 x float> %acc, <32 x bfloat> %x, <32 x bfloat> %y)
   ret <16 x float> %r
 }}
 """
 
 
-@functools.cache
-def _register_bf16() -> None:
-    from tvm.s_tir import TensorIntrin
+def _dpbf16ps():
     from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((2,), "bfloat16", offset_factor=1),
-             b: T.Buffer((16, 2), "bfloat16", offset_factor=1),
-             c: T.Buffer((16,), "float32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:2], b[0:16, 0:2])
-            T.writes(c[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "float32") * T.cast(b[vi, vk], "float32")
 
     @T.prim_func(s_tir=True)
     def dpbf16ps(a: T.Buffer((2,), "bfloat16", offset_factor=1),
@@ -141,45 +160,7 @@ def _register_bf16() -> None:
                 "float32x16", BF16_FUNCTION, c.vload([0], dtype="float32x16"),
                 a.data, T.Cast("int32", a.elem_offset), b.data, T.Cast("int32", b.elem_offset))
 
-    TensorIntrin.register(BF16.intrinsic, desc, dpbf16ps, override=True)
-
-
-@functools.cache
-def _register_sdot() -> None:
-    """``sdot`` adds four s8 x s8 products into each of 4 int32 lanes (128-bit NEON)."""
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "int8", offset_factor=1),
-             b: T.Buffer((4, 4), "int8", offset_factor=1),
-             c: T.Buffer((4,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
-            T.writes(c[0:4])
-            for i in T.serial(0, 4):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-    @T.prim_func(s_tir=True)
-    def sdot(a: T.Buffer((4,), "int8", offset_factor=1),
-             b: T.Buffer((4, 4), "int8", offset_factor=1),
-             c: T.Buffer((4,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
-            T.writes(c[0:4])
-            word = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
-            c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                c.vload([0], dtype="int32x4"), b.vload([0, 0], dtype="int8x16"),
-                T.reinterpret(T.broadcast(word, 4), dtype="int8x16"), dtype="int32x4")
-
-    TensorIntrin.register(SDOT.intrinsic, desc, sdot, override=True)
-
-
-_REGISTER = {VNNI: _register_vnni, BF16: _register_bf16, SDOT: _register_sdot}
+    return dpbf16ps
 
 
 def schedule_dot_product(func, instructions=INSTRUCTIONS):
@@ -309,7 +290,7 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     sch.parallel(sch.fuse(*outer))
     init = sch.decompose_reduction(block, reduction[0] if reductions > 1 else groups)
     sch.vectorize(sch.get_loops(init)[-1])
-    _REGISTER[instruction]()
+    _register(instruction)
     sch.tensorize(lanes, instruction.intrinsic)
     if instruction is BF16:
         # on a serial loop: the code generator drops it from a parallel one
