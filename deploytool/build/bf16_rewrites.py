@@ -1,7 +1,7 @@
 """The Relax rewrite of a bf16 build: each convolution (of one group) and matrix product by a
 constant float32 weight takes its input and weight in bfloat16 and sums in float32
-(``out_dtype``); every other operator stays float32, as OpenVINO's bf16 inference keeps
-softmax, normalizations and reductions in float32.
+(``out_dtype``); every other operator stays float32: depthwise and grouped convolutions,
+softmax, normalizations, reductions, products of two activations.
 
 The input is rounded to bfloat16 where the product reads it (the cast fuses into the kernel
 that produces it, or into the product's own kernel); the weight is rounded at compile time.
@@ -9,8 +9,8 @@ that produces it, or into the product's own kernel); the weight is rounded at co
 
 from __future__ import annotations
 
-from ..schedules.dot_products import padded_extents, sixteens, static_extent
-from .cpu_rewrites import bound_value, rewrite_counted
+from ..schedules.dot_products import extra_columns, static_extent, tile_padding
+from .cpu_rewrites import cropped, rewrite_counted, through_transpose
 
 PAIR = 2  # input channels that one vdpbf16ps lane sums
 BF16 = "bfloat16"
@@ -20,16 +20,11 @@ def _constant_weight(expr, bindings):
     """The float32 numpy value of a constant weight (followed through a 2-D transpose), or
     None."""
     import tvm
-    from tvm import relax
 
-    source = bound_value(expr, bindings)
-    transposed = False
-    if isinstance(source, relax.Call) and isinstance(source.op, tvm.ir.Op) \
-            and source.op.name == "relax.permute_dims" and len(source.args[0].ty.shape) == 2:
-        axes = source.attrs.axes
-        if axes is not None and [int(a) for a in axes] != [1, 0]:
-            return None
-        transposed, source = True, bound_value(source.args[0], bindings)
+    followed = through_transpose(expr, bindings)
+    if followed is None:
+        return None
+    source, transposed = followed
     if not isinstance(source, tvm.ir.expr.Constant) or str(source.ty.dtype) != "float32":
         return None
     value = source.value.numpy()
@@ -59,22 +54,18 @@ def _conv2d(call, bindings):
     # least), the extra outputs sliced off; so the tile takes every convolution (a stem's 3
     # channels, RegNetX's 400 at 7x7).
     channels, width = weight.shape[0], static_extent(call.ty.shape[3])
-    padded_width, padded_channels = (padded_extents(width, channels) if width
-                                     else (None, sixteens(channels)))
+    wider, padded_channels = tile_padding(width, channels)
     extra, more = -weight.shape[1] % PAIR, padded_channels - channels
     weight = np.pad(weight, [(0, more), (0, extra), (0, 0), (0, 0)])
     data = relax.op.astype(call.args[0], BF16)
     if extra:
         data = relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0])
     top, left, bottom, right = (int(p) for p in attrs.padding)
-    wider = (padded_width - width) if width else 0
     right += wider * int(attrs.strides[1])  # zeros the extra output columns read
     out = relax.op.nn.conv2d(data, _bf16_const(weight), strides=attrs.strides,
                              padding=[top, left, bottom, right], dilation=attrs.dilation,
                              groups=1, out_dtype="float32")
-    if not (more or wider):
-        return out
-    return relax.op.strided_slice(out, axes=[1, 3], begin=[0, 0], end=[channels, width])
+    return cropped(out, {1: channels if more else None, 3: width if wider else None})
 
 
 def _matmul(call, bindings):
@@ -86,15 +77,11 @@ def _matmul(call, bindings):
             or str(call.args[0].ty.dtype) != "float32":
         return None
     columns = weight.shape[1]
-    rows = static_extent(call.ty.shape[-2]) if len(call.ty.shape) > 1 else 1
-    # the rows are padded by the schedule (pad_einsum); the columns as a convolution's channels
-    more = (padded_extents(rows, columns)[1] if rows else sixteens(columns)) - columns
+    more = extra_columns(call, columns)  # zero columns, sliced off
     weight = np.pad(weight, [(0, 0), (0, more)])
     out = relax.op.matmul(relax.op.astype(call.args[0], BF16), _bf16_const(weight),
                           out_dtype="float32")
-    if not more:
-        return out
-    return relax.op.strided_slice(out, axes=[len(call.ty.shape) - 1], begin=[0], end=[columns])
+    return cropped(out, {len(call.ty.shape) - 1: columns if more else None})
 
 
 def bf16_products(mod):

@@ -17,6 +17,35 @@ def bound_value(expr, bindings):
     return expr
 
 
+def through_transpose(expr, bindings):
+    """(the value ``expr`` stands for, followed through a transpose of a 2-D tensor, and whether
+    it was transposed); None through another permutation. A weight that a matrix product reads
+    transposed (ONNX's Gemm) is a constant behind one."""
+    import tvm
+    from tvm import relax
+
+    source = bound_value(expr, bindings)
+    if not (isinstance(source, relax.Call) and isinstance(source.op, tvm.ir.Op)
+            and source.op.name == "relax.permute_dims" and len(source.args[0].ty.shape) == 2):
+        return source, False
+    axes = source.attrs.axes
+    if axes is None or [int(a) for a in axes] != [1, 0]:
+        return None
+    return bound_value(source.args[0], bindings), True
+
+
+def cropped(out, ends: dict):
+    """``out`` sliced to ``ends[axis]`` along each axis whose end is not None (a padded
+    product's extra outputs); ``out`` itself when none is."""
+    from tvm import relax
+
+    kept = {axis: end for axis, end in ends.items() if end is not None}
+    if not kept:
+        return out
+    return relax.op.strided_slice(out, axes=list(kept), begin=[0] * len(kept),
+                                  end=list(kept.values()))
+
+
 def rewrite_calls(mod, rewrites: dict):
     """``mod`` with each call of an operator in ``rewrites`` replaced by what its rewrite
     returns for it (unless None)."""

@@ -10,8 +10,8 @@ padding reads 0.0.
 
 from __future__ import annotations
 
-from ..schedules.dot_products import padded_extents, sixteens, static_extent
-from .cpu_rewrites import bound_value, rewrite_calls, rewrite_counted
+from ..schedules.dot_products import extra_columns, static_extent, tile_padding
+from .cpu_rewrites import bound_value, cropped, rewrite_calls, rewrite_counted, through_transpose
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
 
@@ -49,14 +49,10 @@ def _weight(expr, bindings, out_axis: int):
     dequantized symmetrically, as a numpy pair; or None. A transposed 2-D weight is followed."""
     import numpy as np
 
-    source = bound_value(expr, bindings)
-    transposed = False
-    if _is(source, "permute_dims") and len(source.args[0].ty.shape) == 2:
-        axes = source.attrs.axes
-        transposed = axes is not None and [int(a) for a in axes] == [1, 0]
-        if not transposed:
-            return None
-        source = bound_value(source.args[0], bindings)
+    followed = through_transpose(expr, bindings)
+    if followed is None:
+        return None
+    source, transposed = followed
     if not _is(source, "dequantize"):
         return None
     values, scale, zero = (_constant(a, bindings) for a in source.args)
@@ -94,8 +90,7 @@ def _conv2d(call, bindings):
     # width to what the integer tile takes well (padded_extents: sixteens of channels at least),
     # zero weights, the extra outputs sliced off (a stem's 3 channels, MobileNetV2's 24).
     channels, width = wq.shape[0], static_extent(call.ty.shape[3])
-    padded_width, padded_channels = (padded_extents(width, channels) if width
-                                     else (None, sixteens(channels)))
+    wider, padded_channels = tile_padding(width, channels)
     extra, more = -wq.shape[1] % CHANNEL_GROUP, padded_channels - channels
     wq = np.pad(wq, [(0, more), (0, extra), (0, 0), (0, 0)])
     sw = np.pad(sw, [(0, more)])
@@ -104,7 +99,6 @@ def _conv2d(call, bindings):
         xq = relax.op.nn.pad(xq, [0, 0, 0, extra, *pads], pad_value=float(zx))
         if zx:
             top = left = bottom = right = 0
-    wider = (padded_width - width) if width else 0
     right += wider * int(attrs.strides[1])  # the extra output columns, sliced off, read zeros
     acc = relax.op.nn.conv2d(xq, relax.const(wq), strides=attrs.strides,
                              padding=[top, left, bottom, right], dilation=attrs.dilation,
@@ -112,9 +106,7 @@ def _conv2d(call, bindings):
     shape = (1, -1, 1, 1)
     correction = zx * wq.astype("int32").sum(axis=(1, 2, 3))
     scaled = _scaled(acc, correction.reshape(shape), (np.float32(sx) * sw).reshape(shape))
-    if not (more or wider):
-        return scaled
-    return relax.op.strided_slice(scaled, axes=[1, 3], begin=[0, 0], end=[channels, width])
+    return cropped(scaled, {1: channels if more else None, 3: width if wider else None})
 
 
 def _matmul(call, bindings):
@@ -128,17 +120,12 @@ def _matmul(call, bindings):
         return None
     (xq, sx, zx), (wq, sw) = activation, weight
     columns = wq.shape[1]
-    rows = static_extent(call.ty.shape[-2]) if len(call.ty.shape) > 1 else 1
-    # zero columns, sliced off, as a convolution's channels (the rows: see schedules/)
-    extra = (padded_extents(rows, columns)[1] if rows else sixteens(columns)) - columns
+    extra = extra_columns(call, columns)  # zero columns, sliced off
     wq, sw = np.pad(wq, [(0, 0), (0, extra)]), np.pad(sw, [(0, extra)])
     acc = relax.op.matmul(xq, relax.const(np.ascontiguousarray(wq)), out_dtype="int32")
     correction = zx * wq.astype("int32").sum(axis=0)
     scaled = _scaled(acc, correction, np.float32(sx) * sw)
-    if not extra:
-        return scaled
-    return relax.op.strided_slice(scaled, axes=[len(call.ty.shape) - 1], begin=[0],
-                                  end=[columns])
+    return cropped(scaled, {len(call.ty.shape) - 1: columns if extra else None})
 
 
 def _scaled(acc, correction, scale):

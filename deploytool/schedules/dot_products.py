@@ -210,7 +210,7 @@ def _tile_shape(width: int, vectors: int) -> tuple[int, int]:
     return best
 
 
-def sixteens(channels: int) -> int:
+def _sixteens(channels: int) -> int:
     """``channels`` rounded up to whole vectors of LANES."""
     return -(-channels // LANES) * LANES
 
@@ -223,6 +223,22 @@ def static_extent(dim) -> int | None:
         return None
 
 
+def extra_columns(call, columns: int) -> int:
+    """Zero columns a matrix product's constant weight of ``columns`` columns is padded with,
+    as a convolution's channels (:func:`tile_padding`; its rows are the schedule's)."""
+    rows = static_extent(call.ty.shape[-2]) if len(call.ty.shape) > 1 else 1
+    return tile_padding(rows, columns)[1] - columns
+
+
+def tile_padding(width: int | None, channels: int) -> tuple[int, int]:
+    """(extra width, padded channels) of a product's output (:func:`padded_extents`); a
+    symbolic width (None) is not padded, the channels to sixteens."""
+    if width is None:
+        return 0, _sixteens(channels)
+    padded_width, padded_channels = padded_extents(width, channels)
+    return padded_width - width, padded_channels
+
+
 def padded_extents(width: int, channels: int) -> tuple[int, int]:
     """(width, output channels) a product's rewrite pads its output to, so that this tile takes
     it well: output channels are padded to sixteens at least; more padding (a quarter more at
@@ -231,7 +247,7 @@ def padded_extents(width: int, channels: int) -> tuple[int, int]:
     weight load per pixel and a broadcast per vector besides. RegNetX's 1x1 convolutions of 400
     channels at 7x7 took tiles of 7 x 1 (7 accumulators) unpadded, 1.5x slower in bf16 than
     in float32."""
-    least = sixteens(channels)
+    least = _sixteens(channels)
 
     def cost(padded_width: int, padded_channels: int, p: int, v: int) -> float:
         waste = padded_width * padded_channels / (width * least)

@@ -227,15 +227,15 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
     :func:`validate_accuracy`): the package runs natively (or under its emulator), against the
     float32 model (``reference.onnx`` of an int8 package, ``model.onnx`` or the model file of a
     bf16 one) and, for int8, the quantized model (``model.onnx``) in ONNX Runtime."""
-    from .validate import run_native
+    from .validate import onnxruntime_backend, run_native
 
     precision = package.manifest.get("precision") or {}
     recorded = precision.get("thresholds")
     thresholds = thresholds or (Thresholds(**recorded) if recorded else None)
     samples = calibration[:MAX_CALIBRATION_SAMPLES] + seeded
     if precision.get("mode") == "int8":
-        fp32, peer, label = (_session(package, REFERENCE_ONNX), _session(package, "model.onnx"),
-                             PEER)
+        fp32, peer, label = (onnxruntime_backend(package, package.path / REFERENCE_ONNX),
+                             onnxruntime_backend(package), PEER)
     else:
         fp32, peer, label = float32_reference(package), _emulated_bf16(package), BF16_PEER
     report = validate_accuracy([s.name for s in package.outputs], samples,
@@ -247,15 +247,6 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
     return report
 
 
-def _session(package, name: str, model: bytes | None = None) -> Callable[[Arrays], Arrays]:
-    """ONNX Runtime on the package's file ``name`` (or on ``model``, serialized)."""
-    from .references import onnxruntime_session
-
-    runner = onnxruntime_session(model if model is not None else package.path / name)
-    inputs = [i.name for i in runner.get_inputs()]
-    return lambda arrays: runner.run(None, dict(zip(inputs, arrays, strict=True)))
-
-
 def _emulated_bf16(package) -> Callable[[Arrays], Arrays] | None:
     """ONNX Runtime on the package's model.onnx with bf16's rounding; None without one (a model
     built on the torch.export route is held to the float32 model alone) or where it rounds no
@@ -263,6 +254,7 @@ def _emulated_bf16(package) -> Callable[[Arrays], Arrays] | None:
     import onnx
 
     from ..precision.emulation import emulated_bf16
+    from .validate import onnxruntime_backend
 
     path = package.path / "model.onnx"
     if not path.is_file():
@@ -270,17 +262,17 @@ def _emulated_bf16(package) -> Callable[[Arrays], Arrays] | None:
     emulated, rounded = emulated_bf16(onnx.load(path))
     if not rounded:  # no product it knows: the peer would be the float32 model again
         return None
-    return _session(package, "", emulated.SerializeToString())
+    return onnxruntime_backend(package, emulated.SerializeToString())
 
 
 def float32_reference(package) -> Callable[[Arrays], Arrays]:
     """The float32 model of a bf16 package: its model.onnx in ONNX Runtime, or, built on the
     torch.export route, the model file it was compiled from."""
     from ..errors import DeploytoolError
-    from .validate import model_references
+    from .validate import model_references, onnxruntime_backend
 
     if (package.path / "model.onnx").is_file():
-        return _session(package, "model.onnx")
+        return onnxruntime_backend(package)
     notes: list[str] = []
     found = model_references(package, notes)
     if not found:
