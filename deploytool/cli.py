@@ -230,7 +230,8 @@ def _validation(max_error, atol, rtol, tols, seed, ranges, samples, allow_vacuou
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Arithmetic of the package: int8 quantizes the model (static, calibrated) "
                    "and computes its convolutions and matrix products in integers; bf16 "
-                   "computes them in bfloat16 with float32 sums (CPUs with AVX-512 BF16).")
+                   "computes them in bfloat16 with float32 sums (CPUs with AVX-512 BF16); fp16 "
+                   "reads them in float16, with float32 sums (ARM CPUs).")
 @click.option("--calibrate", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="int8 calibration data: one folder per sample holding <input>.npy for each "
                    "input (one input: a .npy file per sample) [default: 8 seeded random "

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .build.bf16_rewrites import bf16_products, count_bf16_products
 from .build.cpu_pipeline import schedule_build
 from .build.dump import dump_summary, start_dump
+from .build.half_rewrites import HALF_PRODUCTS, count_half_products, half_products
 from .build.int8_rewrites import integer_products
 from .build.library import build_library
 from .common import Log, check_interrupt
@@ -36,10 +36,9 @@ from .package.manifest import (
     write_test_vectors,
 )
 from .package.readme import write_readme
-from .precision import check_precision, integer_instructions
+from .precision import check_precision, half_instructions, integer_instructions
 from .precision.calibration import Calibration, calibration_samples
 from .precision.quantize import activation_type, quantize_int8, scheme
-from .schedules.dot_products import BF16
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
 from .toolchains.cuda import check_toolchain, is_cuda, runtime_manifest
@@ -50,8 +49,8 @@ from .tuning.interrupts import ctrl_c_stops_tuning
 from .tuning.search import tune_module
 from .tuning.settings import TuneSettings
 from .verify.accuracy import (
-    BF16_THRESHOLDS,
-    BF16_VECTOR_BOUND,
+    HALF_THRESHOLDS,
+    HALF_VECTOR_BOUND,
     REFERENCE_ONNX,
     Thresholds,
     float32_reference,
@@ -285,10 +284,11 @@ def check_destination(options: CompileOptions, destination: Path) -> None:
 
 
 def _imported(graph, precision: str):
-    """The imported module of ``graph``, its products in bfloat16 for ``precision`` bf16."""
+    """The imported module of ``graph``, its products in half-width floats for ``precision``
+    bf16 or fp16."""
     imported = import_model(graph)
-    if precision == "bf16":
-        imported = replace(imported, mod=bf16_products(imported.mod)[0])
+    if precision in HALF_PRODUCTS:
+        imported = replace(imported, mod=half_products(imported.mod, HALF_PRODUCTS[precision])[0])
     return imported
 
 
@@ -440,11 +440,13 @@ def _quantized(graph, options: CompileOptions, target: TargetSpec, scratch: Path
 def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, mod,
                      from_onnx: bool) -> dict:
     """The manifest's record of the package's precision."""
-    if options.precision == "bf16":
-        return {"mode": "bf16", "bf16_products": count_bf16_products(mod),
-                "instructions": f"{BF16.name} for convolutions and matrix products",
+    if options.precision in HALF_PRODUCTS:
+        half = HALF_PRODUCTS[options.precision]
+        return {"mode": half.precision,
+                f"{half.precision}_products": count_half_products(mod, half),
+                "instructions": half_instructions(half.precision),
                 "reference": "model.onnx" if from_onnx else "the model file",
-                "thresholds": BF16_THRESHOLDS.to_dict()}
+                "thresholds": HALF_THRESHOLDS[half.precision].to_dict()}
     if calibration is None:
         return {"mode": "fp32"}
     _, products = integer_products(mod)
@@ -465,9 +467,9 @@ def _reduced_test_vectors(package: Package, arrays, target: TargetSpec,
         # the same integers in ONNX Runtime, up to a rounding step of its requantization
         reference, outputs = "onnxruntime-int8", onnxruntime_backend(package)(arrays)
         bound = 1e-2
-    else:  # the float32 model, up to bfloat16's rounding
+    else:  # the float32 model, up to the half-width type's rounding
         reference, outputs = "fp32", float32_reference(package)(arrays)
-        bound = BF16_VECTOR_BOUND
+        bound = HALF_VECTOR_BOUND
     return _vectors(package, arrays, outputs, reference, validation, bound)
 
 

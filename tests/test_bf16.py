@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import residual_net
 
-from deploytool.build.bf16_rewrites import bf16_products, count_bf16_products
+from deploytool.build.half_rewrites import BF16_PRODUCTS, count_half_products, half_products
 from deploytool.cli import main
 from deploytool.errors import DeploytoolError
 from deploytool.precision import check_precision
@@ -47,15 +47,13 @@ def _import(path):
     return from_onnx(onnx.load(path), keep_params_in_input=False)
 
 
-def test_bf16_is_refused_where_the_target_lacks_it_and_fp16_is_not_built(tmp_path):
+def test_bf16_is_refused_where_the_target_lacks_it(tmp_path):
     check_precision("bf16", load_target(BF16_TARGET))
     for target in ("x86_64-avx512", "raspberry-pi-5"):
         with pytest.raises(DeploytoolError, match="needs AVX-512 BF16"):
             check_precision("bf16", load_target(target))
     with pytest.raises(DeploytoolError, match="CPU targets"):
         check_precision("bf16", load_target("cuda"))
-    with pytest.raises(DeploytoolError, match="not built yet"):
-        check_precision("fp16", load_target(BF16_TARGET))
     model = tmp_path / "m.pt"
     model.write_bytes(b"")  # refused before it is read
     outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "bf16",
@@ -69,8 +67,9 @@ def test_bf16_is_refused_where_the_target_lacks_it_and_fp16_is_not_built(tmp_pat
 def test_products_by_constant_weights_take_bfloat16_and_sum_in_float32(tmp_path):
     from tvm import relax
 
-    mod, count = bf16_products(_import(_onnx(residual_net(), (1, 3, 12, 12), tmp_path / "m.onnx")))
-    assert count == 3 and count_bf16_products(mod) == 3
+    model = _import(_onnx(residual_net(), (1, 3, 12, 12), tmp_path / "m.onnx"))
+    mod, count = half_products(model, BF16_PRODUCTS)
+    assert count == 3 and count_half_products(mod, BF16_PRODUCTS) == 3
     products = []
     relax.analysis.post_order_visit(mod["main"], lambda e: products.append(e) if isinstance(
         e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul")
@@ -94,7 +93,7 @@ def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):
     import onnx
     import torch
 
-    from deploytool.precision.emulation import emulated_bf16
+    from deploytool.precision.emulation import emulated_half
     from deploytool.verify.references import onnxruntime_session
 
     layer = torch.nn.Linear(64, 32, bias=False).eval()
@@ -105,7 +104,7 @@ def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):
     def rounded(a):
         return a.astype(ml_dtypes.bfloat16).astype("float32")
 
-    model, products = emulated_bf16(onnx.load(path))
+    model, products = emulated_half(onnx.load(path), BF16_PRODUCTS)
     assert products == 1
     emulated = onnxruntime_session(model.SerializeToString())
     got = emulated.run(None, {"x": x})[0]
@@ -120,7 +119,7 @@ def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):
     nodes += list(frozen.graph.node)
     del frozen.graph.node[:]
     frozen.graph.node.extend(nodes)
-    model, products = emulated_bf16(frozen)
+    model, products = emulated_half(frozen, BF16_PRODUCTS)
     assert products == 1
     again = onnxruntime_session(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_array_equal(again, got)
@@ -142,7 +141,8 @@ def test_the_bf16_tile_runs_vdpbf16ps_on_rows_no_tile_divides(tmp_path):
     from deploytool.build.cpu_pipeline import SchedulePlan, build_pipeline
     from deploytool.build.library import build_library
 
-    mod, count = bf16_products(_import(_onnx(_tokens(), (1, 197, 64), tmp_path / "m.onnx")))
+    model = _import(_onnx(_tokens(), (1, 197, 64), tmp_path / "m.onnx"))
+    mod, count = half_products(model, BF16_PRODUCTS)
     assert count == 2
     plan = SchedulePlan(None)
     target = load_target(BF16_TARGET)
@@ -195,7 +195,8 @@ def test_outputs_are_padded_to_tiles_with_enough_accumulators(tmp_path):
         assert width <= padded_width <= 1.25 * width
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(400, 400, 1).eval()
-    mod, count = bf16_products(_import(_onnx(conv, (1, 400, 7, 7), tmp_path / "c.onnx")))
+    model = _import(_onnx(conv, (1, 400, 7, 7), tmp_path / "c.onnx"))
+    mod, count = half_products(model, BF16_PRODUCTS)
     from tvm import relax
 
     convs = []

@@ -1,11 +1,12 @@
-"""bf16 emulated in ONNX Runtime: the float32 model with the operands of each product a bf16
-package computes in bfloat16 rounded to it, the peer a bf16 package is validated against (as
-an int8 one is against ONNX Runtime on its QDQ model).
+"""bf16 and fp16 emulated in ONNX Runtime: the float32 model with the operands of each product a
+half-width package computes in the half-width type rounded to it, the peer such a package is
+validated against (as an int8 one is against ONNX Runtime on its QDQ model).
 
-The rounding is ONNX Runtime's Cast to bfloat16 and back (round to nearest even, as the
-package's), before each convolution of one group and each matrix product whose weight is a
-constant (an initializer, or a Constant node as a frozen TorchScript model exports them); the
-product reads a rounded copy of its weight. The sums stay float32, as in the package.
+The rounding is ONNX Runtime's Cast to the type and back (round to nearest even, as the
+package's), before each convolution and each matrix product whose weight is a constant (an
+initializer, or a Constant node as a frozen TorchScript model exports them); the product reads
+a rounded copy of its weight. The sums stay float32; where the package sums in the half-width
+type (fp16), the product's result is rounded to it too.
 """
 
 from __future__ import annotations
@@ -14,32 +15,49 @@ import ml_dtypes
 import numpy as np
 
 
-def _weight_name(node) -> str | None:
-    """The input of ``node`` that the package's bf16 rewrite takes as its constant weight."""
+def _weight_name(node, grouped: bool) -> str | None:
+    """The input of ``node`` that the package's half-width rewrite takes as its constant
+    weight; a grouped convolution's only where that rewrite takes them (``grouped``)."""
     if node.op_type == "Conv":
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return node.input[1] if group == 1 else None
+        return node.input[1] if group == 1 or grouped else None
     if node.op_type in ("MatMul", "Gemm"):
         return node.input[1]
     return None
 
 
-def emulated_bf16(model):
-    """A copy of the float32 ONNX ``model`` that rounds the products' operands to bfloat16,
-    and how many products it rounds.
+def _rounded(name: str, onnx_type: int, suffix: str):
+    """Cast nodes rounding tensor ``name`` to ``onnx_type`` and back, and the float copy's
+    name."""
+    from onnx import TensorProto, helper
+
+    copy = f"{name}/{suffix}/float"
+    return [helper.make_node("Cast", [name], [f"{name}/{suffix}"], to=onnx_type),
+            helper.make_node("Cast", [f"{name}/{suffix}"], [copy], to=TensorProto.FLOAT)], copy
+
+
+def emulated_half(model, half):
+    """A copy of the float32 ONNX ``model`` that rounds the products' operands (and, for a
+    half-width accumulator, results) as ``half`` (a build.half_rewrites.HalfProducts) does, and
+    how many products it rounds.
 
     Parameters
     ----------
     model : onnx.ModelProto
+    half : HalfProducts
 
     Returns
     -------
     tuple of (onnx.ModelProto, int)
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     from .quantize import constants_as_initializers
 
+    bf16 = half.dtype == "bfloat16"
+    onnx_type = TensorProto.BFLOAT16 if bf16 else TensorProto.FLOAT16
+    numpy_type = ml_dtypes.bfloat16 if bf16 else np.float16
+    suffix = half.precision
     model = constants_as_initializers(model)  # a copy
     graph = model.graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
@@ -47,22 +65,27 @@ def emulated_bf16(model):
     copies: dict[str, str] = {}  # a tensor -> its rounded copy (read by several products)
     nodes, count = [], 0
     for node in graph.node:
-        weight = _weight_name(node)
-        if weight in constants:
-            if weight not in copies:
-                copies[weight] = f"{weight}/bf16"
-                rounded = constants[weight].astype(ml_dtypes.bfloat16).astype(np.float32)
-                graph.initializer.append(numpy_helper.from_array(rounded, copies[weight]))
-            data = node.input[0]
-            if data not in copies:
-                copies[data] = f"{data}/bf16/float"
-                nodes += [helper.make_node("Cast", [data], [f"{data}/bf16"],
-                                           to=TensorProto.BFLOAT16),
-                          helper.make_node("Cast", [f"{data}/bf16"], [copies[data]],
-                                           to=TensorProto.FLOAT)]
-            node.input[0], node.input[1] = copies[data], copies[weight]
-            count += 1
+        weight = _weight_name(node, half.grouped)
+        if weight not in constants:
+            nodes.append(node)
+            continue
+        if weight not in copies:
+            copies[weight] = f"{weight}/{suffix}"
+            rounded = constants[weight].astype(numpy_type).astype(np.float32)
+            graph.initializer.append(numpy_helper.from_array(rounded, copies[weight]))
+        data = node.input[0]
+        if data not in copies:
+            casts, copies[data] = _rounded(data, onnx_type, suffix)
+            nodes += casts
+        node.input[0], node.input[1] = copies[data], copies[weight]
         nodes.append(node)
+        if half.accumulator != "float32":  # the result, as the package's sums leave it
+            output = node.output[0]
+            node.output[0] = f"{output}/{suffix}/sum"
+            casts, _ = _rounded(node.output[0], onnx_type, suffix)
+            casts[-1].output[0] = output
+            nodes += casts
+        count += 1
     del graph.node[:]
     graph.node.extend(nodes)
     return model, count

@@ -1,7 +1,7 @@
 """Validation of a reduced-precision package: how closely it agrees with the float32 model
 (cosine similarity, SNR, top-1 agreement), and with a peer computing the same reduced precision:
 ONNX Runtime on the same quantized model (int8), or on the float32 model with the same operands
-rounded to bfloat16 (bf16, see precision/emulation.py)."""
+rounded to bfloat16 or float16 (bf16, fp16: see precision/emulation.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from .comparison import cosine_and_snr
 Arrays = list[np.ndarray]
 FP32 = "fp32"  # the float32 model (ONNX Runtime)
 PEER = "onnxruntime-int8"  # the same quantized model in ONNX Runtime
-BF16_PEER = "onnxruntime-bf16"  # the float32 model, its products' operands rounded to bf16
+# bf16, fp16: the float32 model, its products' operands rounded (onnxruntime-bf16, -fp16)
+HALF_PEER = "onnxruntime-{}"
 
 
 # Where ONNX Runtime's int8 of the same model is itself less accurate than the thresholds, the
@@ -44,7 +45,7 @@ class Thresholds:
 
     fp32_cosine: float = 0.98
     fp32_top1: float = 0.9  # classifier outputs (2-D, a class axis) only
-    peer_cosine: float | None = 0.999  # None: no peer (bf16)
+    peer_cosine: float | None = 0.999
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,10 +56,13 @@ class Thresholds:
 # or a lost accumulation falls far below 0.999. Against the same rounding in ONNX Runtime only
 # the order of the float32 sums differs.
 BF16_THRESHOLDS = Thresholds(fp32_cosine=0.999, fp32_top1=0.9, peer_cosine=0.9999)
-# A bf16 package's self-test vectors, where the compiling machine cannot run it, are the float32
-# model's outputs, within this share of each output's scale (ResNet-18 differed by 0.011).
-BF16_VECTOR_BOUND = 0.05
-BF16_SAMPLES = 8  # seeded samples a bf16 package is validated on, at least
+FP16_THRESHOLDS = Thresholds(fp32_cosine=0.999, fp32_top1=0.9, peer_cosine=0.9999)
+HALF_THRESHOLDS = {"bf16": BF16_THRESHOLDS, "fp16": FP16_THRESHOLDS}
+# A bf16 or fp16 package's self-test vectors, where the compiling machine cannot run it, are the
+# float32 model's outputs, within this share of each output's scale (ResNet-18 in bf16 differed
+# by 0.011).
+HALF_VECTOR_BOUND = 0.05
+HALF_SAMPLES = 8  # seeded samples a bf16 or fp16 package is validated on, at least
 
 
 @dataclass
@@ -226,7 +230,8 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
     """Validate a reduced-precision package on calibration and seeded samples (see
     :func:`validate_accuracy`): the package runs natively (or under its emulator), against the
     float32 model (``reference.onnx`` of an int8 package, ``model.onnx`` or the model file of a
-    bf16 one) and, for int8, the quantized model (``model.onnx``) in ONNX Runtime."""
+    bf16 or fp16 one) and a peer: for int8 the quantized model (``model.onnx``) in ONNX Runtime,
+    for bf16 and fp16 the emulated one."""
     from .validate import onnxruntime_backend, run_native
 
     precision = package.manifest.get("precision") or {}
@@ -237,7 +242,8 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
         fp32, peer, label = (onnxruntime_backend(package, package.path / REFERENCE_ONNX),
                              onnxruntime_backend(package), PEER)
     else:
-        fp32, peer, label = float32_reference(package), _emulated_bf16(package), BF16_PEER
+        fp32, peer = float32_reference(package), _emulated_half(package, precision["mode"])
+        label = HALF_PEER.format(precision["mode"])
     report = validate_accuracy([s.name for s in package.outputs], samples,
                                lambda arrays: run_native(package, arrays), fp32, peer,
                                thresholds, label)
@@ -247,26 +253,27 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
     return report
 
 
-def _emulated_bf16(package) -> Callable[[Arrays], Arrays] | None:
-    """ONNX Runtime on the package's model.onnx with bf16's rounding; None without one (a model
-    built on the torch.export route is held to the float32 model alone) or where it rounds no
-    product."""
+def _emulated_half(package, precision: str) -> Callable[[Arrays], Arrays] | None:
+    """ONNX Runtime on the package's model.onnx with the rounding of ``precision`` (bf16 or
+    fp16); None without one (a model built on the torch.export route is held to the float32
+    model alone) or where it rounds no product."""
     import onnx
 
-    from ..precision.emulation import emulated_bf16
+    from ..build.half_rewrites import HALF_PRODUCTS
+    from ..precision.emulation import emulated_half
     from .validate import onnxruntime_backend
 
     path = package.path / "model.onnx"
     if not path.is_file():
         return None
-    emulated, rounded = emulated_bf16(onnx.load(path))
+    emulated, rounded = emulated_half(onnx.load(path), HALF_PRODUCTS[precision])
     if not rounded:  # no product it knows: the peer would be the float32 model again
         return None
     return onnxruntime_backend(package, emulated.SerializeToString())
 
 
 def float32_reference(package) -> Callable[[Arrays], Arrays]:
-    """The float32 model of a bf16 package: its model.onnx in ONNX Runtime, or, built on the
+    """The float32 model of a bf16 or fp16 package: its model.onnx in ONNX Runtime, or, built on the
     torch.export route, the model file it was compiled from."""
     from ..errors import DeploytoolError
     from .validate import model_references, onnxruntime_backend
@@ -283,13 +290,13 @@ def float32_reference(package) -> Callable[[Arrays], Arrays]:
 
 def seeded_samples(package, options) -> list[Arrays]:
     """``options.samples`` seeded inputs (ValidationOptions), within the model's input ranges;
-    at least BF16_SAMPLES for a bf16 package, which has no calibration samples."""
+    at least HALF_SAMPLES for a bf16 or fp16 package, which has no calibration samples."""
     from .inputs import make_inputs
 
     ranges = {k: tuple(v) for k, v in package.manifest.get("input_ranges", {}).items()}
     count = options.samples
-    if (package.manifest.get("precision") or {}).get("mode") == "bf16":
-        count = max(count, BF16_SAMPLES)
+    if (package.manifest.get("precision") or {}).get("mode") in HALF_THRESHOLDS:
+        count = max(count, HALF_SAMPLES)
     return [make_inputs(package.inputs, options.seed + i, options.ranges, None, ranges)
             for i in range(count)]
 

@@ -1,0 +1,153 @@
+"""The Relax rewrite of a bf16 or fp16 build: each convolution and matrix product by a constant
+float32 weight takes its input and weight in the half-width type (see HalfProducts for which
+convolutions, and in what the products sum); every other operator stays float32: softmax,
+normalizations, reductions, elementwise chains, products of two activations.
+
+The input is rounded where the product reads it (the cast fuses into the kernel that produces
+it, or into the product's own kernel); the weight is rounded at compile time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..schedules.dot_products import extra_columns, static_extent, tile_padding
+from .cpu_rewrites import cropped, rewrite_counted, through_transpose
+
+
+@dataclass(frozen=True)
+class HalfProducts:
+    """How one half-width precision computes its products."""
+
+    precision: str  # the --precision name
+    dtype: str  # the operands' Relax dtype
+    accumulator: str  # the products' out_dtype
+    pair: int  # input channels are padded to a multiple of this
+    tiled: bool  # output channels and width padded for the dot-product tile (dot_products.py)
+    grouped: bool  # grouped and depthwise convolutions too
+
+
+# AVX-512 BF16's vdpbf16ps sums pairs of products into float32 lanes: only a channel sum (one
+# group) has the pairs; a depthwise convolution stays float32.
+BF16_PRODUCTS = HalfProducts("bf16", "bfloat16", "float32", 2, True, False)
+# fp16 (ARM CPUs) sums in float32 too, the operands widened (fcvtl): float16 sums (fmla on 8
+# lanes) lost 20 dB of SNR on ResNet-18 (37.8 against 58.5) and changed one of 8 top-1 classes
+# of MobileNetV2. Depthwise and grouped convolutions read float16 as well: what fp16 saves is
+# memory traffic.
+FP16_PRODUCTS = HalfProducts("fp16", "float16", "float32", 1, False, True)
+HALF_PRODUCTS = {h.precision: h for h in (BF16_PRODUCTS, FP16_PRODUCTS)}
+
+
+def _constant_weight(expr, bindings):
+    """The float32 numpy value of a constant weight (followed through a 2-D transpose), or
+    None."""
+    import tvm
+
+    followed = through_transpose(expr, bindings)
+    if followed is None:
+        return None
+    source, transposed = followed
+    if not isinstance(source, tvm.ir.expr.Constant) or str(source.ty.dtype) != "float32":
+        return None
+    value = source.value.numpy()
+    return value.T if transposed else value
+
+
+def _half_const(values, half: HalfProducts):
+    import ml_dtypes
+    import numpy as np
+    from tvm import relax
+
+    numpy_type = ml_dtypes.bfloat16 if half.dtype == "bfloat16" else np.float16
+    return relax.const(np.ascontiguousarray(values).astype(numpy_type))
+
+
+def _as_float32(out, half: HalfProducts):
+    from tvm import relax
+
+    return out if half.accumulator == "float32" else relax.op.astype(out, "float32")
+
+
+def _conv2d(call, bindings, half: HalfProducts):
+    import numpy as np
+    from tvm import relax
+
+    attrs = call.attrs
+    weight = _constant_weight(call.args[1], bindings)
+    groups = int(attrs.groups)
+    if weight is None or weight.ndim != 4 or (groups != 1 and not half.grouped) \
+            or str(call.args[0].ty.dtype) != "float32" or attrs.data_layout != "NCHW" \
+            or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
+        return None
+    channels, width = weight.shape[0], static_extent(call.ty.shape[3])
+    wider, padded_channels, extra = 0, channels, 0
+    if half.tiled:
+        # Input channels padded to pairs; output channels and the output's width padded to what
+        # the tile takes well (schedules.dot_products.padded_extents: sixteens of channels at
+        # least), the extra outputs sliced off; so the tile takes every convolution (a stem's 3
+        # channels, RegNetX's 400 at 7x7).
+        wider, padded_channels = tile_padding(width, channels)
+        extra = -weight.shape[1] % half.pair
+    more = padded_channels - channels
+    weight = np.pad(weight, [(0, more), (0, extra), (0, 0), (0, 0)])
+    data = relax.op.astype(call.args[0], half.dtype)
+    if extra:
+        data = relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0])
+    top, left, bottom, right = (int(p) for p in attrs.padding)
+    right += wider * int(attrs.strides[1])  # zeros the extra output columns read
+    out = relax.op.nn.conv2d(data, _half_const(weight, half), strides=attrs.strides,
+                             padding=[top, left, bottom, right], dilation=attrs.dilation,
+                             groups=groups, out_dtype=half.accumulator)
+    return _as_float32(cropped(out, {1: channels if more else None, 3: width if wider else None}),
+                       half)
+
+
+def _matmul(call, bindings, half: HalfProducts):
+    import numpy as np
+    from tvm import relax
+
+    weight = _constant_weight(call.args[1], bindings)
+    if weight is None or weight.ndim != 2 or weight.shape[0] % half.pair \
+            or str(call.args[0].ty.dtype) != "float32":
+        return None
+    columns = weight.shape[1]
+    more = extra_columns(call, columns) if half.tiled else 0  # zero columns, sliced off
+    weight = np.pad(weight, [(0, 0), (0, more)])
+    out = relax.op.matmul(relax.op.astype(call.args[0], half.dtype), _half_const(weight, half),
+                          out_dtype=half.accumulator)
+    return _as_float32(cropped(out, {len(call.ty.shape) - 1: columns if more else None}), half)
+
+
+def half_products(mod, half: HalfProducts):
+    """``mod`` with its convolutions and matrix products by constant weights in ``half`` (see
+    the module's docstring).
+
+    Returns
+    -------
+    tuple of (tvm.IRModule, int)
+        The module, and how many products became half-width ones.
+    """
+    from tvm import relax
+
+    mod, count = rewrite_counted(mod, {
+        "relax.nn.conv2d": lambda call, bindings: _conv2d(call, bindings, half),
+        "relax.matmul": lambda call, bindings: _matmul(call, bindings, half)})
+    return relax.transform.DeadCodeElimination()(mod), count
+
+
+def count_half_products(mod, half: HalfProducts) -> int:
+    """How many convolutions and matrix products of ``mod`` take ``half``'s inputs."""
+    from tvm import relax
+
+    ops = ("relax.nn.conv2d", "relax.matmul")
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) in ops \
+                and str(expr.args[0].ty.dtype) == half.dtype:
+            found.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return len(found)
