@@ -114,3 +114,25 @@ def test_the_kept_folder_is_noted_on_any_error(tmp_path):
             raise ValueError("a bug")
     assert raised.value.__notes__ == [f"scratch folder kept at {scratch}"]
     assert scratch.is_dir()
+
+
+def test_kernels_with_names_too_long_for_a_file_are_dumped_under_distinct_short_names(tmp_path):
+    """A fused int8 kernel names every operator it holds: MobileNetV2's reached 270 characters,
+    past the file system's 255-byte limit."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from deploytool.build.dump import _write_kernels
+
+    @T.prim_func
+    def kernel(a: T.Buffer((4,), "float32")):
+        a[0] = T.float32(1)
+
+    names = ["fused_conv2d_" + "subtract_cast_multiply_" * 12 + end
+             for end in ("prepacked", "weight_prepack")]
+    mod = tvm.IRModule({name: kernel.with_attr("global_symbol", name) for name in names})
+    _write_kernels(mod, tmp_path / "tir")
+    files = sorted(p.name for p in (tmp_path / "tir").iterdir())
+    assert len(files) == 2 and all(len(f) <= 255 for f in files)
+    assert all(f.startswith("fused_conv2d_subtract_cast_multiply_") for f in files)
+    assert sorted(f.rsplit("_", 1)[-1] for f in files) == ["prepack.py", "prepacked.py"]

@@ -112,7 +112,9 @@ def test_every_quantized_product_becomes_an_integer_one(qdq):
     convs = [c for c in convs if int(c.attrs.groups) == 1]
     matmuls = [c for c in _calls(mod) if c.op.name == "relax.matmul"]
     assert count == 3 and len(convs) == 2 and len(matmuls) == 1
-    assert len(depthwise) == 1 and str(depthwise[0].ty.dtype) == "float32"  # by design
+    # the depthwise one reads the 8-bit input and sums in float32 (no channel sum to pair)
+    assert len(depthwise) == 1 and str(depthwise[0].ty.dtype) == "float32"
+    assert [str(a.ty.dtype) for a in depthwise[0].args] == ["uint8", "float32"]
     for product in convs + matmuls:
         data, weight = product.args
         assert str(product.ty.dtype) == "int32"
@@ -139,6 +141,40 @@ def test_the_integer_module_computes_what_onnxruntime_computes_from_the_qdq_mode
         theirs = session.run(None, {"x": x})[0]
         step = float(np.abs(theirs).max()) / 127  # one step of the output's quantization
         assert np.abs(ours - theirs).max() <= step, seed
+
+
+@pytest.mark.slow
+def test_a_depthwise_convolution_reads_8_bits_and_pads_with_the_zero_point(tmp_path):
+    """A depthwise convolution of the (signed, so asymmetric) image: its padding must read the
+    zero point, as the QDQ model's reads 0.0; ONNX Runtime on the QDQ model agrees within one
+    step of the output's quantization."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    import tvm
+    from tvm import relax
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1, groups=3),
+                              torch.nn.Conv2d(3, 8, 1)).eval()
+    fp32, quantized = tmp_path / "dw.onnx", tmp_path / "dw.int8.onnx"
+    torch.onnx.export(net, (torch.zeros(IMAGE.shape),), str(fp32), input_names=["x"],
+                      dynamo=False)
+    onnx.save(quantize_int8(onnx.load(fp32), calibration_samples([IMAGE], None)), quantized)
+    mod, _ = integer_products(_import(quantized))
+    depthwise = [c for c in _calls(mod) if c.op.name == "relax.nn.conv2d"
+                 and int(c.attrs.groups) > 1]
+    assert [str(a.ty.dtype) for a in depthwise[0].args] == ["uint8", "float32"]
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal(IMAGE.shape).astype("float32")
+        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+        theirs = session.run(None, {"x": x})[0]
+        step = float(np.abs(theirs).max()) / 127
+        assert np.abs(ours - theirs).max() <= step, seed
+        # the borders are where a padding of 0 instead of the zero point would differ
+        assert np.abs(ours - theirs)[..., 0, :].max() <= step, seed
 
 
 def _constant(value):

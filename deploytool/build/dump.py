@@ -112,5 +112,17 @@ def _source(module, fmt: str) -> str:
         return ""
 
 
+MAX_NAME = 200  # characters of a kernel's file name; most file systems allow 255 bytes
+
+
 def _file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
+    """A kernel's name as a file name; a long one (a fused int8 kernel's names every operator it
+    holds) loses its middle, replaced by a digest of the whole name to keep it unique (the end
+    tells a kernel from its weight_prepack)."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
+    if len(safe) <= MAX_NAME:
+        return safe
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{safe[:MAX_NAME // 2]}_{digest}_{safe[-(MAX_NAME // 2 - 18):]}"
