@@ -20,7 +20,7 @@ from deploytool.precision.calibration import calibration_samples
 from deploytool.precision.quantize import quantize_int8
 from deploytool.targets import load_target
 from deploytool.tensors import TensorSpec
-from deploytool.verify.accuracy import FP32, PEER, validate_accuracy
+from deploytool.verify.accuracy import FP32, LITERAL_PEER, PEER, validate_accuracy
 
 IMAGE = TensorSpec("x", [1, 3, 12, 12], "float32")
 
@@ -199,6 +199,24 @@ def test_accuracy_holds_the_package_to_the_fp32_model_and_to_the_peer():
     assert report.passed and report.notes
 
 
+def test_the_package_is_held_to_the_closer_of_the_peers_executions():
+    """ONNX Runtime's QLinear kernels and its literal QDQ graph round differently (by cosine 0.90
+    on a random-weight RegNetX): a package that matches either is computing the QDQ model, one
+    that matches neither is not."""
+    rng = np.random.default_rng(0)
+    samples = [[rng.standard_normal((2, 10)).astype("float32")] for _ in range(8)]
+    # the two executions are 0.05 either side of fp32's 0; the package within 0.001 of one
+    shifted = {label: _constant(value) for label, value in ((PEER, 0.05), (LITERAL_PEER, -0.05))}
+    near_literal = validate_accuracy(["y"], samples, _constant(-0.051), _constant(0), shifted)
+    assert near_literal.passed
+    assert {a.reference for a in near_literal.agreements} == {FP32, LITERAL_PEER}
+    only_optimized = validate_accuracy(["y"], samples, _constant(-0.051), _constant(0),
+                                       shifted[PEER])
+    assert not only_optimized.passed  # the same package, held to one execution alone
+    neither = validate_accuracy(["y"], samples, _constant(0.2), _constant(0), shifted)
+    assert not neither.passed
+
+
 @pytest.mark.slow
 def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
     """Compile from calibration data; the package's convolution kernels take uint8 and int8
@@ -289,3 +307,15 @@ def test_calibration_data_without_int8_is_refused(tmp_path):
     model.write_bytes(b"")  # refused before it is read
     outcome = CliRunner().invoke(main, ["compile", str(model), "--calibrate", str(tmp_path)])
     assert outcome.exit_code == 2 and "Add --precision int8" in outcome.output
+
+
+def test_the_peers_own_spread_bounds_how_far_the_package_may_differ():
+    """Where ONNX Runtime's two executions differ from each other (a model whose rounding ties
+    compound), the package may differ from the closer by as much, and no more."""
+    rng = np.random.default_rng(0)
+    samples = [[rng.standard_normal((2, 10)).astype("float32")] for _ in range(8)]
+    spread = {PEER: _constant(0.04), LITERAL_PEER: _constant(-0.04)}  # cosine 0.9968 apart
+    within = validate_accuracy(["y"], samples, _constant(0.09), _constant(0), spread)
+    assert within.passed and any("differ from each other" in n for n in within.notes)
+    beyond = validate_accuracy(["y"], samples, _constant(0.14), _constant(0), spread)
+    assert not beyond.passed

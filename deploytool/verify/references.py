@@ -22,13 +22,16 @@ class Unavailable(Exception):
 
 
 def onnxruntime_session(model: Path | str | bytes, threads: int | None = None,
-                        device: str = "cpu"):
+                        device: str = "cpu", optimized: bool = True):
     """An ONNX Runtime session on ``model`` (a file, or a serialised ModelProto), sequential,
     on ``threads`` intra-op threads (None: ONNX Runtime's default), on the CPU or (``cuda:N``)
-    the CUDA execution provider."""
+    the CUDA execution provider; without its graph optimizations (``optimized`` False) it runs
+    each node as the graph reads (a QDQ model's in float, between its quantize nodes)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -259,11 +259,12 @@ def run_native(package: Package, arrays: Arrays) -> Arrays:
         return [np.load(out / npy_name(spec.name)) for spec in package.outputs]
 
 
-def onnxruntime_backend(package: Package, model: Path | bytes | None = None
-                        ) -> Callable[[Arrays], Arrays]:
+def onnxruntime_backend(package: Package, model: Path | bytes | None = None,
+                        optimized: bool = True) -> Callable[[Arrays], Arrays]:
     """ONNX Runtime on the package's model.onnx (or on ``model``: a file, or a serialized
-    ModelProto)."""
-    session = onnxruntime_session(package.path / "model.onnx" if model is None else model)
+    ModelProto); ``optimized`` False runs it without graph optimizations."""
+    session = onnxruntime_session(package.path / "model.onnx" if model is None else model,
+                                  optimized=optimized)
     names = [i.name for i in session.get_inputs()]
     return lambda arrays: session.run(None, dict(zip(names, arrays, strict=True)))
 
