@@ -105,6 +105,8 @@ def test_weights_of_constant_nodes_are_quantized_too(qdq, tmp_path):
 def test_every_quantized_product_becomes_an_integer_one(qdq):
     """The products take the 8-bit tensors and accumulate in int32: a rewrite that fell back to
     float32 would leave float convolutions, and dequantized inputs, behind."""
+    from tvm import relax
+
     _, quantized = qdq
     mod, count = integer_products(_import(quantized))
     convs = [c for c in _calls(mod) if c.op.name == "relax.nn.conv2d"]
@@ -123,6 +125,13 @@ def test_every_quantized_product_becomes_an_integer_one(qdq):
     assert "relax.quantize" not in ops  # per tensor: elementwise, which layouts see through
     padded = [c for c in _calls(mod) if c.op.name == "relax.nn.pad"]
     assert padded and all(float(p.attrs.pad_value) != 0 for p in padded)  # the zero point
+    # a dequantize of a quantize stays in float: no cast to 8 bits and straight back
+    bindings = relax.analysis.get_var2val(mod["main"])
+    widened = [c for c in _calls(mod) if c.op.name == "relax.astype"
+               and str(c.attrs.dtype) == "int32" and isinstance(c.args[0], relax.Var)
+               and getattr(getattr(bindings.get(c.args[0]), "op", None), "name", "")
+               == "relax.astype"]
+    assert not widened
 
 
 @pytest.mark.slow

@@ -168,35 +168,60 @@ def _scaled(acc, correction, scale):
                              relax.const(scale.astype("float32")))
 
 
-def _elementwise(call, bindings):
-    """A per-tensor quantize or dequantize as the elementwise operations it computes (the same
-    rounding as TVM's own legalization), which layout conversion and fusion see through."""
+def _per_tensor(call, bindings):
+    """(scale, zero point) of a per-tensor quantize or dequantize, as numbers; or None."""
+    import numpy as np
+
+    scale, zero = (_constant(a, bindings) for a in call.args[1:])
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None
+    return np.float32(scale.reshape(())), int(zero.reshape(()))
+
+
+def _rounded(x, scale, zero: int, dtype: str):
+    """The quantized value of float32 ``x`` as a float: clip(round(x / scale) + zero) to
+    ``dtype``'s range, the same rounding as TVM's own legalization."""
     import numpy as np
     from tvm import relax
 
-    x, scale, zero = call.args
-    scale, zero = _constant(scale, bindings), _constant(zero, bindings)
-    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
-        return None
-    value = np.float32(scale.reshape(()))
-    scale = relax.const(value, "float32")
-    if call.op.name == "relax.dequantize":
-        if str(call.attrs.out_dtype) != "float32" or str(x.ty.dtype) not in ("uint8", "int8"):
-            return None
-        shifted = relax.op.subtract(relax.op.astype(x, "int32"),
-                                    relax.const(int(zero.reshape(())), "int32"))
-        return relax.op.multiply(relax.op.astype(shifted, "float32"), scale)
-    dtype = str(call.attrs.out_dtype)
-    if dtype not in ("uint8", "int8") or str(x.ty.dtype) != "float32":
-        return None
     info = np.iinfo(dtype)
     # times the reciprocal: a vector division cost MobileNetV2's 1x1 convolutions at 112x112
     # more than their products; the two differ by an ulp, which moves a rounding step only at
     # an exact tie
-    inverse = relax.const(np.float32(1) / value, "float32")
+    inverse = relax.const(np.float32(1) / scale, "float32")
     shifted = relax.op.add(relax.op.round(relax.op.multiply(x, inverse)),
-                           relax.const(float(zero.reshape(())), "float32"))
-    return relax.op.astype(relax.op.clip(shifted, int(info.min), int(info.max)), dtype)
+                           relax.const(float(zero), "float32"))
+    return relax.op.clip(shifted, int(info.min), int(info.max))
+
+
+def _elementwise(call, bindings):
+    """A per-tensor quantize or dequantize as the elementwise operations it computes, which
+    layout conversion and fusion see through. A dequantize of a quantize stays in float: the
+    8-bit value is an integer a float holds exactly, so the casts to 8 bits and back (three
+    vector conversions of each kernel's epilogue) change nothing."""
+    from tvm import relax
+
+    params = _per_tensor(call, bindings)
+    if params is None:
+        return None
+    (scale, zero), x = params, call.args[0]
+    if call.op.name == "relax.dequantize":
+        if str(call.attrs.out_dtype) != "float32" or str(x.ty.dtype) not in ("uint8", "int8"):
+            return None
+        source = bound_value(x, bindings)
+        if _is(source, "quantize") and _per_tensor(source, bindings) is not None \
+                and str(source.args[0].ty.dtype) == "float32":
+            rounded = _rounded(source.args[0], *_per_tensor(source, bindings),
+                               str(source.attrs.out_dtype))
+            shifted = relax.op.subtract(rounded, relax.const(float(zero), "float32"))
+        else:
+            shifted = relax.op.astype(relax.op.subtract(
+                relax.op.astype(x, "int32"), relax.const(zero, "int32")), "float32")
+        return relax.op.multiply(shifted, relax.const(scale, "float32"))
+    dtype = str(call.attrs.out_dtype)
+    if dtype not in ("uint8", "int8") or str(x.ty.dtype) != "float32":
+        return None
+    return relax.op.astype(_rounded(x, scale, zero, dtype), dtype)
 
 
 def integer_products(mod):
