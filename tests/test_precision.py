@@ -125,13 +125,15 @@ def test_every_quantized_product_becomes_an_integer_one(qdq):
     assert "relax.quantize" not in ops  # per tensor: elementwise, which layouts see through
     padded = [c for c in _calls(mod) if c.op.name == "relax.nn.pad"]
     assert padded and all(float(p.attrs.pad_value) != 0 for p in padded)  # the zero point
-    # a dequantize of a quantize stays in float: no cast to 8 bits and straight back
+    # a dequantize of a quantize stays in float (no cast to 8 bits and straight back) unless
+    # an integer product reads the 8-bit tensor too
     bindings = relax.analysis.get_var2val(mod["main"])
-    widened = [c for c in _calls(mod) if c.op.name == "relax.astype"
+    widened = [c.args[0] for c in _calls(mod) if c.op.name == "relax.astype"
                and str(c.attrs.dtype) == "int32" and isinstance(c.args[0], relax.Var)
                and getattr(getattr(bindings.get(c.args[0]), "op", None), "name", "")
                == "relax.astype"]
-    assert not widened
+    readers = [c for c in _calls(mod) if widened and widened[0] in c.args]
+    assert len(widened) == 1 and len(readers) == 2  # the residual sum's, read by the head too
 
 
 @pytest.mark.slow

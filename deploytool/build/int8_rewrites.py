@@ -194,11 +194,13 @@ def _rounded(x, scale, zero: int, dtype: str):
     return relax.op.clip(shifted, int(info.min), int(info.max))
 
 
-def _elementwise(call, bindings):
+def _elementwise(call, bindings, shared: frozenset = frozenset()):
     """A per-tensor quantize or dequantize as the elementwise operations it computes, which
-    layout conversion and fusion see through. A dequantize of a quantize stays in float: the
-    8-bit value is an integer a float holds exactly, so the casts to 8 bits and back (three
-    vector conversions of each kernel's epilogue) change nothing."""
+    layout conversion and fusion see through. A dequantize of a quantize read by nothing else
+    (not in ``shared``) stays in float: the 8-bit value is an integer a float holds exactly, so
+    the casts to 8 bits and back (three vector conversions of each kernel's epilogue) change
+    nothing. A quantized tensor read elsewhere too (by an integer product) stays 8-bit: its
+    float source would have to be kept, 4 bytes an element."""
     from tvm import relax
 
     params = _per_tensor(call, bindings)
@@ -209,7 +211,8 @@ def _elementwise(call, bindings):
         if str(call.attrs.out_dtype) != "float32" or str(x.ty.dtype) not in ("uint8", "int8"):
             return None
         source = bound_value(x, bindings)
-        if _is(source, "quantize") and _per_tensor(source, bindings) is not None \
+        if _is(source, "quantize") and x not in shared \
+                and _per_tensor(source, bindings) is not None \
                 and str(source.args[0].ty.dtype) == "float32":
             rounded = _rounded(source.args[0], *_per_tensor(source, bindings),
                                str(source.attrs.out_dtype))
@@ -238,6 +241,30 @@ def integer_products(mod):
     mod, count = rewrite_counted(mod, {"relax.nn.conv2d": _conv2d, "relax.matmul": _matmul})
     mod = rewrite_calls(mod, {"relax.nn.conv2d": _grouped_conv2d})
     mod = relax.transform.DeadCodeElimination()(mod)  # the dequantized inputs they replaced
-    elementwise = {"relax.quantize": _elementwise, "relax.dequantize": _elementwise}
+    shared = _read_more_than_once(mod)
+    elementwise = {"relax.quantize": _elementwise,
+                   "relax.dequantize": lambda call, bindings: _elementwise(call, bindings, shared)}
     return rewrite_calls(mod, elementwise), count
+
+
+def _read_more_than_once(mod) -> frozenset:
+    """The variables of ``mod``'s functions that more than one expression reads."""
+    from collections import Counter
+
+    from tvm import relax
+
+    reads: Counter = Counter()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call):
+            reads.update(a for a in expr.args if isinstance(a, relax.Var))
+        elif isinstance(expr, relax.Tuple):
+            reads.update(f for f in expr.fields if isinstance(f, relax.Var))
+        elif isinstance(expr, relax.SeqExpr) and isinstance(expr.body, relax.Var):
+            reads[expr.body] += 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return frozenset(var for var, count in reads.items() if count > 1)
 
