@@ -330,3 +330,28 @@ def test_the_peers_own_spread_bounds_how_far_the_package_may_differ():
     assert within.passed and any("differ from each other" in n for n in within.notes)
     beyond = validate_accuracy(["y"], samples, _constant(0.14), _constant(0), spread)
     assert not beyond.passed
+
+
+
+def _rows(*rows):
+    """A backend that returns these (1, classes) score rows, one per call."""
+    it = iter(rows)
+    return lambda arrays: [np.array([next(it)], "float32")]
+
+
+def test_top1_leaves_out_rows_whose_fp32_scores_the_peers_own_error_can_swap():
+    """A random-weight classifier's two highest scores can be closer than int8's own error: a
+    package that swaps those is not wrong; one that swaps a clear winner is."""
+    samples = [[np.zeros((1, 4), "float32")] for _ in range(2)]
+    tied, clear = [3.0, 2.99, 0.0, -1.0], [3.0, 1.0, 0.0, -1.0]
+    swapped = [2.99, 3.0, 0.0, -1.0]
+    # the peer errs by 0.05 on each sample: the tied row (0.01 apart) is undecided
+    peer = [[3.05, 2.94, 0.0, -1.0], [3.05, 0.95, 0.0, -1.0]]
+    report = validate_accuracy(["y"], samples, _rows(swapped, clear), _rows(tied, clear),
+                               _rows(*peer))
+    assert report.passed and report.agreements[0].undecided == 1
+    assert report.agreements[0].top1 == 1.0 and report.notes
+    # a peer without error decides every row: the swap counts against the package
+    exact = validate_accuracy(["y"], samples, _rows(swapped, clear), _rows(tied, clear),
+                              _rows(tied, clear))
+    assert exact.agreements[0].top1 == 0.5 and not exact.agreements[0].passed

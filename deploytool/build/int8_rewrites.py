@@ -178,9 +178,10 @@ def _per_tensor(call, bindings):
     return np.float32(scale.reshape(())), int(zero.reshape(()))
 
 
-def _rounded(x, scale, zero: int, dtype: str):
-    """The quantized value of float32 ``x`` as a float: clip(round(x / scale) + zero) to
-    ``dtype``'s range, the same rounding as TVM's own legalization."""
+def _rounded(x, scale, zero: int, dtype: str, less: int = 0):
+    """The quantized value of float32 ``x``, less ``less``, as a float: clip(round(x / scale) +
+    zero) to ``dtype``'s range, the same rounding as TVM's own legalization; all of it less
+    ``less`` (a dequantize's zero point: the addition of ``zero - less`` is left out where 0)."""
     import numpy as np
     from tvm import relax
 
@@ -189,9 +190,10 @@ def _rounded(x, scale, zero: int, dtype: str):
     # more than their products; the two differ by an ulp, which moves a rounding step only at
     # an exact tie
     inverse = relax.const(np.float32(1) / scale, "float32")
-    shifted = relax.op.add(relax.op.round(relax.op.multiply(x, inverse)),
-                           relax.const(float(zero), "float32"))
-    return relax.op.clip(shifted, int(info.min), int(info.max))
+    shifted = relax.op.round(relax.op.multiply(x, inverse))
+    if zero != less:
+        shifted = relax.op.add(shifted, relax.const(float(zero - less), "float32"))
+    return relax.op.clip(shifted, int(info.min) - less, int(info.max) - less)
 
 
 def _elementwise(call, bindings, shared: frozenset = frozenset()):
@@ -214,9 +216,8 @@ def _elementwise(call, bindings, shared: frozenset = frozenset()):
         if _is(source, "quantize") and x not in shared \
                 and _per_tensor(source, bindings) is not None \
                 and str(source.args[0].ty.dtype) == "float32":
-            rounded = _rounded(source.args[0], *_per_tensor(source, bindings),
-                               str(source.attrs.out_dtype))
-            shifted = relax.op.subtract(rounded, relax.const(float(zero), "float32"))
+            shifted = _rounded(source.args[0], *_per_tensor(source, bindings),
+                               str(source.attrs.out_dtype), less=zero)
         else:
             shifted = relax.op.astype(relax.op.subtract(
                 relax.op.astype(x, "int32"), relax.const(zero, "int32")), "float32")
