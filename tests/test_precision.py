@@ -355,3 +355,22 @@ def test_top1_leaves_out_rows_whose_fp32_scores_the_peers_own_error_can_swap():
     exact = validate_accuracy(["y"], samples, _rows(swapped, clear), _rows(tied, clear),
                               _rows(tied, clear))
     assert exact.agreements[0].top1 == 0.5 and not exact.agreements[0].passed
+
+
+@pytest.mark.slow
+def test_an_int8_convolution_with_a_swish_before_a_grouped_one_builds(tmp_path):
+    """The swish's exp, computed inline, sat in the int8 kernel's epilogue, and TVM's loop
+    partition copied it: vectorization refused the copy ("Let cannot bind the same var to two
+    different values"), as it did on EfficientNet-B0's int8 kernels."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.SiLU(),
+                              torch.nn.Conv2d(32, 32, 3, padding=1, groups=8)).eval()
+    model = tmp_path / "swish.pt"
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 32, 32)), str(model))
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x3x32x32:float32",
+                                        "--precision", "int8", "-o", str(tmp_path / "pkg"),
+                                        "--no-java"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "validation PASSED" in outcome.output

@@ -28,6 +28,9 @@ SINGLE_THREAD = "deploytool.single_thread"  # the attribute of a kernel made sin
 # makes of a vector of them: over 1.2M floats on one Zen 4 core, sigmoid took 7.1 ms as libm
 # calls and 0.67 ms inline, erf 37 ms, tanh 20 ms, exp 7.4 ms (inline exp 0.66 ms).
 FAST_MATH = ("tirx.exp", "tirx.sigmoid", "tirx.tanh", "tirx.erf")
+# The largest argument of a FAST_MATH call written into its polynomial instead of bound by a Let
+# (see _polynomial): an int8 epilogue's requantized value has about 60.
+SUBSTITUTED_NODES = 128
 # LLVM flags of CPU builds: floating-point additions may be reassociated, so that LLVM vectorizes
 # the scalar reductions schedules leave it (a softmax's row sums with several vector
 # accumulators: a ViT's softmax 437 -> 134 us, its layer norm 99 -> 14 us, on one Zen 4 core).
@@ -125,7 +128,11 @@ def bf16_casts_without_lets():
 
 def _polynomial(name: str, value):
     """TVM's fast float32 approximation of ``name`` (tirx.exp, tanh or erf) at ``value``, as
-    one expression: topi's compute with its blocks inlined, ``value`` bound once (a Let)."""
+    one expression: topi's compute with its blocks inlined, ``value`` written where it is read
+    (LLVM computes the copies once) unless it has more than SUBSTITUTED_NODES nodes, then bound
+    once (a Let). TVM's loop partition copies a loop body, Lets included, and vectorization then
+    refuses the twice-bound variable: EfficientNet's int8 kernels with a swish in their
+    epilogue failed to build. The bound keeps nested calls from multiplying in size."""
     import tvm
     import tvm_ffi
     from tvm import s_tir, te, topi
@@ -140,9 +147,25 @@ def _polynomial(name: str, value):
         for step in steps:
             sch.compute_inline(step)
         _POLYNOMIALS[name] = sch.get(last).body.value  # reads x[0] where it reads the input
+    if _nodes(value) <= SUBSTITUTED_NODES:
+        return tvm_ffi.structural_map(_POLYNOMIALS[name], [(TensorLoad, lambda _load: value)])
     var = tvm.tirx.Var("x", "float32")
     return tvm.tirx.Let(var, value, tvm_ffi.structural_map(_POLYNOMIALS[name],
                                                            [(TensorLoad, lambda _load: var)]))
+
+
+def _nodes(expr) -> int:
+    """How many nodes the expression tree ``expr`` has."""
+    import tvm_ffi
+
+    count = 0
+
+    def one(_node):
+        nonlocal count
+        count += 1
+
+    tvm_ffi.structural_walk(expr, one)
+    return count
 
 
 _POLYNOMIALS: dict = {}
