@@ -136,22 +136,27 @@ def test_every_quantized_product_becomes_an_integer_one(qdq):
     assert len(widened) == 1 and len(readers) == 2  # the residual sum's, read by the head too
 
 
-@pytest.mark.slow
-def test_the_integer_module_computes_what_onnxruntime_computes_from_the_qdq_model(qdq):
+def _against_onnxruntime(mod, quantized: Path):
+    """Per seed: the integer module's output, ONNX Runtime's on the QDQ model, and one step of
+    the output's quantization."""
     import onnxruntime as ort
     import tvm
     from tvm import relax
 
-    _, quantized = qdq
-    mod, _ = integer_products(_import(quantized))
     vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
     session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal(IMAGE.shape).astype("float32")
-        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
         theirs = session.run(None, {"x": x})[0]
-        step = float(np.abs(theirs).max()) / 127  # one step of the output's quantization
-        assert np.abs(ours - theirs).max() <= step, seed
+        yield vm["main"](tvm.runtime.tensor(x)).numpy(), theirs, float(np.abs(theirs).max()) / 127
+
+
+@pytest.mark.slow
+def test_the_integer_module_computes_what_onnxruntime_computes_from_the_qdq_model(qdq):
+    _, quantized = qdq
+    mod, _ = integer_products(_import(quantized))
+    for ours, theirs, step in _against_onnxruntime(mod, quantized):
+        assert np.abs(ours - theirs).max() <= step
 
 
 @pytest.mark.slow
@@ -160,10 +165,7 @@ def test_a_depthwise_convolution_reads_8_bits_and_pads_with_the_zero_point(tmp_p
     zero point, as the QDQ model's reads 0.0; ONNX Runtime on the QDQ model agrees within one
     step of the output's quantization."""
     import onnx
-    import onnxruntime as ort
     import torch
-    import tvm
-    from tvm import relax
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1, groups=3),
@@ -176,16 +178,10 @@ def test_a_depthwise_convolution_reads_8_bits_and_pads_with_the_zero_point(tmp_p
     depthwise = [c for c in _calls(mod) if c.op.name == "relax.nn.conv2d"
                  and int(c.attrs.groups) > 1]
     assert [str(a.ty.dtype) for a in depthwise[0].args] == ["uint8", "float32"]
-    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
-    session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
-    for seed in range(3):
-        x = np.random.default_rng(seed).standard_normal(IMAGE.shape).astype("float32")
-        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
-        theirs = session.run(None, {"x": x})[0]
-        step = float(np.abs(theirs).max()) / 127
-        assert np.abs(ours - theirs).max() <= step, seed
+    for ours, theirs, step in _against_onnxruntime(mod, quantized):
+        assert np.abs(ours - theirs).max() <= step
         # the borders are where a padding of 0 instead of the zero point would differ
-        assert np.abs(ours - theirs)[..., 0, :].max() <= step, seed
+        assert np.abs(ours - theirs)[..., 0, :].max() <= step
 
 
 def _constant(value):
