@@ -1,7 +1,7 @@
 """The Relax rewrite of a bf16 or fp16 build: each convolution and matrix product by a constant
-float32 weight takes its input and weight in the half-width type (see HalfProducts for which
-convolutions, and in what the products sum); every other operator stays float32: softmax,
-normalizations, reductions, elementwise chains, products of two activations.
+float32 weight takes its input and weight in the half-width type and sums in float32
+(``out_dtype``; see HalfProducts for which convolutions); every other operator stays float32:
+softmax, normalizations, reductions, elementwise chains, products of two activations.
 
 The input is rounded where the product reads it (the cast fuses into the kernel that produces
 it, or into the product's own kernel); the weight is rounded at compile time.
@@ -21,7 +21,6 @@ class HalfProducts:
 
     precision: str  # the --precision name
     dtype: str  # the operands' Relax dtype
-    accumulator: str  # the products' out_dtype
     pair: int  # input channels are padded to a multiple of this
     tiled: bool  # output channels and width padded for the dot-product tile (dot_products.py)
     grouped: bool  # grouped and depthwise convolutions too
@@ -29,12 +28,12 @@ class HalfProducts:
 
 # AVX-512 BF16's vdpbf16ps sums pairs of products into float32 lanes: only a channel sum (one
 # group) has the pairs; a depthwise convolution stays float32.
-BF16_PRODUCTS = HalfProducts("bf16", "bfloat16", "float32", 2, True, False)
+BF16_PRODUCTS = HalfProducts("bf16", "bfloat16", 2, True, False)
 # fp16 (ARM CPUs) sums in float32 too, the operands widened (fcvtl): float16 sums (fmla on 8
 # lanes) lost 20 dB of SNR on ResNet-18 (37.8 against 58.5) and changed one of 8 top-1 classes
 # of MobileNetV2. Depthwise and grouped convolutions read float16 as well: what fp16 saves is
 # memory traffic.
-FP16_PRODUCTS = HalfProducts("fp16", "float16", "float32", 1, False, True)
+FP16_PRODUCTS = HalfProducts("fp16", "float16", 1, False, True)
 HALF_PRODUCTS = {h.precision: h for h in (BF16_PRODUCTS, FP16_PRODUCTS)}
 
 
@@ -60,12 +59,6 @@ def _half_const(values, half: HalfProducts):
 
     numpy_type = ml_dtypes.bfloat16 if half.dtype == "bfloat16" else np.float16
     return relax.const(np.ascontiguousarray(values).astype(numpy_type))
-
-
-def _as_float32(out, half: HalfProducts):
-    from tvm import relax
-
-    return out if half.accumulator == "float32" else relax.op.astype(out, "float32")
 
 
 def _conv2d(call, bindings, half: HalfProducts):
@@ -97,9 +90,8 @@ def _conv2d(call, bindings, half: HalfProducts):
     right += wider * int(attrs.strides[1])  # zeros the extra output columns read
     out = relax.op.nn.conv2d(data, _half_const(weight, half), strides=attrs.strides,
                              padding=[top, left, bottom, right], dilation=attrs.dilation,
-                             groups=groups, out_dtype=half.accumulator)
-    return _as_float32(cropped(out, {1: channels if more else None, 3: width if wider else None}),
-                       half)
+                             groups=groups, out_dtype="float32")
+    return cropped(out, {1: channels if more else None, 3: width if wider else None})
 
 
 def _matmul(call, bindings, half: HalfProducts):
@@ -114,8 +106,8 @@ def _matmul(call, bindings, half: HalfProducts):
     more = extra_columns(call, columns) if half.tiled else 0  # zero columns, sliced off
     weight = np.pad(weight, [(0, 0), (0, more)])
     out = relax.op.matmul(relax.op.astype(call.args[0], half.dtype), _half_const(weight, half),
-                          out_dtype=half.accumulator)
-    return _as_float32(cropped(out, {len(call.ty.shape) - 1: columns if more else None}), half)
+                          out_dtype="float32")
+    return cropped(out, {len(call.ty.shape) - 1: columns if more else None})
 
 
 def half_products(mod, half: HalfProducts):

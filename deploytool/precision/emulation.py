@@ -5,8 +5,7 @@ validated against (as an int8 one is against ONNX Runtime on its QDQ model).
 The rounding is ONNX Runtime's Cast to the type and back (round to nearest even, as the
 package's), before each convolution and each matrix product whose weight is a constant (an
 initializer, or a Constant node as a frozen TorchScript model exports them); the product reads
-a rounded copy of its weight. The sums stay float32; where the package sums in the half-width
-type (fp16), the product's result is rounded to it too.
+a rounded copy of its weight. The sums stay float32, as in the package.
 """
 
 from __future__ import annotations
@@ -37,9 +36,8 @@ def _rounded(name: str, onnx_type: int, suffix: str):
 
 
 def emulated_half(model, half):
-    """A copy of the float32 ONNX ``model`` that rounds the products' operands (and, for a
-    half-width accumulator, results) as ``half`` (a build.half_rewrites.HalfProducts) does, and
-    how many products it rounds.
+    """A copy of the float32 ONNX ``model`` that rounds the products' operands as ``half`` (a
+    build.half_rewrites.HalfProducts) does, and how many products it rounds.
 
     Parameters
     ----------
@@ -79,12 +77,6 @@ def emulated_half(model, half):
             nodes += casts
         node.input[0], node.input[1] = copies[data], copies[weight]
         nodes.append(node)
-        if half.accumulator != "float32":  # the result, as the package's sums leave it
-            output = node.output[0]
-            node.output[0] = f"{output}/{suffix}/sum"
-            casts, _ = _rounded(node.output[0], onnx_type, suffix)
-            casts[-1].output[0] = output
-            nodes += casts
         count += 1
     del graph.node[:]
     graph.node.extend(nodes)
