@@ -69,20 +69,28 @@ def _weight(expr, bindings, out_axis: int):
     return values, np.broadcast_to(scale.astype("float32").reshape(-1), (channels,)).copy()
 
 
+def _qdq_conv2d(call, bindings):
+    """((xq, sx, zx), (wq, sw)) of a QDQ 2-D convolution (NCHW, OIHW): its dequantized 8-bit
+    activation and constant weight (see _activation, _weight); None for another convolution."""
+    attrs = call.attrs
+    if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
+        return None
+    activation = _activation(call.args[0], bindings)
+    weight = _weight(call.args[1], bindings, 0)
+    return None if activation is None or weight is None else (activation, weight)
+
+
 def _conv2d(call, bindings):
-    """The integer form of a QDQ 2-D convolution (NCHW, OIHW), or None."""
+    """The integer form of a QDQ 2-D convolution of one group, or None (grouped ones: see
+    _depthwise_conv2d)."""
     import numpy as np
     from tvm import relax
 
     attrs = call.attrs
-    activation = _activation(call.args[0], bindings)
-    weight = _weight(call.args[1], bindings, 0)
-    if activation is None or weight is None or attrs.data_layout != "NCHW" \
-            or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
+    operands = _qdq_conv2d(call, bindings)
+    if operands is None or int(attrs.groups) > 1:
         return None
-    (xq, sx, zx), (wq, sw) = activation, weight
-    if int(attrs.groups) > 1:
-        return None  # see _depthwise_conv2d
+    (xq, sx, zx), (wq, sw) = operands
     top, left, bottom, right = (int(p) for p in attrs.padding)
     # Input channels padded to a multiple of CHANNEL_GROUP; output channels and the output's
     # width to what the integer tile takes well (padded_extents: sixteens of channels at least),
@@ -117,13 +125,10 @@ def _depthwise_conv2d(call, bindings):
     from tvm import relax
 
     attrs = call.attrs
-    activation = _activation(call.args[0], bindings)
-    weight = _weight(call.args[1], bindings, 0)
-    if activation is None or weight is None or int(attrs.groups) == 1 \
-            or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" \
-            or attrs.out_layout != "NCHW":
+    operands = _qdq_conv2d(call, bindings)
+    if operands is None or int(attrs.groups) == 1:
         return None
-    (xq, sx, zx), (wq, sw) = activation, weight
+    (xq, sx, zx), (wq, sw) = operands
     if wq.shape[1] != 1:
         return None  # RegNetX's groups of 16 channels ran 1.08x slower reading 8 bits
     weight = (wq.astype("float32") * (np.float32(sx) * sw).reshape(-1, 1, 1, 1))
@@ -215,11 +220,10 @@ def _elementwise(call, bindings, shared: frozenset = frozenset()):
         if str(call.attrs.out_dtype) != "float32" or str(x.ty.dtype) not in ("uint8", "int8"):
             return None
         source = bound_value(x, bindings)
-        if _is(source, "quantize") and x not in shared \
-                and _per_tensor(source, bindings) is not None \
+        quantized = _per_tensor(source, bindings) if _is(source, "quantize") else None
+        if quantized is not None and x not in shared \
                 and str(source.args[0].ty.dtype) == "float32":
-            shifted = _rounded(source.args[0], *_per_tensor(source, bindings),
-                               str(source.attrs.out_dtype), less=zero)
+            shifted = _rounded(source.args[0], *quantized, str(source.attrs.out_dtype), less=zero)
         else:
             shifted = relax.op.astype(relax.op.subtract(
                 relax.op.astype(x, "int32"), relax.const(zero, "int32")), "float32")
