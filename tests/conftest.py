@@ -277,3 +277,29 @@ def residual_net():
 
     torch.manual_seed(0)
     return Net().eval()
+
+
+def relax_calls(mod, *names: str) -> list:
+    """The calls in ``mod``'s main function of the operators ``names`` (every call when none)."""
+    from tvm import relax
+
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and (not names or getattr(expr.op, "name", "") in names):
+            found.append(expr)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found
+
+
+def compile_unread_model(tmp_path: Path, *options: str):
+    """``deploytool compile`` of an empty model file with ``options``: for the refusals that
+    come before the model is read."""
+    from click.testing import CliRunner
+
+    from deploytool.cli import main
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"")
+    return CliRunner().invoke(main, ["compile", str(model), *options])

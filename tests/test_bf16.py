@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import residual_net
+from conftest import compile_unread_model, relax_calls, residual_net
 
 from deploytool.build.half_rewrites import BF16_PRODUCTS, count_half_products, half_products
 from deploytool.cli import main
@@ -54,10 +54,7 @@ def test_bf16_is_refused_where_the_target_lacks_it(tmp_path):
             check_precision("bf16", load_target(target))
     with pytest.raises(DeploytoolError, match="CPU targets"):
         check_precision("bf16", load_target("cuda"))
-    model = tmp_path / "m.pt"
-    model.write_bytes(b"")  # refused before it is read
-    outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "bf16",
-                                        "--target", "x86_64-avx512"])
+    outcome = compile_unread_model(tmp_path, "--precision", "bf16", "--target", "x86_64-avx512")
     assert outcome.exit_code == 1
     assert outcome.output.splitlines()[-1].startswith(
         "Error: --precision bf16 needs AVX-512 BF16, which x86_64-avx512 (skylake-avx512) does "
@@ -65,15 +62,10 @@ def test_bf16_is_refused_where_the_target_lacks_it(tmp_path):
 
 
 def test_products_by_constant_weights_take_bfloat16_and_sum_in_float32(tmp_path):
-    from tvm import relax
-
     model = _import(_onnx(residual_net(), (1, 3, 12, 12), tmp_path / "m.onnx"))
     mod, count = half_products(model, BF16_PRODUCTS)
     assert count == 3 and count_half_products(mod, BF16_PRODUCTS) == 3
-    products = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: products.append(e) if isinstance(
-        e, relax.Call) and getattr(e.op, "name", "") in ("relax.nn.conv2d", "relax.matmul")
-        else None)
+    products = relax_calls(mod, "relax.nn.conv2d", "relax.matmul")
     dtypes = {(p.op.name, int(getattr(p.attrs, "groups", 1))): (str(p.args[0].ty.dtype),
                                                                 str(p.args[1].ty.dtype),
                                                                 str(p.ty.dtype))
@@ -197,11 +189,7 @@ def test_outputs_are_padded_to_tiles_with_enough_accumulators(tmp_path):
     conv = torch.nn.Conv2d(400, 400, 1).eval()
     model = _import(_onnx(conv, (1, 400, 7, 7), tmp_path / "c.onnx"))
     mod, count = half_products(model, BF16_PRODUCTS)
-    from tvm import relax
-
-    convs = []
-    relax.analysis.post_order_visit(mod["main"], lambda e: convs.append(e) if isinstance(
-        e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d" else None)
+    convs = relax_calls(mod, "relax.nn.conv2d")
     assert count == 1 and [int(d) for d in convs[0].args[1].ty.shape] == [416, 400, 1, 1]
     assert [int(d) for d in mod["main"].ret_ty.shape] == [1, 400, 7, 7]
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import residual_net
+from conftest import compile_unread_model, relax_calls, residual_net
 from test_bf16 import _import, _onnx
 
 from deploytool.build.half_rewrites import FP16_PRODUCTS, count_half_products, half_products
@@ -26,10 +26,7 @@ def test_fp16_builds_for_arm_cpus_and_is_refused_elsewhere(tmp_path):
             check_precision("fp16", load_target(target))
     with pytest.raises(DeploytoolError, match="CPU targets"):
         check_precision("fp16", load_target("jetson-orin"))
-    model = tmp_path / "m.pt"
-    model.write_bytes(b"")  # refused before it is read
-    outcome = CliRunner().invoke(main, ["compile", str(model), "--precision", "fp16",
-                                        "--target", "x86_64-avx2"])
+    outcome = compile_unread_model(tmp_path, "--precision", "fp16", "--target", "x86_64-avx2")
     assert outcome.exit_code == 1 and not (tmp_path / "m").exists()
     assert outcome.output.splitlines()[-1].startswith(
         "Error: --precision fp16 builds for ARM CPUs, and x86_64-avx2 is x86_64")
@@ -37,19 +34,10 @@ def test_fp16_builds_for_arm_cpus_and_is_refused_elsewhere(tmp_path):
 
 def test_every_product_by_a_constant_weight_reads_float16_and_sums_in_float32(tmp_path):
     """The depthwise convolution too (bf16 keeps it float32); nothing is padded (no tile asks)."""
-    from tvm import relax
-
     model = _import(_onnx(residual_net(), (1, 3, 12, 12), tmp_path / "m.onnx"))
     mod, count = half_products(model, FP16_PRODUCTS)
     assert count == 4 and count_half_products(mod, FP16_PRODUCTS) == 4
-    products = []
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") in (
-                "relax.nn.conv2d", "relax.matmul"):
-            products.append(expr)
-
-    relax.analysis.post_order_visit(mod["main"], visit)
+    products = relax_calls(mod, "relax.nn.conv2d", "relax.matmul")
     assert len(products) == 4
     for call in products:
         assert [str(a.ty.dtype) for a in call.args] == ["float16", "float16"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import residual_net
+from conftest import compile_unread_model, relax_calls, residual_net
 
 from deploytool.build.int8_rewrites import integer_products
 from deploytool.cli import main
@@ -46,15 +46,6 @@ def _import(path: Path):
     from tvm.relax.frontend.onnx import from_onnx
 
     return from_onnx(onnx.load(path), keep_params_in_input=False)
-
-
-def _calls(mod) -> list:
-    from tvm import relax
-
-    found = []
-    relax.analysis.post_order_visit(
-        mod["main"], lambda e: found.append(e) if isinstance(e, relax.Call) else None)
-    return found
 
 
 def test_int8_is_refused_off_the_cpu():
@@ -109,10 +100,10 @@ def test_every_quantized_product_becomes_an_integer_one(qdq):
 
     _, quantized = qdq
     mod, count = integer_products(_import(quantized))
-    convs = [c for c in _calls(mod) if c.op.name == "relax.nn.conv2d"]
+    convs = [c for c in relax_calls(mod) if c.op.name == "relax.nn.conv2d"]
     depthwise = [c for c in convs if int(c.attrs.groups) > 1]
     convs = [c for c in convs if int(c.attrs.groups) == 1]
-    matmuls = [c for c in _calls(mod) if c.op.name == "relax.matmul"]
+    matmuls = [c for c in relax_calls(mod) if c.op.name == "relax.matmul"]
     assert count == 3 and len(convs) == 2 and len(matmuls) == 1
     # the depthwise one reads the 8-bit input and sums in float32 (no channel sum to pair)
     assert len(depthwise) == 1 and str(depthwise[0].ty.dtype) == "float32"
@@ -121,18 +112,18 @@ def test_every_quantized_product_becomes_an_integer_one(qdq):
         data, weight = product.args
         assert str(product.ty.dtype) == "int32"
         assert str(data.ty.dtype) == "uint8" and str(weight.ty.dtype) == "int8"
-    ops = {c.op.name for c in _calls(mod)}
+    ops = {c.op.name for c in relax_calls(mod)}
     assert "relax.quantize" not in ops  # per tensor: elementwise, which layouts see through
-    padded = [c for c in _calls(mod) if c.op.name == "relax.nn.pad"]
+    padded = [c for c in relax_calls(mod) if c.op.name == "relax.nn.pad"]
     assert padded and all(float(p.attrs.pad_value) != 0 for p in padded)  # the zero point
     # a dequantize of a quantize stays in float (no cast to 8 bits and straight back) unless
     # an integer product reads the 8-bit tensor too
     bindings = relax.analysis.get_var2val(mod["main"])
-    widened = [c.args[0] for c in _calls(mod) if c.op.name == "relax.astype"
+    widened = [c.args[0] for c in relax_calls(mod) if c.op.name == "relax.astype"
                and str(c.attrs.dtype) == "int32" and isinstance(c.args[0], relax.Var)
                and getattr(getattr(bindings.get(c.args[0]), "op", None), "name", "")
                == "relax.astype"]
-    readers = [c for c in _calls(mod) if widened and widened[0] in c.args]
+    readers = [c for c in relax_calls(mod) if widened and widened[0] in c.args]
     assert len(widened) == 1 and len(readers) == 2  # the residual sum's, read by the head too
 
 
@@ -175,7 +166,7 @@ def test_a_depthwise_convolution_reads_8_bits_and_pads_with_the_zero_point(tmp_p
                       dynamo=False)
     onnx.save(quantize_int8(onnx.load(fp32), calibration_samples([IMAGE], None)), quantized)
     mod, _ = integer_products(_import(quantized))
-    depthwise = [c for c in _calls(mod) if c.op.name == "relax.nn.conv2d"
+    depthwise = [c for c in relax_calls(mod) if c.op.name == "relax.nn.conv2d"
                  and int(c.attrs.groups) > 1]
     assert [str(a.ty.dtype) for a in depthwise[0].args] == ["uint8", "float32"]
     for ours, theirs, step in _against_onnxruntime(mod, quantized):
@@ -310,9 +301,7 @@ def test_an_arm_dot_product_int8_package_runs_sdot_and_validates_under_qemu(tmp_
 
 
 def test_calibration_data_without_int8_is_refused(tmp_path):
-    model = tmp_path / "m.pt"
-    model.write_bytes(b"")  # refused before it is read
-    outcome = CliRunner().invoke(main, ["compile", str(model), "--calibrate", str(tmp_path)])
+    outcome = compile_unread_model(tmp_path, "--calibrate", str(tmp_path))
     assert outcome.exit_code == 2 and "Add --precision int8" in outcome.output
 
 
