@@ -1,5 +1,5 @@
 """Concatenations (alone, or followed by a batch norm and a ReLU as in DenseNet) copy each input
-in vectors of its own; the numbers stay right."""
+in vectors of its own; transposes copy in tiles or rows; the numbers stay right."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from deploytool.build.cpu_pipeline import prim_funcs
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.schedules.copies import schedule_concat
+from deploytool.schedules.copies import schedule_concat, schedule_transpose
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.tuning.settings import TuneSettings
@@ -144,3 +144,60 @@ def test_a_model_of_concatenations_compiles_them_by_this_schedule_and_validates(
     manifest = json.loads((package.path / "manifest.json").read_text())
     assert manifest["validation"]["status"] == "passed", manifest["validation"]
     assert manifest["tuning"]["concatenations"] == 1, manifest["tuning"]
+
+
+def _heads(tokens: int, heads: int, dim: int, order: tuple[int, ...], scale: float | None = None):
+    """An attention's reshape of (1, tokens, heads * dim) into heads, transposed into ``order``
+    (0, 2, 3, 1: keys for Q.K^T) and optionally scaled, as TOPI computes it: (PrimFunc, input,
+    numpy reference)."""
+    from tvm import te, tirx, topi
+
+    x = te.placeholder((1, tokens, heads * dim), name="x")
+    out = topi.transpose(topi.reshape(x, (1, tokens, heads, dim)), order)
+    if scale is not None:
+        out = topi.multiply(out, tirx.const(scale, "float32"))
+    value = np.random.default_rng(0).standard_normal((1, tokens, heads * dim)).astype("float32")
+    expected = value.reshape(1, tokens, heads, dim).transpose(order) * (scale or 1)
+    return te.create_prim_func([x, out]), value, expected
+
+
+def _channels_last(channels: int, size: int):
+    from tvm import te, topi
+
+    x = te.placeholder((1, channels, size, size), name="x")
+    value = np.random.default_rng(0).standard_normal((1, channels, size, size)).astype("float32")
+    return te.create_prim_func([x, topi.transpose(x, (0, 2, 3, 1))]), value, \
+        value.transpose(0, 2, 3, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kernel", "innermost"), [
+    # keys of a ViT (197 tokens: no whole vectors), then of a BERT (128: rows of vectors)
+    (lambda: _heads(197, 4, 64, (0, 2, 3, 1), 0.125), "T.unroll(16)"),
+    (lambda: _heads(128, 4, 64, (0, 2, 3, 1), 0.125), "T.vectorized(16)"),
+    (lambda: _heads(197, 4, 64, (0, 2, 1, 3)), "T.vectorized(16)"),  # queries: rows of the source
+    (lambda: _channels_last(3, 32), "T.unroll(3)"),  # an RGB image made channels-last
+    (lambda: _channels_last(32, 7), "T.vectorized(16)"),
+])
+def test_a_transpose_is_copied_in_tiles_or_rows_without_index_arithmetic_per_lane(kernel,
+                                                                                   innermost):
+    func, value, expected = kernel()
+    scheduled = schedule_transpose(func, 256)
+    assert scheduled is not None
+    script = scheduled.script()
+    assert innermost in script and "T.parallel" in script, script
+    # MetaSchedule's schedule fused every axis into one vectorized loop and recovered each
+    # lane's indices by division; the tiles keep the output's rows apart
+    assert "fused_1 in T.vectorized" not in script, script
+    np.testing.assert_array_equal(_run(scheduled, [value], expected.shape), expected)
+
+
+def test_what_is_not_a_transpose_is_left_to_the_other_schedules():
+    from tvm import te, topi
+
+    x = te.placeholder((1, 8, 8, 16), name="x")
+    bias = te.placeholder((16,), name="bias")
+    assert schedule_transpose(te.create_prim_func([x, topi.nn.relu(x)])) is None
+    assert schedule_transpose(te.create_prim_func([x, bias, topi.add(x, bias)])) is None
+    assert schedule_transpose(te.create_prim_func([x, topi.reshape(x, (1, 64, 16))])) is None
+    assert schedule_transpose(te.create_prim_func([x, topi.sum(x, axis=3)])) is None
