@@ -201,3 +201,27 @@ def test_what_is_not_a_transpose_is_left_to_the_other_schedules():
     assert schedule_transpose(te.create_prim_func([x, bias, topi.add(x, bias)])) is None
     assert schedule_transpose(te.create_prim_func([x, topi.reshape(x, (1, 64, 16))])) is None
     assert schedule_transpose(te.create_prim_func([x, topi.sum(x, axis=3)])) is None
+
+
+@pytest.mark.slow
+def test_an_int8_stem_is_made_channels_last_by_rows_of_pixels():
+    """The quantize, channel and border padding and NCHW -> NHWC of an int8 model's input: the
+    threads share rows (226), not pixels (51076), and each pixel's 4 channels are unrolled."""
+    import tvm
+    from tvm import te, tirx, topi
+
+    x = te.placeholder((1, 3, 16, 16), name="x")
+    quantized = te.compute(x.shape, lambda *i: tirx.Cast("uint8", tirx.min(tirx.max(
+        tirx.nearbyint(x(*i) * 20.0) + 126.0, 0.0), 255.0)))
+    padded = topi.nn.pad(quantized, [0, 0, 1, 1], [0, 1, 1, 1], pad_value=126)
+    func = te.create_prim_func([x, topi.transpose(padded, (0, 2, 3, 1))])
+    scheduled = schedule_transpose(func, 256)
+    script = scheduled.script()
+    assert "T.parallel(18)" in script and "T.unroll(4)" in script, script
+    value = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
+    expected = np.pad(np.clip(np.round(value * 20) + 126, 0, 255).astype("uint8"),
+                      [(0, 0), (0, 1), (1, 1), (1, 1)], constant_values=126).transpose(0, 2, 3, 1)
+    lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=tvm.target.Target(TARGET))
+    out = tvm.runtime.tensor(np.zeros(expected.shape, "uint8"))
+    lib["main"](tvm.runtime.tensor(value), out)
+    np.testing.assert_array_equal(out.numpy(), expected)
