@@ -1,10 +1,12 @@
 """TIR lowering of CPU builds: TVM's default pipeline, with small kernels on one thread,
-per-tile scratch on the stack, vectorizable exp, sigmoid, tanh and erf, and max/min against a
-constant that keep NaN."""
+per-tile scratch on the stack, merged clamps, vectorizable exp, sigmoid, tanh and erf, and max/min
+against a constant that keep NaN."""
 
 from __future__ import annotations
 
 import math
+
+from .clamps import merged_clamps
 
 TIR_PIPELINE = "deploytool-cpu"
 # Scratch buffers allocated inside a parallel loop up to this size live on the worker's stack.
@@ -70,7 +72,8 @@ def _pipeline(**kwargs):
         return tvm.transform.Sequential([scratch_on_stack(), finalize_host(),
                                          nan_keeping_max_min()])
 
-    return (tvm.transform.Sequential([single_thread_when_small(), inline_fast_math(),
+    return (tvm.transform.Sequential([single_thread_when_small(), merged_clamps(),
+                                      inline_fast_math(),
                                       bf16_casts_without_lets(), lower]),
             finalize_host_on_stack, finalize_device)
 
