@@ -57,7 +57,7 @@ def _inputs():
 
 
 @pytest.mark.slow
-def test_an_int8_epilogues_four_clamps_become_one_with_the_same_values():
+def test_an_int8_epilogues_three_clamps_become_one_with_the_same_values():
     mod = _kernel(_requantized)
     before = _clamps(mod)
     merged = merged_clamps()(mod)

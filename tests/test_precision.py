@@ -252,6 +252,9 @@ def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
         # columns, padded to 16); the depthwise one has no reduction over channels
         assert manifest["tuning"]["integer"] == 3
         assert "vpdpbusd" in (dump / "model.s").read_text()
+        # both read their input in place, not through a copy of it (the stem's padding with
+        # the zero point is done before)
+        assert not any('T.sblock("pad_temp")' in k for k in integer), integer
     selftest = subprocess.run([str(out / "bin" / "deploytool-run"), str(out), "--self-test"],
                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr

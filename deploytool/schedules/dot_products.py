@@ -16,7 +16,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from .cpu import _block_names, _extent, _inline_producers, _layout_free
+from .cpu import _block_names, _extent, _inline_producers, _layout_free, _plain_copy
 
 DOT_BLOCKS = ("conv2d_nhwc", "matmul")
 LANES = 16  # 32-bit accumulators in one 512-bit register
@@ -295,6 +295,9 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     _inline_around(sch, names, main)
     kept = _block_names(sch)
     padding = kept[:kept.index(main)]  # the padded input (pad_temp, or pad_einsum's rows)
+    for name in [n for n in padding if _plain_copy(sch, sch.get_sblock(n))]:
+        sch.compute_inline(sch.get_sblock(name))  # a 1x1 convolution reads its input in place
+        padding.remove(name)
     channel_tiles, channel_vectors, lanes = sch.split(channels,
                                                       [None, vectors, lanes_per_vector])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
