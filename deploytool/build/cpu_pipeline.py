@@ -192,7 +192,7 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                         scheduled = schedule_concat(func, lanes)
                         plan.concatenations += scheduled is not None
                     if scheduled is None:
-                        scheduled = schedule_transpose(func, lanes)
+                        scheduled = schedule_transpose(func)
                         plan.transposes += scheduled is not None
                     if scheduled is None:
                         scheduled = schedule_reduction(func, lanes)
