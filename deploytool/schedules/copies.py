@@ -126,14 +126,12 @@ def transposed(mod):
     spatial blocks only, inlined into one, whose largest input is read in another order than
     row-major, such as a reshape and transpose of attention heads), or None for another kernel.
 
-    An innermost axis that moves (the keys of Q.K^T, a channels-first image made channels-last)
-    is copied in tiles of a cache line of source rows (see _tiles). Where rows of the source stay
-    rows of the output (a transpose of outer axes), MetaSchedule's vectors of whole rows are as
-    fast as any, and faster than rows split into vectors with a quantize fused after (BERT's int8
-    heads, 1.7 us against 9.9 us).
-    MetaSchedule's schedule fused every axis into one vectorized loop, each lane recovering its
-    indices by division: a ViT's key transpose (197 tokens, 4 heads of 64) took 27 us that way,
-    7 us in tiles (docs/internals/cpu-schedules.md).
+    The copy goes in tiles of a cache line of source rows (see _tiles). MetaSchedule's schedule
+    fused every axis into one vectorized loop, each lane recovering its indices by division: a
+    ViT's key transpose (197 tokens, 4 heads of 64) took 27 us that way, 7 us in tiles. Where
+    rows of the source stay rows of the output (a transpose of outer axes), MetaSchedule's
+    vectors of whole rows are kept: rows split into vectors, with a quantize fused after, took
+    BERT's int8 heads 9.9 us against 1.7 us (docs/internals/cpu-schedules.md).
     """
     from tvm import s_tir
 
