@@ -51,7 +51,8 @@ def _run(mod, values, dtype):
 
 
 def _inputs():
-    edges = [np.inf, -np.inf, 0.0, -0.0, 6.0, 6.1, 131 / SCALE_IN, -124 / SCALE_IN, 117.5 / SCALE_IN]
+    edges = [np.inf, -np.inf, 0.0, -0.0, 6.0, 6.1,
+             131 / SCALE_IN, -124 / SCALE_IN, 117.5 / SCALE_IN]
     values = np.concatenate([np.linspace(-12, 12, 4000), edges])
     return np.resize(values, 4096).astype("float32")
 

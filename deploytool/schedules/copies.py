@@ -151,7 +151,8 @@ def transposed(mod):
         return None
     if strides is None or not _reordered(strides, extents) or strides[-1] == 1:
         return None  # (rows of the source stay rows: MetaSchedule's vectors of them are as fast)
-    contiguous = [i for i, (s, n) in enumerate(zip(strides, extents)) if s == 1 and n > 1]
+    contiguous = [i for i, (s, n) in enumerate(zip(strides, extents, strict=True))
+                  if s == 1 and n > 1]
     if not contiguous:
         return None
     line = CACHE_LINE_BYTES * 8 // max(8, _dtype_bits(sch.get(block)))
@@ -176,7 +177,7 @@ def _source_strides(block, variables) -> list[int] | None:
 
     def offset(point: list[int]) -> int:
         analyzer = Analyzer()
-        for var, value in zip(variables, point):
+        for var, value in zip(variables, point, strict=True):
             analyzer.bind(var, value)
         index = [int(analyzer.simplify(r.min)) for r in source.region]
         return sum(i * math.prod(shape[k + 1:]) for k, i in enumerate(index))
@@ -188,7 +189,7 @@ def _source_strides(block, variables) -> list[int] | None:
 
 def _reordered(strides: list[int], extents: list[int]) -> bool:
     """Whether the output's axes walk the source in another order than its own."""
-    moving = [s for s, n in zip(strides, extents) if s and n > 1]
+    moving = [s for s, n in zip(strides, extents, strict=True) if s and n > 1]
     return any(a < b for a, b in itertools.pairwise(moving))
 
 
