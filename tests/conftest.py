@@ -28,6 +28,7 @@ COMPILERS = {
     "tvm.tirx": ("build",),
     "tvm.s_tir.meta_schedule": ("tune_tasks",),
 }
+AVX2_TARGET = {"kind": "llvm", "mcpu": "x86-64-v3"}  # 8-float vectors, on every x86 CI machine
 _guards = pytest.MonkeyPatch()
 _guarded: set[tuple[str, str]] = set()
 _running: list[pytest.Item] = []
@@ -291,6 +292,20 @@ def relax_calls(mod, *names: str) -> list:
 
     relax.analysis.post_order_visit(mod["main"], visit)
     return found
+
+
+def run_kernel(kernel, inputs: list, shape: tuple, dtype: str = "float32",
+               target: dict | None = None) -> np.ndarray:
+    """Compile ``kernel`` (a PrimFunc, or an IRModule of one "main") for ``target`` (default:
+    AVX2, on every x86 CI machine) and run it on the numpy ``inputs``; its output of ``shape``
+    and ``dtype``."""
+    import tvm
+
+    mod = kernel if isinstance(kernel, tvm.IRModule) else tvm.IRModule({"main": kernel})
+    lib = tvm.compile(mod, target=tvm.target.Target(target or AVX2_TARGET))
+    out = tvm.runtime.tensor(np.zeros(shape, dtype))
+    lib["main"](*(tvm.runtime.tensor(v) for v in inputs), out)
+    return out.numpy()
 
 
 def compile_unread_model(tmp_path: Path, *options: str):

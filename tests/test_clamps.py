@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_kernel
 
 from deploytool.build.clamps import merged_clamps
 
@@ -41,15 +42,6 @@ def _clamps(mod) -> int:
     return script.count("T.max(") + script.count("T.min(")
 
 
-def _run(mod, values, dtype):
-    import tvm
-
-    lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}))
-    out = tvm.runtime.tensor(np.zeros(values.shape, dtype))
-    lib["main"](tvm.runtime.tensor(values), out)
-    return out.numpy()
-
-
 def _inputs():
     edges = [np.inf, -np.inf, 0.0, -0.0, 6.0, 6.1,
              131 / SCALE_IN, -124 / SCALE_IN, 117.5 / SCALE_IN]
@@ -64,7 +56,8 @@ def test_an_int8_epilogues_three_clamps_become_one_with_the_same_values():
     merged = merged_clamps()(mod)
     assert (before, _clamps(merged)) == (6, 2), merged["main"].script()
     values = _inputs()
-    np.testing.assert_array_equal(_run(merged, values, "uint8"), _run(mod, values, "uint8"))
+    np.testing.assert_array_equal(run_kernel(merged, [values], values.shape, "uint8"),
+                                  run_kernel(mod, [values], values.shape, "uint8"))
 
 
 @pytest.mark.slow
@@ -80,8 +73,8 @@ def test_clamps_under_steps_that_are_not_monotonic_stay():
         merged = merged_clamps()(mod)
         assert _clamps(merged) == before, merged["main"].script()
         values = _inputs()
-        np.testing.assert_array_equal(_run(merged, values, "float32"),
-                                      _run(mod, values, "float32"))
+        np.testing.assert_array_equal(run_kernel(merged, [values], values.shape),
+                                      run_kernel(mod, [values], values.shape))
 
 
 def test_a_clamp_moves_out_through_scales_shifts_and_roundings():

@@ -1,5 +1,6 @@
 """Concatenations (alone, or followed by a batch norm and a ReLU as in DenseNet) copy each input
-in vectors of its own; transposes copy in tiles or rows; the numbers stay right."""
+in vectors of its own; transposes that move the innermost axis copy in tiles; the numbers stay
+right."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_kernel
 
 from deploytool.build.cpu_pipeline import prim_funcs
 from deploytool.compiler import CompileOptions, compile_model
@@ -14,8 +16,6 @@ from deploytool.schedules.copies import schedule_concat, schedule_transpose
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.tuning.settings import TuneSettings
-
-TARGET = {"kind": "llvm", "mcpu": "x86-64-v3"}  # AVX2: 8-float vectors, on every x86 CI machine
 
 
 def dense_block():
@@ -79,16 +79,6 @@ def _concatenate(shapes, axis, epilogue: bool = False):
     return te.create_prim_func([*inputs, out]), values, expected
 
 
-def _run(func, values, expected_shape):
-    import tvm
-
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(TARGET))
-    args = [tvm.runtime.tensor(v) for v in values]
-    args.append(tvm.runtime.tensor(np.zeros(expected_shape, "float32")))
-    lib["main"](*args)
-    return args[-1].numpy()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("shapes", "axis", "pieces"), [
     ([(1, 15, 15, 64), (1, 15, 15, 64)], 3, 2),  # SqueezeNet's fire module, channels-last
@@ -103,7 +93,7 @@ def test_a_concatenation_is_copied_in_pieces_of_whole_vectors(shapes, axis, piec
     script = scheduled.script()
     assert script.count("_partition") == pieces, script  # one loop per piece, no select
     assert "T.vectorized(8)" in script, script  # AVX2's 8 floats (96 accumulator lanes)
-    np.testing.assert_array_equal(_run(scheduled, values, expected.shape), expected)
+    np.testing.assert_array_equal(run_kernel(scheduled, values, expected.shape), expected)
 
 
 @pytest.mark.slow
@@ -112,7 +102,8 @@ def test_a_concatenation_followed_by_elementwise_operations_is_one_loop_per_piec
     scheduled = schedule_concat(func, 256)
     script = scheduled.script()
     assert script.count("_partition") == 3 and "T.vectorized(16)" in script, script
-    np.testing.assert_allclose(_run(scheduled, values, expected.shape), expected, rtol=1e-6)
+    np.testing.assert_allclose(run_kernel(scheduled, values, expected.shape), expected,
+                               rtol=1e-6)
 
 
 def test_what_is_not_a_concatenation_is_left_to_the_other_schedules():
@@ -188,7 +179,7 @@ def test_a_transpose_is_copied_in_tiles_or_rows_without_index_arithmetic_per_lan
     # MetaSchedule's schedule fused every axis into one vectorized loop and recovered each
     # lane's indices by division; the tiles keep the output's rows apart
     assert "fused_1 in T.vectorized" not in script, script
-    np.testing.assert_array_equal(_run(scheduled, [value], expected.shape), expected)
+    np.testing.assert_array_equal(run_kernel(scheduled, [value], expected.shape), expected)
 
 
 def test_what_is_not_a_transpose_is_left_to_the_other_schedules():
@@ -208,7 +199,6 @@ def test_what_is_not_a_transpose_is_left_to_the_other_schedules():
 def test_an_int8_stem_is_made_channels_last_by_rows_of_pixels():
     """The quantize, channel and border padding and NCHW -> NHWC of an int8 model's input: the
     threads share rows (226), not pixels (51076), and each pixel's 4 channels are unrolled."""
-    import tvm
     from tvm import te, tirx, topi
 
     x = te.placeholder((1, 3, 16, 16), name="x")
@@ -222,7 +212,5 @@ def test_an_int8_stem_is_made_channels_last_by_rows_of_pixels():
     value = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
     expected = np.pad(np.clip(np.round(value * 20) + 126, 0, 255).astype("uint8"),
                       [(0, 0), (0, 1), (1, 1), (1, 1)], constant_values=126).transpose(0, 2, 3, 1)
-    lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=tvm.target.Target(TARGET))
-    out = tvm.runtime.tensor(np.zeros(expected.shape, "uint8"))
-    lib["main"](tvm.runtime.tensor(value), out)
-    np.testing.assert_array_equal(out.numpy(), expected)
+    np.testing.assert_array_equal(run_kernel(scheduled, [value], expected.shape, "uint8"),
+                                  expected)
