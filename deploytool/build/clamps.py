@@ -1,8 +1,8 @@
 """A TIR pass merging the clamps of float32 expressions: an int8 epilogue that requantizes,
 dequantizes, clamps for a ReLU6 and requantizes again holds 3 clamps (6 max/min), which merge into
-one. Every rewrite is exact, in float32 arithmetic: rounding to nearest
-is monotonic, so a clamp commutes with a multiplication by a positive constant, an addition of a
-constant and a rounding to an integer."""
+one. Every rewrite is exact, in float32 arithmetic: rounding to nearest is monotonic, so a clamp
+commutes with a multiplication by a positive constant, an addition of a constant and a rounding
+to an integer."""
 
 from __future__ import annotations
 
@@ -83,8 +83,7 @@ def _monotonic(node):
         constant, operand = _constant_operand(node)
         if constant is None or (isinstance(node, expr.Mul) and not constant > 0):
             return None
-        kind = type(node)
-        if kind is expr.Mul:
+        if isinstance(node, expr.Mul):
             return operand, lambda x: x * expr.FloatImm(FLOAT32, constant), \
                 lambda v: float(f32(v) * f32(constant))
         return operand, lambda x: x + expr.FloatImm(FLOAT32, constant), \

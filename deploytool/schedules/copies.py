@@ -6,14 +6,13 @@ from __future__ import annotations
 import itertools
 import math
 
-from .cpu import TILE_LANES, _vector_floats
+from .cpu import DATA_PARALLEL, TILE_LANES, _vector_floats
 
 # A concatenation split into more pieces than this keeps MetaSchedule's schedule: each piece
 # is a loop of its own in the generated code.
 MAX_PIECES = 64
 # A transpose's tiles span one cache line of the source along its rows (see transposed).
 CACHE_LINE_BYTES = 64
-DATA_PARALLEL = 0  # tirx IterVar.iter_type of a spatial loop
 
 
 def _boundaries(value) -> tuple[object, list[int]] | None:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import math
 
-from .cpu import TILE_LANES, _block_names, _extent, _vector_floats, _vectorize_tile_channels
+from .cpu import (
+    DATA_PARALLEL,
+    TILE_LANES,
+    _block_names,
+    _extent,
+    _vector_floats,
+    _vectorize_tile_channels,
+)
 
-DATA_PARALLEL = 0  # tirx IterVar.iter_type of a spatial loop
-COMMUTATIVE_REDUCE = 2  # that of a reduction loop
+COMMUTATIVE_REDUCE = 2  # tirx IterVar.iter_type of a reduction loop
 # Channel tiles of a mean over pixels: up to this many vectors (accumulators), while the tiles
 # stay at least MIN_TILES for the threads to share.
 MEAN_VECTORS = 4
@@ -147,7 +153,7 @@ def row_wise(mod, lanes: int = TILE_LANES):
             loops = sch.get_loops(block)
             if len(loops) < 2:
                 continue
-            if _extremum(sch, block) and _extent(sch, loops[-1]) >= 2 * vector:
+            if _extremum(sch, name) and _extent(sch, loops[-1]) >= 2 * vector:
                 _vector_extremum(sch, block, loops[-1], vector)
             elif _reduces(sch, name):
                 # its initial value set before the loop: a branch in it kept LLVM from
@@ -162,13 +168,12 @@ def row_wise(mod, lanes: int = TILE_LANES):
     return sch
 
 
-def _extremum(sch, block) -> bool:
+def _extremum(sch, name: str) -> bool:
     """Whether the block reduces by max or min."""
     from tvm import tirx
 
-    kinds = [int(v.iter_type) for v in sch.get(block).iter_vars]
-    return COMMUTATIVE_REDUCE in kinds and isinstance(getattr(sch.get(block).body, "value", None),
-                                                      (tirx.Max, tirx.Min))
+    value = getattr(sch.get(sch.get_sblock(name)).body, "value", None)
+    return _reduces(sch, name) and isinstance(value, (tirx.Max, tirx.Min))
 
 
 def _vector_extremum(sch, block, loop, vector: int) -> None:
