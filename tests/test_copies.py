@@ -1,6 +1,6 @@
 """Concatenations (alone, or followed by a batch norm and a ReLU as in DenseNet) copy each input
-in vectors of its own; transposes that move the innermost axis copy in tiles; the numbers stay
-right."""
+in vectors of its own; transposes that move the innermost axis copy in tiles; elementwise
+kernels go by rows; the numbers stay right."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import run_kernel
 
 from deploytool.build.cpu_pipeline import prim_funcs
 from deploytool.compiler import CompileOptions, compile_model
-from deploytool.schedules.copies import schedule_concat, schedule_transpose
+from deploytool.schedules.copies import schedule_concat, schedule_rows, schedule_transpose
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.tuning.settings import TuneSettings
@@ -214,3 +214,79 @@ def test_an_int8_stem_is_made_channels_last_by_rows_of_pixels():
                       [(0, 0), (0, 1), (1, 1), (1, 1)], constant_values=126).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(run_kernel(scheduled, [value], expected.shape, "uint8"),
                                   expected)
+
+
+def _residual_cast():
+    """A bf16 package's cast of a residual sum that a product also reads (MobileNetV2's 24
+    channels at 56x56: rows of 24, not a multiple of a 16-float vector)."""
+    import ml_dtypes
+    from tvm import te, topi
+
+    x = te.placeholder((1, 56, 56, 24), name="x")
+    value = np.random.default_rng(0).standard_normal((1, 56, 56, 24)).astype("float32")
+    return (te.create_prim_func([x, topi.cast(x, "bfloat16")]), [value],
+            value.astype(ml_dtypes.bfloat16))
+
+
+def _padded_bytes():
+    """An int8 depthwise convolution's input padded by one pixel with its zero point."""
+    from tvm import te, topi
+
+    x = te.placeholder((1, 14, 14, 96), name="x", dtype="uint8")
+    value = np.random.default_rng(0).integers(0, 255, (1, 14, 14, 96)).astype("uint8")
+    return (te.create_prim_func([x, topi.nn.pad(x, [0, 1, 1, 0], [0, 1, 1, 0], 16)]), [value],
+            np.pad(value, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=16))
+
+
+def _scaled_sum():
+    """A sum with a per-channel scale broadcast along the rows."""
+    from tvm import te, topi
+
+    x, y = te.placeholder((1, 7, 7, 160), name="x"), te.placeholder((1, 7, 7, 160), name="y")
+    scale = te.placeholder((160,), name="scale")
+    rng = np.random.default_rng(0)
+    values = [rng.standard_normal(shape).astype("float32")
+              for shape in ((1, 7, 7, 160), (1, 7, 7, 160), (160,))]
+    out = topi.add(topi.multiply(x, scale), y)
+    return (te.create_prim_func([x, y, scale, out]), values,
+            values[0] * values[2] + values[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kernel", "innermost"), [
+    (_residual_cast, "T.vectorized(8)"), (_padded_bytes, "T.vectorized(16)"),
+    (_scaled_sum, "T.vectorized(16)")])
+def test_an_elementwise_kernel_goes_by_rows_without_index_arithmetic_per_lane(kernel,
+                                                                              innermost):
+    func, values, expected = kernel()
+    scheduled = schedule_rows(func)
+    assert scheduled is not None
+    script = scheduled.script()
+    # MetaSchedule fused every axis into one vector of 64 lanes, each lane dividing its index
+    # back into axes and gathering its element (the cast took 38 us that way, 3.5 us by rows)
+    assert innermost in script and "T.parallel" in script, script
+    assert "fused_1 in T.vectorized" not in script, script
+    out = run_kernel(scheduled, values, expected.shape, expected.dtype)
+    if expected.dtype == np.float32:  # (LLVM may fuse the product and sum into one FMA)
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    else:  # bit-exact: a bf16 cast rounds to nearest even, as ml_dtypes does
+        np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
+
+
+def test_what_is_not_elementwise_is_left_to_the_other_schedules():
+    from tvm import te, topi
+
+    x = te.placeholder((1, 8, 8, 16), name="x")
+    assert schedule_rows(te.create_prim_func([x, topi.transpose(x, (0, 3, 1, 2))])) is None
+    assert schedule_rows(te.create_prim_func([x, topi.sum(x, axis=3)])) is None
+    # one input read in order, the other transposed (ConvNeXt's layer scale and residual)
+    y = te.placeholder((1, 16, 8, 8), name="y")
+    assert schedule_rows(te.create_prim_func(
+        [x, y, topi.add(x, topi.transpose(y, (0, 2, 3, 1)))])) is None
+    # BERT's heads merged back: each row of 256 reads 4 runs of 64 from 4 places
+    heads = te.placeholder((1, 4, 128, 64), name="heads")
+    merged = topi.reshape(topi.transpose(heads, (0, 2, 1, 3)), (1, 128, 256))
+    assert schedule_rows(te.create_prim_func([heads, merged])) is None
+    # one row: MetaSchedule's single vector loop has no division to do
+    row = te.placeholder((1, 1280), name="row")
+    assert schedule_rows(te.create_prim_func([row, topi.cast(row, "bfloat16")])) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..schedules.copies import schedule_concat, schedule_transpose
+from ..schedules.copies import schedule_concat, schedule_rows, schedule_transpose
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
 from ..schedules.dot_products import BF16, SDOT, VNNI, schedule_dot_product, target_instructions
 from ..schedules.metaschedule import tuning_target
@@ -108,6 +108,7 @@ class SchedulePlan:
     reductions: int = 0  # of the default ones: schedules/reductions.py's
     concatenations: int = 0  # of the default ones: schedules/copies.py's
     transposes: int = 0  # of the default ones: schedules/copies.py's
+    elementwise: int = 0  # of the default ones: schedules/copies.py's rows
     integer: int = 0  # of the default ones: schedules/dot_products.py's VNNI or sdot tiles
     bf16: int = 0  # of the default ones: schedules/dot_products.py's vdpbf16ps tiles
     default: int = 0
@@ -127,7 +128,8 @@ class SchedulePlan:
                 + (f"{self.integer} int8 with dot products, " if self.integer else "")
                 + (f"{self.bf16} bf16 with vdpbf16ps, " if self.bf16 else "")
                 + f"{self.concatenations} "
-                f"concatenations, {self.transposes} transposes, {self.reductions} "
+                f"concatenations, {self.transposes} transposes, {self.elementwise} elementwise, "
+                f"{self.reductions} "
                 f"reductions{kept}), {self.unscheduled} "
                 f"unscheduled")
 
@@ -194,6 +196,9 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     if scheduled is None:
                         scheduled = schedule_transpose(func)
                         plan.transposes += scheduled is not None
+                    if scheduled is None:
+                        scheduled = schedule_rows(func, lanes)
+                        plan.elementwise += scheduled is not None
                     if scheduled is None:
                         scheduled = schedule_reduction(func, lanes)
                         plan.reductions += scheduled is not None
