@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # CPU torch) and timm, without their dependencies so that pip cannot swap torch for a CUDA build.
 ZOO_NO_DEPS := torchvision==0.28.0 timm==1.0.31
 
-.PHONY: install demo test test-fast lint bench bench-int8 bench-bf16 zoo zoo-family clean
+.PHONY: install demo test test-fast lint bench bench-int8 bench-bf16 bench-top1 zoo zoo-family clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-int8: $(STAMP)
 
 bench-bf16: $(STAMP)
 	nice $(PY) benchmarks/precision.py --precision bf16
+
+bench-top1: $(STAMP)
+	nice $(PY) benchmarks/trained_top1.py
 
 # Compile every public zoo model from .pt and .pt2 (about an hour on 2 cores); rows already in
 # artifacts/zoo/results.json are kept (ZOO_ARGS=--again recompiles them); writes the table to
