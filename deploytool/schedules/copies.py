@@ -16,8 +16,6 @@ CACHE_LINE_BYTES = 64
 # An elementwise kernel's rows of fewer elements than this (one AVX2 vector of floats) are left
 # to MetaSchedule (see in_rows).
 MIN_ROW = 8
-# ... and they are shared among threads by rows of rows where there are this many.
-MIN_TASKS = 8
 
 
 def _boundaries(value) -> tuple[object, list[int]] | None:
@@ -176,14 +174,14 @@ def _spatial(mod):
 
 def in_rows(mod, lanes: int = TILE_LANES):
     """The schedule of an elementwise kernel (``mod["main"]``: spatial blocks only, inlined
-    into one, whose largest input is read in row-major order, a cast or a quantize say), or
-    None for another kernel: the threads share the output's rows (every axis but the
-    innermost), each row written in vectors.
+    into one, every input read in the output's order, a cast or a quantize say), or None for
+    another kernel: the threads share the output's outermost axis, each row is written in
+    vectors.
 
     MetaSchedule's schedule fused every axis into one vector loop of 64 lanes, each lane
     recovering its indices by division and gathering its element where a row is not a
-    multiple of 64: a bf16 cast of MobileNetV2's 56x56x24 residual took 38 us that way, 3.3
-    us in rows of 3 vectors of 8. Rows shorter than MIN_ROW elements stay with MetaSchedule.
+    multiple of 64: a bf16 cast of MobileNetV2's 56x56x24 residual took 40 us that way, 3.6
+    us by rows. Rows shorter than MIN_ROW elements, and a single row, stay with MetaSchedule.
     """
     found = _spatial(mod)
     if found is None:
@@ -192,11 +190,16 @@ def in_rows(mod, lanes: int = TILE_LANES):
     if math.prod(extents[:-1]) < 2 or extents[-1] < MIN_ROW \
             or not _elementwise(sch.get(block), extents):
         return None  # (one row: MetaSchedule's vector loop has no division to do)
-    # the threads share the outer axes, rows of pixels rather than pixels where there are
-    # enough of them (each pixel's indices come by division)
-    rows = loops[:-2] if math.prod(extents[:-2]) >= MIN_TASKS else loops[:-1]
-    sch.parallel(sch.fuse(*rows))  # (small kernels then run on one thread: lowering.py)
-    _vectorize_innermost(sch, loops[-1], _vector_floats(lanes))
+    # the threads share the outermost axis of more than one element; the others stay loops of
+    # their own, so that no index is recovered by division
+    outer = next(loop for loop, n in zip(loops, extents, strict=True) if n > 1)
+    sch.parallel(outer)  # (small kernels then run on one thread: lowering.py)
+    # vectors of two registers where they divide the row: in 16-float pieces, a quantize's
+    # rounding came out of LLVM as gathers (a ViT's 3x17x64 weights 1.8 us, 0.07 us in 32s)
+    extent, floats = extents[-1], _vector_floats(lanes)
+    vector = next((v for v in (2 * floats, floats, 8, 4) if extent % v == 0), None)
+    if vector is not None:
+        sch.vectorize(sch.split(loops[-1], [None, vector])[1] if extent > vector else loops[-1])
     return sch
 
 
