@@ -287,6 +287,10 @@ def test_what_is_not_elementwise_is_left_to_the_other_schedules():
     heads = te.placeholder((1, 4, 128, 64), name="heads")
     merged = topi.reshape(topi.transpose(heads, (0, 2, 1, 3)), (1, 128, 256))
     assert schedule_rows(te.create_prim_func([heads, merged])) is None
+    # a lookup: the read's index comes from another input
+    table, ids = te.placeholder((1000, 64), name="table"), te.placeholder((8, 16), "int64", "ids")
+    lookup = te.create_prim_func([table, ids, topi.take(table, ids, axis=0)])
+    assert schedule_rows(lookup) is None and schedule_transpose(lookup) is None
     # one row: MetaSchedule's single vector loop has no division to do
     row = te.placeholder((1, 1280), name="row")
     assert schedule_rows(te.create_prim_func([row, topi.cast(row, "bfloat16")])) is None

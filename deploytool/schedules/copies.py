@@ -97,7 +97,7 @@ def concatenated(mod, lanes: int = TILE_LANES):
         return None
     outer = sch.fuse(*loops[:axis]) if axis else None
     pieces, _ = sch.split(sch.get_loops(block)[1 if axis else 0], [None, piece])
-    _vectorize_innermost(sch, sch.get_loops(block)[-1], _vector_floats(lanes))
+    _vectorize_innermost(sch, sch.get_loops(block)[-1], (_vector_floats(lanes), 8, 4))
     if outer is not None:  # (small copies then run on one thread: build/lowering.py)
         sch.parallel(outer)
     if extents[axis] // piece > 1:
@@ -105,9 +105,11 @@ def concatenated(mod, lanes: int = TILE_LANES):
     return sch
 
 
-def _vectorize_innermost(sch, loop, floats: int) -> None:
+def _vectorize_innermost(sch, loop, vectors: tuple[int, ...]) -> None:
+    """Vectorize ``loop`` in pieces of the first of ``vectors`` that divides it (whole where
+    it is that long); leave it to LLVM where none does."""
     extent = int(sch.get(loop).extent)
-    vector = next((v for v in (floats, 8, 4) if extent % v == 0), None)
+    vector = next((v for v in vectors if extent % v == 0), None)
     if vector is None:
         return
     if extent > vector:
@@ -138,8 +140,9 @@ def transposed(mod):
     found = _spatial(mod)
     if found is None:
         return None
-    sch, block, loops, extents, strides = found
-    if not _reordered(strides, extents) or strides[-1] == 1:
+    sch, block, loops, extents = found
+    strides = _source_strides(sch.get(block), [v.var for v in sch.get(block).iter_vars])
+    if strides is None or not _reordered(strides, extents) or strides[-1] == 1:
         return None  # (rows of the source stay rows: MetaSchedule's vectors of them are as fast)
     contiguous = [i for i, (s, n) in enumerate(zip(strides, extents, strict=True))
                   if s == 1 and n > 1]
@@ -151,8 +154,7 @@ def transposed(mod):
 
 def _spatial(mod):
     """The schedule of a kernel of spatial blocks only, inlined into one, with that block, its
-    loops, their extents and the _source_strides of its largest input; None for another kernel
-    (a reduction, a symbolic shape, a read of one axis only)."""
+    loops and their extents; None for another kernel (a reduction, a symbolic shape)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(mod)
@@ -166,10 +168,9 @@ def _spatial(mod):
                                                for v in iter_vars):
             return None
         extents = [int(sch.get(loop).extent) for loop in loops]
-        strides = _source_strides(sch.get(block), [v.var for v in iter_vars])
     except (ValueError, TypeError, s_tir.schedule.ScheduleError):  # not a static copy
         return None
-    return None if strides is None else (sch, block, loops, extents, strides)
+    return sch, block, loops, extents
 
 
 def in_rows(mod, lanes: int = TILE_LANES):
@@ -186,7 +187,7 @@ def in_rows(mod, lanes: int = TILE_LANES):
     found = _spatial(mod)
     if found is None:
         return None
-    sch, block, loops, extents, _ = found
+    sch, block, loops, extents = found
     if math.prod(extents[:-1]) < 2 or extents[-1] < MIN_ROW \
             or not _elementwise(sch.get(block), extents):
         return None  # (one row: MetaSchedule's vector loop has no division to do)
@@ -196,10 +197,8 @@ def in_rows(mod, lanes: int = TILE_LANES):
     sch.parallel(outer)  # (small kernels then run on one thread: lowering.py)
     # vectors of two registers where they divide the row: in 16-float pieces, a quantize's
     # rounding came out of LLVM as gathers (a ViT's 3x17x64 weights 1.8 us, 0.07 us in 32s)
-    extent, floats = extents[-1], _vector_floats(lanes)
-    vector = next((v for v in (2 * floats, floats, 8, 4) if extent % v == 0), None)
-    if vector is not None:
-        sch.vectorize(sch.split(loops[-1], [None, vector])[1] if extent > vector else loops[-1])
+    floats = _vector_floats(lanes)
+    _vectorize_innermost(sch, loops[-1], (2 * floats, floats, 8, 4))
     return sch
 
 
@@ -214,15 +213,21 @@ def _source_strides(block, variables) -> list[int] | None:
     reads = _element_reads(block)
     if not reads:
         return None
-    source = max(reads, key=lambda r: math.prod(int(d) for d in r.source.shape))
-    return _strides(_offset(source, variables), len(variables))
+    try:
+        source = max(reads, key=lambda r: math.prod(int(d) for d in r.source.shape))
+        return _strides(_offset(source, variables), len(variables))
+    except TypeError:  # a symbolic shape or index
+        return None
 
 
 def _element_reads(block) -> list | None:
     """The block's reads of two or more axes, each of one element; None when one reads a
     range (not an element per output element)."""
     reads = [r for r in block.reads if len(r.region) >= 2]
-    if any(int(axis.extent) != 1 for r in reads for axis in r.region):
+    try:
+        if any(int(axis.extent) != 1 for r in reads for axis in r.region):
+            return None
+    except TypeError:  # a symbolic extent
         return None
     return reads
 
@@ -258,16 +263,25 @@ def _elementwise(block, extents: list[int]) -> bool:
     reads = _element_reads(block)
     if not reads:
         return False
-    for read in reads:
-        offset = _offset(read, variables)
-        strides = _strides(offset, len(variables))
-        origin = offset([0] * len(variables))
-        if _reordered(strides, extents) or strides[-1] not in (0, 1) or any(
-                offset([(n - 1) * (k == axis) for k in range(len(extents))]) - origin
-                != (n - 1) * stride for axis, (n, stride) in enumerate(zip(extents, strides,
-                                                                           strict=True))):
-            return False
+    try:
+        for read in reads:
+            offset = _offset(read, variables)
+            strides = _strides(offset, len(variables))
+            if _reordered(strides, extents) or strides[-1] not in (0, 1) \
+                    or not _linear(offset, strides, extents):
+                return False
+    except TypeError:  # a symbolic shape or index
+        return False
     return True
+
+
+def _linear(offset, strides: list[int], extents: list[int]) -> bool:
+    """Whether ``offset`` moves by its stride at every step along each axis: its last element
+    along the axis lies (extent - 1) strides from the first."""
+    origin = offset([0] * len(extents))
+    return all(offset([(n - 1) * (k == axis) for k in range(len(extents))]) - origin
+               == (n - 1) * stride
+               for axis, (n, stride) in enumerate(zip(extents, strides, strict=True)))
 
 
 def _reordered(strides: list[int], extents: list[int]) -> bool:
