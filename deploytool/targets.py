@@ -17,17 +17,21 @@ from .errors import DeploytoolError
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 # LLVM feature name -> /proc/cpuinfo flag, for the instruction sets a kernel may depend on.
-CPU_FLAGS = {
+X86_FLAGS = {
     "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma",
     "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2", "avx512f": "avx512f", "avx512cd": "avx512cd",
     "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
     "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avx512fp16": "avx512_fp16",
     "avxvnni": "avx_vnni", "sse4a": "sse4a", "fma4": "fma4", "xop": "xop",
+    "amx-tile": "amx_tile", "amx-bf16": "amx_bf16", "amx-int8": "amx_int8",
+}
+ARM_FLAGS = {
     "neon": "asimd", "dotprod": "asimddp", "fullfp16": "fphp",
     "i8mm": "i8mm", "sve": "sve", "bf16": "bf16",
-    # aarch64: only what generated kernels may use (not aes/sha2/crc: a Raspberry Pi 4 lacks them)
+    # only what generated kernels may use (not aes/sha2/crc: a Raspberry Pi 4 lacks them)
     "fp-armv8": "fp", "rdm": "asimdrdm", "fp16fml": "asimdfhm", "sve2": "sve2",
 }
+CPU_FLAGS = {**X86_FLAGS, **ARM_FLAGS}
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,11 @@ class TargetSpec:
         import tvm
 
         cpu = tvm.target.codegen.llvm_get_system_cpu()
-        return replace(self, target={**self.target, "mcpu": cpu})
+        named = {**self.target, "mcpu": cpu}
+        extra = _features_beyond(named)
+        if extra:
+            named["mattr"] = [*named.get("mattr", []), *extra]
+        return replace(self, target=named)
 
     def tvm_target(self):
         """The ``tvm.target.Target``; raises DeploytoolError if TVM rejects the dict."""
@@ -101,6 +109,18 @@ class TargetSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "target": self.target,
                 "arch": self.arch, "cxx": self.cxx, **self.extra}
+
+
+def _features_beyond(target: dict) -> list[str]:
+    """``+feature`` for each instruction set this machine's /proc/cpuinfo lists that LLVM's model
+    of the named CPU lacks: a virtual machine's CPU model can name an older CPU than its flags
+    (a Xeon with AMX that LLVM calls ``rocketlake``, without AVX-512 BF16)."""
+    import tvm
+
+    flags = machine_cpu_flags()
+    known = X86_FLAGS if platform.machine() == "x86_64" else ARM_FLAGS
+    has = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(target))
+    return [f"+{f}" for f, flag in known.items() if flag in flags and f not in has]
 
 
 def machine_cpu_flags() -> set[str]:

@@ -4,8 +4,9 @@ from dataclasses import replace
 
 import pytest
 
+from deploytool import targets
 from deploytool.errors import DeploytoolError
-from deploytool.targets import list_targets, load_target, machine_cpu_flags
+from deploytool.targets import ARM_FLAGS, X86_FLAGS, list_targets, load_target, machine_cpu_flags
 
 
 def test_every_target_file_builds_a_tvm_target():
@@ -24,6 +25,23 @@ def test_cpu_resolves_to_this_machine():
     assert spec.cpu == tvm.target.codegen.llvm_get_system_cpu()
     assert spec.cpu != "native"
     assert spec.runs_here()
+
+
+def test_cpu_takes_every_instruction_set_this_machine_lists():
+    spec = load_target("cpu").resolved()
+    known = X86_FLAGS if platform.machine() == "x86_64" else ARM_FLAGS
+    listed = {flag for flag in known.values() if flag in machine_cpu_flags()}
+    assert listed <= set(spec.cpu_features())
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 feature names")
+def test_a_cpu_model_older_than_its_flags_gets_the_missing_features(monkeypatch):
+    # a virtual machine's Xeon with AMX whose CPU model LLVM names rocketlake
+    monkeypatch.setattr(targets, "machine_cpu_flags",
+                        lambda: {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
+                                 "amx_bf16"})
+    extra = targets._features_beyond({"kind": "llvm", "mcpu": "rocketlake"})
+    assert extra == ["+avx512bf16", "+amx-tile", "+amx-bf16"]
 
 
 def test_cpu_features_follow_the_cpu_model():
