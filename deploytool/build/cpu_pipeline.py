@@ -6,7 +6,14 @@ from dataclasses import asdict, dataclass
 
 from ..schedules.copies import schedule_concat, schedule_rows, schedule_transpose
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
-from ..schedules.dot_products import BF16, SDOT, VNNI, schedule_dot_product, target_instructions
+from ..schedules.dot_products import (
+    AMX_BF16,
+    BF16,
+    SDOT,
+    VNNI,
+    schedule_dot_product,
+    target_instructions,
+)
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
 from ..schedules.reductions import schedule_reduction
@@ -110,7 +117,8 @@ class SchedulePlan:
     transposes: int = 0  # of the default ones: schedules/copies.py's
     elementwise: int = 0  # of the default ones: schedules/copies.py's rows
     integer: int = 0  # of the default ones: schedules/dot_products.py's VNNI or sdot tiles
-    bf16: int = 0  # of the default ones: schedules/dot_products.py's vdpbf16ps tiles
+    bf16: int = 0  # of the default ones: vdpbf16ps or AMX tiles (dot_products.py, amx.py)
+    amx: int = 0  # of the bf16 ones: schedules/amx.py's AMX tiles
     default: int = 0
     kept_default: int = 0  # of the default ones: with records the search won too narrowly
     unscheduled: int = 0
@@ -126,7 +134,9 @@ class SchedulePlan:
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
                 f"default schedules ({self.hand_written} register-tiled, "
                 + (f"{self.integer} int8 with dot products, " if self.integer else "")
-                + (f"{self.bf16} bf16 with vdpbf16ps, " if self.bf16 else "")
+                + (f"{self.bf16} bf16 with {'AMX' if self.amx else 'vdpbf16ps'}"
+                   + (f" ({self.bf16 - self.amx} with vdpbf16ps)"
+                      if 0 < self.amx < self.bf16 else "") + ", " if self.bf16 else "")
                 + f"{self.concatenations} "
                 f"concatenations, {self.transposes} transposes, {self.elementwise} elementwise, "
                 f"{self.reductions} "
@@ -184,7 +194,8 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                         continue  # (a kernel written as plain loops is built as it is)
                     scheduled, instruction = schedule_dot_product(func, instructions)
                     plan.integer += instruction in (VNNI, SDOT)
-                    plan.bf16 += instruction is BF16
+                    plan.bf16 += instruction in (BF16, AMX_BF16)
+                    plan.amx += instruction is AMX_BF16
                     if scheduled is None:
                         scheduled = schedule_kernel(func, lanes)
                         plan.hand_written += scheduled is not None

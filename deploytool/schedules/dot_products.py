@@ -53,7 +53,10 @@ BF16 = DotInstruction("vdpbf16ps (AVX-512 BF16)", "avx512bf16", "bfloat16", "bfl
                       "llvm.x86.avx512bf16.dpbf16ps.512")
 SDOT = DotInstruction("sdot (ARMv8.2 dot product)", "dotprod", "int8", "int8", "int32", 4,
                       "deploytool_dot_4x4_sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", lanes=4)
-INSTRUCTIONS = (VNNI, BF16, SDOT)
+# AMX's tiles (schedules/amx.py), where the CPU has them, before vdpbf16ps's
+AMX_BF16 = DotInstruction("tdpbf16ps (AMX-BF16)", "amx-bf16", "bfloat16", "bfloat16",
+                          "float32", 2, "deploytool_amx_bf16", "llvm.x86.tdpbf16ps")
+INSTRUCTIONS = (VNNI, AMX_BF16, BF16, SDOT)
 
 
 def target_instructions(target) -> tuple[DotInstruction, ...]:
@@ -176,16 +179,24 @@ def schedule_dot_product(func, instructions=INSTRUCTIONS):
     main = next((n for n in DOT_BLOCKS if n in names), None)
     if main is None:
         return None, None
-    instruction = next((i for i in instructions
-                        if _computes(sch, sch.get_sblock(main), i)), None)
-    if instruction is None:
-        return None, None
-    try:
-        if not _tile(sch, func, names, main, instruction):
-            return None, None
-    except Exception:  # a form this schedule does not cover (tests check the forms it does)
-        return None, None
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True), instruction
+    computed = [i for i in instructions if _computes(sch, sch.get_sblock(main), i)]
+    for instruction in computed:
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        try:
+            if _tile_with(instruction)(sch, func, names, main, instruction):
+                return sch.mod["main"].with_attr("tirx.is_scheduled", True), instruction
+        except Exception:  # a form this schedule does not cover (tests check the forms it does)
+            continue
+    return None, None
+
+
+def _tile_with(instruction: DotInstruction):
+    """The schedule of the instruction's tile."""
+    if instruction is AMX_BF16:
+        from .amx import tile_amx
+
+        return lambda sch, func, names, main, _: tile_amx(sch, func, names, main)
+    return _tile
 
 
 def _computes(sch, block, instruction: DotInstruction) -> bool:

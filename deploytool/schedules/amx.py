@@ -1,0 +1,391 @@
+"""The AMX tile of bfloat16 products (Intel Sapphire Rapids and later): ``tdpbf16ps`` multiplies
+a tile of up to 16 pixels x 32 input channels by one of 32 input channels x 16 output channels
+into a tile of 16 x 16 float32 sums, 512 products an instruction where AVX-512's ``vdpbf16ps``
+does 32. On a Xeon whose ``vdpbf16ps`` issues once every two cycles (half the rate of float32
+``vfmadd``), these tiles are the only bf16 products faster than float32.
+
+A kernel's output tile is ``pixels x 16 V`` channels (V <= 3), its V accumulator tiles held in
+tile registers through the whole reduction: per kernel offset and chunk of 32 input channels,
+one tile load of the input (the pixels' rows, a convolution's stride apart, read in place) and
+V of the weight, packed as for ``vdpbf16ps`` (``(O/16) KH KW (I/2) 16 2``: each chunk is 16
+rows of 64 bytes). Input channels beyond the last whole chunk (an even number) take two more
+tile registers of their own shape.
+
+A thread configures the tile registers (``ldtilecfg``, about 90 ns) only where they are not
+configured as the kernel needs (``sttilecfg`` and a comparison, about 9 ns); the first
+configuration in the process asks Linux for the AMX state (``arch_prctl``, Linux 5.16 and
+later).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from .cpu import _block_names, _extent, _layout_free, _plain_copy
+from .dot_products import (
+    _constant_weight,
+    _epilogue,
+    _inline_around,
+    _loop_roles,
+    _pack,
+    _vectorize_last,
+)
+
+ROWS = 16  # a tile register's rows: the pixels of a tile
+CHUNK = 32  # bfloat16 input channels of one tile row (64 bytes)
+MAX_VECTORS = 3  # accumulator tiles: tmm0-2; the input tmm3, weights tmm4-5, the rest tmm6-7
+PREFIX = "deploytool_amx"
+
+
+@dataclass(frozen=True)
+class ProductShape:
+    """What one tile's whole reduction covers: a convolution's kernel (1 x 1 for a matrix
+    product) over ``channels`` input channels, into ``pixels x 16 vectors`` sums."""
+
+    kernel: tuple[int, int]
+    dilation: tuple[int, int]
+    stride: int  # between a tile's pixels, in input pixels
+    pixels: int
+    vectors: int
+    channels: int
+    conv: bool
+
+    @property
+    def name(self) -> str:
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        kind = f"conv{kh}x{kw}d{dh}x{dw}s{self.stride}" if self.conv else "matmul"
+        return f"{PREFIX}_{kind}_p{self.pixels}v{self.vectors}k{self.channels}"
+
+    @property
+    def rest(self) -> int:
+        return self.channels % CHUNK
+
+
+def llvm_ir(vectors: int) -> str:
+    """The LLVM functions the kernel calls, linked into it and inlined: the configuration, and
+    the tile instructions for ``vectors`` accumulators (a tile register is an immediate)."""
+    c_tiles = range(vectors)
+
+    def weights(a_tile: int, b_tiles: tuple[int, int]) -> str:
+        lines = ["  %a = getelementptr i16, ptr %data, i32 %i",
+                 f"  call void @llvm.x86.tileloadd64(i8 {a_tile}, ptr %a, i64 %rows)",
+                 "  %b0 = getelementptr i16, ptr %weight, i32 %j"]
+        for v in c_tiles:
+            b = b_tiles[v % 2]
+            if v:
+                lines.append(f"  %b{v} = getelementptr i8, ptr %b{v - 1}, i64 %vector")
+            lines += [f"  call void @llvm.x86.tileloadd64(i8 {b}, ptr %b{v}, i64 %pairs)",
+                      f"  call void @llvm.x86.tdpbf16ps(i8 {v}, i8 {a_tile}, i8 {b})"]
+        return "\n".join(lines)
+
+    def accumulators(op: str) -> str:
+        return "\n".join(
+            f"  %c{v} = getelementptr float, ptr %sums, i32 {v * 16}\n"
+            f"  call void @llvm.x86.{op}(i8 {v}, ptr %c{v}, i64 %stride)" for v in c_tiles)
+
+    step = ("(ptr %data, i32 %i, i64 %rows, ptr %weight, i32 %j, i64 %pairs, i64 %vector) "
+            "alwaysinline")
+    return f"""
+declare void @llvm.x86.tileloadd64(i8, ptr, i64)
+declare void @llvm.x86.tilestored64(i8, ptr, i64)
+declare void @llvm.x86.tdpbf16ps(i8, i8, i8)
+declare void @llvm.x86.ldtilecfg(ptr)
+declare void @llvm.x86.sttilecfg(ptr)
+declare i64 @syscall(i64, ...)
+@{PREFIX}_permitted = internal global i8 0
+
+define internal i32 @{PREFIX}_configure(i32 %pixels, i32 %rest) alwaysinline {{
+entry:
+  %want = alloca <64 x i8>, align 64
+  %have = alloca <64 x i8>, align 64
+  store <64 x i8> zeroinitializer, ptr %want, align 64
+  store i8 1, ptr %want
+  %p = trunc i32 %pixels to i8
+  %restbytes = shl i32 %rest, 1
+  %rb = trunc i32 %restbytes to i16
+  %restpairs = lshr i32 %rest, 1
+  %rp = trunc i32 %restpairs to i8
+  %has = icmp ne i32 %rest, 0
+  %p6 = select i1 %has, i8 %p, i8 0
+  %c7 = select i1 %has, i16 64, i16 0
+{_config_stores()}
+  call void @llvm.x86.sttilecfg(ptr %have)
+  %w = load <64 x i8>, ptr %want, align 64
+  %h = load <64 x i8>, ptr %have, align 64
+  %eq = icmp eq <64 x i8> %w, %h
+  %same = call i1 @llvm.vector.reduce.and.v64i1(<64 x i1> %eq)
+  br i1 %same, label %done, label %check
+check:
+  %permitted = load i8, ptr @{PREFIX}_permitted
+  %ok = icmp ne i8 %permitted, 0
+  br i1 %ok, label %load, label %ask
+ask:
+  ; arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+  %r = call i64 (i64, ...) @syscall(i64 158, i64 4131, i64 18)
+  store i8 1, ptr @{PREFIX}_permitted
+  br label %load
+load:
+  call void @llvm.x86.ldtilecfg(ptr %want)
+  br label %done
+done:
+  ret i32 0
+}}
+declare i1 @llvm.vector.reduce.and.v64i1(<64 x i1>)
+
+define internal i32 @{PREFIX}_load{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
+  %s = getelementptr float, ptr %sums, i32 %k
+{accumulators("tileloadd64").replace("%sums", "%s")}
+  ret i32 0
+}}
+define internal i32 @{PREFIX}_store{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
+  %s = getelementptr float, ptr %sums, i32 %k
+{accumulators("tilestored64").replace("%sums", "%s")}
+  ret i32 0
+}}
+define internal i32 @{PREFIX}_step{vectors}{step} {{
+{weights(3, (4, 5))}
+  ret i32 0
+}}
+define internal i32 @{PREFIX}_rest{vectors}{step} {{
+{weights(6, (7, 7))}
+  ret i32 0
+}}
+"""
+
+
+def _config_stores() -> str:
+    """Stores of palette 1's tile shapes into %want: bytes 16 + 2t hold tile t's bytes a row
+    (i16), byte 48 + t its rows. tmm0-3 are pixels x 64 bytes (sums, input), tmm4-5 16 x 64
+    (weights), tmm6 pixels x 2 rest bytes and tmm7 rest/2 x 64 (the last input channels; both
+    unused, 0 x 0, where there are none)."""
+    shapes = {0: ("64", "%p"), 1: ("64", "%p"), 2: ("64", "%p"), 3: ("64", "%p"),
+              4: ("64", "16"), 5: ("64", "16"), 6: ("%rb", "%p6"), 7: ("%c7", "%rp")}
+    lines = []
+    for t, (columns, rows) in shapes.items():
+        lines += [f"  %col{t} = getelementptr i8, ptr %want, i64 {16 + 2 * t}",
+                  f"  store i16 {columns}, ptr %col{t}",
+                  f"  %row{t} = getelementptr i8, ptr %want, i64 {48 + t}",
+                  f"  store i8 {rows}, ptr %row{t}"]
+    return "\n".join(lines)
+
+
+@functools.cache
+def _register(shape: ProductShape) -> None:
+    from tvm.s_tir import TensorIntrin
+
+    TensorIntrin.register(shape.name, _description(shape), _implementation(shape), override=True)
+
+
+def _input_extent(shape: ProductShape) -> tuple[int, int]:
+    """(rows, pixels) of the input a convolution's tile reads."""
+    (kh, kw), (dh, dw) = shape.kernel, shape.dilation
+    return (kh - 1) * dh + 1, (shape.pixels - 1) * shape.stride + (kw - 1) * dw + 1
+
+
+def _description(shape: ProductShape):
+    """The products of a tile's whole reduction, as the kernel's block computes them: its
+    iteration variables are the block's, a kernel axis of one offset having none (written as
+    TVMScript text, as they vary with the shape)."""
+    import tvm
+
+    p, v, k = shape.pixels, shape.vectors, shape.channels
+    (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
+    # in the block's order: spatial axes first
+    axes = [("vi", f"T.axis.spatial({p}, i)", p),
+            ("vo", f"T.axis.spatial({v * 16}, {'j * 16 + ' if v > 1 else ''}lane)", 0),
+            ("vy", f"T.axis.reduce({kh}, y)", kh), ("vx", f"T.axis.reduce({kw}, x)", kw),
+            ("vr", f"T.axis.reduce({k}, r)", 0)]
+    kept = "\n".join(f"{' ' * 20}{name} = {axis}" for name, axis, n in axes if n != 1)
+    y = "vy" if kh > 1 else "0"
+    x = "vx" if kw > 1 else "0"
+    i = "vi" if p > 1 else "0"
+    if shape.conv:
+        rows, columns = _input_extent(shape)
+        a, a_index = (rows, columns, k), f"{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
+        b, b_index = (v, kh, kw, k // 2, 16, 2), f"vo // 16, {y}, {x}, vr // 2, vo % 16, vr % 2"
+    else:
+        a, a_index = (p, k), f"{i}, vr"
+        b, b_index = (v, k // 2, 16, 2), "vo // 16, vr // 2, vo % 16, vr % 2"
+    # a split into one vector is not made (see tile_amx): its loop would not match
+    loops = [("y", kh), ("x", kw), ("i", p), ("j", v), ("lane", 16), ("r", k)]
+    loops = [(name, n) for name, n in loops
+             if (name != "j" or v > 1) and (name not in "yx" or shape.conv)]
+    extents = ", ".join(str(n) for _, n in loops)
+    loops = ", ".join(name for name, _ in loops)
+    source = f"""
+@T.prim_func(s_tir=True)
+def description(a: T.Buffer({a}, "bfloat16", offset_factor=1),
+                b: T.Buffer({b}, "bfloat16", offset_factor=1),
+                c: T.Buffer(({p}, {v * 16}), "float32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
+        T.writes(c[0:{p}, 0:{v * 16}])
+        for {loops} in T.grid({extents}):
+                with T.sblock("update"):
+{kept}
+                    c[{i}, vo] = c[{i}, vo] + T.Cast("float32", a[{a_index}]) * T.Cast(
+                        "float32", b[{b_index}])
+"""
+    return tvm.script.from_source(source)
+
+
+def _implementation(shape: ProductShape):
+    """The tile instructions (see llvm_ir): configure, load the sums, per kernel offset and
+    chunk of input channels one input and V weight tiles, store the sums."""
+    import tvm
+
+    p, v, k = shape.pixels, shape.vectors, shape.channels
+    chunks, rest = divmod(k, CHUNK)
+    (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
+    if shape.conv:
+        a, a_strides = _input_extent(shape) + (k,), "a0, a1, 1"
+        b, b_strides = (v, kh, kw, k // 2, 16, 2), "b0, b1, b2, b3, 2, 1"
+        a_at, b_at, pairs, rows = f"y * {dh} * a0 + x * {dw} * a1", "y * b1 + x * b2", "b3", \
+            f"a1 * {s}"
+    else:
+        a, a_strides = (p, k), "a0, 1"
+        b, b_strides = (v, k // 2, 16, 2), "b0, b1, 2, 1"
+        a_at, b_at, pairs, rows = "0", "0", "b1", "a0"
+
+    def chunk(function: str, first: str) -> str:
+        return (f'T.evaluate(T.call_extern("int32", "{PREFIX}_{function}{v}", a.data, '
+                f'T.Cast("int32", a.elem_offset + {a_at} + ({first}) * {CHUNK}), '
+                f'T.Cast("int64", {rows} * 2), b.data, '
+                f'T.Cast("int32", b.elem_offset + {b_at} + ({first}) * {CHUNK // 2} * {pairs}), '
+                f'T.Cast("int64", {pairs} * 2), T.Cast("int64", b0 * 2)))')
+
+    def sums(function: str) -> str:
+        return (f'T.evaluate(T.call_extern("int32", "{PREFIX}_{function}{v}", c.data, '
+                f'T.Cast("int32", c.elem_offset), T.Cast("int64", c0 * 4)))')
+
+    last = f"\n{' ' * 12}{chunk('rest', str(chunks))}" if rest else ""
+    strides = [n for n in f"{a_strides}, {b_strides}, c0".split(", ") if not n.isdigit()]
+    declared = "\n    ".join(f"{n} = T.int32()" for n in strides)
+    source = f"""
+@T.prim_func(s_tir=True)
+def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -> None:
+    {declared}
+    a = T.match_buffer(a_handle, {a}, "bfloat16", strides=[{a_strides}], offset_factor=1)
+    b = T.match_buffer(b_handle, {b}, "bfloat16", strides=[{b_strides}], offset_factor=1)
+    c = T.match_buffer(c_handle, ({p}, {v * 16}), "float32", strides=[c0, 1], offset_factor=1)
+    with T.sblock("root"):
+        T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
+        T.writes(c[0:{p}, 0:{v * 16}])
+        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest}))
+        {sums("load")}
+        for y, x in T.grid({kh}, {kw}):
+            for chunk in T.serial({chunks}):
+                {chunk("step", "chunk")}{last}
+        {sums("store")}
+"""
+    return tvm.script.from_source(source)
+
+
+def _whole(name: str, shape: tuple[int, ...]) -> str:
+    return f"{name}[{', '.join(f'0:{n}' for n in shape)}]"
+
+
+def tile_amx(sch, func, names: list[str], main: str) -> bool:
+    """Schedule ``main`` (conv2d_nhwc or matmul, bf16 operands, a constant weight) in AMX tiles;
+    False where it does not fit them (its schedule ``sch`` is then spoilt)."""
+    block = sch.get_sblock(main)
+    conv = main == "conv2d_nhwc"
+    spatial, reduction = _loop_roles(sch, block, 3 if conv else 1)
+    width, channels = spatial[-2], spatial[-1]
+    if _extent(sch, channels) % 16 or _extent(sch, reduction[-1]) % 2:
+        return False
+    weight = _constant_weight(sch, func, block, "bfloat16")
+    if weight is None:
+        return False
+    vectors = max(v for v in range(1, MAX_VECTORS + 1) if (_extent(sch, channels) // 16) % v == 0)
+    pixels = _pixels(_extent(sch, width))
+    if not conv and pixels * 2 <= min(_extent(sch, width), ROWS):
+        # rows no tile size divides well (a ViT's 197 tokens) are padded to whole tiles
+        sch.pad_einsum(block, [1] * (len(spatial) - 2) + [ROWS, 1, 1])
+        spatial, reduction = _loop_roles(sch, block, 1)
+        width, channels = spatial[-2], spatial[-1]
+        pixels, names = ROWS, _block_names(sch)
+    shape = _shape(sch, block, conv, pixels, vectors, _extent(sch, reduction[-1]))
+    if shape is None:
+        return False
+    _inline_around(sch, names, main)
+    padding = _padding(sch, main)
+    channel_tiles, *channel_vectors = sch.split(channels, [None, vectors, 16] if vectors > 1
+                                                else [None, 16])
+    width_tiles, width_pixels = sch.split(width, [None, pixels])
+    outer = [*spatial[:-2], width_tiles, channel_tiles]
+    sch.reorder(*outer, *reduction[:-1], width_pixels, *channel_vectors, reduction[-1])
+    _pack(sch, block, weight, main, 2, 16)
+    output = _epilogue(sch, main, outer[-1])
+    sch.parallel(sch.fuse(*outer))
+    first = reduction[0] if conv else width_pixels
+    init = sch.decompose_reduction(block, first)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    _register(shape)
+    sch.tensorize(first, shape.name)
+    if output is not None:
+        _vectorize_last(sch, output)
+    # on a serial loop: the code generator drops it from a parallel one
+    sch.annotate(sch.get_loops(output)[1], "pragma_import_llvm", llvm_ir(vectors))
+    for name in padding:
+        producer = sch.get_sblock(name)
+        loops = sch.get_loops(producer)
+        _vectorize_last(sch, producer)
+        if len(loops) > 2:
+            sch.parallel(sch.fuse(*loops[:-2]))
+    return True
+
+
+def _pixels(width: int) -> int:
+    """The most pixels of a row, up to a tile's 16 rows, that divide it."""
+    return max(p for p in range(1, min(width, ROWS) + 1) if width % p == 0)
+
+
+def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int):
+    """The ProductShape of the block's tiles: a convolution's kernel, dilation and stride
+    read off its input's indices (None where they are not ``h * s + kh * d``)."""
+    if not conv:
+        return ProductShape((1, 1), (1, 1), 1, pixels, vectors, channels, False)
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    variables = [v.var for v in stmt.iter_vars]
+    inputs = [r for r in stmt.reads if str(r.source.dtype) == "bfloat16" and len(r.region) == 4
+              and r.source.name not in _layout_free(sch.mod["main"])]
+    if len(inputs) != 1:
+        return None
+    _, y, x, _ = (r.min for r in inputs[0].region)
+    coefficients = [_coefficient(y, variables, 1), _coefficient(y, variables, 4),
+                    _coefficient(x, variables, 2), _coefficient(x, variables, 5)]
+    if None in coefficients:
+        return None
+    _, dh, sw, dw = coefficients
+    kernel = (_extent(sch, loops[-3]), _extent(sch, loops[-2]))
+    return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True)
+
+
+def _coefficient(index, variables, which: int) -> int | None:
+    """What ``index`` moves by per step of ``variables[which]`` (the others 0), where it
+    moves evenly over three steps."""
+    from tvm.sym import Analyzer
+
+    def at(step: int) -> int:
+        analyzer = Analyzer()
+        for k, var in enumerate(variables):
+            analyzer.bind(var, step if k == which else 0)
+        return int(analyzer.simplify(index))
+
+    first, second, third = at(1) - at(0), at(2) - at(1), at(3) - at(2)
+    return first if first == second == third else None
+
+
+def _padding(sch, main: str) -> list[str]:
+    """The blocks before ``main`` left (its padded input), a plain copy of a 1x1 convolution
+    inlined so that the kernel reads its input in place."""
+    kept = _block_names(sch)
+    padding = kept[:kept.index(main)]
+    for name in [n for n in padding if _plain_copy(sch, sch.get_sblock(n))]:
+        sch.compute_inline(sch.get_sblock(name))
+        padding.remove(name)
+    return padding
