@@ -444,7 +444,7 @@ def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, m
         half = HALF_PRODUCTS[options.precision]
         return {"mode": half.precision,
                 f"{half.precision}_products": count_half_products(mod, half),
-                "instructions": half_instructions(half.precision),
+                "instructions": half_instructions(half.precision, target),
                 "reference": "model.onnx" if from_onnx else "the model file",
                 "thresholds": HALF_THRESHOLDS[half.precision].to_dict()}
     if calibration is None:

@@ -153,8 +153,8 @@ def test_a_bf16_package_computes_in_bfloat16_and_validates(tmp_path):
     torch.jit.save(torch.jit.trace(residual_net(), torch.zeros(1, 3, 12, 12)), str(model))
     out, dump = tmp_path / "pkg", tmp_path / "dump"
     outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x3x12x12:float32",
-                                        "--precision", "bf16", "-o", str(out), "--no-java",
-                                        "--dump-ir", str(dump)])
+                                        "--precision", "bf16", "--target", BF16_TARGET,
+                                        "-o", str(out), "--no-java", "--dump-ir", str(dump)])
     assert outcome.exit_code == 0, outcome.output
     assert "validation PASSED" in outcome.output
     manifest = json.loads((out / "manifest.json").read_text())

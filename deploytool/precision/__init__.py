@@ -53,11 +53,13 @@ def integer_instructions(target) -> str:
             "dot-product kernels yet)")
 
 
-def half_instructions(precision: str) -> str:
+def half_instructions(precision: str, target) -> str:
     """How the target's bf16 or fp16 products are computed, for the manifest and the log."""
-    from ..schedules.dot_products import BF16
+    from ..schedules.dot_products import AMX_BF16, BF16
 
     if precision == "bf16":
-        return f"{BF16.name} for convolutions and matrix products"
+        amx = "amx_bf16" in target.cpu_features()
+        return (f"{AMX_BF16.name} where a product fits its tiles, else {BF16.name}" if amx
+                else f"{BF16.name}") + " for convolutions and matrix products"
     return ("float16 operands widened to float32 (fcvtl), float32 multiply-adds, for "
             "convolutions and matrix products")

@@ -1,0 +1,108 @@
+"""--precision bf16 on CPUs with AMX: which products take the AMX tile, the code it compiles to,
+and packages that agree with ONNX Runtime's bf16 emulation (where this CPU has AMX)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from deploytool.cli import main
+from deploytool.targets import load_target, machine_cpu_flags
+
+AMX_TARGET = "x86_64-amx"
+HAS_AMX = {"amx_bf16", "amx_tile"} <= machine_cpu_flags()
+
+
+def _products():
+    """Convolutions the tile reads in several ways: 3x3 over 48 input channels (one chunk of
+    32 and 16 more), 1x1 over 64, 3x3 with stride 2 and dilation 2 to 48 channels (three
+    accumulator tiles); a linear layer over the pooled pixels (one row)."""
+    import torch
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(48, 64, 3, padding=1)
+            self.b = torch.nn.Conv2d(64, 64, 1)
+            self.c = torch.nn.Conv2d(64, 48, 3, stride=2, padding=2, dilation=2)
+            self.fc = torch.nn.Linear(48, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            y = torch.relu(self.b(y)) + y
+            return self.fc(self.c(y).mean((2, 3)))
+
+    return Net().eval(), (1, 48, 14, 14)
+
+
+def _tokens():
+    """A transformer's feed-forward block over 197 tokens (padded to tiles of 16 rows)."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(),
+                               torch.nn.Linear(96, 80)).eval(), (1, 197, 64)
+
+
+def _saved(module, shape, path):
+    import torch
+
+    torch.jit.save(torch.jit.trace(module, torch.zeros(shape)), str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [_products, _tokens])
+def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model):
+    """Every bf16 product is scheduled in AMX tiles, which LLVM compiles to tile loads and
+    tdpbf16ps, not to the vdpbf16ps fallback; the tiles are configured (ldtilecfg) only where
+    the thread's configuration (sttilecfg) differs."""
+    module, shape = model()
+    path = _saved(module, shape, tmp_path / "m.pt")
+    out, dump = tmp_path / "pkg", tmp_path / "dump"
+    outcome = CliRunner().invoke(main, [
+        "compile", str(path), "-i", f"x:{'x'.join(map(str, shape))}:float32", "--precision",
+        "bf16", "--target", AMX_TARGET, "-o", str(out), "--no-java", "--dump-ir", str(dump)])
+    assert outcome.exit_code == 0, outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    products = manifest["precision"]["bf16_products"]
+    assert products >= 2 and manifest["tuning"]["amx"] == manifest["tuning"]["bf16"] == products
+    assert "tdpbf16ps (AMX-BF16)" in manifest["precision"]["instructions"]
+    asm = (dump / "model.s").read_text()
+    assert asm.count("tdpbf16ps") >= products and "tileloadd" in asm and "tilestored" in asm
+    assert "vdpbf16ps" not in asm
+    assert asm.count("ldtilecfg") == asm.count("sttilecfg") == products
+
+
+def test_the_amx_target_has_the_tiles_and_bf16():
+    flags = set(load_target(AMX_TARGET).cpu_features())
+    assert {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX")
+@pytest.mark.parametrize("model", [_products, _tokens])
+def test_an_amx_package_agrees_with_the_bf16_emulation(tmp_path, model):
+    """Run here, the package's outputs match ONNX Runtime computing the same bfloat16 products
+    in float32 (only the order of the sums differs), and its self-test passes."""
+    import subprocess
+
+    module, shape = model()
+    path = _saved(module, shape, tmp_path / "m.pt")
+    out = tmp_path / "pkg"
+    outcome = CliRunner().invoke(main, [
+        "compile", str(path), "-i", f"x:{'x'.join(map(str, shape))}:float32", "--precision",
+        "bf16", "-o", str(out), "--no-java"])
+    assert outcome.exit_code == 0, outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tuning"]["amx"] == manifest["precision"]["bf16_products"]
+    peer = next(a for a in manifest["validation"]["agreements"]
+                if a["reference"] == "onnxruntime-bf16")
+    assert peer["cosine"] > 0.99999
+    selftest = subprocess.run([str(out / "bin" / "deploytool-run"), str(out), "--self-test"],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
