@@ -36,7 +36,7 @@ def _products():
             y = torch.relu(self.b(y)) + y
             return self.fc(self.c(y).mean((2, 3)))
 
-    return Net().eval(), (1, 48, 14, 14)
+    return Net().eval(), (1, 48, 28, 28)
 
 
 def _tokens():
@@ -106,3 +106,4 @@ def test_an_amx_package_agrees_with_the_bf16_emulation(tmp_path, model):
     selftest = subprocess.run([str(out / "bin" / "deploytool-run"), str(out), "--self-test"],
                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+
