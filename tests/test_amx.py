@@ -1,5 +1,5 @@
-"""--precision bf16 on CPUs with AMX: which products take the AMX tile, the code it compiles to,
-and packages that agree with ONNX Runtime's bf16 emulation (where this CPU has AMX)."""
+"""--precision bf16 and int8 on CPUs with AMX: which products take the AMX tiles, the code they
+compile to, and packages that agree with their peers in ONNX Runtime (where this CPU has AMX)."""
 
 from __future__ import annotations
 
@@ -55,40 +55,49 @@ def _saved(module, shape, path):
     return path
 
 
+# precision: (manifest count of its products, tuning count, AMX instruction, the fallback's)
+PRECISIONS = {"bf16": ("bf16_products", "bf16", "tdpbf16ps", "vdpbf16ps"),
+              "int8": ("integer_products", "integer", "tdpbusd", "vpdpbusd")}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("model", [_products, _tokens])
-def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model):
-    """Every bf16 product is scheduled in AMX tiles, which LLVM compiles to tile loads and
-    tdpbf16ps, not to the vdpbf16ps fallback; the tiles are configured (ldtilecfg) only where
-    the thread's configuration (sttilecfg) differs."""
+def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model, precision):
+    """Every bf16 or int8 product is scheduled in AMX tiles, which LLVM compiles to tile loads
+    and tdpbf16ps or tdpbusd, not to the vdpbf16ps or vpdpbusd fallback; the tiles are
+    configured (ldtilecfg) only where the thread's configuration (sttilecfg) differs."""
+    counted, tuning, instruction, fallback = PRECISIONS[precision]
     module, shape = model()
     path = _saved(module, shape, tmp_path / "m.pt")
     out, dump = tmp_path / "pkg", tmp_path / "dump"
     outcome = CliRunner().invoke(main, [
         "compile", str(path), "-i", f"x:{'x'.join(map(str, shape))}:float32", "--precision",
-        "bf16", "--target", AMX_TARGET, "-o", str(out), "--no-java", "--dump-ir", str(dump)])
+        precision, "--target", AMX_TARGET, "-o", str(out), "--no-java", "--dump-ir", str(dump)])
     assert outcome.exit_code == 0, outcome.output
     manifest = json.loads((out / "manifest.json").read_text())
-    products = manifest["precision"]["bf16_products"]
-    assert products >= 2 and manifest["tuning"]["amx"] == manifest["tuning"]["bf16"] == products
-    assert "tdpbf16ps (AMX-BF16)" in manifest["precision"]["instructions"]
+    products = manifest["precision"][counted]
+    assert products >= 2 and manifest["tuning"]["amx"] == manifest["tuning"][tuning] == products
+    assert f"{instruction} (AMX-" in manifest["precision"]["instructions"]
     asm = (dump / "model.s").read_text()
-    assert asm.count("tdpbf16ps") >= products and "tileloadd" in asm and "tilestored" in asm
-    assert "vdpbf16ps" not in asm
+    assert asm.count(instruction) >= products and "tileloadd" in asm and "tilestored" in asm
+    assert fallback not in asm
     assert asm.count("ldtilecfg") == asm.count("sttilecfg") == products
 
 
 def test_the_amx_target_has_the_tiles_and_bf16():
     flags = set(load_target(AMX_TARGET).cpu_features())
-    assert {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags
+    assert {"amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"} <= flags
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX")
+@pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("model", [_products, _tokens])
-def test_an_amx_package_agrees_with_the_bf16_emulation(tmp_path, model):
-    """Run here, the package's outputs match ONNX Runtime computing the same bfloat16 products
-    in float32 (only the order of the sums differs), and its self-test passes."""
+def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
+    """Run here, the package's outputs match ONNX Runtime's: computing the same bfloat16
+    products in float32 (only the order of the sums differs), or the same integers from the
+    QDQ model; and its self-test passes."""
     import subprocess
 
     module, shape = model()
@@ -96,12 +105,12 @@ def test_an_amx_package_agrees_with_the_bf16_emulation(tmp_path, model):
     out = tmp_path / "pkg"
     outcome = CliRunner().invoke(main, [
         "compile", str(path), "-i", f"x:{'x'.join(map(str, shape))}:float32", "--precision",
-        "bf16", "-o", str(out), "--no-java"])
+        precision, "-o", str(out), "--no-java"])
     assert outcome.exit_code == 0, outcome.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["tuning"]["amx"] == manifest["precision"]["bf16_products"]
+    assert manifest["tuning"]["amx"] == manifest["precision"][PRECISIONS[precision][0]]
     peer = next(a for a in manifest["validation"]["agreements"]
-                if a["reference"] == "onnxruntime-bf16")
+                if a["reference"].startswith(f"onnxruntime-{precision}"))
     assert peer["cosine"] > 0.99999
     selftest = subprocess.run([str(out / "bin" / "deploytool-run"), str(out), "--self-test"],
                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})

@@ -218,7 +218,8 @@ def test_the_package_is_held_to_the_closer_of_the_peers_executions():
 @pytest.mark.slow
 def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
     """Compile from calibration data; the package's convolution kernels take uint8 and int8
-    buffers and the generated code runs vpdpbusd where the CPU has AVX-512 VNNI."""
+    buffers and the generated code runs AMX's tdpbusd where the CPU has AMX-INT8, else
+    vpdpbusd where it has AVX-512 VNNI."""
     import onnx
     import torch
 
@@ -247,11 +248,14 @@ def test_an_int8_package_computes_in_integers_and_validates(qdq, tmp_path):
     kernels = [p.read_text() for p in (dump / "tir").glob("*conv2d*prepacked.py")]
     integer = [k for k in kernels if '"int8"' in k]  # the depthwise one stays float32
     assert len(integer) == 2 and all('"uint8"' in k and '"int32"' in k for k in integer)
-    if "avx512_vnni" in manifest["runtime"]["cpu_features"]:
+    features = manifest["runtime"]["cpu_features"]
+    if "avx512_vnni" in features:
         # the stem (3 channels, padded to 4), the pointwise convolution and the head (10
         # columns, padded to 16); the depthwise one has no reduction over channels
         assert manifest["tuning"]["integer"] == 3
-        assert "vpdpbusd" in (dump / "model.s").read_text()
+        amx = "amx_int8" in features
+        assert manifest["tuning"]["amx"] == (3 if amx else 0)
+        assert ("tdpbusd" if amx else "vpdpbusd") in (dump / "model.s").read_text()
         # both read their input in place, not through a copy of it (the stem's padding with
         # the zero point is done before)
         assert not any('T.sblock("pad_temp")' in k for k in integer), integer

@@ -8,6 +8,7 @@ from ..schedules.copies import schedule_concat, schedule_rows, schedule_transpos
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
 from ..schedules.dot_products import (
     AMX_BF16,
+    AMX_INT8,
     BF16,
     SDOT,
     VNNI,
@@ -116,9 +117,9 @@ class SchedulePlan:
     concatenations: int = 0  # of the default ones: schedules/copies.py's
     transposes: int = 0  # of the default ones: schedules/copies.py's
     elementwise: int = 0  # of the default ones: schedules/copies.py's rows
-    integer: int = 0  # of the default ones: schedules/dot_products.py's VNNI or sdot tiles
+    integer: int = 0  # of the default ones: VNNI, sdot or AMX tiles (dot_products.py, amx.py)
     bf16: int = 0  # of the default ones: vdpbf16ps or AMX tiles (dot_products.py, amx.py)
-    amx: int = 0  # of the bf16 ones: schedules/amx.py's AMX tiles
+    amx: int = 0  # of the integer and bf16 ones: schedules/amx.py's AMX tiles
     default: int = 0
     kept_default: int = 0  # of the default ones: with records the search won too narrowly
     unscheduled: int = 0
@@ -133,7 +134,10 @@ class SchedulePlan:
                 f"{1 - SEARCH_MARGIN:.0%} faster than the default" if self.kept_default else "")
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
                 f"default schedules ({self.hand_written} register-tiled, "
-                + (f"{self.integer} int8 with dot products, " if self.integer else "")
+                + (f"{self.integer} int8 with "
+                   + ("AMX" if self.amx else "dot products")
+                   + (f" ({self.integer - self.amx} with dot products)"
+                      if 0 < self.amx < self.integer else "") + ", " if self.integer else "")
                 + (f"{self.bf16} bf16 with {'AMX' if self.amx else 'vdpbf16ps'}"
                    + (f" ({self.bf16 - self.amx} with vdpbf16ps)"
                       if 0 < self.amx < self.bf16 else "") + ", " if self.bf16 else "")
@@ -193,9 +197,9 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     if is_scheduled(func) or not has_blocks(func):
                         continue  # (a kernel written as plain loops is built as it is)
                     scheduled, instruction = schedule_dot_product(func, instructions)
-                    plan.integer += instruction in (VNNI, SDOT)
+                    plan.integer += instruction in (VNNI, SDOT, AMX_INT8)
                     plan.bf16 += instruction in (BF16, AMX_BF16)
-                    plan.amx += instruction is AMX_BF16
+                    plan.amx += instruction in (AMX_BF16, AMX_INT8)
                     if scheduled is None:
                         scheduled = schedule_kernel(func, lanes)
                         plan.hand_written += scheduled is not None

@@ -43,8 +43,11 @@ def check_precision(precision: str, target) -> None:
 
 def integer_instructions(target) -> str:
     """How the target's int8 products are computed, for the manifest and the log."""
-    from ..schedules.dot_products import SDOT, VNNI
+    from ..schedules.dot_products import AMX_INT8, SDOT, VNNI
 
+    if target.arch == "x86_64" and "amx_int8" in target.cpu_features():
+        return (f"{AMX_INT8.name} where a product fits its tiles, else {VNNI.name}, for "
+                "convolutions and matrix products")
     if target.arch == "x86_64" and "avx512_vnni" in target.cpu_features():
         return f"{VNNI.name} for convolutions and matrix products"
     if target.arch == "aarch64" and "asimddp" in target.cpu_features():

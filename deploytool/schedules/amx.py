@@ -1,15 +1,17 @@
-"""The AMX tile of bfloat16 products (Intel Sapphire Rapids and later): ``tdpbf16ps`` multiplies
-a tile of up to 16 pixels x 32 input channels by one of 32 input channels x 16 output channels
-into a tile of 16 x 16 float32 sums, 512 products an instruction where AVX-512's ``vdpbf16ps``
-does 32. On a Xeon whose ``vdpbf16ps`` issues once every two cycles (half the rate of float32
-``vfmadd``), these tiles are the only bf16 products faster than float32.
+"""AMX tiles of bfloat16 and 8-bit products (Intel Sapphire Rapids and later): ``tdpbf16ps``
+multiplies a tile of up to 16 pixels x 32 bfloat16 input channels by one of 32 input channels x
+16 output channels into 16 x 16 float32 sums, 512 products an instruction where AVX-512's
+``vdpbf16ps`` does 32; ``tdpbusd`` does the same with 64 ``u8 x s8`` products into int32 sums,
+1024 an instruction where ``vpdpbusd`` does 64. On a Xeon whose ``vdpbf16ps`` issues once every
+two cycles (half the rate of float32 ``vfmadd``), these tiles are the only bf16 products faster
+than float32.
 
 A kernel's output tile is ``pixels x 16 V`` channels (V <= 3), its V accumulator tiles held in
-tile registers through the whole reduction: per kernel offset and chunk of 32 input channels,
-one tile load of the input (the pixels' rows, a convolution's stride apart, read in place) and
-V of the weight, packed as for ``vdpbf16ps`` (``(O/16) KH KW (I/2) 16 2``: each chunk is 16
-rows of 64 bytes). Input channels beyond the last whole chunk (an even number) take two more
-tile registers of their own shape.
+tile registers through the whole reduction: per kernel offset and chunk of 64 bytes of input
+channels, one tile load of the input (the pixels' rows, a convolution's stride apart, read in
+place) and V of the weight, packed as for ``vdpbf16ps`` and ``vpdpbusd`` (``(O/16) KH KW (I/g)
+16 g``, g the channels of a 32-bit word: each chunk is 16 rows of 64 bytes). Input channels
+beyond the last whole chunk (whole words) take two more tile registers of their own shape.
 
 A thread configures the tile registers (``ldtilecfg``, about 90 ns) only where they are not
 configured as the kernel needs (``sttilecfg`` and a comparison, about 9 ns); the first
@@ -33,9 +35,34 @@ from .dot_products import (
 )
 
 ROWS = 16  # a tile register's rows: the pixels of a tile
-CHUNK = 32  # bfloat16 input channels of one tile row (64 bytes)
+ROW_BYTES = 64  # of a tile register's row: a chunk of input channels
 MAX_VECTORS = 3  # accumulator tiles: tmm0-2; the input tmm3, weights tmm4-5, the rest tmm6-7
 PREFIX = "deploytool_amx"
+
+
+@dataclass(frozen=True)
+class Operands:
+    """What one AMX instruction multiplies."""
+
+    kind: str  # in the names of its functions and intrinsics
+    data: str  # the input's dtype
+    weight: str
+    accumulator: str
+    group: int  # input channels of a 32-bit word
+    llvm: str  # the LLVM intrinsic
+
+    @property
+    def bytes(self) -> int:
+        return 4 // self.group
+
+    @property
+    def chunk(self) -> int:
+        """Input channels of a tile row."""
+        return ROW_BYTES // self.bytes
+
+
+BF16 = Operands("bf16", "bfloat16", "bfloat16", "float32", 2, "llvm.x86.tdpbf16ps")
+INT8 = Operands("int8", "uint8", "int8", "int32", 4, "llvm.x86.tdpbusd")
 
 
 @dataclass(frozen=True)
@@ -50,38 +77,38 @@ class ProductShape:
     vectors: int
     channels: int
     conv: bool
+    operands: Operands = BF16
 
     @property
     def name(self) -> str:
         (kh, kw), (dh, dw) = self.kernel, self.dilation
         kind = f"conv{kh}x{kw}d{dh}x{dw}s{self.stride}" if self.conv else "matmul"
-        return f"{PREFIX}_{kind}_p{self.pixels}v{self.vectors}k{self.channels}"
-
-    @property
-    def rest(self) -> int:
-        return self.channels % CHUNK
+        return (f"{PREFIX}_{self.operands.kind}_{kind}_p{self.pixels}v{self.vectors}"
+                f"k{self.channels}")
 
 
-def llvm_ir(vectors: int) -> str:
+def llvm_ir(vectors: int, operands: Operands) -> str:
     """The LLVM functions the kernel calls, linked into it and inlined: the configuration, and
     the tile instructions for ``vectors`` accumulators (a tile register is an immediate)."""
     c_tiles = range(vectors)
+    element = f"i{8 * operands.bytes}"
+    functions = f"{PREFIX}_{operands.kind}"
 
     def weights(a_tile: int, b_tiles: tuple[int, int]) -> str:
-        lines = ["  %a = getelementptr i16, ptr %data, i32 %i",
+        lines = [f"  %a = getelementptr {element}, ptr %data, i32 %i",
                  f"  call void @llvm.x86.tileloadd64(i8 {a_tile}, ptr %a, i64 %rows)",
-                 "  %b0 = getelementptr i16, ptr %weight, i32 %j"]
+                 f"  %b0 = getelementptr {element}, ptr %weight, i32 %j"]
         for v in c_tiles:
             b = b_tiles[v % 2]
             if v:
                 lines.append(f"  %b{v} = getelementptr i8, ptr %b{v - 1}, i64 %vector")
             lines += [f"  call void @llvm.x86.tileloadd64(i8 {b}, ptr %b{v}, i64 %pairs)",
-                      f"  call void @llvm.x86.tdpbf16ps(i8 {v}, i8 {a_tile}, i8 {b})"]
+                      f"  call void @{operands.llvm}(i8 {v}, i8 {a_tile}, i8 {b})"]
         return "\n".join(lines)
 
     def accumulators(op: str) -> str:
         return "\n".join(
-            f"  %c{v} = getelementptr float, ptr %sums, i32 {v * 16}\n"
+            f"  %c{v} = getelementptr i32, ptr %sums, i32 {v * 16}\n"
             f"  call void @llvm.x86.{op}(i8 {v}, ptr %c{v}, i64 %stride)" for v in c_tiles)
 
     step = ("(ptr %data, i32 %i, i64 %rows, ptr %weight, i32 %j, i64 %pairs, i64 %vector) "
@@ -89,24 +116,23 @@ def llvm_ir(vectors: int) -> str:
     return f"""
 declare void @llvm.x86.tileloadd64(i8, ptr, i64)
 declare void @llvm.x86.tilestored64(i8, ptr, i64)
-declare void @llvm.x86.tdpbf16ps(i8, i8, i8)
+declare void @{operands.llvm}(i8, i8, i8)
 declare void @llvm.x86.ldtilecfg(ptr)
 declare void @llvm.x86.sttilecfg(ptr)
 declare i64 @syscall(i64, ...)
 @{PREFIX}_permitted = internal global i8 0
 
-define internal i32 @{PREFIX}_configure(i32 %pixels, i32 %rest) alwaysinline {{
+define internal i32 @{PREFIX}_configure(i32 %pixels, i32 %restbytes) alwaysinline {{
 entry:
   %want = alloca <64 x i8>, align 64
   %have = alloca <64 x i8>, align 64
   store <64 x i8> zeroinitializer, ptr %want, align 64
   store i8 1, ptr %want
   %p = trunc i32 %pixels to i8
-  %restbytes = shl i32 %rest, 1
   %rb = trunc i32 %restbytes to i16
-  %restpairs = lshr i32 %rest, 1
-  %rp = trunc i32 %restpairs to i8
-  %has = icmp ne i32 %rest, 0
+  %restwords = lshr i32 %restbytes, 2
+  %rp = trunc i32 %restwords to i8
+  %has = icmp ne i32 %restbytes, 0
   %p6 = select i1 %has, i8 %p, i8 0
   %c7 = select i1 %has, i16 64, i16 0
 {_config_stores()}
@@ -133,21 +159,21 @@ done:
 }}
 declare i1 @llvm.vector.reduce.and.v64i1(<64 x i1>)
 
-define internal i32 @{PREFIX}_load{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
-  %s = getelementptr float, ptr %sums, i32 %k
+define internal i32 @{functions}_load{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
+  %s = getelementptr i32, ptr %sums, i32 %k
 {accumulators("tileloadd64").replace("%sums", "%s")}
   ret i32 0
 }}
-define internal i32 @{PREFIX}_store{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
-  %s = getelementptr float, ptr %sums, i32 %k
+define internal i32 @{functions}_store{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
+  %s = getelementptr i32, ptr %sums, i32 %k
 {accumulators("tilestored64").replace("%sums", "%s")}
   ret i32 0
 }}
-define internal i32 @{PREFIX}_step{vectors}{step} {{
+define internal i32 @{functions}_step{vectors}{step} {{
 {weights(3, (4, 5))}
   ret i32 0
 }}
-define internal i32 @{PREFIX}_rest{vectors}{step} {{
+define internal i32 @{functions}_rest{vectors}{step} {{
 {weights(6, (7, 7))}
   ret i32 0
 }}
@@ -157,8 +183,8 @@ define internal i32 @{PREFIX}_rest{vectors}{step} {{
 def _config_stores() -> str:
     """Stores of palette 1's tile shapes into %want: bytes 16 + 2t hold tile t's bytes a row
     (i16), byte 48 + t its rows. tmm0-3 are pixels x 64 bytes (sums, input), tmm4-5 16 x 64
-    (weights), tmm6 pixels x 2 rest bytes and tmm7 rest/2 x 64 (the last input channels; both
-    unused, 0 x 0, where there are none)."""
+    (weights), tmm6 pixels x the rest's bytes and tmm7 a row per 4 of them x 64 (the last input
+    channels; both unused, 0 x 0, where there are none)."""
     shapes = {0: ("64", "%p"), 1: ("64", "%p"), 2: ("64", "%p"), 3: ("64", "%p"),
               4: ("64", "16"), 5: ("64", "16"), 6: ("%rb", "%p6"), 7: ("%c7", "%rp")}
     lines = []
@@ -189,7 +215,8 @@ def _description(shape: ProductShape):
     TVMScript text, as they vary with the shape)."""
     import tvm
 
-    p, v, k = shape.pixels, shape.vectors, shape.channels
+    p, v, k, o = shape.pixels, shape.vectors, shape.channels, shape.operands
+    g = o.group
     (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
     # in the block's order: spatial axes first
     axes = [("vi", f"T.axis.spatial({p}, i)", p),
@@ -203,10 +230,10 @@ def _description(shape: ProductShape):
     if shape.conv:
         rows, columns = _input_extent(shape)
         a, a_index = (rows, columns, k), f"{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
-        b, b_index = (v, kh, kw, k // 2, 16, 2), f"vo // 16, {y}, {x}, vr // 2, vo % 16, vr % 2"
+        b, b_index = (v, kh, kw, k // g, 16, g), f"vo // 16, {y}, {x}, vr // {g}, vo % 16, vr % {g}"
     else:
         a, a_index = (p, k), f"{i}, vr"
-        b, b_index = (v, k // 2, 16, 2), "vo // 16, vr // 2, vo % 16, vr % 2"
+        b, b_index = (v, k // g, 16, g), f"vo // 16, vr // {g}, vo % 16, vr % {g}"
     # a split into one vector is not made (see tile_amx): its loop would not match
     loops = [("y", kh), ("x", kw), ("i", p), ("j", v), ("lane", 16), ("r", k)]
     loops = [(name, n) for name, n in loops
@@ -215,17 +242,17 @@ def _description(shape: ProductShape):
     loops = ", ".join(name for name, _ in loops)
     source = f"""
 @T.prim_func(s_tir=True)
-def description(a: T.Buffer({a}, "bfloat16", offset_factor=1),
-                b: T.Buffer({b}, "bfloat16", offset_factor=1),
-                c: T.Buffer(({p}, {v * 16}), "float32", offset_factor=1)) -> None:
+def description(a: T.Buffer({a}, "{o.data}", offset_factor=1),
+                b: T.Buffer({b}, "{o.weight}", offset_factor=1),
+                c: T.Buffer(({p}, {v * 16}), "{o.accumulator}", offset_factor=1)) -> None:
     with T.sblock("root"):
         T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
         T.writes(c[0:{p}, 0:{v * 16}])
         for {loops} in T.grid({extents}):
                 with T.sblock("update"):
 {kept}
-                    c[{i}, vo] = c[{i}, vo] + T.Cast("float32", a[{a_index}]) * T.Cast(
-                        "float32", b[{b_index}])
+                    c[{i}, vo] = c[{i}, vo] + T.Cast("{o.accumulator}", a[{a_index}]) * T.Cast(
+                        "{o.accumulator}", b[{b_index}])
 """
     return tvm.script.from_source(source)
 
@@ -235,28 +262,30 @@ def _implementation(shape: ProductShape):
     chunk of input channels one input and V weight tiles, store the sums."""
     import tvm
 
-    p, v, k = shape.pixels, shape.vectors, shape.channels
-    chunks, rest = divmod(k, CHUNK)
+    p, v, k, o = shape.pixels, shape.vectors, shape.channels, shape.operands
+    g, n, chunk_channels = o.group, o.bytes, o.chunk
+    chunks, rest = divmod(k, chunk_channels)
     (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
     if shape.conv:
         a, a_strides = _input_extent(shape) + (k,), "a0, a1, 1"
-        b, b_strides = (v, kh, kw, k // 2, 16, 2), "b0, b1, b2, b3, 2, 1"
-        a_at, b_at, pairs, rows = f"y * {dh} * a0 + x * {dw} * a1", "y * b1 + x * b2", "b3", \
+        b, b_strides = (v, kh, kw, k // g, 16, g), f"b0, b1, b2, b3, {g}, 1"
+        a_at, b_at, words, rows = f"y * {dh} * a0 + x * {dw} * a1", "y * b1 + x * b2", "b3", \
             f"a1 * {s}"
     else:
         a, a_strides = (p, k), "a0, 1"
-        b, b_strides = (v, k // 2, 16, 2), "b0, b1, 2, 1"
-        a_at, b_at, pairs, rows = "0", "0", "b1", "a0"
+        b, b_strides = (v, k // g, 16, g), f"b0, b1, {g}, 1"
+        a_at, b_at, words, rows = "0", "0", "b1", "a0"
+    functions = f"{PREFIX}_{o.kind}"
 
     def chunk(function: str, first: str) -> str:
-        return (f'T.evaluate(T.call_extern("int32", "{PREFIX}_{function}{v}", a.data, '
-                f'T.Cast("int32", a.elem_offset + {a_at} + ({first}) * {CHUNK}), '
-                f'T.Cast("int64", {rows} * 2), b.data, '
-                f'T.Cast("int32", b.elem_offset + {b_at} + ({first}) * {CHUNK // 2} * {pairs}), '
-                f'T.Cast("int64", {pairs} * 2), T.Cast("int64", b0 * 2)))')
+        return (f'T.evaluate(T.call_extern("int32", "{functions}_{function}{v}", a.data, '
+                f'T.Cast("int32", a.elem_offset + {a_at} + ({first}) * {chunk_channels}), '
+                f'T.Cast("int64", {rows} * {n}), b.data, T.Cast("int32", b.elem_offset + {b_at} '
+                f'+ ({first}) * {chunk_channels // g} * {words}), T.Cast("int64", {words} * {n}), '
+                f'T.Cast("int64", b0 * {n})))')
 
     def sums(function: str) -> str:
-        return (f'T.evaluate(T.call_extern("int32", "{PREFIX}_{function}{v}", c.data, '
+        return (f'T.evaluate(T.call_extern("int32", "{functions}_{function}{v}", c.data, '
                 f'T.Cast("int32", c.elem_offset), T.Cast("int64", c0 * 4)))')
 
     last = f"\n{' ' * 12}{chunk('rest', str(chunks))}" if rest else ""
@@ -266,13 +295,14 @@ def _implementation(shape: ProductShape):
 @T.prim_func(s_tir=True)
 def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -> None:
     {declared}
-    a = T.match_buffer(a_handle, {a}, "bfloat16", strides=[{a_strides}], offset_factor=1)
-    b = T.match_buffer(b_handle, {b}, "bfloat16", strides=[{b_strides}], offset_factor=1)
-    c = T.match_buffer(c_handle, ({p}, {v * 16}), "float32", strides=[c0, 1], offset_factor=1)
+    a = T.match_buffer(a_handle, {a}, "{o.data}", strides=[{a_strides}], offset_factor=1)
+    b = T.match_buffer(b_handle, {b}, "{o.weight}", strides=[{b_strides}], offset_factor=1)
+    c = T.match_buffer(c_handle, ({p}, {v * 16}), "{o.accumulator}", strides=[c0, 1],
+                       offset_factor=1)
     with T.sblock("root"):
         T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
         T.writes(c[0:{p}, 0:{v * 16}])
-        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest}))
+        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest * n}))
         {sums("load")}
         for y, x in T.grid({kh}, {kw}):
             for chunk in T.serial({chunks}):
@@ -286,16 +316,16 @@ def _whole(name: str, shape: tuple[int, ...]) -> str:
     return f"{name}[{', '.join(f'0:{n}' for n in shape)}]"
 
 
-def tile_amx(sch, func, names: list[str], main: str) -> bool:
-    """Schedule ``main`` (conv2d_nhwc or matmul, bf16 operands, a constant weight) in AMX tiles;
-    False where it does not fit them (its schedule ``sch`` is then spoilt)."""
+def tile_amx(sch, func, names: list[str], main: str, operands: Operands) -> bool:
+    """Schedule ``main`` (conv2d_nhwc or matmul of ``operands``, a constant weight) in AMX
+    tiles; False where it does not fit them (its schedule ``sch`` is then spoilt)."""
     block = sch.get_sblock(main)
     conv = main == "conv2d_nhwc"
     spatial, reduction = _loop_roles(sch, block, 3 if conv else 1)
     width, channels = spatial[-2], spatial[-1]
-    if _extent(sch, channels) % 16 or _extent(sch, reduction[-1]) % 2:
+    if _extent(sch, channels) % 16 or _extent(sch, reduction[-1]) % operands.group:
         return False
-    weight = _constant_weight(sch, func, block, "bfloat16")
+    weight = _constant_weight(sch, func, block, operands.weight)
     if weight is None:
         return False
     vectors = max(v for v in range(1, MAX_VECTORS + 1) if (_extent(sch, channels) // 16) % v == 0)
@@ -306,7 +336,7 @@ def tile_amx(sch, func, names: list[str], main: str) -> bool:
         spatial, reduction = _loop_roles(sch, block, 1)
         width, channels = spatial[-2], spatial[-1]
         pixels, names = ROWS, _block_names(sch)
-    shape = _shape(sch, block, conv, pixels, vectors, _extent(sch, reduction[-1]))
+    shape = _shape(sch, block, conv, pixels, vectors, _extent(sch, reduction[-1]), operands)
     if shape is None:
         return False
     _inline_around(sch, names, main)
@@ -316,19 +346,20 @@ def tile_amx(sch, func, names: list[str], main: str) -> bool:
     width_tiles, width_pixels = sch.split(width, [None, pixels])
     outer = [*spatial[:-2], width_tiles, channel_tiles]
     sch.reorder(*outer, *reduction[:-1], width_pixels, *channel_vectors, reduction[-1])
-    _pack(sch, block, weight, main, 2, 16)
+    _pack(sch, block, weight, main, operands.group, 16)
     output = _epilogue(sch, main, outer[-1])
     sch.parallel(sch.fuse(*outer))
     first = reduction[0] if conv else width_pixels
     init = sch.decompose_reduction(block, first)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(init_loops[-1])
+    halves, lanes = sch.split(sch.get_loops(init)[-1], [2, None])
+    sch.vectorize(lanes)
+    # on a serial loop of two: the code generator drops it from a parallel one, TVM a loop of
+    # one
+    sch.annotate(halves, "pragma_import_llvm", llvm_ir(vectors, operands))
     _register(shape)
     sch.tensorize(first, shape.name)
     if output is not None:
         _vectorize_last(sch, output)
-    # on a serial loop: the code generator drops it from a parallel one
-    sch.annotate(sch.get_loops(output)[1], "pragma_import_llvm", llvm_ir(vectors))
     for name in padding:
         producer = sch.get_sblock(name)
         loops = sch.get_loops(producer)
@@ -343,15 +374,16 @@ def _pixels(width: int) -> int:
     return max(p for p in range(1, min(width, ROWS) + 1) if width % p == 0)
 
 
-def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int):
+def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int,
+           operands: Operands):
     """The ProductShape of the block's tiles: a convolution's kernel, dilation and stride
     read off its input's indices (None where they are not ``h * s + kh * d``)."""
     if not conv:
-        return ProductShape((1, 1), (1, 1), 1, pixels, vectors, channels, False)
+        return ProductShape((1, 1), (1, 1), 1, pixels, vectors, channels, False, operands)
     stmt = sch.get(block)
     loops = sch.get_loops(block)
     variables = [v.var for v in stmt.iter_vars]
-    inputs = [r for r in stmt.reads if str(r.source.dtype) == "bfloat16" and len(r.region) == 4
+    inputs = [r for r in stmt.reads if str(r.source.dtype) == operands.data and len(r.region) == 4
               and r.source.name not in _layout_free(sch.mod["main"])]
     if len(inputs) != 1:
         return None
@@ -362,7 +394,7 @@ def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int):
         return None
     _, dh, sw, dw = coefficients
     kernel = (_extent(sch, loops[-3]), _extent(sch, loops[-2]))
-    return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True)
+    return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True, operands)
 
 
 def _coefficient(index, variables, which: int) -> int | None:

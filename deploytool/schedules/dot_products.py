@@ -53,10 +53,12 @@ BF16 = DotInstruction("vdpbf16ps (AVX-512 BF16)", "avx512bf16", "bfloat16", "bfl
                       "llvm.x86.avx512bf16.dpbf16ps.512")
 SDOT = DotInstruction("sdot (ARMv8.2 dot product)", "dotprod", "int8", "int8", "int32", 4,
                       "deploytool_dot_4x4_sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", lanes=4)
-# AMX's tiles (schedules/amx.py), where the CPU has them, before vdpbf16ps's
+# AMX's tiles (schedules/amx.py), where the CPU has them, before vpdpbusd's and vdpbf16ps's
+AMX_INT8 = DotInstruction("tdpbusd (AMX-INT8)", "amx-int8", "uint8", "int8", "int32", 4,
+                          "deploytool_amx_int8", "llvm.x86.tdpbusd")
 AMX_BF16 = DotInstruction("tdpbf16ps (AMX-BF16)", "amx-bf16", "bfloat16", "bfloat16",
                           "float32", 2, "deploytool_amx_bf16", "llvm.x86.tdpbf16ps")
-INSTRUCTIONS = (VNNI, AMX_BF16, BF16, SDOT)
+INSTRUCTIONS = (AMX_INT8, VNNI, AMX_BF16, BF16, SDOT)
 
 
 def target_instructions(target) -> tuple[DotInstruction, ...]:
@@ -192,10 +194,11 @@ def schedule_dot_product(func, instructions=INSTRUCTIONS):
 
 def _tile_with(instruction: DotInstruction):
     """The schedule of the instruction's tile."""
-    if instruction is AMX_BF16:
-        from .amx import tile_amx
+    if instruction in (AMX_BF16, AMX_INT8):
+        from . import amx
 
-        return lambda sch, func, names, main, _: tile_amx(sch, func, names, main)
+        operands = amx.BF16 if instruction is AMX_BF16 else amx.INT8
+        return lambda sch, func, names, main, _: amx.tile_amx(sch, func, names, main, operands)
     return _tile
 
 
