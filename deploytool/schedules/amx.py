@@ -77,7 +77,7 @@ class ProductShape:
     vectors: int
     channels: int
     conv: bool
-    operands: Operands = BF16
+    operands: Operands
 
     @property
     def name(self) -> str:
@@ -102,7 +102,7 @@ def llvm_ir(vectors: int, operands: Operands) -> str:
             b = b_tiles[v % 2]
             if v:
                 lines.append(f"  %b{v} = getelementptr i8, ptr %b{v - 1}, i64 %vector")
-            lines += [f"  call void @llvm.x86.tileloadd64(i8 {b}, ptr %b{v}, i64 %pairs)",
+            lines += [f"  call void @llvm.x86.tileloadd64(i8 {b}, ptr %b{v}, i64 %weightrows)",
                       f"  call void @{operands.llvm}(i8 {v}, i8 {a_tile}, i8 {b})"]
         return "\n".join(lines)
 
@@ -111,7 +111,7 @@ def llvm_ir(vectors: int, operands: Operands) -> str:
             f"  %c{v} = getelementptr i32, ptr %sums, i32 {v * 16}\n"
             f"  call void @llvm.x86.{op}(i8 {v}, ptr %c{v}, i64 %stride)" for v in c_tiles)
 
-    step = ("(ptr %data, i32 %i, i64 %rows, ptr %weight, i32 %j, i64 %pairs, i64 %vector) "
+    step = ("(ptr %data, i32 %i, i64 %rows, ptr %weight, i32 %j, i64 %weightrows, i64 %vector) "
             "alwaysinline")
     return f"""
 declare void @llvm.x86.tileloadd64(i8, ptr, i64)
