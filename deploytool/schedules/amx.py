@@ -24,13 +24,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .cpu import _block_names, _extent, _layout_free, _plain_copy
+from .cpu import _block_names, _extent, _layout_free
 from .dot_products import (
     _constant_weight,
     _epilogue,
     _inline_around,
     _loop_roles,
     _pack,
+    _padded_input,
+    _schedule_padding,
     _vectorize_last,
 )
 
@@ -340,7 +342,7 @@ def tile_amx(sch, func, names: list[str], main: str, operands: Operands) -> bool
     if shape is None:
         return False
     _inline_around(sch, names, main)
-    padding = _padding(sch, main)
+    padding = _padded_input(sch, main)
     channel_tiles, *channel_vectors = sch.split(channels, [None, vectors, 16] if vectors > 1
                                                 else [None, 16])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
@@ -360,12 +362,7 @@ def tile_amx(sch, func, names: list[str], main: str, operands: Operands) -> bool
     sch.tensorize(first, shape.name)
     if output is not None:
         _vectorize_last(sch, output)
-    for name in padding:
-        producer = sch.get_sblock(name)
-        loops = sch.get_loops(producer)
-        _vectorize_last(sch, producer)
-        if len(loops) > 2:
-            sch.parallel(sch.fuse(*loops[:-2]))
+    _schedule_padding(sch, padding)
     return True
 
 
@@ -410,14 +407,3 @@ def _coefficient(index, variables, which: int) -> int | None:
 
     first, second, third = at(1) - at(0), at(2) - at(1), at(3) - at(2)
     return first if first == second == third else None
-
-
-def _padding(sch, main: str) -> list[str]:
-    """The blocks before ``main`` left (its padded input), a plain copy of a 1x1 convolution
-    inlined so that the kernel reads its input in place."""
-    kept = _block_names(sch)
-    padding = kept[:kept.index(main)]
-    for name in [n for n in padding if _plain_copy(sch, sch.get_sblock(n))]:
-        sch.compute_inline(sch.get_sblock(name))
-        padding.remove(name)
-    return padding

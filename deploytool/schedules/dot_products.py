@@ -307,11 +307,7 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
         pixels = wanted
         names = _block_names(sch)
     _inline_around(sch, names, main)
-    kept = _block_names(sch)
-    padding = kept[:kept.index(main)]  # the padded input (pad_temp, or pad_einsum's rows)
-    for name in [n for n in padding if _plain_copy(sch, sch.get_sblock(n))]:
-        sch.compute_inline(sch.get_sblock(name))  # a 1x1 convolution reads its input in place
-        padding.remove(name)
+    padding = _padded_input(sch, main)
     channel_tiles, channel_vectors, lanes = sch.split(channels,
                                                       [None, vectors, lanes_per_vector])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
@@ -332,13 +328,29 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     sch.unroll(channel_vectors)
     if output is not None:
         _vectorize_last(sch, output)
+    _schedule_padding(sch, padding)
+    return True
+
+
+def _padded_input(sch, main: str) -> list[str]:
+    """The blocks before ``main`` (its padded input: pad_temp, or pad_einsum's rows), less a
+    plain copy, inlined: a 1x1 convolution reads its input in place."""
+    kept = _block_names(sch)
+    padding = kept[:kept.index(main)]
+    for name in [n for n in padding if _plain_copy(sch, sch.get_sblock(n))]:
+        sch.compute_inline(sch.get_sblock(name))
+        padding.remove(name)
+    return padding
+
+
+def _schedule_padding(sch, padding: list[str]) -> None:
+    """Vectors along the channels, threads across the rows."""
     for name in padding:
         producer = sch.get_sblock(name)
         loops = sch.get_loops(producer)
         _vectorize_last(sch, producer)
         if len(loops) > 2:
             sch.parallel(sch.fuse(*loops[:-2]))
-    return True
 
 
 def _loop_roles(sch, block, reductions: int):
