@@ -39,6 +39,16 @@ def _products():
     return Net().eval(), (1, 48, 28, 28)
 
 
+def _stem():
+    """A stem's 7x7 convolution with stride 2 over 3 channels (padded to 4: each kernel row's
+    7 x 4 values read as one tile row), then a 3x3 one over its 32."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 32, 7, stride=2, padding=3), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 16, 3, padding=1)).eval(), (1, 3, 32, 32)
+
+
 def _tokens():
     """A transformer's feed-forward block over 197 tokens (padded to tiles of 16 rows)."""
     import torch
@@ -62,7 +72,7 @@ PRECISIONS = {"bf16": ("bf16_products", "bf16", "tdpbf16ps", "vdpbf16ps"),
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("model", [_products, _tokens])
+@pytest.mark.parametrize("model", [_products, _stem, _tokens])
 def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model, precision):
     """Every bf16 or int8 product is scheduled in AMX tiles, which LLVM compiles to tile loads
     and tdpbf16ps or tdpbusd, not to the vdpbf16ps or vpdpbusd fallback; the tiles are
@@ -93,7 +103,7 @@ def test_the_amx_target_has_the_tiles_and_bf16():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX")
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("model", [_products, _tokens])
+@pytest.mark.parametrize("model", [_products, _stem, _tokens])
 def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
     """Run here, the package's outputs match ONNX Runtime's: computing the same bfloat16
     products in float32 (only the order of the sums differs), or the same integers from the
@@ -116,3 +126,19 @@ def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
 
+
+
+def test_a_stem_reads_a_kernel_row_as_one_tile_row():
+    """Where a kernel row's values are contiguous (no dilation, the input's channels all read)
+    and fit 64 bytes, the tile reads them at once: 7 x 4 bf16 values are 56 bytes."""
+    from deploytool.schedules import amx
+
+    def shape(kernel, dilation, channels, operands):
+        return amx.ProductShape(kernel, dilation, 2, 14, 2, channels, True, operands, True)
+
+    source = amx._implementation(shape((7, 7), (1, 1), 4, amx.BF16)).script()
+    assert source.count("deploytool_amx_bf16_rest2") == 1  # a call per kernel row
+    assert "deploytool_amx_bf16_step2" not in source
+    assert '"deploytool_amx_configure", 14, 56' in source
+    int8 = amx._implementation(shape((3, 3), (1, 1), 4, amx.INT8)).script()
+    assert '"deploytool_amx_configure", 14, 12' in int8

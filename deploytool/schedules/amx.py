@@ -80,13 +80,16 @@ class ProductShape:
     channels: int
     conv: bool
     operands: Operands
+    # A row of kernel offsets in one tile row: a stem's few input channels (3, padded to 4)
+    # read as kw x channels contiguous values, where the input has no other channels.
+    folded: bool = False
 
     @property
     def name(self) -> str:
         (kh, kw), (dh, dw) = self.kernel, self.dilation
         kind = f"conv{kh}x{kw}d{dh}x{dw}s{self.stride}" if self.conv else "matmul"
         return (f"{PREFIX}_{self.operands.kind}_{kind}_p{self.pixels}v{self.vectors}"
-                f"k{self.channels}")
+                f"k{self.channels}" + ("f" if self.folded else ""))
 
 
 def llvm_ir(vectors: int, operands: Operands) -> str:
@@ -291,6 +294,12 @@ def _implementation(shape: ProductShape):
                 f'T.Cast("int32", c.elem_offset), T.Cast("int64", c0 * 4)))')
 
     last = f"\n{' ' * 12}{chunk('rest', str(chunks))}" if rest else ""
+    reduction = (f"for y, x in T.grid({kh}, {kw}):\n{' ' * 12}for chunk in T.serial({chunks}):"
+                 f"\n{' ' * 16}{chunk('step', 'chunk')}{last}")
+    rest_bytes = rest * n
+    if shape.folded:  # per kernel row, its kw x k values in one tile row
+        reduction = f"for y, x in T.grid({kh}, 1):\n{' ' * 12}{chunk('rest', '0')}"
+        rest_bytes = kw * k * n
     strides = [n for n in f"{a_strides}, {b_strides}, c0".split(", ") if not n.isdigit()]
     declared = "\n    ".join(f"{n} = T.int32()" for n in strides)
     source = f"""
@@ -304,11 +313,9 @@ def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -
     with T.sblock("root"):
         T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
         T.writes(c[0:{p}, 0:{v * 16}])
-        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest * n}))
+        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest_bytes}))
         {sums("load")}
-        for y, x in T.grid({kh}, {kw}):
-            for chunk in T.serial({chunks}):
-                {chunk("step", "chunk")}{last}
+        {reduction}
         {sums("store")}
 """
     return tvm.script.from_source(source)
@@ -391,7 +398,9 @@ def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int,
         return None
     _, dh, sw, dw = coefficients
     kernel = (_extent(sch, loops[-3]), _extent(sch, loops[-2]))
-    return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True, operands)
+    folded = (kernel[1] > 1 and dw == 1 and int(inputs[0].source.shape[-1]) == channels
+              and kernel[1] * channels * operands.bytes <= ROW_BYTES)
+    return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True, operands, folded)
 
 
 def _coefficient(index, variables, which: int) -> int | None:
