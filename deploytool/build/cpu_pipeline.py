@@ -6,17 +6,10 @@ from dataclasses import asdict, dataclass
 
 from ..schedules.copies import schedule_concat, schedule_rows, schedule_transpose
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
-from ..schedules.dot_products import (
-    AMX_BF16,
-    AMX_INT8,
-    BF16,
-    SDOT,
-    VNNI,
-    schedule_dot_product,
-    target_instructions,
-)
+from ..schedules.dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
+from ..schedules.products import schedule_dot_product, target_instructions
 from ..schedules.reductions import schedule_reduction
 from ..schedules.sampled import DEFAULT_SCHEDULE, sample_best_schedule
 from ..targets import TargetSpec

@@ -1,0 +1,61 @@
+"""Which tile schedules a convolution or matrix product by a constant weight: AMX's
+(schedules/amx.py) where the CPU has it, else the register tile of a dot-product instruction
+(schedules/dot_products.py), in the order of INSTRUCTIONS; a product none takes is left to the
+float32 schedules."""
+
+from __future__ import annotations
+
+from . import amx
+from .cpu import _block_names
+from .dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI, DotInstruction, _tile
+
+DOT_BLOCKS = ("conv2d_nhwc", "matmul")
+INSTRUCTIONS = (AMX_INT8, VNNI, AMX_BF16, BF16, SDOT)
+
+
+def target_instructions(target) -> tuple[DotInstruction, ...]:
+    """The dot-product instructions a ``tvm.target.Target`` has."""
+    from tvm.target.codegen import target_has_features
+
+    return tuple(i for i in INSTRUCTIONS if target_has_features(i.feature, target))
+
+
+def schedule_dot_product(func, instructions=INSTRUCTIONS):
+    """The tensorized schedule of a fused kernel whose main block is a convolution (one group)
+    or matrix product by a constant weight in the dtypes of one of ``instructions``, and the
+    instruction; or (None, None) when it is not one (or its channels do not split into 16s and
+    groups)."""
+    import tvm
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    names = _block_names(sch)
+    main = next((n for n in DOT_BLOCKS if n in names), None)
+    if main is None:
+        return None, None
+    computed = [i for i in instructions if _computes(sch, sch.get_sblock(main), i)]
+    for instruction in computed:
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        try:
+            if _tile_with(instruction)(sch, func, names, main, instruction):
+                return sch.mod["main"].with_attr("tirx.is_scheduled", True), instruction
+        except Exception:  # a form this schedule does not cover (tests check the forms it does)
+            continue
+    return None, None
+
+
+def _tile_with(instruction: DotInstruction):
+    """The schedule of the instruction's tile."""
+    if instruction in (AMX_BF16, AMX_INT8):
+        operands = amx.BF16 if instruction is AMX_BF16 else amx.INT8
+        return lambda sch, func, names, main, _: amx.tile_amx(sch, func, names, main, operands)
+    return _tile
+
+
+def _computes(sch, block, instruction: DotInstruction) -> bool:
+    """Whether the block multiplies the instruction's dtypes into its accumulator's."""
+    stmt = sch.get(block)
+    inputs = sorted(str(r.source.dtype) for r in stmt.reads
+                    if str(r.source.dtype) in (instruction.data, instruction.weight))
+    return (len(inputs) == 2 and inputs == sorted([instruction.data, instruction.weight])
+            and str(stmt.writes[0].source.dtype) == instruction.accumulator)
