@@ -111,16 +111,36 @@ class TargetSpec:
                 "arch": self.arch, "cxx": self.cxx, **self.extra}
 
 
+AMX_FEATURES = ("amx-tile", "amx-bf16", "amx-int8")
+
+
 def _features_beyond(target: dict) -> list[str]:
     """``+feature`` for each instruction set this machine's /proc/cpuinfo lists that LLVM's model
     of the named CPU lacks: a virtual machine's CPU model can name an older CPU than its flags
-    (a Xeon with AMX that LLVM calls ``rocketlake``, without AVX-512 BF16)."""
+    (a Xeon with AMX that LLVM calls ``rocketlake``, without AVX-512 BF16). ``-amx-...`` where
+    Linux does not grant this process AMX (kernels before 5.16 list the flags but fault on the
+    first tile instruction)."""
     import tvm
 
     flags = machine_cpu_flags()
     known = X86_FLAGS if platform.machine() == "x86_64" else ARM_FLAGS
     has = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(target))
-    return [f"+{f}" for f, flag in known.items() if flag in flags and f not in has]
+    granted = amx_granted()
+    return ([f"+{f}" for f, flag in known.items()
+             if flag in flags and f not in has and (granted or f not in AMX_FEATURES)]
+            + [f"-{f}" for f in AMX_FEATURES if f in has and not granted])
+
+
+def amx_granted() -> bool:
+    """Whether Linux grants this process AMX's tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM,
+    XFEATURE_XTILEDATA)``, Linux 5.16 and later, on a CPU with AMX); what an AMX package's
+    runtime asks for too."""
+    import ctypes
+
+    if platform.machine() != "x86_64" or "amx_tile" not in machine_cpu_flags():
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XTILEDATA
 
 
 def machine_cpu_flags() -> set[str]:

@@ -33,6 +33,12 @@
 #if defined(__aarch64__)
 #include <sys/auxv.h>
 #endif
+#if defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#endif
 
 namespace ffi = tvm::ffi;
 
@@ -587,6 +593,22 @@ int ReadPackageManifest(dt_model* model, RuntimeSpec* runtime) {
   return DT_OK;
 }
 
+// AMX kernels ask Linux for the tile state on first use; ask here too, so that a kernel that
+// does not grant it (before 5.16) gets an error rather than a fault at the first tile load.
+int CheckAmxGranted(const RuntimeSpec& runtime) {
+#if defined(__x86_64__)
+  const std::vector<std::string>& features = runtime.cpu_features;
+  if (std::find(features.begin(), features.end(), "amx_tile") != features.end() &&
+      syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0) {
+    return Fail(DT_ERR_PLATFORM, std::string("Linux does not grant this process the AMX tiles the package was "
+                                             "compiled for (") + std::strerror(errno) +
+                                     "): they need Linux 5.16 or later. Compile for a target without AMX, "
+                                     "e.g. x86_64-avx512-bf16");
+  }
+#endif
+  return DT_OK;
+}
+
 // This machine's architecture and CPU features against the package's.
 int CheckMachine(const RuntimeSpec& runtime) {
   if (runtime.arch != MachineArch()) {
@@ -603,7 +625,7 @@ int CheckMachine(const RuntimeSpec& runtime) {
                                      "). Compile for a more portable target, e.g. " +
                                      (std::strcmp(MachineArch(), "aarch64") == 0 ? "arm64" : "x86_64-avx2"));
   }
-  return DT_OK;
+  return CheckAmxGranted(runtime);
 }
 
 // dlopen of a truncated library can die of SIGBUS, so check the size first (dt_verify checks content).
