@@ -125,19 +125,19 @@ def _features_beyond(target: dict) -> list[str]:
     flags = machine_cpu_flags()
     known = X86_FLAGS if platform.machine() == "x86_64" else ARM_FLAGS
     has = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(target))
-    granted = amx_granted()
+    granted = amx_granted(flags)
     return ([f"+{f}" for f, flag in known.items()
              if flag in flags and f not in has and (granted or f not in AMX_FEATURES)]
             + [f"-{f}" for f in AMX_FEATURES if f in has and not granted])
 
 
-def amx_granted() -> bool:
+def amx_granted(flags: set[str]) -> bool:
     """Whether Linux grants this process AMX's tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM,
-    XFEATURE_XTILEDATA)``, Linux 5.16 and later, on a CPU with AMX); what an AMX package's
-    runtime asks for too."""
+    XFEATURE_XTILEDATA)``, Linux 5.16 and later), on a CPU whose /proc/cpuinfo ``flags`` have
+    AMX; what an AMX package's runtime asks for too."""
     import ctypes
 
-    if platform.machine() != "x86_64" or "amx_tile" not in machine_cpu_flags():
+    if platform.machine() != "x86_64" or "amx_tile" not in flags:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XTILEDATA

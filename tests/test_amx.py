@@ -127,18 +127,18 @@ def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
 
 
-
 def test_a_stem_reads_a_kernel_row_as_one_tile_row():
     """Where a kernel row's values are contiguous (no dilation, the input's channels all read)
     and fit 64 bytes, the tile reads them at once: 7 x 4 bf16 values are 56 bytes."""
     from deploytool.schedules import amx
+    from deploytool.schedules.dot_products import AMX_BF16, AMX_INT8
 
-    def shape(kernel, dilation, channels, operands):
-        return amx.ProductShape(kernel, dilation, 2, 14, 2, channels, True, operands, True)
+    def shape(kernel, dilation, channels, instruction):
+        return amx.ProductShape(kernel, dilation, 2, 14, 2, channels, True, instruction, True)
 
-    source = amx._implementation(shape((7, 7), (1, 1), 4, amx.BF16)).script()
+    source = amx._implementation(shape((7, 7), (1, 1), 4, AMX_BF16)).script()
     assert source.count("deploytool_amx_bf16_rest2") == 1  # a call per kernel row
     assert "deploytool_amx_bf16_step2" not in source
     assert '"deploytool_amx_configure", 14, 56' in source
-    int8 = amx._implementation(shape((3, 3), (1, 1), 4, amx.INT8)).script()
+    int8 = amx._implementation(shape((3, 3), (1, 1), 4, AMX_INT8)).script()
     assert '"deploytool_amx_configure", 14, 12' in int8

@@ -40,7 +40,7 @@ def test_a_cpu_model_older_than_its_flags_gets_the_missing_features(monkeypatch)
     monkeypatch.setattr(targets, "machine_cpu_flags",
                         lambda: {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
                                  "amx_bf16"})
-    monkeypatch.setattr(targets, "amx_granted", lambda: True)
+    monkeypatch.setattr(targets, "amx_granted", lambda flags: True)
     extra = targets._features_beyond({"kind": "llvm", "mcpu": "rocketlake"})
     assert extra == ["+avx512bf16", "+amx-tile", "+amx-bf16"]
 
@@ -50,7 +50,7 @@ def test_amx_is_left_out_where_linux_does_not_grant_it(monkeypatch):
     """Linux before 5.16 lists the AMX flags but faults on the first tile instruction."""
     monkeypatch.setattr(targets, "machine_cpu_flags",
                         lambda: {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
-    monkeypatch.setattr(targets, "amx_granted", lambda: False)
+    monkeypatch.setattr(targets, "amx_granted", lambda flags: False)
     assert targets._features_beyond({"kind": "llvm", "mcpu": "rocketlake"}) == ["+avx512bf16"]
     named = targets._features_beyond({"kind": "llvm", "mcpu": "sapphirerapids"})
     assert named == ["-amx-tile", "-amx-bf16", "-amx-int8"]

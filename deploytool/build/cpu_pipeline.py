@@ -127,18 +127,22 @@ class SchedulePlan:
                 f"{1 - SEARCH_MARGIN:.0%} faster than the default" if self.kept_default else "")
         return (f"{self.from_database}/{self.tasks} kernels tuned{where}, {self.default} with the "
                 f"default schedules ({self.hand_written} register-tiled, "
-                + (f"{self.integer} int8 with "
-                   + ("AMX" if self.amx else "dot products")
-                   + (f" ({self.integer - self.amx} with dot products)"
-                      if 0 < self.amx < self.integer else "") + ", " if self.integer else "")
-                + (f"{self.bf16} bf16 with {'AMX' if self.amx else 'vdpbf16ps'}"
-                   + (f" ({self.bf16 - self.amx} with vdpbf16ps)"
-                      if 0 < self.amx < self.bf16 else "") + ", " if self.bf16 else "")
+                + self._tiled(self.integer, "int8", "dot products")
+                + self._tiled(self.bf16, "bf16", "vdpbf16ps")
                 + f"{self.concatenations} "
                 f"concatenations, {self.transposes} transposes, {self.elementwise} elementwise, "
                 f"{self.reductions} "
                 f"reductions{kept}), {self.unscheduled} "
                 f"unscheduled")
+
+    def _tiled(self, count: int, precision: str, fallback: str) -> str:
+        """"N int8 with AMX (M with dot products), ": a build's products of one precision, AMX's
+        tiles counted in ``amx``."""
+        if not count:
+            return ""
+        rest = count - self.amx
+        return (f"{count} {precision} with {'AMX' if self.amx else fallback}"
+                + (f" ({rest} with {fallback})" if self.amx and rest > 0 else "") + ", ")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from .cpu import _block_names, _extent, _layout_free
 from .dot_products import (
+    DotInstruction,
     _constant_weight,
     _epilogue,
     _inline_around,
@@ -42,29 +43,14 @@ MAX_VECTORS = 3  # accumulator tiles: tmm0-2; the input tmm3, weights tmm4-5, th
 PREFIX = "deploytool_amx"
 
 
-@dataclass(frozen=True)
-class Operands:
-    """What one AMX instruction multiplies."""
-
-    kind: str  # in the names of its functions and intrinsics
-    data: str  # the input's dtype
-    weight: str
-    accumulator: str
-    group: int  # input channels of a 32-bit word
-    llvm: str  # the LLVM intrinsic
-
-    @property
-    def bytes(self) -> int:
-        return 4 // self.group
-
-    @property
-    def chunk(self) -> int:
-        """Input channels of a tile row."""
-        return ROW_BYTES // self.bytes
+def _bytes(instruction: DotInstruction) -> int:
+    """Of an input element: a 32-bit word holds ``group`` of them."""
+    return 4 // instruction.group
 
 
-BF16 = Operands("bf16", "bfloat16", "bfloat16", "float32", 2, "llvm.x86.tdpbf16ps")
-INT8 = Operands("int8", "uint8", "int8", "int32", 4, "llvm.x86.tdpbusd")
+def _chunk(instruction: DotInstruction) -> int:
+    """Input channels of a tile row."""
+    return ROW_BYTES // _bytes(instruction)
 
 
 @dataclass(frozen=True)
@@ -79,7 +65,7 @@ class ProductShape:
     vectors: int
     channels: int
     conv: bool
-    operands: Operands
+    instruction: DotInstruction  # AMX_BF16 or AMX_INT8
     # A row of kernel offsets in one tile row: a stem's few input channels (3, padded to 4)
     # read as kw x channels contiguous values, where the input has no other channels.
     folded: bool = False
@@ -88,16 +74,16 @@ class ProductShape:
     def name(self) -> str:
         (kh, kw), (dh, dw) = self.kernel, self.dilation
         kind = f"conv{kh}x{kw}d{dh}x{dw}s{self.stride}" if self.conv else "matmul"
-        return (f"{PREFIX}_{self.operands.kind}_{kind}_p{self.pixels}v{self.vectors}"
+        return (f"{self.instruction.intrinsic}_{kind}_p{self.pixels}v{self.vectors}"
                 f"k{self.channels}" + ("f" if self.folded else ""))
 
 
-def llvm_ir(vectors: int, operands: Operands) -> str:
+def llvm_ir(vectors: int, instruction: DotInstruction) -> str:
     """The LLVM functions the kernel calls, linked into it and inlined: the configuration, and
     the tile instructions for ``vectors`` accumulators (a tile register is an immediate)."""
     c_tiles = range(vectors)
-    element = f"i{8 * operands.bytes}"
-    functions = f"{PREFIX}_{operands.kind}"
+    element = f"i{8 * _bytes(instruction)}"
+    functions = instruction.intrinsic
 
     def weights(a_tile: int, b_tiles: tuple[int, int]) -> str:
         lines = [f"  %a = getelementptr {element}, ptr %data, i32 %i",
@@ -108,7 +94,7 @@ def llvm_ir(vectors: int, operands: Operands) -> str:
             if v:
                 lines.append(f"  %b{v} = getelementptr i8, ptr %b{v - 1}, i64 %vector")
             lines += [f"  call void @llvm.x86.tileloadd64(i8 {b}, ptr %b{v}, i64 %weightrows)",
-                      f"  call void @{operands.llvm}(i8 {v}, i8 {a_tile}, i8 {b})"]
+                      f"  call void @{instruction.llvm}(i8 {v}, i8 {a_tile}, i8 {b})"]
         return "\n".join(lines)
 
     def accumulators(op: str) -> str:
@@ -121,7 +107,7 @@ def llvm_ir(vectors: int, operands: Operands) -> str:
     return f"""
 declare void @llvm.x86.tileloadd64(i8, ptr, i64)
 declare void @llvm.x86.tilestored64(i8, ptr, i64)
-declare void @{operands.llvm}(i8, i8, i8)
+declare void @{instruction.llvm}(i8, i8, i8)
 declare void @llvm.x86.ldtilecfg(ptr)
 declare void @llvm.x86.sttilecfg(ptr)
 declare i64 @syscall(i64, ...)
@@ -214,15 +200,25 @@ def _input_extent(shape: ProductShape) -> tuple[int, int]:
     return (kh - 1) * dh + 1, (shape.pixels - 1) * shape.stride + (kw - 1) * dw + 1
 
 
+def _operand_shapes(shape: ProductShape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of the input and weight regions a tile reads."""
+    v, k, g = shape.vectors, shape.channels, shape.instruction.group
+    if shape.conv:
+        kh, kw = shape.kernel
+        return (*_input_extent(shape), k), (v, kh, kw, k // g, 16, g)
+    return (shape.pixels, k), (v, k // g, 16, g)
+
+
 def _description(shape: ProductShape):
     """The products of a tile's whole reduction, as the kernel's block computes them: its
     iteration variables are the block's, a kernel axis of one offset having none (written as
     TVMScript text, as they vary with the shape)."""
     import tvm
 
-    p, v, k, o = shape.pixels, shape.vectors, shape.channels, shape.operands
+    p, v, k, o = shape.pixels, shape.vectors, shape.channels, shape.instruction
     g = o.group
     (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
+    a, b = _operand_shapes(shape)
     # in the block's order: spatial axes first
     axes = [("vi", f"T.axis.spatial({p}, i)", p),
             ("vo", f"T.axis.spatial({v * 16}, {'j * 16 + ' if v > 1 else ''}lane)", 0),
@@ -233,12 +229,10 @@ def _description(shape: ProductShape):
     x = "vx" if kw > 1 else "0"
     i = "vi" if p > 1 else "0"
     if shape.conv:
-        rows, columns = _input_extent(shape)
-        a, a_index = (rows, columns, k), f"{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
-        b, b_index = (v, kh, kw, k // g, 16, g), f"vo // 16, {y}, {x}, vr // {g}, vo % 16, vr % {g}"
+        a_index = f"{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
+        b_index = f"vo // 16, {y}, {x}, vr // {g}, vo % 16, vr % {g}"
     else:
-        a, a_index = (p, k), f"{i}, vr"
-        b, b_index = (v, k // g, 16, g), f"vo // 16, vr // {g}, vo % 16, vr % {g}"
+        a_index, b_index = f"{i}, vr", f"vo // 16, vr // {g}, vo % 16, vr % {g}"
     # a split into one vector is not made (see tile_amx): its loop would not match
     loops = [("y", kh), ("x", kw), ("i", p), ("j", v), ("lane", 16), ("r", k)]
     loops = [(name, n) for name, n in loops
@@ -267,20 +261,19 @@ def _implementation(shape: ProductShape):
     chunk of input channels one input and V weight tiles, store the sums."""
     import tvm
 
-    p, v, k, o = shape.pixels, shape.vectors, shape.channels, shape.operands
-    g, n, chunk_channels = o.group, o.bytes, o.chunk
+    p, v, k, o = shape.pixels, shape.vectors, shape.channels, shape.instruction
+    g, n, chunk_channels = o.group, _bytes(o), _chunk(o)
     chunks, rest = divmod(k, chunk_channels)
     (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
+    a, b = _operand_shapes(shape)
     if shape.conv:
-        a, a_strides = _input_extent(shape) + (k,), "a0, a1, 1"
-        b, b_strides = (v, kh, kw, k // g, 16, g), f"b0, b1, b2, b3, {g}, 1"
+        a_strides, b_strides = "a0, a1, 1", f"b0, b1, b2, b3, {g}, 1"
         a_at, b_at, words, rows = f"y * {dh} * a0 + x * {dw} * a1", "y * b1 + x * b2", "b3", \
             f"a1 * {s}"
     else:
-        a, a_strides = (p, k), "a0, 1"
-        b, b_strides = (v, k // g, 16, g), f"b0, b1, {g}, 1"
+        a_strides, b_strides = "a0, 1", f"b0, b1, {g}, 1"
         a_at, b_at, words, rows = "0", "0", "b1", "a0"
-    functions = f"{PREFIX}_{o.kind}"
+    functions = o.intrinsic
 
     def chunk(function: str, first: str) -> str:
         return (f'T.evaluate(T.call_extern("int32", "{functions}_{function}{v}", a.data, '
@@ -325,16 +318,16 @@ def _whole(name: str, shape: tuple[int, ...]) -> str:
     return f"{name}[{', '.join(f'0:{n}' for n in shape)}]"
 
 
-def tile_amx(sch, func, names: list[str], main: str, operands: Operands) -> bool:
-    """Schedule ``main`` (conv2d_nhwc or matmul of ``operands``, a constant weight) in AMX
-    tiles; False where it does not fit them (its schedule ``sch`` is then spoilt)."""
+def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction) -> bool:
+    """Schedule ``main`` (conv2d_nhwc or matmul of ``instruction``'s dtypes, a constant weight)
+    in AMX tiles; False where it does not fit them (its schedule ``sch`` is then spoilt)."""
     block = sch.get_sblock(main)
     conv = main == "conv2d_nhwc"
     spatial, reduction = _loop_roles(sch, block, 3 if conv else 1)
     width, channels = spatial[-2], spatial[-1]
-    if _extent(sch, channels) % 16 or _extent(sch, reduction[-1]) % operands.group:
+    if _extent(sch, channels) % 16 or _extent(sch, reduction[-1]) % instruction.group:
         return False
-    weight = _constant_weight(sch, func, block, operands.weight)
+    weight = _constant_weight(sch, func, block, instruction.weight)
     if weight is None:
         return False
     vectors = max(v for v in range(1, MAX_VECTORS + 1) if (_extent(sch, channels) // 16) % v == 0)
@@ -345,7 +338,8 @@ def tile_amx(sch, func, names: list[str], main: str, operands: Operands) -> bool
         spatial, reduction = _loop_roles(sch, block, 1)
         width, channels = spatial[-2], spatial[-1]
         pixels, names = ROWS, _block_names(sch)
-    shape = _shape(sch, block, conv, pixels, vectors, _extent(sch, reduction[-1]), operands)
+    shape = _shape(sch, block, conv, pixels, vectors, _extent(sch, reduction[-1]),
+                   instruction)
     if shape is None:
         return False
     _inline_around(sch, names, main)
@@ -355,7 +349,7 @@ def tile_amx(sch, func, names: list[str], main: str, operands: Operands) -> bool
     width_tiles, width_pixels = sch.split(width, [None, pixels])
     outer = [*spatial[:-2], width_tiles, channel_tiles]
     sch.reorder(*outer, *reduction[:-1], width_pixels, *channel_vectors, reduction[-1])
-    _pack(sch, block, weight, main, operands.group, 16)
+    _pack(sch, block, weight, main, instruction.group, 16)
     output = _epilogue(sch, main, outer[-1])
     sch.parallel(sch.fuse(*outer))
     first = reduction[0] if conv else width_pixels
@@ -364,7 +358,7 @@ def tile_amx(sch, func, names: list[str], main: str, operands: Operands) -> bool
     sch.vectorize(lanes)
     # on a serial loop of two: the code generator drops it from a parallel one, TVM a loop of
     # one
-    sch.annotate(halves, "pragma_import_llvm", llvm_ir(vectors, operands))
+    sch.annotate(halves, "pragma_import_llvm", llvm_ir(vectors, instruction))
     _register(shape)
     sch.tensorize(first, shape.name)
     if output is not None:
@@ -379,15 +373,16 @@ def _pixels(width: int) -> int:
 
 
 def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int,
-           operands: Operands):
+           instruction: DotInstruction):
     """The ProductShape of the block's tiles: a convolution's kernel, dilation and stride
     read off its input's indices (None where they are not ``h * s + kh * d``)."""
     if not conv:
-        return ProductShape((1, 1), (1, 1), 1, pixels, vectors, channels, False, operands)
+        return ProductShape((1, 1), (1, 1), 1, pixels, vectors, channels, False, instruction)
     stmt = sch.get(block)
     loops = sch.get_loops(block)
     variables = [v.var for v in stmt.iter_vars]
-    inputs = [r for r in stmt.reads if str(r.source.dtype) == operands.data and len(r.region) == 4
+    inputs = [r for r in stmt.reads if str(r.source.dtype) == instruction.data
+              and len(r.region) == 4
               and r.source.name not in _layout_free(sch.mod["main"])]
     if len(inputs) != 1:
         return None
@@ -399,8 +394,9 @@ def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int,
     _, dh, sw, dw = coefficients
     kernel = (_extent(sch, loops[-3]), _extent(sch, loops[-2]))
     folded = (kernel[1] > 1 and dw == 1 and int(inputs[0].source.shape[-1]) == channels
-              and kernel[1] * channels * operands.bytes <= ROW_BYTES)
-    return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True, operands, folded)
+              and kernel[1] * channels * _bytes(instruction) <= ROW_BYTES)
+    return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True, instruction,
+                        folded)
 
 
 def _coefficient(index, variables, which: int) -> int | None:

@@ -46,10 +46,7 @@ def schedule_dot_product(func, instructions=INSTRUCTIONS):
 
 def _tile_with(instruction: DotInstruction):
     """The schedule of the instruction's tile."""
-    if instruction in (AMX_BF16, AMX_INT8):
-        operands = amx.BF16 if instruction is AMX_BF16 else amx.INT8
-        return lambda sch, func, names, main, _: amx.tile_amx(sch, func, names, main, operands)
-    return _tile
+    return amx.tile_amx if instruction in (AMX_BF16, AMX_INT8) else _tile
 
 
 def _computes(sch, block, instruction: DotInstruction) -> bool:
