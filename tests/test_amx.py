@@ -91,6 +91,7 @@ def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, mo
     assert f"{instruction} (AMX-" in manifest["precision"]["instructions"]
     asm = (dump / "model.s").read_text()
     assert asm.count(instruction) >= products and "tileloadd" in asm and "tilestored" in asm
+    assert asm.count("tilezero") >= products  # the sums start in the tiles, not from memory
     assert fallback not in asm
     assert asm.count("ldtilecfg") == asm.count("sttilecfg") == products
 

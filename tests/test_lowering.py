@@ -158,3 +158,32 @@ def test_transcendental_functions_are_computed_inline(function, reference):
         assert np.allclose(out.numpy(), expected, rtol=1e-6, atol=1e-7), function
     assert calls["default"]  # what TVM alone does (sigmoid and tanh: through exp)
     assert not calls[lowering.tir_pipeline()], calls
+
+
+def test_rounding_stays_one_vector_and_half_to_even():
+    """An int8 epilogue's rounding (nearbyint) is one 16-float instruction on AVX-512, where TVM
+    alone computes it element by element and LLVM vectorizes that at 8 floats on Intel's CPUs;
+    ties still go to the even integer, as ONNX's QuantizeLinear."""
+    import tvm
+    from tvm import te, tirx
+
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.targets import load_target
+
+    x = te.placeholder((64,), name="x")
+    y = te.compute((64,), lambda i: tirx.nearbyint(x[i] * 0.5), name="y")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, y]))
+    sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("y"))[0], [None, 16])[1])
+    avx512 = tuning_target(load_target("x86_64-avx512"))
+    widths = {}
+    for pipeline in ("default", lowering.tir_pipeline()):
+        ir = tvm.tirx.build(sch.mod, target=avx512, pipeline=pipeline).inspect_source("ll")
+        widths[pipeline] = set(re.findall(r"@llvm\.nearbyint\.v(\d+)f32", ir))
+    assert widths["default"] == {"8"}  # what TVM alone does
+    assert widths[lowering.tir_pipeline()] == {"16"}
+    lib = tvm.tirx.build(sch.mod, target=tuning_target(load_target("cpu")),
+                         pipeline=lowering.tir_pipeline())
+    values = np.arange(-32, 32, dtype="float32")  # halves: every tie, odd and even
+    out = tvm.runtime.tensor(np.zeros(64, "float32"))
+    lib["main"](tvm.runtime.tensor(values), out)
+    np.testing.assert_array_equal(out.numpy(), np.rint(values * np.float32(0.5)))

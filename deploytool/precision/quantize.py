@@ -12,8 +12,10 @@ from .calibration import Calibration
 
 # What is quantized, and how: the choices of ONNX Runtime's x86 guidance (QDQ format, unsigned
 # activations per tensor, signed symmetric weights per output channel), for the operators whose
-# integer kernels pay; the others stay in float32 between a dequantize and a quantize.
-QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+# integer kernels pay, and the activations the tool then removes (the product before them
+# quantizes to their range: one requantization in its epilogue, not two); the others stay in
+# float32 between a dequantize and a quantize.
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm", "Relu", "Clip"]
 
 
 def activation_type(arch: str) -> str:

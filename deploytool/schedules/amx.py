@@ -102,11 +102,13 @@ def llvm_ir(vectors: int, instruction: DotInstruction) -> str:
             f"  %c{v} = getelementptr i32, ptr %sums, i32 {v * 16}\n"
             f"  call void @llvm.x86.{op}(i8 {v}, ptr %c{v}, i64 %stride)" for v in c_tiles)
 
+    zeros = "\n".join(f"  call void @llvm.x86.tilezero(i8 {v})" for v in c_tiles)
     step = ("(ptr %data, i32 %i, i64 %rows, ptr %weight, i32 %j, i64 %weightrows, i64 %vector) "
             "alwaysinline")
     return f"""
 declare void @llvm.x86.tileloadd64(i8, ptr, i64)
 declare void @llvm.x86.tilestored64(i8, ptr, i64)
+declare void @llvm.x86.tilezero(i8)
 declare void @{instruction.llvm}(i8, i8, i8)
 declare void @llvm.x86.ldtilecfg(ptr)
 declare void @llvm.x86.sttilecfg(ptr)
@@ -150,9 +152,8 @@ done:
 }}
 declare i1 @llvm.vector.reduce.and.v64i1(<64 x i1>)
 
-define internal i32 @{functions}_load{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
-  %s = getelementptr i32, ptr %sums, i32 %k
-{accumulators("tileloadd64").replace("%sums", "%s")}
+define internal i32 @{functions}_zero{vectors}() alwaysinline {{
+{zeros}
   ret i32 0
 }}
 define internal i32 @{functions}_store{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
@@ -257,8 +258,11 @@ def description(a: T.Buffer({a}, "{o.data}", offset_factor=1),
 
 
 def _implementation(shape: ProductShape):
-    """The tile instructions (see llvm_ir): configure, load the sums, per kernel offset and
-    chunk of input channels one input and V weight tiles, store the sums."""
+    """The tile instructions (see llvm_ir): configure, zero the sums, per kernel offset and
+    chunk of input channels one input and V weight tiles, store the sums. The tile covers the
+    whole reduction, so its sums start at zero in the tile registers: the zeros the block's init
+    writes before it are not read (a tile load of what vector stores have just written waits
+    for them to reach the cache)."""
     import tvm
 
     p, v, k, o = shape.pixels, shape.vectors, shape.channels, shape.instruction
@@ -307,7 +311,7 @@ def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -
         T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
         T.writes(c[0:{p}, 0:{v * 16}])
         T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest_bytes}))
-        {sums("load")}
+        T.evaluate(T.call_extern("int32", "{functions}_zero{v}"))
         {reduction}
         {sums("store")}
 """
