@@ -117,6 +117,31 @@ def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):
     np.testing.assert_array_equal(again, got)
 
 
+def test_a_jittered_emulation_moves_only_roundings_within_ulps_of_a_tie(tmp_path):
+    """The jittered peer moves each rounded activation (not the weights) by a few float32 ulps
+    before rounding to bf16: an input halfway between two bf16 values rounds either way, one
+    farther from a tie as in the plain emulation."""
+    import onnx
+    import torch
+
+    from deploytool.precision.emulation import emulated_half
+    from deploytool.verify.references import onnxruntime_session
+
+    layer = torch.nn.Linear(64, 32, bias=False).eval()
+    path = _onnx(layer, (4, 64), tmp_path / "linear.onnx")
+    plain, _ = emulated_half(onnx.load(path), BF16_PRODUCTS)
+    jittered, products = emulated_half(onnx.load(path), BF16_PRODUCTS, jitter=1)
+    assert products == 1
+    assert [n.op_type for n in jittered.graph.node].count("RandomUniformLike") == 1
+    runs = [onnxruntime_session(m.SerializeToString()) for m in (plain, jittered)]
+    ties = np.full((4, 64), 1 + 2.0 ** -8, "float32")  # halfway between 1 and 1 + 2^-7
+    off = np.full((4, 64), 1 + 2.0 ** -9, "float32")  # a quarter of a bf16 step from 1
+    tie_plain, tie_jittered = (run.run(None, {"x": ties})[0] for run in runs)
+    off_plain, off_jittered = (run.run(None, {"x": off})[0] for run in runs)
+    assert not np.array_equal(tie_plain, tie_jittered)
+    np.testing.assert_array_equal(off_plain, off_jittered)
+
+
 def test_accuracy_without_a_peer_holds_the_package_to_fp32_alone():
     rng = np.random.default_rng(0)
     samples = [[rng.standard_normal((2, 10)).astype("float32")] for _ in range(4)]

@@ -22,8 +22,10 @@ PEER = "onnxruntime-int8"  # the same quantized model in ONNX Runtime, its QLine
 # correct package can match either: it is held to the closer one, within the two's own spread.
 LITERAL_PEER = "onnxruntime-qdq"
 INT8_PEERS = (PEER, LITERAL_PEER)
-# bf16, fp16: the float32 model, its products' operands rounded (onnxruntime-bf16, -fp16)
+# bf16, fp16: the float32 model, its products' operands rounded (onnxruntime-bf16, -fp16), and
+# the same with each rounded activation first moved by a few ulps (precision/emulation.py)
 HALF_PEER = "onnxruntime-{}"
+JITTERED_PEER = "onnxruntime-{}-jitter{}"
 
 
 # Where ONNX Runtime's int8 of the same model is itself less accurate than the thresholds, the
@@ -111,12 +113,12 @@ class AccuracyReport:
                 "agreements": [a.to_dict() for a in self.agreements]}
 
     def format(self) -> str:
-        lines = [f"{'output':<12} {'reference':<17} {'cosine':>10} {'at least':>10} "
+        lines = [f"{'output':<12} {'reference':<24} {'cosine':>10} {'at least':>10} "
                  f"{'SNR dB':>7} {'top-1':>6} {'at least':>8}  result"]
         for a in self.agreements:
             top1 = "-" if a.top1 is None else f"{a.top1:.0%}"
             least = "-" if a.top1 is None or a.min_top1 is None else f"{a.min_top1:.0%}"
-            lines.append(f"{a.output[:12]:<12} {a.reference:<17} {a.cosine:10.6f} "
+            lines.append(f"{a.output[:12]:<12} {a.reference:<24} {a.cosine:10.6f} "
                          f"{a.min_cosine:10.6f} {a.snr_db:7.1f} {top1:>6} {least:>8}  "
                          f"{'PASSED' if a.passed else 'FAILED'}")
         t = self.thresholds
@@ -216,7 +218,7 @@ def validate_accuracy(names: list[str], samples: list[Arrays],
             peer_cosine = spread
             report.notes.append(f"output '{name}': the peer's executions ({', '.join(results)}) "
                                 f"differ from each other by cosine {spread:.4f}, which the "
-                                "package may differ from the closer by")
+                                "package may differ from the closest by")
         if cosine < thresholds.fp32_cosine or top1 < thresholds.fp32_top1:
             report.notes.append(
                 f"output '{name}': {peer_label} reaches only cosine "
@@ -273,7 +275,7 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
     float32 model (``reference.onnx`` of an int8 package, ``model.onnx`` or the model file of a
     bf16 or fp16 one) and a peer: for int8 the quantized model (``model.onnx``) in ONNX Runtime,
     optimized or as the graph reads (the closer of the two), for bf16 and fp16 the emulated
-    one."""
+    one, plain or jittered (the closest)."""
     from .validate import onnxruntime_backend, run_native
 
     precision = package.manifest.get("precision") or {}
@@ -296,23 +298,30 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
     return report
 
 
-def _emulated_half(package, precision: str) -> Callable[[Arrays], Arrays] | None:
+def _emulated_half(package, precision: str) -> dict | None:
     """ONNX Runtime on the package's model.onnx with the rounding of ``precision`` (bf16 or
-    fp16); None without one (a model built on the torch.export route is held to the float32
-    model alone) or where it rounds no product."""
+    fp16), plain and jittered, by label; None without one (a model built on the torch.export
+    route is held to the float32 model alone) or where it rounds no product."""
     import onnx
 
     from ..build.half_rewrites import HALF_PRODUCTS
-    from ..precision.emulation import emulated_half
+    from ..precision.emulation import JITTER_SEEDS, emulated_half
     from .validate import onnxruntime_backend
 
     path = package.path / "model.onnx"
     if not path.is_file():
         return None
-    emulated, rounded = emulated_half(onnx.load(path), HALF_PRODUCTS[precision])
+    model = onnx.load(path)
+    emulated, rounded = emulated_half(model, HALF_PRODUCTS[precision])
     if not rounded:  # no product it knows: the peer would be the float32 model again
         return None
-    return onnxruntime_backend(package, emulated.SerializeToString())
+    peers = {HALF_PEER.format(precision): onnxruntime_backend(package,
+                                                              emulated.SerializeToString())}
+    for seed in JITTER_SEEDS:
+        jittered, _ = emulated_half(model, HALF_PRODUCTS[precision], jitter=seed)
+        peers[JITTERED_PEER.format(precision, seed)] = onnxruntime_backend(
+            package, jittered.SerializeToString())
+    return peers
 
 
 def float32_reference(package) -> Callable[[Arrays], Arrays]:
