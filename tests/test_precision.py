@@ -127,6 +127,73 @@ def test_every_quantized_product_becomes_an_integer_one(qdq):
     assert len(widened) == 1 and len(readers) == 2  # the residual sum's, read by the head too
 
 
+def test_an_integer_products_epilogue_scales_with_one_multiply_add(qdq):
+    """Scale, zero point correction, bias and the next quantization's reciprocal scale fold
+    into one multiplication and one addition between the int32 sums and the rounding."""
+    from tvm import relax
+
+    _, quantized = qdq
+    mod, _ = integer_products(_import(quantized))
+    bindings = relax.analysis.get_var2val(mod["main"])
+
+    def source(expr):
+        while isinstance(expr, relax.Var) and expr in bindings:
+            expr = bindings[expr]
+        return expr
+
+    def op(expr):
+        return getattr(getattr(source(expr), "op", None), "name", "")
+
+    chains = []
+    for call in relax_calls(mod):
+        if call.op.name != "relax.round":
+            continue
+        steps, expr = [], call.args[0]
+        while op(expr) in ("relax.add", "relax.multiply", "relax.astype"):
+            steps.append(op(expr))
+            expr = source(expr).args[0]
+        if op(expr) in ("relax.nn.conv2d", "relax.matmul") \
+                and str(source(expr).ty.dtype) == "int32":
+            chains.append(steps)
+    assert len(chains) >= 2
+    assert all(steps in (["relax.add", "relax.multiply", "relax.astype"],
+                         ["relax.multiply", "relax.astype"]) for steps in chains), chains
+
+
+def _affine_chain(shared: bool):
+    """``(x * a + b) * k`` of a 4-vector, with ``x * a + b`` an output too where ``shared``."""
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType((4,), "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            scaled = builder.emit(relax.op.multiply(x, relax.const(np.full(4, 3, "float32"))))
+            shifted = builder.emit(relax.op.add(scaled, relax.const(np.arange(4, dtype="float32"))))
+            out = builder.emit(relax.op.multiply(shifted, relax.const(np.float32(0.5))))
+            outputs = builder.emit_output(relax.Tuple([out, shifted]) if shared else out)
+        builder.emit_func_output(outputs)
+    return builder.get()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [False, True])
+def test_constant_multiplications_and_additions_fold_where_read_once(shared):
+    import tvm
+    from tvm import relax
+
+    from deploytool.build.int8_rewrites import folded_constants
+
+    mod = folded_constants(_affine_chain(shared))
+    ops = [c.op.name for c in relax_calls(mod)]
+    assert ops.count("relax.multiply") == (2 if shared else 1) and ops.count("relax.add") == 1
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    x = np.array([1, -2, 0.25, 7], "float32")
+    out = vm["main"](tvm.runtime.tensor(x))
+    got = (out[0] if shared else out).numpy()
+    np.testing.assert_allclose(got, (x * 3 + np.arange(4)) * 0.5, rtol=1e-6)
+
+
 def _against_onnxruntime(mod, quantized: Path):
     """Per seed: the integer module's output, ONNX Runtime's on the QDQ model, and one step of
     the output's quantization."""

@@ -11,10 +11,13 @@ padding reads 0.0.
 
 from __future__ import annotations
 
+import functools
+
 from ..schedules.dot_products import extra_columns, static_extent, tile_padding
 from .cpu_rewrites import bound_value, cropped, rewrite_calls, rewrite_counted, through_transpose
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
+MAX_FOLDS = 8  # rounds of folded_constants: each folds one more step of every chain
 
 
 def _constant(expr, bindings):
@@ -165,14 +168,97 @@ def _matmul(call, bindings):
 
 
 def _scaled(acc, correction, scale):
-    """``(acc - correction) * scale`` in float32; the subtraction is left out where it is 0."""
+    """``(acc - correction) * scale`` in float32, as ``acc * scale - correction * scale`` (which
+    :func:`folded_constants` merges with the bias and the next quantization's scale); the
+    subtraction is left out where it is 0."""
     import numpy as np
     from tvm import relax
 
-    if np.any(correction):
-        acc = relax.op.subtract(acc, relax.const(correction.astype("int32")))
-    return relax.op.multiply(relax.op.astype(acc, "float32"),
-                             relax.const(scale.astype("float32")))
+    scaled = relax.op.multiply(relax.op.astype(acc, "float32"),
+                               relax.const(scale.astype("float32")))
+    if not np.any(correction):
+        return scaled
+    shift = -(correction.astype("float64") * scale.astype("float64"))
+    return relax.op.add(scaled, relax.const(shift.astype("float32")))
+
+
+def folded_constants(mod):
+    """``mod`` with chains of float32 multiplications and additions by constants folded, where
+    each intermediate value is read once: ``(z * a + b) * k`` becomes ``z * (a k) + b k`` and
+    ``(z + a) + b`` becomes ``z + (a + b)``. An integer product's epilogue scales its sums,
+    subtracts the zero point's correction, adds the bias and multiplies by the next
+    quantization's reciprocal scale: one multiply-add remains of four operations, and float32
+    rounding moves the result by an ulp."""
+    from tvm import relax
+
+    for _ in range(MAX_FOLDS):
+        fold = functools.partial(_fold, shared=_read_more_than_once(mod))
+        mod, folds = rewrite_counted(mod, {"relax.multiply": fold, "relax.add": fold})
+        mod = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
+        if not folds:
+            break
+    return mod
+
+
+def _constant_operand(call, bindings):
+    """(the other operand, the float32 constant as a numpy array) of a binary call, or None."""
+    for constant, other in ((call.args[1], call.args[0]), (call.args[0], call.args[1])):
+        value = _computed(constant, bindings)
+        if value is not None and value.dtype == "float32":
+            return other, value
+    return None
+
+
+def _computed(expr, bindings):
+    """The value of a constant, or of a dequantize (a QDQ model's bias) or reshape of one, as a
+    numpy array; None for anything else."""
+
+    value = _constant(expr, bindings)
+    if value is not None:
+        return value
+    source = bound_value(expr, bindings)
+    if _is(source, "reshape"):
+        value = _computed(source.args[0], bindings)
+        shape = [int(d) for d in source.ty.shape] if value is not None else None
+        return None if shape is None else value.reshape(shape)
+    if not _is(source, "dequantize") or str(source.attrs.out_dtype) != "float32":
+        return None
+    values, scale, zero = (_constant(a, bindings) for a in source.args)
+    if values is None or scale is None or zero is None:
+        return None
+    shape = [1] * values.ndim
+    if scale.size > 1 or zero.size > 1:
+        shape[int(source.attrs.axis) % values.ndim] = -1
+    shifted = values.astype("float64") - zero.astype("float64").reshape(shape)
+    return (shifted * scale.astype("float64").reshape(shape)).astype("float32")
+
+
+def _fold(call, bindings, shared: frozenset):
+    """The folded form of a multiplication or addition by a constant whose other operand is a
+    multiplication or addition by a constant read nowhere else (see folded_constants), or
+    None."""
+    from tvm import relax
+
+    if str(getattr(call.ty, "dtype", "")) != "float32":
+        return None
+    outer = _constant_operand(call, bindings)
+    if outer is None or outer[0] in shared:
+        return None
+    inner, k = outer
+    source = bound_value(inner, bindings)
+    multiply = _is(call, "multiply")
+    if not (_is(source, "add") or (multiply and _is(source, "multiply"))):
+        return None
+    operand = _constant_operand(source, bindings)
+    if operand is None:
+        return None
+    z, a = operand
+    if not multiply:  # (z + a) + k
+        return relax.op.add(z, relax.const((a + k).astype("float32")))
+    if _is(source, "multiply"):  # (z * a) * k
+        return relax.op.multiply(z, relax.const((a * k).astype("float32")))
+    return relax.op.add(relax.op.multiply(z, relax.const(k)),  # (z + a) * k
+                        relax.const((a * k).astype("float32")))
 
 
 def _per_tensor(call, bindings):
@@ -251,7 +337,7 @@ def integer_products(mod):
     shared = _read_more_than_once(mod)
     elementwise = {"relax.quantize": _elementwise,
                    "relax.dequantize": lambda call, bindings: _elementwise(call, bindings, shared)}
-    return rewrite_calls(mod, elementwise), count
+    return folded_constants(rewrite_calls(mod, elementwise)), count
 
 
 def _read_more_than_once(mod) -> frozenset:
