@@ -212,15 +212,16 @@ def _constant_operand(call, bindings):
 def _computed(expr, bindings):
     """The value of a constant, or of a dequantize (a QDQ model's bias) or reshape of one, as a
     numpy array; None for anything else."""
-
     value = _constant(expr, bindings)
     if value is not None:
         return value
     source = bound_value(expr, bindings)
     if _is(source, "reshape"):
         value = _computed(source.args[0], bindings)
-        shape = [int(d) for d in source.ty.shape] if value is not None else None
-        return None if shape is None else value.reshape(shape)
+        try:
+            return None if value is None else value.reshape([int(d) for d in source.ty.shape])
+        except (TypeError, ValueError):  # a symbolic shape
+            return None
     if not _is(source, "dequantize") or str(source.attrs.out_dtype) != "float32":
         return None
     values, scale, zero = (_constant(a, bindings) for a in source.args)

@@ -109,7 +109,7 @@ def vector_rounding():
     ``round``, which the LLVM code generator emits as the same ``llvm.nearbyint``, one vector
     instruction: TVM's lowering of ``nearbyint`` computes a vector element by element, which
     LLVM then vectorizes at its preferred width, 8 floats on Intel's AVX-512 CPUs. MobileNetV2's
-    int8 package ran 1.5x faster with its epilogues in 16-float vectors."""
+    int8 package ran 1.3x to 1.5x faster with its epilogues in 16-float vectors."""
     import tvm
     import tvm_ffi
     from tvm.ir.expr import Call
