@@ -132,14 +132,14 @@ def test_an_integer_products_epilogue_scales_with_one_multiply_add(qdq):
     into one multiplication and one addition between the int32 sums and the rounding."""
     from tvm import relax
 
+    from deploytool.build.cpu_rewrites import bound_value
+
     _, quantized = qdq
     mod, _ = integer_products(_import(quantized))
     bindings = relax.analysis.get_var2val(mod["main"])
 
     def source(expr):
-        while isinstance(expr, relax.Var) and expr in bindings:
-            expr = bindings[expr]
-        return expr
+        return bound_value(expr, bindings)
 
     def op(expr):
         return getattr(getattr(source(expr), "op", None), "name", "")

@@ -97,11 +97,9 @@ def llvm_ir(vectors: int, instruction: DotInstruction) -> str:
                       f"  call void @{instruction.llvm}(i8 {v}, i8 {a_tile}, i8 {b})"]
         return "\n".join(lines)
 
-    def accumulators(op: str) -> str:
-        return "\n".join(
-            f"  %c{v} = getelementptr i32, ptr %sums, i32 {v * 16}\n"
-            f"  call void @llvm.x86.{op}(i8 {v}, ptr %c{v}, i64 %stride)" for v in c_tiles)
-
+    stores = "\n".join(
+        f"  %c{v} = getelementptr i32, ptr %s, i32 {v * 16}\n"
+        f"  call void @llvm.x86.tilestored64(i8 {v}, ptr %c{v}, i64 %stride)" for v in c_tiles)
     zeros = "\n".join(f"  call void @llvm.x86.tilezero(i8 {v})" for v in c_tiles)
     step = ("(ptr %data, i32 %i, i64 %rows, ptr %weight, i32 %j, i64 %weightrows, i64 %vector) "
             "alwaysinline")
@@ -158,7 +156,7 @@ define internal i32 @{functions}_zero{vectors}() alwaysinline {{
 }}
 define internal i32 @{functions}_store{vectors}(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
   %s = getelementptr i32, ptr %sums, i32 %k
-{accumulators("tilestored64").replace("%sums", "%s")}
+{stores}
   ret i32 0
 }}
 define internal i32 @{functions}_step{vectors}{step} {{
@@ -286,10 +284,6 @@ def _implementation(shape: ProductShape):
                 f'+ ({first}) * {chunk_channels // g} * {words}), T.Cast("int64", {words} * {n}), '
                 f'T.Cast("int64", b0 * {n})))')
 
-    def sums(function: str) -> str:
-        return (f'T.evaluate(T.call_extern("int32", "{functions}_{function}{v}", c.data, '
-                f'T.Cast("int32", c.elem_offset), T.Cast("int64", c0 * 4)))')
-
     last = f"\n{' ' * 12}{chunk('rest', str(chunks))}" if rest else ""
     reduction = (f"for y, x in T.grid({kh}, {kw}):\n{' ' * 12}for chunk in T.serial({chunks}):"
                  f"\n{' ' * 16}{chunk('step', 'chunk')}{last}")
@@ -313,7 +307,8 @@ def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -
         T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest_bytes}))
         T.evaluate(T.call_extern("int32", "{functions}_zero{v}"))
         {reduction}
-        {sums("store")}
+        T.evaluate(T.call_extern("int32", "{functions}_store{v}", c.data,
+                                 T.Cast("int32", c.elem_offset), T.Cast("int64", c0 * 4)))
 """
     return tvm.script.from_source(source)
 
