@@ -142,6 +142,43 @@ def test_a_jittered_emulation_moves_only_roundings_within_ulps_of_a_tie(tmp_path
     np.testing.assert_array_equal(off_plain, off_jittered)
 
 
+def test_the_emulated_peers_are_built_when_run_and_one_at_a_time(tmp_path, monkeypatch):
+    """The three emulations (plain, jittered twice) each hold the model's weights: validation
+    builds each when it first runs it, after the one before is released."""
+    import types
+    import weakref
+
+    import torch
+
+    from deploytool.verify import accuracy, validate
+
+    layer = torch.nn.Linear(64, 32).eval()
+    _onnx(layer, (4, 64), tmp_path / "model.onnx")
+    built, alive, most = [], [], [0]
+    real = validate.onnxruntime_backend
+
+    class Token:  # released with the execution that holds it
+        pass
+
+    def counted(package, model=None, optimized=True):
+        run = real(package, model, optimized)
+        token = Token()
+        alive.append(weakref.ref(token))
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        built.append(model)
+        return lambda arrays: (token, run(arrays))[1]
+
+    monkeypatch.setattr(validate, "onnxruntime_backend", counted)
+    peers = accuracy._emulated_half(types.SimpleNamespace(path=tmp_path), "bf16")
+    assert len(peers) == 3 and not built  # nothing built before it runs
+    rng = np.random.default_rng(0)
+    samples = [[rng.standard_normal((4, 64)).astype("float32")] for _ in range(3)]
+    fp32 = real(types.SimpleNamespace(path=tmp_path))
+    report = validate_accuracy(["y"], samples, fp32, fp32, peers)
+    assert len(built) == 3 and most[0] == 1
+    assert {a.reference for a in report.agreements} <= {FP32, *peers}
+
+
 def test_accuracy_without_a_peer_holds_the_package_to_fp32_alone():
     rng = np.random.default_rng(0)
     samples = [[rng.standard_normal((2, 10)).astype("float32")] for _ in range(4)]

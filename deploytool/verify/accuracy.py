@@ -301,7 +301,8 @@ def validate_reduced_package(package, seeded: list[Arrays], calibration: list[Ar
 def _emulated_half(package, precision: str) -> dict | None:
     """ONNX Runtime on the package's model.onnx with the rounding of ``precision`` (bf16 or
     fp16), plain and jittered, by label; None without one (a model built on the torch.export
-    route is held to the float32 model alone) or where it rounds no product."""
+    route is held to the float32 model alone) or where it rounds no product. Each emulation is
+    built when first run, and only one is alive at a time (see OneAtATime)."""
     import onnx
 
     from ..build.half_rewrites import HALF_PRODUCTS
@@ -311,17 +312,37 @@ def _emulated_half(package, precision: str) -> dict | None:
     path = package.path / "model.onnx"
     if not path.is_file():
         return None
-    model = onnx.load(path)
-    emulated, rounded = emulated_half(model, HALF_PRODUCTS[precision])
-    if not rounded:  # no product it knows: the peer would be the float32 model again
+    model, half = onnx.load(path), HALF_PRODUCTS[precision]
+    if not emulated_half(model, half)[1]:  # no product it knows: the float32 model again
         return None
-    peers = {HALF_PEER.format(precision): onnxruntime_backend(package,
-                                                              emulated.SerializeToString())}
+
+    def build(jitter: int | None):
+        return lambda: onnxruntime_backend(
+            package, emulated_half(model, half, jitter=jitter)[0].SerializeToString())
+
+    alive = OneAtATime()
+    peers = {HALF_PEER.format(precision): alive.run(build(None))}
     for seed in JITTER_SEEDS:
-        jittered, _ = emulated_half(model, HALF_PRODUCTS[precision], jitter=seed)
-        peers[JITTERED_PEER.format(precision, seed)] = onnxruntime_backend(
-            package, jittered.SerializeToString())
+        peers[JITTERED_PEER.format(precision, seed)] = alive.run(build(seed))
     return peers
+
+
+class OneAtATime:
+    """Executions built when first run, the one before released first: validate_accuracy runs
+    each peer's samples in turn, so each is built once, and the three emulations of a large
+    model do not hold three copies of its weights at once."""
+
+    def __init__(self):
+        self._build = self._running = None
+
+    def run(self, build: Callable[[], Callable[[Arrays], Arrays]]) -> Callable[[Arrays], Arrays]:
+        def call(arrays: Arrays) -> Arrays:
+            if self._build is not build:
+                self._running = None  # released before the next one is built
+                self._running, self._build = build(), build
+            return self._running(arrays)
+
+        return call
 
 
 def float32_reference(package) -> Callable[[Arrays], Arrays]:
