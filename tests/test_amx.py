@@ -58,6 +58,17 @@ def _tokens():
                                torch.nn.Linear(96, 80)).eval(), (1, 197, 64)
 
 
+def _narrow():
+    """1x1 convolutions over rows narrower than a tile, a tile of both rows of 6 pixels; a 3x3
+    one between them, a row a tile."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(64, 48, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(48, 32, 1)).eval(), (1, 32, 2, 6)
+
+
 def _saved(module, shape, path):
     import torch
 
@@ -72,7 +83,7 @@ PRECISIONS = {"bf16": ("bf16_products", "bf16", "tdpbf16ps", "vdpbf16ps"),
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("model", [_products, _stem, _tokens])
+@pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow])
 def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model, precision):
     """Every bf16 or int8 product is scheduled in AMX tiles, which LLVM compiles to tile loads
     and tdpbf16ps or tdpbusd, not to the vdpbf16ps or vpdpbusd fallback; the tiles are
@@ -104,7 +115,7 @@ def test_the_amx_target_has_the_tiles_and_bf16():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX")
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("model", [_products, _stem, _tokens])
+@pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow])
 def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
     """Run here, the package's outputs match ONNX Runtime's: computing the same bfloat16
     products in float32 (only the order of the sums differs), or the same integers from the
@@ -145,11 +156,21 @@ def test_a_stem_reads_a_kernel_row_as_one_tile_row():
     assert '"deploytool_amx_configure", 14, 12' in int8
 
 
-def _int8_kernels(target: str):
-    """The fused kernels of two int8 convolutions: 32 channels at 16x16, whose output outweighs
-    its weight, and 128 channels at 4x4, whose weight outweighs its output 18 times."""
-    import onnx
+def _weighty():
+    """Two int8 convolutions: 32 channels at 16x16, whose output outweighs its weight, and 128
+    channels at 4x4, whose weight outweighs its output 18 times."""
     import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 128, 3, stride=4, padding=1),
+                               torch.nn.ReLU(), torch.nn.Conv2d(128, 128, 3, padding=1)
+                               ).eval(), (1, 32, 16, 16)
+
+
+def _int8_kernels(target: str, model):
+    """The fused convolution kernels of ``model()`` quantized to int8."""
+    import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
     from deploytool.build.cpu_pipeline import fuse, prim_funcs
@@ -158,12 +179,9 @@ def _int8_kernels(target: str):
     from deploytool.schedules.metaschedule import tuning_target
     from deploytool.tensors import TensorSpec
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Conv2d(32, 128, 3, stride=4, padding=1),
-                                torch.nn.ReLU(), torch.nn.Conv2d(128, 128, 3, padding=1)).eval()
-    image = TensorSpec("x", [1, 32, 16, 16], "float32")
-    exported = onnx.load_from_string(_onnx_bytes(model, image.shape))
+    module, shape = model()
+    image = TensorSpec("x", list(shape), "float32")
+    exported = onnx.load_from_string(_onnx_bytes(module, image.shape))
     quantized = quantize_int8(exported, calibration_samples([image], None))
     mod = fuse(from_onnx(quantized, keep_params_in_input=False),
                tuning_target(load_target(target)))
@@ -192,10 +210,26 @@ def test_tiles_go_channel_tiles_first_where_the_weight_outweighs_the_output(targ
 
     instructions = target_instructions(tuning_target(load_target(target)))
     first = {}
-    for name, func in _int8_kernels(target).items():
+    for name, func in _int8_kernels(target, _weighty).items():
         scheduled, used = schedule_dot_product(func, instructions)
         assert used is not None and used.name.split()[0] == instruction, (name, used)
         loops = re.findall(r"for (\w+) in T.parallel", scheduled.script())
         first[name] = loops[-1].split("_")[0]  # the outermost loop fused into the parallel one
     assert len(first) == 3, first
     assert sorted(first.values()) == ["ff", "ff", "nn"], first
+
+
+def test_a_narrow_pointwise_convolution_takes_whole_rows_in_a_tile():
+    """At 2x6, each 1x1 convolution's tile holds both rows (12 pixels, contiguous in its input
+    and its sums), the 3x3 one's a row of 6."""
+    import re
+
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.schedules.products import schedule_dot_product, target_instructions
+
+    instructions = target_instructions(tuning_target(load_target(AMX_TARGET)))
+    rows = []
+    for func in _int8_kernels(AMX_TARGET, _narrow).values():
+        scheduled, _ = schedule_dot_product(func, instructions)
+        rows += re.findall(r'"deploytool_amx_configure", (\d+),', scheduled.script())
+    assert sorted(rows) == ["12", "12", "6"], rows

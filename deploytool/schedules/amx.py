@@ -70,13 +70,17 @@ class ProductShape:
     # A row of kernel offsets in one tile row: a stem's few input channels (3, padded to 4)
     # read as kw x channels contiguous values, where the input has no other channels.
     folded: bool = False
+    # Output rows of a tile: a 1x1 convolution over rows narrower than a tile takes several
+    # whole ones, contiguous in its input (read in place) and in its sums.
+    rows: int = 1
 
     @property
     def name(self) -> str:
         (kh, kw), (dh, dw) = self.kernel, self.dilation
         kind = f"conv{kh}x{kw}d{dh}x{dw}s{self.stride}" if self.conv else "matmul"
         return (f"{self.instruction.intrinsic}_{kind}_p{self.pixels}v{self.vectors}"
-                f"k{self.channels}" + ("f" if self.folded else ""))
+                f"k{self.channels}" + ("f" if self.folded else "")
+                + (f"r{self.rows}" if self.rows > 1 else ""))
 
 
 def llvm_ir(vectors: int, instruction: DotInstruction) -> str:
@@ -197,7 +201,7 @@ def _register(shape: ProductShape) -> None:
 def _input_extent(shape: ProductShape) -> tuple[int, int]:
     """(rows, pixels) of the input a convolution's tile reads."""
     (kh, kw), (dh, dw) = shape.kernel, shape.dilation
-    return (kh - 1) * dh + 1, (shape.pixels - 1) * shape.stride + (kw - 1) * dw + 1
+    return shape.rows + (kh - 1) * dh, (shape.pixels - 1) * shape.stride + (kw - 1) * dw + 1
 
 
 def _operand_shapes(shape: ProductShape) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -219,8 +223,11 @@ def _description(shape: ProductShape):
     g = o.group
     (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
     a, b = _operand_shapes(shape)
+    r = shape.rows
+    sums, at = _sums(shape)
+    at = at.format(i="vi" if p > 1 else "0")
     # in the block's order: spatial axes first
-    axes = [("vi", f"T.axis.spatial({p}, i)", p),
+    axes = [("vh", f"T.axis.spatial({r}, h)", r), ("vi", f"T.axis.spatial({p}, i)", p),
             ("vo", f"T.axis.spatial({v * 16}, {'j * 16 + ' if v > 1 else ''}lane)", 0),
             ("vy", f"T.axis.reduce({kh}, y)", kh), ("vx", f"T.axis.reduce({kw}, x)", kw),
             ("vr", f"T.axis.reduce({k}, r)", 0)]
@@ -229,28 +236,28 @@ def _description(shape: ProductShape):
     x = "vx" if kw > 1 else "0"
     i = "vi" if p > 1 else "0"
     if shape.conv:
-        a_index = f"{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
+        a_index = f"{'vh + ' if r > 1 else ''}{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
         b_index = f"vo // 16, {y}, {x}, vr // {g}, vo % 16, vr % {g}"
     else:
         a_index, b_index = f"{i}, vr", f"vo // 16, vr // {g}, vo % 16, vr % {g}"
     # a split into one vector is not made (see tile_amx): its loop would not match
-    loops = [("y", kh), ("x", kw), ("i", p), ("j", v), ("lane", 16), ("r", k)]
-    loops = [(name, n) for name, n in loops
-             if (name != "j" or v > 1) and (name not in "yx" or shape.conv)]
+    loops = [("y", kh), ("x", kw), ("h", r), ("i", p), ("j", v), ("lane", 16), ("r", k)]
+    loops = [(name, n) for name, n in loops if (name not in "jh" or n > 1)
+             and (name not in "yx" or shape.conv)]
     extents = ", ".join(str(n) for _, n in loops)
     loops = ", ".join(name for name, _ in loops)
     source = f"""
 @T.prim_func(s_tir=True)
 def description(a: T.Buffer({a}, "{o.data}", offset_factor=1),
                 b: T.Buffer({b}, "{o.weight}", offset_factor=1),
-                c: T.Buffer(({p}, {v * 16}), "{o.accumulator}", offset_factor=1)) -> None:
+                c: T.Buffer({sums}, "{o.accumulator}", offset_factor=1)) -> None:
     with T.sblock("root"):
-        T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
-        T.writes(c[0:{p}, 0:{v * 16}])
+        T.reads({_whole("c", sums)}, {_whole("a", a)}, {_whole("b", b)})
+        T.writes({_whole("c", sums)})
         for {loops} in T.grid({extents}):
                 with T.sblock("update"):
 {kept}
-                    c[{i}, vo] = c[{i}, vo] + T.Cast("{o.accumulator}", a[{a_index}]) * T.Cast(
+                    c[{at}] = c[{at}] + T.Cast("{o.accumulator}", a[{a_index}]) * T.Cast(
                         "{o.accumulator}", b[{b_index}])
 """
     return tvm.script.from_source(source)
@@ -292,7 +299,12 @@ def _implementation(shape: ProductShape):
     if shape.folded:  # per kernel row, its kw x k values in one tile row
         reduction = f"for y, x in T.grid({kh}, 1):\n{' ' * 12}{chunk('rest', '0')}"
         rest_bytes = kw * k * n
-    strides = [n for n in f"{a_strides}, {b_strides}, c0".split(", ") if not n.isdigit()]
+    sums, _ = _sums(shape)
+    # a tile of several whole rows (ProductShape.rows) reads and stores them as one run of
+    # pixels, a pixel's stride apart
+    c_strides, c_row = ("c0, c1, 1", "c1") if shape.rows > 1 else ("c0, 1", "c0")
+    strides = [n for n in f"{a_strides}, {b_strides}, {c_strides}".split(", ")
+               if not n.isdigit()]
     declared = "\n    ".join(f"{n} = T.int32()" for n in strides)
     source = f"""
 @T.prim_func(s_tir=True)
@@ -300,18 +312,25 @@ def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -
     {declared}
     a = T.match_buffer(a_handle, {a}, "{o.data}", strides=[{a_strides}], offset_factor=1)
     b = T.match_buffer(b_handle, {b}, "{o.weight}", strides=[{b_strides}], offset_factor=1)
-    c = T.match_buffer(c_handle, ({p}, {v * 16}), "{o.accumulator}", strides=[c0, 1],
+    c = T.match_buffer(c_handle, {sums}, "{o.accumulator}", strides=[{c_strides}],
                        offset_factor=1)
     with T.sblock("root"):
-        T.reads(c[0:{p}, 0:{v * 16}], {_whole("a", a)}, {_whole("b", b)})
-        T.writes(c[0:{p}, 0:{v * 16}])
-        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p}, {rest_bytes}))
+        T.reads({_whole("c", sums)}, {_whole("a", a)}, {_whole("b", b)})
+        T.writes({_whole("c", sums)})
+        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {p * shape.rows}, {rest_bytes}))
         T.evaluate(T.call_extern("int32", "{functions}_zero{v}"))
         {reduction}
         T.evaluate(T.call_extern("int32", "{functions}_store{v}", c.data,
-                                 T.Cast("int32", c.elem_offset), T.Cast("int64", c0 * 4)))
+                                 T.Cast("int32", c.elem_offset), T.Cast("int64", {c_row} * 4)))
 """
     return tvm.script.from_source(source)
+
+
+def _sums(shape: ProductShape) -> tuple[tuple[int, ...], str]:
+    """The shape of a tile's sums, and the index of one (``{i}`` its pixel)."""
+    if shape.rows > 1:
+        return (shape.rows, shape.pixels, shape.vectors * 16), "vh, {i}, vo"
+    return (shape.pixels, shape.vectors * 16), "{i}, vo"
 
 
 def _whole(name: str, shape: tuple[int, ...]) -> str:
@@ -348,8 +367,13 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     channel_tiles, *channel_vectors = sch.split(channels, [None, vectors, 16] if vectors > 1
                                                 else [None, 16])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
-    outer = _tile_order(spatial[:-2], width_tiles, channel_tiles, rows_first)
-    sch.reorder(*outer, *reduction[:-1], width_pixels, *channel_vectors, reduction[-1])
+    rows, tile_rows = spatial[:-2], []
+    if shape.rows > 1:
+        *rows, tile_rows = [*rows[:-1], *sch.split(rows[-1], [None, shape.rows])]
+        tile_rows = [tile_rows]
+    outer = _tile_order(rows, width_tiles, channel_tiles, rows_first)
+    sch.reorder(*outer, *reduction[:-1], *tile_rows, width_pixels, *channel_vectors,
+                reduction[-1])
     _pack(sch, block, weight, main, instruction.group, 16)
     output = _epilogue(sch, main, outer[-1])
     sch.parallel(sch.fuse(*outer))
@@ -392,12 +416,18 @@ def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int,
                     _coefficient(x, variables, 2), _coefficient(x, variables, 5)]
     if None in coefficients:
         return None
-    _, dh, sw, dw = coefficients
+    sh, dh, sw, dw = coefficients
     kernel = (_extent(sch, loops[-3]), _extent(sch, loops[-2]))
-    folded = (kernel[1] > 1 and dw == 1 and int(inputs[0].source.shape[-1]) == channels
+    source = [int(n) for n in inputs[0].source.shape]
+    folded = (kernel[1] > 1 and dw == 1 and source[-1] == channels
               and kernel[1] * channels * _bytes(instruction) <= ROW_BYTES)
+    height, width = _extent(sch, loops[1]), _extent(sch, loops[2])
+    rows = 1
+    if (kernel, sh, sw) == ((1, 1), 1, 1) and source[1:3] == [height, width] \
+            and pixels == width:
+        rows = max(r for r in range(1, ROWS // width + 1) if height % r == 0)
     return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True, instruction,
-                        folded)
+                        folded, rows)
 
 
 def _coefficient(index, variables, which: int) -> int | None:
