@@ -367,11 +367,11 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     channel_tiles, *channel_vectors = sch.split(channels, [None, vectors, 16] if vectors > 1
                                                 else [None, 16])
     width_tiles, width_pixels = sch.split(width, [None, pixels])
-    rows, tile_rows = spatial[:-2], []
-    if shape.rows > 1:
-        *rows, tile_rows = [*rows[:-1], *sch.split(rows[-1], [None, shape.rows])]
-        tile_rows = [tile_rows]
-    outer = _tile_order(rows, width_tiles, channel_tiles, rows_first)
+    row_loops, tile_rows = spatial[:-2], []
+    if shape.rows > 1:  # the height in tiles of whole rows
+        height_tiles, height_rows = sch.split(row_loops[-1], [None, shape.rows])
+        row_loops, tile_rows = [*row_loops[:-1], height_tiles], [height_rows]
+    outer = _tile_order(row_loops, width_tiles, channel_tiles, rows_first)
     sch.reorder(*outer, *reduction[:-1], *tile_rows, width_pixels, *channel_vectors,
                 reduction[-1])
     _pack(sch, block, weight, main, instruction.group, 16)
