@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from .cpu import _block_names, _extent, _layout_free, threads_split_rows
+from .cpu import _block_names, _extent, _layout_free, threads_split_rows, tile_order
 from .dot_products import (
     DotInstruction,
     _constant_weight,
@@ -34,7 +34,6 @@ from .dot_products import (
     _pack,
     _padded_input,
     _schedule_padding,
-    _tile_order,
     _vectorize_last,
 )
 
@@ -224,8 +223,7 @@ def _description(shape: ProductShape):
     (kh, kw), (dh, dw), s = shape.kernel, shape.dilation, shape.stride
     a, b = _operand_shapes(shape)
     r = shape.rows
-    sums, at = _sums(shape)
-    at = at.format(i="vi" if p > 1 else "0")
+    sums = _sums(shape)
     # in the block's order: spatial axes first
     axes = [("vh", f"T.axis.spatial({r}, h)", r), ("vi", f"T.axis.spatial({p}, i)", p),
             ("vo", f"T.axis.spatial({v * 16}, {'j * 16 + ' if v > 1 else ''}lane)", 0),
@@ -235,6 +233,7 @@ def _description(shape: ProductShape):
     y = "vy" if kh > 1 else "0"
     x = "vx" if kw > 1 else "0"
     i = "vi" if p > 1 else "0"
+    at = f"vh, {i}, vo" if r > 1 else f"{i}, vo"  # a sum's index
     if shape.conv:
         a_index = f"{'vh + ' if r > 1 else ''}{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
         b_index = f"vo // 16, {y}, {x}, vr // {g}, vo % 16, vr % {g}"
@@ -299,7 +298,7 @@ def _implementation(shape: ProductShape):
     if shape.folded:  # per kernel row, its kw x k values in one tile row
         reduction = f"for y, x in T.grid({kh}, 1):\n{' ' * 12}{chunk('rest', '0')}"
         rest_bytes = kw * k * n
-    sums, _ = _sums(shape)
+    sums = _sums(shape)
     # a tile of several whole rows (ProductShape.rows) reads and stores them as one run of
     # pixels, a pixel's stride apart
     c_strides, c_row = ("c0, c1, 1", "c1") if shape.rows > 1 else ("c0, 1", "c0")
@@ -326,11 +325,10 @@ def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -
     return tvm.script.from_source(source)
 
 
-def _sums(shape: ProductShape) -> tuple[tuple[int, ...], str]:
-    """The shape of a tile's sums, and the index of one (``{i}`` its pixel)."""
-    if shape.rows > 1:
-        return (shape.rows, shape.pixels, shape.vectors * 16), "vh, {i}, vo"
-    return (shape.pixels, shape.vectors * 16), "{i}, vo"
+def _sums(shape: ProductShape) -> tuple[int, ...]:
+    """The shape of a tile's sums: (rows,) pixels, channels."""
+    rows = (shape.rows,) if shape.rows > 1 else ()
+    return (*rows, shape.pixels, shape.vectors * 16)
 
 
 def _whole(name: str, shape: tuple[int, ...]) -> str:
@@ -371,7 +369,7 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     if shape.rows > 1:  # the height in tiles of whole rows
         height_tiles, height_rows = sch.split(row_loops[-1], [None, shape.rows])
         row_loops, tile_rows = [*row_loops[:-1], height_tiles], [height_rows]
-    outer = _tile_order(row_loops, width_tiles, channel_tiles, rows_first)
+    outer = tile_order(row_loops, width_tiles, channel_tiles, rows_first)
     sch.reorder(*outer, *reduction[:-1], *tile_rows, width_pixels, *channel_vectors,
                 reduction[-1])
     _pack(sch, block, weight, main, instruction.group, 16)
