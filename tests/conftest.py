@@ -280,6 +280,19 @@ def residual_net():
     return Net().eval()
 
 
+def grouped_net():
+    """Grouped 3x3 convolutions, as RegNetX's and ResNeXt's: groups of 16 channels (a vector of
+    a tile each) and, with stride 2, of 32 (two vectors of one group), between 1x1 ones; and
+    the input shape."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(64, 64, 3, padding=1, groups=4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=2),
+                               torch.nn.ReLU(), torch.nn.Conv2d(64, 32, 1)).eval(), (1, 32, 14, 14)
+
+
 def relax_calls(mod, *names: str) -> list:
     """The calls in ``mod``'s main function of the operators ``names`` (every call when none)."""
     from tvm import relax

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import grouped_net
 
 from deploytool.cli import main
 from deploytool.targets import load_target, machine_cpu_flags
@@ -83,7 +84,7 @@ PRECISIONS = {"bf16": ("bf16_products", "bf16", "tdpbf16ps", "vdpbf16ps"),
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow])
+@pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow, grouped_net])
 def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model, precision):
     """Every bf16 or int8 product is scheduled in AMX tiles, which LLVM compiles to tile loads
     and tdpbf16ps or tdpbusd, not to the vdpbf16ps or vpdpbusd fallback; the tiles are
@@ -115,7 +116,7 @@ def test_the_amx_target_has_the_tiles_and_bf16():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX")
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
-@pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow])
+@pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow, grouped_net])
 def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
     """Run here, the package's outputs match ONNX Runtime's: computing the same bfloat16
     products in float32 (only the order of the sums differs), or the same integers from the
@@ -233,3 +234,40 @@ def test_a_narrow_pointwise_convolution_takes_whole_rows_in_a_tile():
         scheduled, _ = schedule_dot_product(func, instructions)
         rows += re.findall(r'"deploytool_amx_configure", (\d+),', scheduled.script())
     assert sorted(rows) == ["12", "12", "6"], rows
+
+
+@pytest.mark.parametrize("target, instruction", [(AMX_TARGET, "tdpbusd"),
+                                                 ("x86_64-avx512-bf16", "vpdpbusd")])
+def testgrouped_net_convolutions_of_whole_vectors_take_the_integer_tiles(target, instruction):
+    """Where the target has a dot-product tile, a grouped convolution whose groups fill whole
+    vectors sums in int32 in it; an AMX tile of the groups of 32 takes both of a group's
+    vectors, one of the groups of 16 one vector."""
+    import re
+
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.schedules.products import schedule_dot_product, target_instructions
+
+    instructions = target_instructions(tuning_target(load_target(target)))
+    grouped = {}
+    for name, func in _int8_kernels(target, grouped_net).items():
+        scheduled, used = schedule_dot_product(func, instructions)
+        assert used is not None and used.name.split()[0] == instruction, (name, used)
+        if 'T.sblock("group_conv2d_nhwc")' in func.script():
+            grouped[name] = scheduled.script()
+    assert len(grouped) == 2, list(grouped)
+    if instruction == "tdpbusd":
+        tiles = sorted(int(v) for script in grouped.values()
+                       for v in re.findall(r"deploytool_amx_int8_zero(\d)", script))
+        assert tiles == [1, 2], tiles
+
+
+def testgrouped_net_convolutions_stay_float32_without_a_dot_product_tile():
+    """On an AVX-512 CPU without VNNI the float32 grouped tile is the faster: the grouped
+    convolutions are not integer products there."""
+    kernels = _int8_kernels("x86_64-avx512", grouped_net).values()
+    grouped = [f for f in kernels if 'T.sblock("group_conv2d_nhwc")' in f.script()]
+    assert len(grouped) == 2 and len(kernels) == 4
+    for func in grouped:
+        assert "int8" not in {str(getattr(p, "dtype", "")) for p in func.params}
+    assert all("int8" in {str(getattr(p, "dtype", "")) for p in f.params}
+               for f in kernels if f not in grouped)

@@ -79,6 +79,27 @@ def test_products_by_constant_weights_take_bfloat16_and_sum_in_float32(tmp_path)
     assert shapes == [(16, 4, 3, 3), (16, 16), (16, 16, 1, 1)]
 
 
+def test_grouped_convolutions_of_whole_vectors_take_bfloat16_as_their_emulation_does(tmp_path):
+    """A grouped convolution whose groups fill whole vectors of the tile (16 channels) sums in
+    the vdpbf16ps tile; groups of 8 and a depthwise convolution stay float32. The emulated peer
+    rounds the operands of the same products."""
+    import onnx
+    import torch
+
+    from deploytool.precision.emulation import emulated_half
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1, groups=2),
+                              torch.nn.Conv2d(32, 32, 3, padding=1, groups=4),
+                              torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)).eval()
+    path = _onnx(net, (1, 32, 8, 8), tmp_path / "m.onnx")
+    mod, count = half_products(_import(path), BF16_PRODUCTS)
+    dtypes = {int(p.attrs.groups): str(p.args[0].ty.dtype)
+              for p in relax_calls(mod, "relax.nn.conv2d")}
+    assert dtypes == {2: "bfloat16", 4: "float32", 32: "float32"}
+    assert count == 1 and emulated_half(onnx.load(path), BF16_PRODUCTS)[1] == 1
+
+
 def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):
     """ONNX Runtime on the emulated model computes x_bf16 @ W_bf16 in float32: exactly numpy's
     product of the rounded operands, and not the float32 product."""

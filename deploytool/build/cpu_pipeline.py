@@ -36,7 +36,8 @@ def fuse(mod, target):
     from tvm import relax
 
     cpu = _cpu_pipeline()
-    mod = rewrite_for_cpu(integer_products(mod)[0])  # a quantized model's, first
+    grouped = bool(target_instructions(target))  # grouped integer products need a dot tile
+    mod = rewrite_for_cpu(integer_products(mod, grouped)[0])  # a quantized model's, first
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                        + cpu.legalize_passes(target)

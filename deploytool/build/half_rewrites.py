@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schedules.dot_products import extra_columns, static_extent, tile_padding
+from ..schedules.dot_products import LANES, extra_columns, static_extent, tile_padding
 from .cpu_rewrites import cropped, rewrite_counted, through_transpose
 
 
@@ -23,11 +23,22 @@ class HalfProducts:
     dtype: str  # the operands' Relax dtype
     pair: int  # input channels are padded to a multiple of this
     tiled: bool  # output channels and width padded for the dot-product tile (dot_products.py)
-    grouped: bool  # grouped and depthwise convolutions too
+    grouped: bool  # every grouped and depthwise convolution too (else see takes_convolution)
+
+    def takes_convolution(self, groups: int, weight_shape) -> bool:
+        """Whether the rewrite computes a convolution of ``groups`` groups and OIHW
+        ``weight_shape`` in the half-width type. The dot-product tile (``tiled``) takes a
+        grouped one whose groups' output channels fill whole vectors and whose input channels
+        are whole pairs (RegNetX's groups of 16, ResNeXt's of 16 and 32): each vector of
+        output channels then sums its own group's input channels."""
+        if groups == 1 or self.grouped:
+            return True
+        outputs, inputs = weight_shape[0] // groups, weight_shape[1]
+        return self.tiled and outputs % LANES == 0 and inputs % self.pair == 0
 
 
-# AVX-512 BF16's vdpbf16ps sums pairs of products into float32 lanes: only a channel sum (one
-# group) has the pairs; a depthwise convolution stays float32.
+# AVX-512 BF16's vdpbf16ps sums pairs of products into float32 lanes: only a channel sum has the
+# pairs; a depthwise convolution stays float32.
 BF16_PRODUCTS = HalfProducts("bf16", "bfloat16", 2, True, False)
 # fp16 (ARM CPUs) sums in float32 too, the operands widened (fcvtl): float16 sums (fmla on 8
 # lanes) lost 20 dB of SNR on ResNet-18 (37.8 against 58.5) and changed one of 8 top-1 classes
@@ -68,13 +79,13 @@ def _conv2d(call, bindings, half: HalfProducts):
     attrs = call.attrs
     weight = _constant_weight(call.args[1], bindings)
     groups = int(attrs.groups)
-    if weight is None or weight.ndim != 4 or (groups != 1 and not half.grouped) \
+    if weight is None or weight.ndim != 4 or not half.takes_convolution(groups, weight.shape) \
             or str(call.args[0].ty.dtype) != "float32" or attrs.data_layout != "NCHW" \
             or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW":
         return None
     channels, width = weight.shape[0], static_extent(call.ty.shape[3])
     wider, padded_channels, extra = 0, channels, 0
-    if half.tiled:
+    if half.tiled and groups == 1:  # a grouped one's groups are whole vectors and pairs
         # Input channels padded to pairs; output channels and the output's width padded to what
         # the tile takes well (schedules.dot_products.padded_extents: sixteens of channels at
         # least), the extra outputs sliced off; so the tile takes every convolution (a stem's 3

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from ..schedules.dot_products import extra_columns, static_extent, tile_padding
+from ..schedules.dot_products import LANES, extra_columns, static_extent, tile_padding
 from .cpu_rewrites import bound_value, cropped, rewrite_calls, rewrite_counted, through_transpose
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
@@ -83,23 +83,34 @@ def _qdq_conv2d(call, bindings):
     return None if activation is None or weight is None else (activation, weight)
 
 
-def _conv2d(call, bindings):
-    """The integer form of a QDQ 2-D convolution of one group, or None (grouped ones: see
-    _depthwise_conv2d)."""
+def takes_grouped(groups: int, weight_shape) -> bool:
+    """Whether a grouped convolution of OIHW ``weight_shape`` becomes an integer product where
+    the target has a dot-product tile: its groups' output channels fill whole vectors of the
+    tile and their input channels whole words (RegNetX's groups of 16, ResNeXt's of 16 and
+    32), so that each vector sums its own group's channels."""
+    return (weight_shape[0] // groups) % LANES == 0 and weight_shape[1] % CHANNEL_GROUP == 0
+
+
+def _conv2d(call, bindings, grouped: bool = False):
+    """The integer form of a QDQ 2-D convolution of one group, or of several where ``grouped``
+    and takes_grouped; else None (other grouped ones: see _depthwise_conv2d)."""
     import numpy as np
     from tvm import relax
 
     attrs = call.attrs
     operands = _qdq_conv2d(call, bindings)
-    if operands is None or int(attrs.groups) > 1:
+    groups = int(attrs.groups)
+    if operands is None or (groups > 1 and not (grouped and takes_grouped(groups,
+                                                                        operands[1][0].shape))):
         return None
     (xq, sx, zx), (wq, sw) = operands
     top, left, bottom, right = (int(p) for p in attrs.padding)
     # Input channels padded to a multiple of CHANNEL_GROUP; output channels and the output's
     # width to what the integer tile takes well (padded_extents: sixteens of channels at least),
-    # zero weights, the extra outputs sliced off (a stem's 3 channels, MobileNetV2's 24).
+    # zero weights, the extra outputs sliced off (a stem's 3 channels, MobileNetV2's 24). A
+    # grouped one's groups are whole vectors and words already.
     channels, width = wq.shape[0], static_extent(call.ty.shape[3])
-    wider, padded_channels = tile_padding(width, channels)
+    wider, padded_channels = tile_padding(width, channels) if groups == 1 else (0, channels)
     extra, more = -wq.shape[1] % CHANNEL_GROUP, padded_channels - channels
     wq = np.pad(wq, [(0, more), (0, extra), (0, 0), (0, 0)])
     sw = np.pad(sw, [(0, more)])
@@ -321,9 +332,11 @@ def _elementwise(call, bindings, shared: frozenset = frozenset()):
     return relax.op.astype(_rounded(x, scale, zero, dtype), dtype)
 
 
-def integer_products(mod):
+def integer_products(mod, grouped: bool = False):
     """``mod`` with each QDQ convolution and matrix product by a constant weight computed in
     integers (see the module's docstring); the others, and every other operator, unchanged.
+    ``grouped``: where the target has a dot-product tile, grouped convolutions too (see
+    takes_grouped); without one, the float32 grouped tile is the faster.
 
     Returns
     -------
@@ -332,7 +345,9 @@ def integer_products(mod):
     """
     from tvm import relax
 
-    mod, count = rewrite_counted(mod, {"relax.nn.conv2d": _conv2d, "relax.matmul": _matmul})
+    mod, count = rewrite_counted(mod, {
+        "relax.nn.conv2d": lambda call, bindings: _conv2d(call, bindings, grouped),
+        "relax.matmul": _matmul})
     mod = rewrite_calls(mod, {"relax.nn.conv2d": _depthwise_conv2d})
     mod = relax.transform.DeadCodeElimination()(mod)  # the dequantized inputs they replaced
     shared = _read_more_than_once(mod)

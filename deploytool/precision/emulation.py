@@ -23,12 +23,14 @@ JITTER_ULPS = 2  # float32 ulps (of 2^-23 relative) that float32 sums in another
 JITTER_SEEDS = (1, 2)  # jittered copies a package is validated against, beside the plain one
 
 
-def _weight_name(node, grouped: bool) -> str | None:
+def _weight_name(node, half, constants: dict) -> str | None:
     """The input of ``node`` that the package's half-width rewrite takes as its constant
-    weight; a grouped convolution's only where that rewrite takes them (``grouped``)."""
+    weight; a grouped convolution's only where that rewrite takes it."""
     if node.op_type == "Conv":
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return node.input[1] if group == 1 or grouped else None
+        weight = constants.get(node.input[1])
+        return (node.input[1] if weight is not None and weight.ndim == 4
+                and half.takes_convolution(group, weight.shape) else None)
     if node.op_type in ("MatMul", "Gemm"):
         return node.input[1]
     return None
@@ -82,7 +84,7 @@ def emulated_half(model, half, jitter: int | None = None):
     copies: dict[str, str] = {}  # a tensor -> its rounded copy (read by several products)
     nodes, count = [], 0
     for node in graph.node:
-        weight = _weight_name(node, half.grouped)
+        weight = _weight_name(node, half, constants)
         if weight not in constants:
             nodes.append(node)
             continue

@@ -339,7 +339,7 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     """Schedule ``main`` (conv2d_nhwc or matmul of ``instruction``'s dtypes, a constant weight)
     in AMX tiles; False where it does not fit them (its schedule ``sch`` is then spoilt)."""
     block = sch.get_sblock(main)
-    conv = main == "conv2d_nhwc"
+    conv = main != "matmul"
     spatial, reduction = _loop_roles(sch, block, 3 if conv else 1)
     width, channels = spatial[-2], spatial[-1]
     if _extent(sch, channels) % 16 or _extent(sch, reduction[-1]) % instruction.group:
@@ -347,7 +347,9 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     weight = _constant_weight(sch, func, block, instruction.weight)
     if weight is None:
         return False
-    vectors = max(v for v in range(1, MAX_VECTORS + 1) if (_extent(sch, channels) // 16) % v == 0)
+    # a tile's input is one group's channels: its accumulators stay within one group
+    vectors = max(v for v in range(1, MAX_VECTORS + 1)
+                  if (_group_outputs(sch, block, channels, reduction) // 16) % v == 0)
     pixels = _pixels(_extent(sch, width))
     if not conv and pixels * 2 <= min(_extent(sch, width), ROWS):
         # rows no tile size divides well (a ViT's 197 tokens) are padded to whole tiles
@@ -388,6 +390,18 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
         _vectorize_last(sch, output)
     _schedule_padding(sch, padding)
     return True
+
+
+def _group_outputs(sch, block, channels, reduction) -> int:
+    """The output channels of one group (all of them for a convolution of one group or a
+    matrix product)."""
+    outputs = _extent(sch, channels)
+    data = [r.source for r in sch.get(block).reads if len(r.region) == 4
+            and r.source.name not in _layout_free(sch.mod["main"])]
+    if len(data) != 1:
+        return outputs
+    groups = int(data[0].shape[-1]) // _extent(sch, reduction[-1])
+    return outputs // groups
 
 
 def _pixels(width: int) -> int:

@@ -241,7 +241,7 @@ def padded_extents(width: int, channels: int) -> tuple[int, int]:
 def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -> bool:
     group = instruction.group
     block = sch.get_sblock(main)
-    reductions = 3 if main == "conv2d_nhwc" else 1
+    reductions = 1 if main == "matmul" else 3
     spatial, reduction = _loop_roles(sch, block, reductions)
     width, channels = spatial[-2], spatial[-1]
     lanes_per_vector = instruction.lanes
@@ -340,7 +340,7 @@ def _pack(sch, block, weight: int, main: str, group: int, lanes: int) -> None:
     import tvm
 
     packed = sch.cache_read(block, weight, "global")
-    if main == "conv2d_nhwc":  # HWIO
+    if main != "matmul":  # HWIO
         index_map = tvm.tirx.IndexMap.from_func(
             lambda h, w, i, o: (o // lanes, h, w, i // group, o % lanes, i % group))
     else:  # KN

@@ -9,7 +9,7 @@ from . import amx
 from .cpu import _block_names
 from .dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI, DotInstruction, _tile
 
-DOT_BLOCKS = ("conv2d_nhwc", "matmul")
+DOT_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc", "matmul")
 INSTRUCTIONS = (AMX_INT8, VNNI, AMX_BF16, BF16, SDOT)
 
 
@@ -21,10 +21,10 @@ def target_instructions(target) -> tuple[DotInstruction, ...]:
 
 
 def schedule_dot_product(func, instructions=INSTRUCTIONS):
-    """The tensorized schedule of a fused kernel whose main block is a convolution (one group)
-    or matrix product by a constant weight in the dtypes of one of ``instructions``, and the
-    instruction; or (None, None) when it is not one (or its channels do not split into 16s and
-    groups)."""
+    """The tensorized schedule of a fused kernel whose main block is a convolution (grouped
+    ones: groups of whole vectors, see build.half_rewrites and build.int8_rewrites) or matrix
+    product by a constant weight in the dtypes of one of ``instructions``, and the instruction;
+    or (None, None) when it is not one (or its channels do not split into 16s and groups)."""
     import tvm
     from tvm import s_tir
 
