@@ -40,7 +40,7 @@ from .precision import check_precision, half_instructions, integer_instructions
 from .precision.calibration import Calibration, calibration_samples
 from .precision.quantize import activation_type, quantize_int8, scheme
 from .schedules.metaschedule import tuning_target
-from .schedules.products import target_instructions
+from .schedules.products import grouped_lanes
 from .targets import TargetSpec, load_target
 from .tensors import TensorSpec
 from .toolchains.cuda import check_toolchain, is_cuda, runtime_manifest
@@ -451,7 +451,7 @@ def _precision_entry(options: CompileOptions, target: TargetSpec, calibration, m
                 "thresholds": HALF_THRESHOLDS[half.precision].to_dict()}
     if calibration is None:
         return {"mode": "fp32"}
-    _, products = integer_products(mod, bool(target_instructions(tuning_target(target))))
+    _, products = integer_products(mod, grouped_lanes(tuning_target(target)))
     return {"mode": "int8", "scheme": scheme(activation_type(target.arch)),
             "integer_products": products,
             "instructions": integer_instructions(target),

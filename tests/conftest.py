@@ -293,6 +293,17 @@ def grouped_net():
                                torch.nn.ReLU(), torch.nn.Conv2d(64, 32, 1)).eval(), (1, 32, 14, 14)
 
 
+def groups_of_8_net():
+    """A grouped 3x3 convolution of groups of 8 channels (RegNetY's) between 1x1 ones; and the
+    input shape."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 32, 3, padding=1, groups=4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 16, 1)).eval(), (1, 16, 10, 10)
+
+
 def relax_calls(mod, *names: str) -> list:
     """The calls in ``mod``'s main function of the operators ``names`` (every call when none)."""
     from tvm import relax

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import grouped_net
+from conftest import grouped_net, groups_of_8_net
 
 from deploytool.cli import main
 from deploytool.targets import load_target, machine_cpu_flags
@@ -271,3 +271,19 @@ def testgrouped_net_convolutions_stay_float32_without_a_dot_product_tile():
         assert "int8" not in {str(getattr(p, "dtype", "")) for p in func.params}
     assert all("int8" in {str(getattr(p, "dtype", "")) for p in f.params}
                for f in kernels if f not in grouped)
+
+
+@pytest.mark.parametrize("target", [AMX_TARGET, "x86_64-avx512-bf16"])
+def test_groups_of_8_channels_take_vpdpbusd_on_256_bit_registers(target):
+    """RegNetY's groups of 8 channels are too narrow for AMX's tiles and 512-bit vectors: they
+    sum in vpdpbusd's 8 lanes, each vector one group."""
+    from deploytool.schedules.dot_products import VNNI_8
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.schedules.products import schedule_dot_product, target_instructions
+
+    instructions = target_instructions(tuning_target(load_target(target)))
+    used = {}
+    for func in _int8_kernels(target, groups_of_8_net).values():
+        grouped = 'T.sblock("group_conv2d_nhwc")' in func.script()
+        used[grouped] = schedule_dot_product(func, instructions)[1]
+    assert used[True] is VNNI_8 and used[False] is not VNNI_8, used

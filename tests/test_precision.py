@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import compile_unread_model, grouped_net, relax_calls, residual_net
+from conftest import (
+    compile_unread_model,
+    grouped_net,
+    groups_of_8_net,
+    relax_calls,
+    residual_net,
+)
 
 from deploytool.build.int8_rewrites import integer_products
 from deploytool.cli import main
@@ -18,7 +24,7 @@ from deploytool.errors import DeploytoolError
 from deploytool.precision import check_precision
 from deploytool.precision.calibration import calibration_samples
 from deploytool.precision.quantize import quantize_int8
-from deploytool.targets import load_target
+from deploytool.targets import load_target, machine_cpu_flags
 from deploytool.tensors import TensorSpec
 from deploytool.verify.accuracy import FP32, LITERAL_PEER, PEER, validate_accuracy
 
@@ -393,6 +399,60 @@ def test_an_arm_grouped_convolution_runs_sdot_and_validates_under_qemu(tmp_path)
     assert manifest["validation"]["status"] == "passed"
     assert manifest["tuning"]["integer"] == manifest["precision"]["integer_products"] == 4
     assert "sdot\tv" in (dump / "model.s").read_text()
+
+
+@pytest.mark.slow
+def test_groups_of_8_channels_compile_to_vpdpbusd_on_256_bit_registers(tmp_path):
+    """The grouped convolution's package kernels run vpdpbusd on ymm registers; where this CPU
+    has AVX-512 VNNI, the package agrees with ONNX Runtime on the QDQ model."""
+    import re
+
+    import torch
+
+    module, shape = groups_of_8_net()
+    model = tmp_path / "grouped.pt"
+    torch.jit.save(torch.jit.trace(module, torch.zeros(shape)), str(model))
+    out, dump = tmp_path / "pkg", tmp_path / "dump"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x16x10x10:float32",
+                                        "--precision", "int8", "--target", "x86_64-avx512-bf16",
+                                        "-o", str(out), "--no-java", "--dump-ir", str(dump)])
+    assert outcome.exit_code == 0, outcome.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tuning"]["integer"] == manifest["precision"]["integer_products"] == 3
+    assert re.search(r"vpdpbusd\t.*%ymm", (dump / "model.s").read_text())
+    if "avx512_vnni" in machine_cpu_flags():
+        assert manifest["validation"]["status"] == "passed"
+
+
+def test_weights_that_products_share_are_quantized_as_weights_for_each():
+    """ONNX Runtime's tool quantizes a shared initializer as an activation (per tensor,
+    unsigned); each product gets its own copy, so each weight is a constant int8 per channel,
+    whether layers share it or the exporter wrote an equal one as an Identity of it."""
+    import io
+
+    import onnx
+    import torch
+
+    torch.manual_seed(0)
+    first, second = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 8, 1)
+    second.load_state_dict(first.state_dict())  # equal weights: exported as an Identity
+    linear = torch.nn.Linear(8, 8)
+    net = torch.nn.Sequential(first, torch.nn.ReLU(), second, torch.nn.Flatten(1), linear,
+                              torch.nn.ReLU(), linear).eval()  # the linear layer read twice
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(1, 8, 1, 1),), buffer, input_names=["x"], dynamo=False)
+    exported = onnx.load_from_string(buffer.getvalue())
+    quantized = quantize_int8(exported, calibration_samples(
+        [TensorSpec("x", (1, 8, 1, 1), "float32")], None))
+    graph = quantized.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    initializers = {t.name: t for t in graph.initializer}
+    products = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    assert len(products) == 4
+    for node in products:
+        dequantize = producers[node.input[1]]
+        assert dequantize.op_type == "DequantizeLinear", node.name
+        assert initializers[dequantize.input[0]].data_type == onnx.TensorProto.INT8, node.name
 
 
 def test_calibration_data_without_int8_is_refused(tmp_path):

@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass
 
 from ..schedules.copies import schedule_concat, schedule_rows, schedule_transpose
 from ..schedules.cpu import accumulator_lanes, packs_weights, schedule_kernel, schedule_pool
-from ..schedules.dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI
+from ..schedules.dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI, VNNI_8
 from ..schedules.metaschedule import tuning_target
 from ..schedules.prefetch import insert_prefetches
-from ..schedules.products import schedule_dot_product, target_instructions
+from ..schedules.products import grouped_lanes, schedule_dot_product, target_instructions
 from ..schedules.reductions import schedule_reduction
 from ..schedules.sampled import DEFAULT_SCHEDULE, sample_best_schedule
 from ..targets import TargetSpec
@@ -36,8 +36,7 @@ def fuse(mod, target):
     from tvm import relax
 
     cpu = _cpu_pipeline()
-    grouped = bool(target_instructions(target))  # grouped integer products need a dot tile
-    mod = rewrite_for_cpu(integer_products(mod, grouped)[0])  # a quantized model's, first
+    mod = rewrite_for_cpu(integer_products(mod, grouped_lanes(target))[0])  # a quantized one's
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                        + cpu.legalize_passes(target)
@@ -195,7 +194,7 @@ def build_pipeline(target: TargetSpec, database=None, plan: SchedulePlan | None 
                     if is_scheduled(func) or not has_blocks(func):
                         continue  # (a kernel written as plain loops is built as it is)
                     scheduled, instruction = schedule_dot_product(func, instructions)
-                    plan.integer += instruction in (VNNI, SDOT, AMX_INT8)
+                    plan.integer += instruction in (VNNI, VNNI_8, SDOT, AMX_INT8)
                     plan.bf16 += instruction in (BF16, AMX_BF16)
                     plan.amx += instruction in (AMX_BF16, AMX_INT8)
                     if scheduled is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from ..schedules.dot_products import LANES, extra_columns, static_extent, tile_padding
+from ..schedules.dot_products import extra_columns, static_extent, tile_padding
 from .cpu_rewrites import bound_value, cropped, rewrite_calls, rewrite_counted, through_transpose
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
@@ -83,25 +83,26 @@ def _qdq_conv2d(call, bindings):
     return None if activation is None or weight is None else (activation, weight)
 
 
-def takes_grouped(groups: int, weight_shape) -> bool:
+def takes_grouped(groups: int, weight_shape, lanes: int) -> bool:
     """Whether a grouped convolution of OIHW ``weight_shape`` becomes an integer product where
-    the target has a dot-product tile: its groups' output channels fill whole vectors of the
-    tile and their input channels whole words (RegNetX's groups of 16, ResNeXt's of 16 and
-    32), so that each vector sums its own group's channels."""
-    return (weight_shape[0] // groups) % LANES == 0 and weight_shape[1] % CHANNEL_GROUP == 0
+    the target's dot-product tiles have vectors of ``lanes`` (0: none): its groups' output
+    channels fill whole vectors and their input channels whole words (RegNetX's groups of 16,
+    RegNetY's of 8), so that each vector sums its own group's channels."""
+    return (lanes > 0 and (weight_shape[0] // groups) % lanes == 0
+            and weight_shape[1] % CHANNEL_GROUP == 0)
 
 
-def _conv2d(call, bindings, grouped: bool = False):
-    """The integer form of a QDQ 2-D convolution of one group, or of several where ``grouped``
-    and takes_grouped; else None (other grouped ones: see _depthwise_conv2d)."""
+def _conv2d(call, bindings, lanes: int = 0):
+    """The integer form of a QDQ 2-D convolution of one group, or of several where
+    takes_grouped with ``lanes``; else None (other grouped ones: see _depthwise_conv2d)."""
     import numpy as np
     from tvm import relax
 
     attrs = call.attrs
     operands = _qdq_conv2d(call, bindings)
     groups = int(attrs.groups)
-    if operands is None or (groups > 1 and not (grouped and takes_grouped(groups,
-                                                                        operands[1][0].shape))):
+    if operands is None or (groups > 1 and not takes_grouped(groups, operands[1][0].shape,
+                                                             lanes)):
         return None
     (xq, sx, zx), (wq, sw) = operands
     top, left, bottom, right = (int(p) for p in attrs.padding)
@@ -332,11 +333,12 @@ def _elementwise(call, bindings, shared: frozenset = frozenset()):
     return relax.op.astype(_rounded(x, scale, zero, dtype), dtype)
 
 
-def integer_products(mod, grouped: bool = False):
+def integer_products(mod, grouped_lanes: int = 0):
     """``mod`` with each QDQ convolution and matrix product by a constant weight computed in
     integers (see the module's docstring); the others, and every other operator, unchanged.
-    ``grouped``: where the target has a dot-product tile, grouped convolutions too (see
-    takes_grouped); without one, the float32 grouped tile is the faster.
+    ``grouped_lanes``: the narrowest vector of the target's dot-product tiles, which take
+    grouped convolutions too (see takes_grouped); 0 without one, where the float32 grouped tile
+    is the faster.
 
     Returns
     -------
@@ -346,7 +348,7 @@ def integer_products(mod, grouped: bool = False):
     from tvm import relax
 
     mod, count = rewrite_counted(mod, {
-        "relax.nn.conv2d": lambda call, bindings: _conv2d(call, bindings, grouped),
+        "relax.nn.conv2d": lambda call, bindings: _conv2d(call, bindings, grouped_lanes),
         "relax.matmul": _matmul})
     mod = rewrite_calls(mod, {"relax.nn.conv2d": _depthwise_conv2d})
     mod = relax.transform.DeadCodeElimination()(mod)  # the dequantized inputs they replaced

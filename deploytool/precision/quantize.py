@@ -57,7 +57,7 @@ def quantize_int8(proto, calibration: Calibration, activations: str = "uint8"):
 
     with tempfile.TemporaryDirectory(prefix="deploytool-int8-") as tmp:
         source, quantized = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        onnx.save(constants_as_initializers(proto), source)
+        onnx.save(own_weights(constants_as_initializers(proto)), source)
         # its advice to pre-process goes to the root logger: ONNX export already folds what
         # the pre-processing would (batch norms into convolutions, constants)
         logging.disable(logging.WARNING)
@@ -97,4 +97,47 @@ def constants_as_initializers(proto):
         graph.initializer.append(value)
     del graph.node[:]
     graph.node.extend(nodes)
+    return proto
+
+
+def own_weights(proto):
+    """``proto`` with each weight (and bias) that several convolutions or matrix products share
+    copied, one for each: ONNX Runtime's quantizer quantizes a shared initializer as an
+    activation, per tensor and unsigned, so the products reading it stayed float32 (ALBERT's
+    layers share theirs; the exporter writes a weight equal to another, as RegNetY's
+    zero-initialized ones, as an Identity of it)."""
+    from collections import Counter
+
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    # the exporter writes a weight equal to another as an Identity of it
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            copy = numpy_helper.from_array(numpy_helper.to_array(initializers[node.input[0]]),
+                                           node.output[0])
+            graph.initializer.append(copy)
+            initializers[copy.name] = copy
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    readers = Counter(name for node in graph.node for name in node.input if name in initializers)
+    copies: Counter = Counter()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        for position in (1, 2):
+            name = node.input[position] if len(node.input) > position else ""
+            if readers[name] < 2:
+                continue
+            copies[name] += 1
+            if copies[name] == 1:
+                continue  # the first reader keeps the original
+            own = f"{name}/copy{copies[name]}"
+            graph.initializer.append(numpy_helper.from_array(
+                numpy_helper.to_array(initializers[name]), own))
+            node.input[position] = own
     return proto

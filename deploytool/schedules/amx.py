@@ -35,6 +35,7 @@ from .dot_products import (
     _padded_input,
     _schedule_padding,
     _vectorize_last,
+    group_outputs,
 )
 
 ROWS = 16  # a tile register's rows: the pixels of a tile
@@ -342,14 +343,14 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     conv = main != "matmul"
     spatial, reduction = _loop_roles(sch, block, 3 if conv else 1)
     width, channels = spatial[-2], spatial[-1]
-    if _extent(sch, channels) % 16 or _extent(sch, reduction[-1]) % instruction.group:
+    group = group_outputs(sch, block, channels, reduction)
+    if group % 16 or _extent(sch, reduction[-1]) % instruction.group:
         return False
     weight = _constant_weight(sch, func, block, instruction.weight)
     if weight is None:
         return False
     # a tile's input is one group's channels: its accumulators stay within one group
-    vectors = max(v for v in range(1, MAX_VECTORS + 1)
-                  if (_group_outputs(sch, block, channels, reduction) // 16) % v == 0)
+    vectors = max(v for v in range(1, MAX_VECTORS + 1) if (group // 16) % v == 0)
     pixels = _pixels(_extent(sch, width))
     if not conv and pixels * 2 <= min(_extent(sch, width), ROWS):
         # rows no tile size divides well (a ViT's 197 tokens) are padded to whole tiles
@@ -390,18 +391,6 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
         _vectorize_last(sch, output)
     _schedule_padding(sch, padding)
     return True
-
-
-def _group_outputs(sch, block, channels, reduction) -> int:
-    """The output channels of one group (all of them for a convolution of one group or a
-    matrix product)."""
-    outputs = _extent(sch, channels)
-    data = [r.source for r in sch.get(block).reads if len(r.region) == 4
-            and r.source.name not in _layout_free(sch.mod["main"])]
-    if len(data) != 1:
-        return outputs
-    groups = int(data[0].shape[-1]) // _extent(sch, reduction[-1])
-    return outputs // groups
 
 
 def _pixels(width: int) -> int:

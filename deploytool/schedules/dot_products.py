@@ -55,6 +55,10 @@ class DotInstruction:
 
 VNNI = DotInstruction("vpdpbusd (AVX-512 VNNI)", "avx512vnni", "uint8", "int8", "int32", 4,
                       "deploytool_dot_16x4_vnni", "llvm.x86.avx512.vpdpbusd.512")
+# the same on 256-bit registers: a grouped convolution's groups of 8 channels (RegNetY's)
+VNNI_8 = DotInstruction("vpdpbusd (AVX-512 VNNI, 8 lanes)", "avx512vnni", "uint8", "int8",
+                        "int32", 4, "deploytool_dot_8x4_vnni", "llvm.x86.avx512.vpdpbusd.256",
+                        lanes=8)
 BF16 = DotInstruction("vdpbf16ps (AVX-512 BF16)", "avx512bf16", "bfloat16", "bfloat16",
                       "float32", 2, "deploytool_dot_16x2_bf16",
                       "llvm.x86.avx512bf16.dpbf16ps.512")
@@ -245,8 +249,9 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     spatial, reduction = _loop_roles(sch, block, reductions)
     width, channels = spatial[-2], spatial[-1]
     lanes_per_vector = instruction.lanes
-    if _extent(sch, channels) % lanes_per_vector or _extent(sch, reduction[-1]) % group:
-        return False
+    if group_outputs(sch, block, channels, reduction) % lanes_per_vector \
+            or _extent(sch, reduction[-1]) % group:
+        return False  # a vector's lanes would sum two groups' channels, or a part of a group
     weight = _constant_weight(sch, func, block, instruction.weight)
     if weight is None:
         return False
@@ -287,6 +292,18 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
         _vectorize_last(sch, output)
     _schedule_padding(sch, padding)
     return True
+
+
+def group_outputs(sch, block, channels, reduction) -> int:
+    """The output channels of one group of a convolution (all of them for a convolution of one
+    group or a matrix product)."""
+    outputs = _extent(sch, channels)
+    data = [r.source for r in sch.get(block).reads if len(r.region) == 4
+            and r.source.name not in _layout_free(sch.mod["main"])]
+    if len(data) != 1:
+        return outputs
+    groups = int(data[0].shape[-1]) // _extent(sch, reduction[-1])
+    return outputs // groups
 
 
 def _padded_input(sch, main: str) -> list[str]:

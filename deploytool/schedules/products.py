@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from . import amx
 from .cpu import _block_names
-from .dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI, DotInstruction, _tile
+from .dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI, VNNI_8, DotInstruction, _tile
 
 DOT_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc", "matmul")
-INSTRUCTIONS = (AMX_INT8, VNNI, AMX_BF16, BF16, SDOT)
+INSTRUCTIONS = (AMX_INT8, VNNI, VNNI_8, AMX_BF16, BF16, SDOT)
 
 
 def target_instructions(target) -> tuple[DotInstruction, ...]:
@@ -18,6 +18,14 @@ def target_instructions(target) -> tuple[DotInstruction, ...]:
     from tvm.target.codegen import target_has_features
 
     return tuple(i for i in INSTRUCTIONS if target_has_features(i.feature, target))
+
+
+def grouped_lanes(target) -> int:
+    """The output channels per group of the grouped convolutions a ``tvm.target.Target``'s
+    integer tiles take: a multiple of their narrowest vector (0 where it has no such tile, and
+    the float32 grouped tile is the faster)."""
+    return min((i.lanes for i in target_instructions(target) if i.accumulator == "int32"),
+               default=0)
 
 
 def schedule_dot_product(func, instructions=INSTRUCTIONS):
