@@ -15,6 +15,7 @@ from ..schedules.sampled import DEFAULT_SCHEDULE, sample_best_schedule
 from ..targets import TargetSpec
 from ..tuning.database import SEARCH_MARGIN, open_database, search_won
 from ..tuning.settings import TuneSettings
+from .amx_rewrites import flattened_rows
 from .cpu_rewrites import rewrite_for_cpu
 from .int8_rewrites import integer_products
 
@@ -36,7 +37,10 @@ def fuse(mod, target):
     from tvm import relax
 
     cpu = _cpu_pipeline()
-    mod = rewrite_for_cpu(integer_products(mod, grouped_lanes(target))[0])  # a quantized one's
+    mod = integer_products(mod, grouped_lanes(target))[0]  # a quantized model's, first
+    amx = [i.data for i in target_instructions(target) if i in (AMX_INT8, AMX_BF16)]
+    mod = rewrite_for_cpu(mod)
+    mod = flattened_rows(mod, tuple(amx)) if amx else mod
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                        + cpu.legalize_passes(target)
