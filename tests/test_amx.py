@@ -61,7 +61,7 @@ def _tokens():
 
 def _narrow():
     """1x1 convolutions over rows narrower than a tile, a tile of both rows of 6 pixels; a 3x3
-    one between them, a row a tile."""
+    one between them, its padded rows flattened into one tile."""
     import torch
 
     torch.manual_seed(0)
@@ -234,7 +234,7 @@ def test_tiles_go_channel_tiles_first_where_the_weight_outweighs_the_output(targ
 
 def test_a_narrow_pointwise_convolution_takes_whole_rows_in_a_tile():
     """At 2x6, each 1x1 convolution's tile holds both rows (12 pixels, contiguous in its input
-    and its sums), the 3x3 one's a row of 6."""
+    and its sums); the 3x3 one's the 16 positions of its flattened rows (2 x 8)."""
     import re
 
     from deploytool.schedules.metaschedule import tuning_target
@@ -245,7 +245,7 @@ def test_a_narrow_pointwise_convolution_takes_whole_rows_in_a_tile():
     for func in _int8_kernels(AMX_TARGET, _narrow).values():
         scheduled, _ = schedule_dot_product(func, instructions)
         rows += re.findall(r'"deploytool_amx_configure", (\d+),', scheduled.script())
-    assert sorted(rows) == ["12", "12", "6"], rows
+    assert sorted(rows) == ["12", "12", "16"], rows
 
 
 @pytest.mark.parametrize("target, instruction", [(AMX_TARGET, "tdpbusd"),
