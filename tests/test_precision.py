@@ -382,22 +382,26 @@ def test_an_arm_dot_product_int8_package_runs_sdot_and_validates_under_qemu(tmp_
 
 @pytest.mark.slow
 @pytest.mark.cross
-def test_an_arm_grouped_convolution_runs_sdot_and_validates_under_qemu(tmp_path):
-    """Grouped convolutions whose groups fill whole vectors (16 and 32 channels) take the sdot
-    tile too; the package, run under qemu, agrees with ONNX Runtime on the QDQ model."""
+@pytest.mark.parametrize("net", [grouped_net, groups_of_8_net])
+def test_an_arm_grouped_convolution_runs_sdot_and_validates_under_qemu(tmp_path, net):
+    """Grouped convolutions whose groups fill whole vectors (8, 16 and 32 channels: two, four
+    and eight of sdot's) take the sdot tile too; the package, run under qemu, agrees with ONNX
+    Runtime on the QDQ model."""
     import torch
 
-    module, shape = grouped_net()
+    module, shape = net()
     model = tmp_path / "grouped.pt"
     torch.jit.save(torch.jit.trace(module, torch.zeros(shape)), str(model))
     out, dump = tmp_path / "pkg", tmp_path / "dump"
-    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x32x14x14:float32",
+    spec = f"x:{'x'.join(map(str, shape))}:float32"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", spec,
                                         "--precision", "int8", "--target", "raspberry-pi-5",
                                         "-o", str(out), "--no-java", "--dump-ir", str(dump)])
     assert outcome.exit_code == 0, outcome.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["validation"]["status"] == "passed"
-    assert manifest["tuning"]["integer"] == manifest["precision"]["integer_products"] == 4
+    products = len([m for m in module.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert manifest["tuning"]["integer"] == manifest["precision"]["integer_products"] == products
     assert "sdot\tv" in (dump / "model.s").read_text()
 
 
