@@ -12,7 +12,7 @@ is sliced off.
 
 from __future__ import annotations
 
-from .cpu_rewrites import bound_value, rewrite_calls
+from .cpu_rewrites import from_constants, rewrite_calls
 
 ROWS = 16  # of an AMX tile
 MAX_COVERED = 0.75  # flattened only where it takes at most this share of the tiles of rows
@@ -27,7 +27,7 @@ def _flattened(call, bindings, dtypes: tuple[str, ...]):
     if str(data.ty.dtype) not in dtypes or int(attrs.groups) != 1 \
             or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != CHANNELS_LAST \
             or any(int(s) != 1 for s in (*attrs.strides, *attrs.dilation)) \
-            or not _constant(weight, bindings):
+            or not from_constants(weight, bindings):
         return None
     try:
         _, height_in, width_in, channels = (int(d) for d in data.ty.shape)
@@ -57,19 +57,6 @@ def _flattened(call, bindings, dtypes: tuple[str, ...]):
     out = relax.op.strided_slice(out, axes=[2], begin=[0], end=[height * row])
     out = relax.op.reshape(out, (1, height, row, outputs))
     return relax.op.strided_slice(out, axes=[2], begin=[0], end=[width])
-
-
-def _constant(expr, bindings) -> bool:
-    """Whether ``expr`` is computed from constants alone (a weight behind a layout change)."""
-    import tvm
-    from tvm import relax
-
-    expr = bound_value(expr, bindings)
-    if isinstance(expr, tvm.ir.expr.Constant):
-        return True
-    return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
-            and all(_constant(a, bindings) for a in expr.args
-                    if not isinstance(a, relax.expr.ShapeExpr)))
 
 
 def flattened_rows(mod, dtypes: tuple[str, ...]):

@@ -17,6 +17,20 @@ def bound_value(expr, bindings):
     return expr
 
 
+def from_constants(expr, bindings) -> bool:
+    """Whether ``expr`` is computed from constants alone (a weight behind a layout change),
+    which folds at compile time."""
+    import tvm
+    from tvm import relax
+
+    expr = bound_value(expr, bindings)
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return True
+    return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+            and all(from_constants(a, bindings) for a in expr.args
+                    if not isinstance(a, relax.expr.ShapeExpr)))
+
+
 def through_transpose(expr, bindings):
     """(the value ``expr`` stands for, followed through a transpose of a 2-D tensor, and whether
     it was transposed); None through another permutation. A weight that a matrix product reads
@@ -170,17 +184,9 @@ def pad_output_channels(mod):
             continue
         bindings = relax.analysis.get_var2val(func)
 
-        def constant(expr, bindings=bindings):
-            expr = bound_value(expr, bindings)
-            if isinstance(expr, tvm.ir.expr.Constant):
-                return True
-            return (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
-                    and all(constant(arg) for arg in expr.args
-                            if not isinstance(arg, relax.expr.ShapeExpr)))
-
         @relax.expr_functor.mutator
         class Pad(relax.PyExprMutator):
-            def visit_call_(self, call):
+            def visit_call_(self, call, bindings=bindings):
                 call = super().visit_call_(call)
                 if not isinstance(call.op, tvm.ir.Op) or not call.op.same_as(conv2d):
                     return call
@@ -190,7 +196,7 @@ def pad_output_channels(mod):
                 if (int(attrs.groups) != 1 or attrs.kernel_layout != "HWIO"
                         or attrs.out_layout != "NHWC" or shape is None
                         or not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)
-                        or not constant(weight)):
+                        or not from_constants(weight, bindings)):
                     return call
                 channels = int(shape.values[3])
                 padded = -(-channels // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
