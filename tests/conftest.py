@@ -342,3 +342,24 @@ def compile_unread_model(tmp_path: Path, *options: str):
     model = tmp_path / "m.pt"
     model.write_bytes(b"")
     return CliRunner().invoke(main, ["compile", str(model), *options])
+
+
+def compile_traced(tmp_path: Path, module, shape, *options: str) -> tuple[dict, Path]:
+    """``deploytool compile`` of ``module`` traced at input ``shape`` (input ``x``) with
+    ``options``, into ``tmp_path/pkg`` with its IR dumped in ``tmp_path/dump``; asserts that it
+    succeeds and returns the manifest and the dump folder."""
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from deploytool.cli import main
+
+    model = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(module, torch.zeros(shape)), str(model))
+    out, dump = tmp_path / "pkg", tmp_path / "dump"
+    spec = f"x:{'x'.join(map(str, shape))}:float32"
+    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", spec, *options, "-o",
+                                        str(out), "--no-java", "--dump-ir", str(dump)])
+    assert outcome.exit_code == 0, outcome.output
+    return json.loads((out / "manifest.json").read_text()), dump

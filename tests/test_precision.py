@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import (
+    compile_traced,
     compile_unread_model,
     grouped_net,
     groups_of_8_net,
@@ -390,15 +391,8 @@ def test_an_arm_grouped_convolution_runs_sdot_and_validates_under_qemu(tmp_path,
     import torch
 
     module, shape = net()
-    model = tmp_path / "grouped.pt"
-    torch.jit.save(torch.jit.trace(module, torch.zeros(shape)), str(model))
-    out, dump = tmp_path / "pkg", tmp_path / "dump"
-    spec = f"x:{'x'.join(map(str, shape))}:float32"
-    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", spec,
-                                        "--precision", "int8", "--target", "raspberry-pi-5",
-                                        "-o", str(out), "--no-java", "--dump-ir", str(dump)])
-    assert outcome.exit_code == 0, outcome.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest, dump = compile_traced(tmp_path, module, shape, "--precision", "int8", "--target",
+                                    "raspberry-pi-5")
     assert manifest["validation"]["status"] == "passed"
     products = len([m for m in module.modules() if isinstance(m, torch.nn.Conv2d)])
     assert manifest["tuning"]["integer"] == manifest["precision"]["integer_products"] == products
@@ -411,17 +405,8 @@ def test_groups_of_8_channels_compile_to_vpdpbusd_on_256_bit_registers(tmp_path)
     has AVX-512 VNNI, the package agrees with ONNX Runtime on the QDQ model."""
     import re
 
-    import torch
-
-    module, shape = groups_of_8_net()
-    model = tmp_path / "grouped.pt"
-    torch.jit.save(torch.jit.trace(module, torch.zeros(shape)), str(model))
-    out, dump = tmp_path / "pkg", tmp_path / "dump"
-    outcome = CliRunner().invoke(main, ["compile", str(model), "-i", "x:1x16x10x10:float32",
-                                        "--precision", "int8", "--target", "x86_64-avx512-bf16",
-                                        "-o", str(out), "--no-java", "--dump-ir", str(dump)])
-    assert outcome.exit_code == 0, outcome.output
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest, dump = compile_traced(tmp_path, *groups_of_8_net(), "--precision", "int8",
+                                    "--target", "x86_64-avx512-bf16")
     assert manifest["tuning"]["integer"] == manifest["precision"]["integer_products"] == 3
     assert re.search(r"vpdpbusd\t.*%ymm", (dump / "model.s").read_text())
     if "avx512_vnni" in machine_cpu_flags():
