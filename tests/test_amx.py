@@ -301,21 +301,23 @@ def test_groups_of_8_channels_take_vpdpbusd_on_256_bit_registers(target):
     assert used[True] is VNNI_8 and used[False] is not VNNI_8, used
 
 
-def test_convolutions_over_short_rows_take_tiles_of_flattened_rows():
+@pytest.mark.parametrize("batch", [1, 2])
+def test_convolutions_over_short_rows_take_tiles_of_flattened_rows(batch):
     """At 7x7, each 3x3 convolution's tile holds 16 positions of the flat padded rows (7 of a
     row before), its kernel rows read as input channels: a 1 x 3 kernel over 3 x 32 and 3 x 48
-    channels."""
+    channels; each image of a batch its own long row."""
     import re
 
     from deploytool.schedules.metaschedule import tuning_target
     from deploytool.schedules.products import schedule_dot_product, target_instructions
 
     instructions = target_instructions(tuning_target(load_target(AMX_TARGET)))
+    module, shape = _short_rows()
     rows, inputs = [], []
-    for func in _int8_kernels(AMX_TARGET, _short_rows).values():
+    for func in _int8_kernels(AMX_TARGET, lambda: (module, (batch, *shape[1:]))).values():
         scheduled, _ = schedule_dot_product(func, instructions)
         rows += re.findall(r'"deploytool_amx_configure", (\d+),', scheduled.script())
-        inputs += re.findall(r"T.Buffer\(\(T.int64\(1\), T.int64\(1\), T.int64\((\d+)\), "
+        inputs += re.findall(rf"T.Buffer\(\(T.int64\({batch}\), T.int64\(1\), T.int64\((\d+)\), "
                              r"T.int64\((\d+)\)\), \"uint8\"\)", func.script())
     assert rows == ["16", "16"], rows
     # 4 tiles of 16 of the 7 x 9 positions (7 tiles of 7 pixels unflattened), 2 more read

@@ -30,7 +30,7 @@ def _flattened(call, bindings, dtypes: tuple[str, ...]):
             or not from_constants(weight, bindings):
         return None
     try:
-        _, height_in, width_in, channels = (int(d) for d in data.ty.shape)
+        batch, height_in, width_in, channels = (int(d) for d in data.ty.shape)
         _, height, width, outputs = (int(d) for d in call.ty.shape)
         kh, kw = int(weight.ty.shape[0]), int(weight.ty.shape[1])
     except TypeError:  # a symbolic shape
@@ -45,7 +45,7 @@ def _flattened(call, bindings, dtypes: tuple[str, ...]):
     reach = (kh - 1) * row + positions + kw - 1  # flat pixels the last tile reads
     rows = -(-reach // row)
     padded = relax.op.nn.pad(data, [0, 0, top, rows - height_in - top, left, right, 0, 0])
-    flat = relax.op.reshape(padded, (1, 1, rows * row, channels))
+    flat = relax.op.reshape(padded, (batch, 1, rows * row, channels))
     shifted = [relax.op.strided_slice(flat, axes=[2], begin=[ry * row],
                                       end=[ry * row + positions + kw - 1]) for ry in range(kh)]
     # HWIO (kh, kw, C, O) -> (1, kw, kh * C, O): a kernel row's channels after the one before
@@ -55,7 +55,7 @@ def _flattened(call, bindings, dtypes: tuple[str, ...]):
                              padding=[0, 0, 0, 0], data_layout="NHWC", kernel_layout="HWIO",
                              out_layout="NHWC", out_dtype=str(call.ty.dtype))
     out = relax.op.strided_slice(out, axes=[2], begin=[0], end=[height * row])
-    out = relax.op.reshape(out, (1, height, row, outputs))
+    out = relax.op.reshape(out, (batch, height, row, outputs))
     return relax.op.strided_slice(out, axes=[2], begin=[0], end=[width])
 
 
