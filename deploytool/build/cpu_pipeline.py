@@ -37,10 +37,9 @@ def fuse(mod, target):
     from tvm import relax
 
     cpu = _cpu_pipeline()
-    mod = integer_products(mod, grouped_lanes(target))[0]  # a quantized model's, first
-    amx = [i.data for i in target_instructions(target) if i in (AMX_INT8, AMX_BF16)]
-    mod = rewrite_for_cpu(mod)
-    mod = flattened_rows(mod, tuple(amx)) if amx else mod
+    mod = rewrite_for_cpu(integer_products(mod, grouped_lanes(target))[0])  # int8's first
+    amx = tuple(i.data for i in target_instructions(target) if i in (AMX_INT8, AMX_BF16))
+    mod = flattened_rows(mod, amx) if amx else mod
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
                                        + cpu.legalize_passes(target)

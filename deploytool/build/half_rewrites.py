@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schedules.dot_products import LANES, extra_columns, static_extent, tile_padding
+from ..schedules.dot_products import (
+    LANES,
+    extra_columns,
+    static_extent,
+    tile_padding,
+    whole_groups,
+)
 from .cpu_rewrites import cropped, rewrite_counted, through_transpose
 
 
@@ -33,8 +39,7 @@ class HalfProducts:
         output channels then sums its own group's input channels."""
         if groups == 1 or self.grouped:
             return True
-        outputs, inputs = weight_shape[0] // groups, weight_shape[1]
-        return self.tiled and outputs % LANES == 0 and inputs % self.pair == 0
+        return self.tiled and whole_groups(groups, weight_shape, LANES, self.pair)
 
 
 # AVX-512 BF16's vdpbf16ps sums pairs of products into float32 lanes: only a channel sum has the

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from ..schedules.dot_products import extra_columns, static_extent, tile_padding
+from ..schedules.dot_products import extra_columns, static_extent, tile_padding, whole_groups
 from .cpu_rewrites import bound_value, cropped, rewrite_calls, rewrite_counted, through_transpose
 
 CHANNEL_GROUP = 4  # input channels that one VNNI or dot-product lane sums
@@ -85,11 +85,8 @@ def _qdq_conv2d(call, bindings):
 
 def takes_grouped(groups: int, weight_shape, lanes: int) -> bool:
     """Whether a grouped convolution of OIHW ``weight_shape`` becomes an integer product where
-    the target's dot-product tiles have vectors of ``lanes`` (0: none): its groups' output
-    channels fill whole vectors and their input channels whole words (RegNetX's groups of 16,
-    RegNetY's of 8), so that each vector sums its own group's channels."""
-    return (lanes > 0 and (weight_shape[0] // groups) % lanes == 0
-            and weight_shape[1] % CHANNEL_GROUP == 0)
+    the target's dot-product tiles have vectors of ``lanes`` (0: none; see whole_groups)."""
+    return lanes > 0 and whole_groups(groups, weight_shape, lanes, CHANNEL_GROUP)
 
 
 def _conv2d(call, bindings, lanes: int = 0):

@@ -171,6 +171,14 @@ def _dpbf16ps():
     return dpbf16ps
 
 
+def whole_groups(groups: int, weight_shape, lanes: int, word: int) -> bool:
+    """Whether a grouped convolution of OIHW ``weight_shape`` fits a tile of vectors of
+    ``lanes`` whose instruction sums ``word`` input channels a lane: its groups' output channels
+    fill whole vectors and their input channels whole words (RegNetX's groups of 16, RegNetY's
+    of 8), so that each vector sums its own group's channels."""
+    return (weight_shape[0] // groups) % lanes == 0 and weight_shape[1] % word == 0
+
+
 def _tile_shape(width: int, vectors: int) -> tuple[int, int]:
     """(pixels, vectors of 16 channels) of a tile: the most accumulators that fit, each count
     dividing its loop."""
