@@ -293,6 +293,27 @@ def grouped_net():
                                torch.nn.ReLU(), torch.nn.Conv2d(64, 32, 1)).eval(), (1, 32, 14, 14)
 
 
+def attention_net():
+    """Self-attention over 21 tokens in 2 heads of 16 (its scores' 21 columns a tile pads to
+    32, its weighted sum's 21-term sums to pairs), between linear layers; and the input
+    shape."""
+    import torch
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(32, 96)
+            self.out = torch.nn.Linear(32, 32)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).reshape(1, 21, 3, 2, 16).permute(2, 0, 3, 1, 4).unbind(0)
+            scores = torch.softmax(q @ k.transpose(-1, -2) * 0.25, -1)
+            return self.out((scores @ v).transpose(1, 2).reshape(1, 21, 32))
+
+    torch.manual_seed(0)
+    return Attention().eval(), (1, 21, 32)
+
+
 def groups_of_8_net():
     """A grouped 3x3 convolution of groups of 8 channels (RegNetY's) between 1x1 ones; and the
     input shape."""

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import grouped_net, groups_of_8_net
+from conftest import attention_net, grouped_net, groups_of_8_net
 
 from deploytool.cli import main
 from deploytool.targets import load_target, machine_cpu_flags
@@ -95,7 +95,7 @@ PRECISIONS = {"bf16": ("bf16_products", "bf16", "tdpbf16ps", "vdpbf16ps"),
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow, grouped_net,
-                                   _short_rows])
+                                   _short_rows, attention_net])
 def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model, precision):
     """Every bf16 or int8 product is scheduled in AMX tiles, which LLVM compiles to tile loads
     and tdpbf16ps or tdpbusd, not to the vdpbf16ps or vpdpbusd fallback; the tiles are
@@ -128,7 +128,7 @@ def test_the_amx_target_has_the_tiles_and_bf16():
 @pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX")
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow, grouped_net,
-                                   _short_rows])
+                                   _short_rows, attention_net])
 def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
     """Run here, the package's outputs match ONNX Runtime's: computing the same bfloat16
     products in float32 (only the order of the sums differs), or the same integers from the

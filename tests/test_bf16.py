@@ -10,9 +10,20 @@ import ml_dtypes
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import compile_unread_model, relax_calls, residual_net
+from conftest import (
+    attention_net,
+    compile_traced,
+    compile_unread_model,
+    relax_calls,
+    residual_net,
+)
 
-from deploytool.build.half_rewrites import BF16_PRODUCTS, count_half_products, half_products
+from deploytool.build.half_rewrites import (
+    BF16_PRODUCTS,
+    FP16_PRODUCTS,
+    count_half_products,
+    half_products,
+)
 from deploytool.cli import main
 from deploytool.errors import DeploytoolError
 from deploytool.precision import check_precision
@@ -98,6 +109,48 @@ def test_grouped_convolutions_of_whole_vectors_take_bfloat16_as_their_emulation_
               for p in relax_calls(mod, "relax.nn.conv2d")}
     assert dtypes == {2: "bfloat16", 4: "float32", 32: "float32"}
     assert count == 1 and emulated_half(onnx.load(path), BF16_PRODUCTS)[1] == 1
+
+
+def test_products_of_two_activations_take_bfloat16_padded_to_the_tile(tmp_path):
+    """Attention's scores (21 x 16 by 16 x 21) and weighted sum (21 x 21 by 21 x 16) read both
+    operands in bfloat16: the scores' columns padded to 32 and the sum's 21 terms to 22, with
+    zeros, the outputs sliced back; the emulated peer rounds the same operands. fp16 leaves them
+    float32."""
+    import onnx
+
+    from deploytool.precision.emulation import emulated_half
+
+    module, shape = attention_net()
+    path = _onnx(module, shape, tmp_path / "m.onnx")
+    mod, count = half_products(_import(path), BF16_PRODUCTS)
+    assert count == 4 and count_half_products(mod, BF16_PRODUCTS) == 4
+    operands = sorted((tuple(int(d) for d in p.args[0].ty.shape),
+                       tuple(int(d) for d in p.args[1].ty.shape))
+                      for p in relax_calls(mod, "relax.matmul") if len(p.args[1].ty.shape) == 4)
+    assert operands == [((1, 2, 21, 16), (1, 2, 16, 32)), ((1, 2, 21, 22), (1, 2, 22, 16))]
+    assert [int(d) for d in mod["main"].ret_ty.shape] == [1, 21, 32]
+    assert emulated_half(onnx.load(path), BF16_PRODUCTS)[1] == 4
+    assert half_products(_import(path), FP16_PRODUCTS)[1] == 2
+    assert emulated_half(onnx.load(path), FP16_PRODUCTS)[1] == 2
+
+
+@pytest.mark.slow
+def test_products_of_two_activations_pack_their_second_operand_in_the_kernel(tmp_path):
+    """Both attention products take the vdpbf16ps tile, their second operand interleaved into
+    pairs by the kernel (one shuffle per 16 x 2 block); where this CPU has AVX-512 BF16 the
+    package agrees with ONNX Runtime computing the same bfloat16 operands in float32."""
+    module, shape = attention_net()
+    manifest, dump = compile_traced(tmp_path, module, shape, "--precision", "bf16",
+                                    "--target", BF16_TARGET)
+    assert manifest["precision"]["bf16_products"] == manifest["tuning"]["bf16"] == 4
+    packing = [k.name for k in (dump / "tir").glob("*.py")
+               if "deploytool_pairs16" in k.read_text()]
+    assert len(packing) == 2, packing
+    assert "vpermt2w" in (dump / "model.s").read_text()
+    if HAS_BF16:
+        peer = next(a for a in manifest["validation"]["agreements"]
+                    if a["reference"] == "onnxruntime-bf16")
+        assert peer["cosine"] > 0.99999
 
 
 def test_the_emulated_peer_rounds_the_products_operands_to_bfloat16(tmp_path):

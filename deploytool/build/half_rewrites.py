@@ -1,7 +1,8 @@
 """The Relax rewrite of a bf16 or fp16 build: each convolution and matrix product by a constant
 float32 weight takes its input and weight in the half-width type and sums in float32
-(``out_dtype``; see HalfProducts for which convolutions); every other operator stays float32:
-softmax, normalizations, reductions, elementwise chains, products of two activations.
+(``out_dtype``; see HalfProducts for which convolutions), and in bf16 so does each matrix
+product of two activations (attention's); every other operator stays float32: softmax,
+normalizations, reductions, elementwise chains.
 
 The input is rounded where the product reads it (the cast fuses into the kernel that produces
 it, or into the product's own kernel); the weight is rounded at compile time.
@@ -30,6 +31,7 @@ class HalfProducts:
     pair: int  # input channels are padded to a multiple of this
     tiled: bool  # output channels and width padded for the dot-product tile (dot_products.py)
     grouped: bool  # every grouped and depthwise convolution too (else see takes_convolution)
+    activations: bool  # products of two activations too (attention's), packed by the kernel
 
     def takes_convolution(self, groups: int, weight_shape) -> bool:
         """Whether the rewrite computes a convolution of ``groups`` groups and OIHW
@@ -44,12 +46,12 @@ class HalfProducts:
 
 # AVX-512 BF16's vdpbf16ps sums pairs of products into float32 lanes: only a channel sum has the
 # pairs; a depthwise convolution stays float32.
-BF16_PRODUCTS = HalfProducts("bf16", "bfloat16", 2, True, False)
+BF16_PRODUCTS = HalfProducts("bf16", "bfloat16", 2, True, False, True)
 # fp16 (ARM CPUs) sums in float32 too, the operands widened (fcvtl): float16 sums (fmla on 8
 # lanes) lost 20 dB of SNR on ResNet-18 (37.8 against 58.5) and changed one of 8 top-1 classes
 # of MobileNetV2. Depthwise and grouped convolutions read float16 as well: what fp16 saves is
 # memory traffic.
-FP16_PRODUCTS = HalfProducts("fp16", "float16", 1, False, True)
+FP16_PRODUCTS = HalfProducts("fp16", "float16", 1, False, True, False)
 HALF_PRODUCTS = {h.precision: h for h in (BF16_PRODUCTS, FP16_PRODUCTS)}
 
 
@@ -115,6 +117,8 @@ def _matmul(call, bindings, half: HalfProducts):
     from tvm import relax
 
     weight = _constant_weight(call.args[1], bindings)
+    if weight is None and half.activations:
+        return _activation_matmul(call, half)
     if weight is None or weight.ndim != 2 or weight.shape[0] % half.pair \
             or str(call.args[0].ty.dtype) != "float32":
         return None
@@ -124,6 +128,38 @@ def _matmul(call, bindings, half: HalfProducts):
     out = relax.op.matmul(relax.op.astype(call.args[0], half.dtype), _half_const(weight, half),
                           out_dtype="float32")
     return cropped(out, {len(call.ty.shape) - 1: columns if more else None})
+
+
+def _activation_matmul(call, half: HalfProducts):
+    """A product of two float32 activations of the same batch dimensions (attention's scores
+    and weighted sum) in the half-width type: the reduction padded to pairs, the columns as a
+    weight's (:func:`extra_columns`), with zeros, the extra columns sliced off."""
+    from tvm import relax
+
+    a, b = call.args
+    if a.ty.shape is None or b.ty.shape is None:
+        return None
+    # a Relax shape does not slice
+    a_shape, b_shape = list(a.ty.shape), list(b.ty.shape)
+    if len(a_shape) != len(b_shape) or len(a_shape) < 2 \
+            or str(a.ty.dtype) != "float32" or str(b.ty.dtype) != "float32" \
+            or any(str(x) != str(y) for x, y in zip(a_shape[:-2], b_shape[:-2], strict=True)):
+        return None
+    rows, reduction, columns = (static_extent(d) for d in (a_shape[-2], a_shape[-1],
+                                                            b_shape[-1]))
+    if None in (rows, reduction, columns):
+        return None
+    rank, odd, more = len(a_shape), reduction % half.pair, extra_columns(call, columns)
+
+    def padded(x, axis: int, extra: int):
+        widths = [0] * (2 * rank)
+        widths[2 * axis + 1] = extra
+        return relax.op.nn.pad(x, widths) if extra else x
+
+    data = padded(relax.op.astype(a, half.dtype), rank - 1, odd)
+    weight = padded(padded(relax.op.astype(b, half.dtype), rank - 2, odd), rank - 1, more)
+    out = relax.op.matmul(data, weight, out_dtype="float32")
+    return cropped(out, {rank - 1: columns if more else None})
 
 
 def half_products(mod, half: HalfProducts):

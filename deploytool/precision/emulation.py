@@ -4,8 +4,9 @@ validated against (as an int8 one is against ONNX Runtime on its QDQ model).
 
 The rounding is ONNX Runtime's Cast to the type and back (round to nearest even, as the
 package's), before each convolution and each matrix product whose weight is a constant (an
-initializer, or a Constant node as a frozen TorchScript model exports them); the product reads
-a rounded copy of its weight. The sums stay float32, as in the package.
+initializer, or a Constant node as a frozen TorchScript model exports them), and in bf16 before
+each matrix product of two activations; the product reads a rounded copy of its weight. The
+sums stay float32, as in the package.
 
 A jittered copy moves each rounded activation by up to JITTER_ULPS float32 ulps first (a seeded
 ``RandomUniformLike`` factor): what summing in another order does to the package's values. Where
@@ -34,6 +35,13 @@ def _weight_name(node, half, constants: dict) -> str | None:
     if node.op_type in ("MatMul", "Gemm"):
         return node.input[1]
     return None
+
+
+def _activation_product(node, half, constants: dict) -> bool:
+    """Whether ``node`` is a matrix product of two activations that ``half`` computes in the
+    half-width type (attention's, in bf16)."""
+    return (half.activations and node.op_type == "MatMul"
+            and not any(name in constants for name in node.input[:2]))
 
 
 def _rounded(name: str, onnx_type: int, suffix: str, jitter: int | None):
@@ -85,18 +93,22 @@ def emulated_half(model, half, jitter: int | None = None):
     nodes, count = [], 0
     for node in graph.node:
         weight = _weight_name(node, half, constants)
-        if weight not in constants:
+        if weight in constants:
+            if weight not in copies:
+                copies[weight] = f"{weight}/{suffix}"
+                rounded = constants[weight].astype(numpy_type).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(rounded, copies[weight]))
+            activations = [node.input[0]]
+        elif _activation_product(node, half, constants):
+            activations = list(node.input[:2])
+        else:
             nodes.append(node)
             continue
-        if weight not in copies:
-            copies[weight] = f"{weight}/{suffix}"
-            rounded = constants[weight].astype(numpy_type).astype(np.float32)
-            graph.initializer.append(numpy_helper.from_array(rounded, copies[weight]))
-        data = node.input[0]
-        if data not in copies:
-            casts, copies[data] = _rounded(data, onnx_type, suffix, jitter)
-            nodes += casts
-        node.input[0], node.input[1] = copies[data], copies[weight]
+        for data in activations:
+            if data not in copies:
+                casts, copies[data] = _rounded(data, onnx_type, suffix, jitter)
+                nodes += casts
+        node.input[0], node.input[1] = (copies[name] for name in node.input[:2])
         nodes.append(node)
         count += 1
     del graph.node[:]

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from .cpu import _block_names, _extent, _layout_free, threads_split_rows, tile_order
 from .dot_products import (
     DotInstruction,
-    _constant_weight,
     _epilogue,
     _inline_around,
     _loop_roles,
@@ -36,6 +35,7 @@ from .dot_products import (
     _schedule_padding,
     _vectorize_last,
     group_outputs,
+    weight_operand,
 )
 
 ROWS = 16  # a tile register's rows: the pixels of a tile
@@ -346,7 +346,7 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     group = group_outputs(sch, block, channels, reduction)
     if group % 16 or _extent(sch, reduction[-1]) % instruction.group:
         return False
-    weight = _constant_weight(sch, func, block, instruction.weight)
+    weight, constant = weight_operand(sch, func, block, main, instruction)
     if weight is None:
         return False
     # a tile's input is one group's channels: its accumulators stay within one group
@@ -375,7 +375,7 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     outer = tile_order(row_loops, width_tiles, channel_tiles, rows_first)
     sch.reorder(*outer, *reduction[:-1], *tile_rows, width_pixels, *channel_vectors,
                 reduction[-1])
-    _pack(sch, block, weight, main, instruction.group, 16)
+    _pack(sch, block, weight, main, instruction.group, 16, constant)
     output = _epilogue(sch, main, outer[-1])
     sch.parallel(sch.fuse(*outer))
     first = reduction[0] if conv else width_pixels

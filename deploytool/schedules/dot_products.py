@@ -25,6 +25,7 @@ from .cpu import (
     threads_split_rows,
     tile_order,
 )
+from .packing import pack_in_kernel
 
 LANES = 16  # 32-bit accumulators in one 512-bit register
 MAX_ACCUMULATORS = 24  # of AVX-512's 32 registers: the rest hold weights and the broadcast
@@ -260,7 +261,7 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     if group_outputs(sch, block, channels, reduction) % lanes_per_vector \
             or _extent(sch, reduction[-1]) % group:
         return False  # a vector's lanes would sum two groups' channels, or a part of a group
-    weight = _constant_weight(sch, func, block, instruction.weight)
+    weight, constant = weight_operand(sch, func, block, main, instruction)
     if weight is None:
         return False
     pixels, vectors = _tile_shape(_extent(sch, width),
@@ -284,7 +285,7 @@ def _tile(sch, func, names: list[str], main: str, instruction: DotInstruction) -
     groups, in_group = sch.split(reduction[-1], [None, group])
     outer = tile_order(spatial[:-2], width_tiles, channel_tiles, rows_first)
     sch.reorder(*outer, *reduction[:-1], groups, width_pixels, channel_vectors, lanes, in_group)
-    _pack(sch, block, weight, main, group, lanes_per_vector)
+    _pack(sch, block, weight, main, group, lanes_per_vector, constant)
     output = _epilogue(sch, main, outer[-1])
     sch.parallel(sch.fuse(*outer))
     init = sch.decompose_reduction(block, reduction[0] if reductions > 1 else groups)
@@ -349,6 +350,23 @@ def _constant_weight(sch, func, block, dtype: str) -> int | None:
                  if r.source.name in free and str(r.source.dtype) == dtype), None)
 
 
+def weight_operand(sch, func, block, main: str, instruction: DotInstruction):
+    """(index among the block's reads, whether it is a constant) of the product's weight: its
+    constant one (packed at compile time), else a matrix product's second operand where both
+    are activations of the instruction's dtype (packed by the kernel); (None, False) where it
+    has neither."""
+    constant = _constant_weight(sch, func, block, instruction.weight)
+    if constant is not None:
+        return constant, True
+    stmt = sch.get(block)
+    written = {w.source.name for w in stmt.writes}
+    operands = [i for i, r in enumerate(stmt.reads) if r.source.name not in written
+                and str(r.source.dtype) == instruction.weight]
+    if main != "matmul" or instruction.weight != "bfloat16" or len(operands) != 2:
+        return None, False
+    return operands[1], False
+
+
 def _inline_around(sch, names: list[str], main: str) -> None:
     """Inline the epilogue (requantization, activation, the next quantization) into its last
     block, and the elementwise producers of its other inputs (a dequantized residual)."""
@@ -360,19 +378,27 @@ def _inline_around(sch, names: list[str], main: str) -> None:
     _inline_producers(sch, names, main)
 
 
-def _pack(sch, block, weight: int, main: str, group: int, lanes: int) -> None:
-    """Pack the weight as the module's docstring says, marked to run at compile time."""
+def _pack(sch, block, weight: int, main: str, group: int, lanes: int,
+          constant: bool = True) -> None:
+    """Pack the weight as the module's docstring says: a constant marked to be packed at compile
+    time, an activation (a matrix product's, its leading batch axes kept) by the kernel
+    (schedules/packing.py)."""
     import tvm
 
     packed = sch.cache_read(block, weight, "global")
     if main != "matmul":  # HWIO
         index_map = tvm.tirx.IndexMap.from_func(
             lambda h, w, i, o: (o // lanes, h, w, i // group, o % lanes, i % group))
-    else:  # KN
+    else:  # ... KN
+        rank = len(sch.get(packed).writes[0].source.shape)
         index_map = tvm.tirx.IndexMap.from_func(
-            lambda k, n: (n // lanes, k // group, n % lanes, k % group))
+            lambda *i: (*i[:-2], i[-1] // lanes, i[-2] // group, i[-1] % lanes, i[-2] % group),
+            ndim=rank)
     sch.transform_layout(packed, ("write", 0), index_map)
-    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
+    if constant:
+        sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
+    else:
+        pack_in_kernel(sch, packed, index_map)
 
 
 def _epilogue(sch, main: str, tile_loop):
