@@ -176,6 +176,9 @@ def half_products(mod, half: HalfProducts):
     mod, count = rewrite_counted(mod, {
         "relax.nn.conv2d": lambda call, bindings: _conv2d(call, bindings, half),
         "relax.matmul": lambda call, bindings: _matmul(call, bindings, half)})
+    # each product casts its own input: CSE leaves one cast where several read one tensor (a
+    # transformer's query, key and value)
+    mod = relax.transform.EliminateCommonSubexpr()(mod)
     return relax.transform.DeadCodeElimination()(mod), count
 
 
