@@ -7,7 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import attention_net, grouped_net, groups_of_8_net
+from conftest import attention_net, compile_traced, grouped_net, groups_of_8_net
 
 from deploytool.cli import main
 from deploytool.targets import load_target, machine_cpu_flags
@@ -59,6 +59,16 @@ def _tokens():
                                torch.nn.Linear(96, 80)).eval(), (1, 197, 64)
 
 
+def _token_blocks():
+    """A feed-forward block over 64 tokens: whole tiles of 32 rows x 32 columns of sums, each
+    input and weight tile read into two products."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(),
+                               torch.nn.Linear(128, 64)).eval(), (1, 64, 64)
+
+
 def _narrow():
     """1x1 convolutions over rows narrower than a tile, a tile of both rows of 6 pixels; a 3x3
     one between them, its padded rows flattened into one tile."""
@@ -95,7 +105,7 @@ PRECISIONS = {"bf16": ("bf16_products", "bf16", "tdpbf16ps", "vdpbf16ps"),
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow, grouped_net,
-                                   _short_rows, attention_net])
+                                   _short_rows, attention_net, _token_blocks])
 def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, model, precision):
     """Every bf16 or int8 product is scheduled in AMX tiles, which LLVM compiles to tile loads
     and tdpbf16ps or tdpbusd, not to the vdpbf16ps or vpdpbusd fallback; the tiles are
@@ -119,6 +129,28 @@ def test_products_take_the_amx_tile_and_compile_to_its_instructions(tmp_path, mo
     assert asm.count("ldtilecfg") == asm.count("sttilecfg") >= products
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", sorted(PRECISIONS))
+def test_products_of_whole_32_row_blocks_take_tiles_of_32_x_32_sums(tmp_path, precision):
+    """Both products of 64 tokens take the 2 x 2 tile: four accumulator tiles (tmm0-3) summing
+    two input tiles (tmm4-5) by two weight tiles (tmm6-7); the 197-token block does not."""
+    counted, _, instruction, _ = PRECISIONS[precision]
+    module, shape = _token_blocks()
+    manifest, dump = compile_traced(tmp_path, module, shape, "--precision", precision,
+                                    "--target", AMX_TARGET)
+    quads = [k.name for k in (dump / "tir").glob("*.py") if "_quad" in k.read_text()]
+    assert len(quads) == manifest["precision"][counted] == 2, quads
+    asm = (dump / "model.s").read_text()
+    for accumulator, operands in enumerate(["%tmm6, %tmm4", "%tmm7, %tmm4", "%tmm6, %tmm5",
+                                            "%tmm7, %tmm5"]):
+        assert f"{instruction}\t{operands}, %tmm{accumulator}" in asm
+    module, shape = _tokens()
+    (tmp_path / "197").mkdir()
+    _, dump = compile_traced(tmp_path / "197", module, shape, "--precision", precision,
+                             "--target", AMX_TARGET)
+    assert not any("_quad" in k.read_text() for k in (dump / "tir").glob("*.py"))
+
+
 def test_the_amx_target_has_the_tiles_and_bf16():
     flags = set(load_target(AMX_TARGET).cpu_features())
     assert {"amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni"} <= flags
@@ -128,7 +160,7 @@ def test_the_amx_target_has_the_tiles_and_bf16():
 @pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX")
 @pytest.mark.parametrize("precision", sorted(PRECISIONS))
 @pytest.mark.parametrize("model", [_products, _stem, _tokens, _narrow, grouped_net,
-                                   _short_rows, attention_net])
+                                   _short_rows, attention_net, _token_blocks])
 def test_an_amx_package_agrees_with_its_peer(tmp_path, model, precision):
     """Run here, the package's outputs match ONNX Runtime's: computing the same bfloat16
     products in float32 (only the order of the sums differs), or the same integers from the
