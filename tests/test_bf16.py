@@ -115,8 +115,9 @@ def test_products_of_two_activations_take_bfloat16_padded_to_the_tile(tmp_path):
     """Attention's scores (21 x 16 by 16 x 21) and weighted sum (21 x 21 by 21 x 16) read both
     operands in bfloat16: the scores' columns padded to 32 and the sum's 21 terms to 22, with
     zeros, the outputs sliced back; the emulated peer rounds the same operands. fp16 leaves them
-    float32."""
+    float32, and so does a product of one column."""
     import onnx
+    import torch
 
     from deploytool.precision.emulation import emulated_half
 
@@ -132,6 +133,14 @@ def test_products_of_two_activations_take_bfloat16_padded_to_the_tile(tmp_path):
     assert emulated_half(onnx.load(path), BF16_PRODUCTS)[1] == 4
     assert half_products(_import(path), FP16_PRODUCTS)[1] == 2
     assert emulated_half(onnx.load(path), FP16_PRODUCTS)[1] == 2
+
+    class OneColumn(torch.nn.Module):  # 21 x 32 by 32 x 1: a column padded to 16 stays float32
+        def forward(self, x):
+            return x @ x.transpose(1, 2)[..., :1]
+
+    path = _onnx(OneColumn(), (1, 21, 32), tmp_path / "column.onnx")
+    assert half_products(_import(path), BF16_PRODUCTS)[1] == 0
+    assert emulated_half(onnx.load(path), BF16_PRODUCTS)[1] == 0
 
 
 @pytest.mark.slow

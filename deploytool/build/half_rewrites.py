@@ -43,6 +43,12 @@ class HalfProducts:
             return True
         return self.tiled and whole_groups(groups, weight_shape, LANES, self.pair)
 
+    def takes_activations(self, columns: int | None) -> bool:
+        """Whether the rewrite computes a matrix product of two activations with ``columns``
+        output columns (None: unknown) in the half-width type: where padding them to the tile's
+        vectors at most doubles them (a product of one column, as MobileViT's, stays float32)."""
+        return self.activations and (columns is None or columns >= LANES // 2)
+
 
 # AVX-512 BF16's vdpbf16ps sums pairs of products into float32 lanes: only a channel sum has the
 # pairs; a depthwise convolution stays float32.
@@ -117,7 +123,8 @@ def _matmul(call, bindings, half: HalfProducts):
     from tvm import relax
 
     weight = _constant_weight(call.args[1], bindings)
-    if weight is None and half.activations:
+    if weight is None and half.activations \
+            and _constant_weight(call.args[0], bindings) is None:
         return _activation_matmul(call, half)
     if weight is None or weight.ndim != 2 or weight.shape[0] % half.pair \
             or str(call.args[0].ty.dtype) != "float32":
@@ -147,7 +154,7 @@ def _activation_matmul(call, half: HalfProducts):
         return None
     rows, reduction, columns = (static_extent(d) for d in (a_shape[-2], a_shape[-1],
                                                             b_shape[-1]))
-    if None in (rows, reduction, columns):
+    if None in (rows, reduction, columns) or not half.takes_activations(columns):
         return None
     rank, odd, more = len(a_shape), reduction % half.pair, extra_columns(call, columns)
 

@@ -37,11 +37,27 @@ def _weight_name(node, half, constants: dict) -> str | None:
     return None
 
 
-def _activation_product(node, half, constants: dict) -> bool:
+def _activation_product(node, half, constants: dict, columns: dict) -> bool:
     """Whether ``node`` is a matrix product of two activations that ``half`` computes in the
-    half-width type (attention's, in bf16)."""
-    return (half.activations and node.op_type == "MatMul"
-            and not any(name in constants for name in node.input[:2]))
+    half-width type (attention's, in bf16); ``columns``: the last dimension of each tensor
+    whose shape ONNX's shape inference knows."""
+    return (node.op_type in ("MatMul", "Gemm")
+            and not any(name in constants for name in node.input[:2])
+            and half.takes_activations(columns.get(node.output[0])))
+
+
+def _columns(model) -> dict:
+    """The static last dimension of each tensor of ``model`` that ONNX's shape inference
+    finds."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    found = {}
+    for info in [*graph.value_info, *graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if dims and dims[-1].HasField("dim_value"):
+            found[info.name] = dims[-1].dim_value
+    return found
 
 
 def _rounded(name: str, onnx_type: int, suffix: str, jitter: int | None):
@@ -89,6 +105,7 @@ def emulated_half(model, half, jitter: int | None = None):
     graph = model.graph
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
                  if t.data_type == TensorProto.FLOAT}
+    columns = _columns(model) if half.activations else {}
     copies: dict[str, str] = {}  # a tensor -> its rounded copy (read by several products)
     nodes, count = [], 0
     for node in graph.node:
@@ -99,7 +116,7 @@ def emulated_half(model, half, jitter: int | None = None):
                 rounded = constants[weight].astype(numpy_type).astype(np.float32)
                 graph.initializer.append(numpy_helper.from_array(rounded, copies[weight]))
             activations = [node.input[0]]
-        elif _activation_product(node, half, constants):
+        elif _activation_product(node, half, constants, columns):
             activations = list(node.input[:2])
         else:
             nodes.append(node)
