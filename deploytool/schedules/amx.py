@@ -17,7 +17,9 @@ A matrix product whose rows and columns are whole blocks of 32 (and whose input 
 whole chunks) takes tiles of 32 x 32 sums instead (``ProductShape.quad``): four accumulator
 tiles, two input tiles and two weight tiles, each tile loaded feeding two instructions where the
 other tiles feed V. BERT-medium's query, key and value products (128 tokens, 256 channels) took
-14 us a call instead of 19, its second feed-forward product 56 us instead of 74.
+14 us a call instead of 19, its second feed-forward product 56 us instead of 74. A convolution
+of an even output height does the same over two output rows (``ProductShape.row_stride``
+input rows apart): ResNet-18's 3x3 convolutions at 28x28 and 14x14 took about half the time.
 
 A thread configures the tile registers (``ldtilecfg``, about 90 ns) only where they are not
 configured as the kernel needs (``sttilecfg`` and a comparison, about 9 ns); the first
@@ -79,9 +81,11 @@ class ProductShape:
     # Output rows of a tile: a 1x1 convolution over rows narrower than a tile takes several
     # whole ones, contiguous in its input (read in place) and in its sums.
     rows: int = 1
-    # A matrix product's tile of 32 x 32 sums in four accumulator tiles, from two input tiles
-    # (rows 0-15 and 16-31) and two weight tiles: each tile load feeds two instructions.
+    # Sums in four accumulator tiles, from two input tiles and two weight tiles, each tile load
+    # feeding two instructions: a matrix product's 32 x 32 (rows 0-15 and 16-31), a
+    # convolution's two output rows (``rows`` 2, ``row_stride`` input rows apart) x 32 channels.
     quad: bool = False
+    row_stride: int = 1
 
     @property
     def name(self) -> str:
@@ -89,7 +93,8 @@ class ProductShape:
         kind = f"conv{kh}x{kw}d{dh}x{dw}s{self.stride}" if self.conv else "matmul"
         return (f"{self.instruction.intrinsic}_{kind}_p{self.pixels}v{self.vectors}"
                 f"k{self.channels}" + ("f" if self.folded else "")
-                + (f"r{self.rows}" if self.rows > 1 else "") + ("q" if self.quad else ""))
+                + (f"r{self.rows}" if self.rows > 1 else "")
+                + (f"q{self.row_stride}" if self.quad else ""))
 
 
 def llvm_ir(vectors: int, instruction: DotInstruction) -> str:
@@ -127,7 +132,7 @@ declare void @llvm.x86.sttilecfg(ptr)
 declare i64 @syscall(i64, ...)
 @{PREFIX}_permitted = internal global i8 0
 
-define internal i32 @{PREFIX}_configure(i32 %pixels, i32 %restbytes) alwaysinline {{
+define internal i32 @{PREFIX}_configure(i32 %pixels, i32 %restbytes, i32 %quad) alwaysinline {{
 entry:
   %want = alloca <64 x i8>, align 64
   %have = alloca <64 x i8>, align 64
@@ -138,8 +143,16 @@ entry:
   %restwords = lshr i32 %restbytes, 2
   %rp = trunc i32 %restwords to i8
   %has = icmp ne i32 %restbytes, 0
-  %p6 = select i1 %has, i8 %p, i8 0
-  %c7 = select i1 %has, i16 64, i16 0
+  %q = icmp ne i32 %quad, 0
+  %p6h = select i1 %has, i8 %p, i8 0
+  %c7h = select i1 %has, i16 64, i16 0
+  %rbh = select i1 %has, i16 %rb, i16 0
+  %rph = select i1 %has, i8 %rp, i8 0
+  %p45 = select i1 %q, i8 %p, i8 16
+  %p6 = select i1 %q, i8 16, i8 %p6h
+  %c6 = select i1 %q, i16 64, i16 %rbh
+  %p7 = select i1 %q, i8 16, i8 %rph
+  %c7 = select i1 %q, i16 64, i16 %c7h
 {_config_stores()}
   call void @llvm.x86.sttilecfg(ptr %have)
   %w = load <64 x i8>, ptr %want, align 64
@@ -186,10 +199,9 @@ define internal i32 @{functions}_rest{vectors}{step} {{
 
 
 def _quad_ir(element: str, instruction: DotInstruction) -> str:
-    """The functions of a 32 x 32 tile (ProductShape.quad): sums in tmm0-3 (rows 0-15 and
-    16-31, each by columns 0-15 and 16-31), the input's two halves in tmm4-5 (``%half`` bytes
-    apart), the weight's two vectors in tmm6-7: all eight 16 x 64 bytes (configured as
-    ``configure(16, 64)``)."""
+    """The functions of a quad tile (ProductShape.quad): sums in tmm0-3 (the first and second
+    half of the rows, each by channels 0-15 and 16-31; ``%down`` bytes apart), the input's two
+    halves in tmm4-5 (``%half`` bytes apart), the weight's two vectors in tmm6-7."""
     functions, tdp = instruction.intrinsic, instruction.llvm
     products = "\n".join(f"  call void @{tdp}(i8 {c}, i8 {a}, i8 {b})"
                           for c, (a, b) in enumerate([(4, 6), (4, 7), (5, 6), (5, 7)]))
@@ -215,9 +227,9 @@ define internal i32 @{functions}_quadzero() alwaysinline {{
 {chr(10).join(f"  call void @llvm.x86.tilezero(i8 {c})" for c in range(4))}
   ret i32 0
 }}
-define internal i32 @{functions}_quadstore(ptr %sums, i32 %k, i64 %stride) alwaysinline {{
+define internal i32 @{functions}_quadstore(ptr %sums, i32 %k, i64 %stride,
+                                           i64 %down) alwaysinline {{
   %s = getelementptr i32, ptr %sums, i32 %k
-  %down = mul i64 %stride, 16
   %across = add i64 %down, 64
 {stores}
   ret i32 0
@@ -229,9 +241,10 @@ def _config_stores() -> str:
     """Stores of palette 1's tile shapes into %want: bytes 16 + 2t hold tile t's bytes a row
     (i16), byte 48 + t its rows. tmm0-3 are pixels x 64 bytes (sums, input), tmm4-5 16 x 64
     (weights), tmm6 pixels x the rest's bytes and tmm7 a row per 4 of them x 64 (the last input
-    channels; both unused, 0 x 0, where there are none)."""
+    channels; both unused, 0 x 0, where there are none). A quad tile's (_quad_ir): tmm0-5
+    pixels x 64 bytes (sums, inputs), tmm6-7 16 x 64 (weights)."""
     shapes = {0: ("64", "%p"), 1: ("64", "%p"), 2: ("64", "%p"), 3: ("64", "%p"),
-              4: ("64", "16"), 5: ("64", "16"), 6: ("%rb", "%p6"), 7: ("%c7", "%rp")}
+              4: ("64", "%p45"), 5: ("64", "%p45"), 6: ("%c6", "%p6"), 7: ("%c7", "%p7")}
     lines = []
     for t, (columns, rows) in shapes.items():
         lines += [f"  %col{t} = getelementptr i8, ptr %want, i64 {16 + 2 * t}",
@@ -251,7 +264,8 @@ def _register(shape: ProductShape) -> None:
 def _input_extent(shape: ProductShape) -> tuple[int, int]:
     """(rows, pixels) of the input a convolution's tile reads."""
     (kh, kw), (dh, dw) = shape.kernel, shape.dilation
-    return shape.rows + (kh - 1) * dh, (shape.pixels - 1) * shape.stride + (kw - 1) * dw + 1
+    return ((shape.rows - 1) * shape.row_stride + (kh - 1) * dh + 1,
+            (shape.pixels - 1) * shape.stride + (kw - 1) * dw + 1)
 
 
 def _operand_shapes(shape: ProductShape) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -286,7 +300,8 @@ def _description(shape: ProductShape):
     i = "vi" if p > 1 else "0"
     at = f"vh, {i}, vo" if r > 1 else f"{i}, vo"  # a sum's index
     if shape.conv:
-        a_index = f"{'vh + ' if r > 1 else ''}{y} * {dh}, {i} * {s} + {x} * {dw}, vr"
+        a_index = (f"{f'vh * {shape.row_stride} + ' if r > 1 else ''}{y} * {dh}, "
+                   f"{i} * {s} + {x} * {dw}, vr")
         b_index = f"vo // 16, {y}, {x}, vr // {g}, vo % 16, vr % {g}"
     else:
         a_index, b_index = f"{i}, vr", f"vo // 16, vr // {g}, vo % 16, vr % {g}"
@@ -335,10 +350,12 @@ def _implementation(shape: ProductShape):
         a_at, b_at, words, rows = "0", "0", "b1", "a0"
     functions = o.intrinsic
 
-    # a quad tile's functions (_quad_ir) take the second input tile's offset in bytes too
+    # a quad tile's functions (_quad_ir) take the second input tile's offset in bytes too: a
+    # matrix product's 16 rows on, a convolution's next output row
     suffix, half, zero, store = str(v), "", f"zero{v}", f"store{v}"
     if shape.quad:
-        suffix, half, zero, store = "", f', T.Cast("int64", 16 * a0 * {n})', "quadzero", \
+        below = f"{shape.row_stride} * a0" if shape.conv else f"{ROWS} * a0"
+        suffix, half, zero, store = "", f', T.Cast("int64", {below} * {n})', "quadzero", \
             "quadstore"
 
     def chunk(function: str, first: str) -> str:
@@ -353,8 +370,8 @@ def _implementation(shape: ProductShape):
                  f"\n{' ' * 16}{chunk('quad' if shape.quad else 'step', 'chunk')}{last}")
     rest_bytes = rest * n
     configured = p * shape.rows
-    if shape.quad:  # every tile 16 x 64 bytes
-        configured, rest_bytes = ROWS, ROW_BYTES
+    if shape.quad:  # a matrix product's pixels are two tiles' rows
+        configured = p if shape.conv else ROWS
     if shape.folded:  # per kernel row, its kw x k values in one tile row
         reduction = f"for y, x in T.grid({kh}, 1):\n{' ' * 12}{chunk('rest', '0')}"
         rest_bytes = kw * k * n
@@ -362,6 +379,11 @@ def _implementation(shape: ProductShape):
     # a tile of several whole rows (ProductShape.rows) reads and stores them as one run of
     # pixels, a pixel's stride apart
     c_strides, c_row = ("c0, c1, 1", "c1") if shape.rows > 1 else ("c0, 1", "c0")
+    # a quad tile's second row of sums: a convolution's next output row, a matrix product's
+    # 16 rows on
+    down = ""
+    if shape.quad:
+        down = f', T.Cast("int64", {"c0" if shape.conv else f"{ROWS} * c0"} * 4)'
     strides = [n for n in f"{a_strides}, {b_strides}, {c_strides}".split(", ")
                if not n.isdigit()]
     declared = "\n    ".join(f"{n} = T.int32()" for n in strides)
@@ -376,11 +398,13 @@ def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -
     with T.sblock("root"):
         T.reads({_whole("c", sums)}, {_whole("a", a)}, {_whole("b", b)})
         T.writes({_whole("c", sums)})
-        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {configured}, {rest_bytes}))
+        T.evaluate(T.call_extern("int32", "{PREFIX}_configure", {configured}, {rest_bytes},
+                                 {int(shape.quad)}))
         T.evaluate(T.call_extern("int32", "{functions}_{zero}"))
         {reduction}
         T.evaluate(T.call_extern("int32", "{functions}_{store}", c.data,
-                                 T.Cast("int32", c.elem_offset), T.Cast("int64", {c_row} * 4)))
+                                 T.Cast("int32", c.elem_offset),
+                                 T.Cast("int64", {c_row} * 4){down}))
 """
     return tvm.script.from_source(source)
 
@@ -425,7 +449,9 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
                    instruction)
     if shape is None:
         return False
-    shape = replace(shape, quad=quad)
+    if conv and _two_rows(sch, spatial, shape, group):
+        vectors, shape = 2, replace(shape, vectors=2, rows=2, quad=True)
+    shape = replace(shape, quad=shape.quad or quad)
     rows_first = threads_split_rows(sch, spatial, reduction)
     _inline_around(sch, names, main)
     padding = _padded_input(sch, main)
@@ -455,6 +481,14 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
         _vectorize_last(sch, output)
     _schedule_padding(sch, padding)
     return True
+
+
+def _two_rows(sch, spatial, shape: ProductShape, group: int) -> bool:
+    """Whether a convolution takes quad tiles of two output rows: an even height, whole
+    groups of 32 channels, input channels of whole chunks, one tile row per output row."""
+    return (shape.rows == 1 and not shape.folded and group % 32 == 0
+            and shape.channels % _chunk(shape.instruction) == 0
+            and _extent(sch, spatial[-3]) % 2 == 0)
 
 
 def _pixels(width: int) -> int:
@@ -492,7 +526,7 @@ def _shape(sch, block, conv: bool, pixels: int, vectors: int, channels: int,
             and pixels == width:
         rows = max(r for r in range(1, ROWS // width + 1) if height % r == 0)
     return ProductShape(kernel, (dh, dw), sw, pixels, vectors, channels, True, instruction,
-                        folded, rows)
+                        folded, rows, row_stride=sh)
 
 
 def _coefficient(index, variables, which: int) -> int | None:
