@@ -70,14 +70,14 @@ def _token_blocks():
 
 
 def _row_pairs():
-    """Convolutions whose tiles take two output rows: 3x3 over 64 channels at 32x32, then with
-    stride 2 (the second row's input two rows down), then 1x1."""
+    """Convolutions whose tiles take two output rows: 3x3 over 64 channels at 32x32, then in
+    2 groups of 64 with stride 2 (the second row's input two rows down), then 1x1."""
     import torch
 
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(64, 32, 1)).eval(), (1, 64, 32, 32)
+    return torch.nn.Sequential(torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(128, 128, 3, stride=2, padding=1, groups=2),
+                               torch.nn.ReLU(), torch.nn.Conv2d(128, 32, 1)).eval(), (1, 64, 32, 32)
 
 
 def _narrow():

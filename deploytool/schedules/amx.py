@@ -441,17 +441,18 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
         spatial, reduction = _loop_roles(sch, block, 1)
         width, channels = spatial[-2], spatial[-1]
         pixels, names = ROWS, _block_names(sch)
-    quad = (not conv and _extent(sch, width) % (2 * ROWS) == 0 and group % 32 == 0
-            and _extent(sch, reduction[-1]) % _chunk(instruction) == 0)
+    channels_in = _extent(sch, reduction[-1])
+    quad = (not conv and _extent(sch, width) % (2 * ROWS) == 0
+            and _quad_channels(group, channels_in, instruction))
     if quad:
         pixels, vectors = 2 * ROWS, 2
-    shape = _shape(sch, block, conv, pixels, vectors, _extent(sch, reduction[-1]),
-                   instruction)
+    shape = _shape(sch, block, conv, pixels, vectors, channels_in, instruction)
     if shape is None:
         return False
-    if conv and _two_rows(sch, spatial, shape, group):
+    if quad:
+        shape = replace(shape, quad=True)
+    elif conv and _two_rows(sch, spatial, shape, group):
         vectors, shape = 2, replace(shape, vectors=2, rows=2, quad=True)
-    shape = replace(shape, quad=shape.quad or quad)
     rows_first = threads_split_rows(sch, spatial, reduction)
     _inline_around(sch, names, main)
     padding = _padded_input(sch, main)
@@ -483,12 +484,17 @@ def tile_amx(sch, func, names: list[str], main: str, instruction: DotInstruction
     return True
 
 
+def _quad_channels(group: int, channels: int, instruction: DotInstruction) -> bool:
+    """Whether a product's channels fit quad tiles: (one group's) output channels of whole
+    blocks of 32, input channels of whole chunks (no tile registers remain for the rest)."""
+    return group % 32 == 0 and channels % _chunk(instruction) == 0
+
+
 def _two_rows(sch, spatial, shape: ProductShape, group: int) -> bool:
-    """Whether a convolution takes quad tiles of two output rows: an even height, whole
-    groups of 32 channels, input channels of whole chunks, one tile row per output row."""
-    return (shape.rows == 1 and not shape.folded and group % 32 == 0
-            and shape.channels % _chunk(shape.instruction) == 0
-            and _extent(sch, spatial[-3]) % 2 == 0)
+    """Whether a convolution takes quad tiles of two output rows by 32 channels: an even
+    height, a tile row per output row (neither ``folded`` nor of several ``rows``)."""
+    return (shape.rows == 1 and not shape.folded and _extent(sch, spatial[-3]) % 2 == 0
+            and _quad_channels(group, shape.channels, shape.instruction))
 
 
 def _pixels(width: int) -> int:
