@@ -271,6 +271,28 @@ def test_accuracy_holds_the_package_to_the_fp32_model_and_to_the_peer():
     assert report.passed and report.notes
 
 
+def test_a_peer_near_the_fp32_threshold_leaves_the_package_twice_its_error():
+    """A bf16 peer at cosine 0.9992 against fp32 (threshold 0.999): a package that errs 1.69x as
+    much (cosine 0.9986) passes, as it would were the peer at 0.9989; one that errs 2.56x as
+    much (0.9980) does not."""
+    from deploytool.verify.accuracy import BF16_THRESHOLDS
+
+    samples = [[np.zeros((2, 10), "float32")] for _ in range(8)]
+    a = np.sqrt(1 / 0.9992 ** 2 - 1)  # cosine(e0, e0 + a e1) = 0.9992
+
+    def off(scale):
+        def run(arrays):
+            out = np.zeros((2, 10), "float32")
+            out[:, 0], out[:, 1] = 1, scale * a
+            return [out + arrays[0]]
+        return run
+
+    near = validate_accuracy(["y"], samples, off(1.3), off(0), off(1), BF16_THRESHOLDS)
+    assert near.passed, near.agreements
+    far = validate_accuracy(["y"], samples, off(1.6), off(0), off(1), BF16_THRESHOLDS)
+    assert not next(a for a in far.agreements if a.reference == FP32).passed
+
+
 def test_the_package_is_held_to_the_closer_of_the_peers_executions():
     """ONNX Runtime's QLinear kernels and its literal QDQ graph round differently (by cosine 0.90
     on a random-weight RegNetX): a package that matches either is computing the QDQ model, one

@@ -28,9 +28,9 @@ HALF_PEER = "onnxruntime-{}"
 JITTERED_PEER = "onnxruntime-{}-jitter{}"
 
 
-# Where ONNX Runtime's int8 of the same model is itself less accurate than the thresholds, the
-# package may err PEER_SLACK times as much as it does against fp32 (1 - cosine), and agree on
-# top-1 TOP1_SLACK less often (one sample in ten moves top-1 agreement by 0.1).
+# The package may err against fp32 (1 - cosine) PEER_SLACK times as much as the peer does, where
+# that is more than the threshold allows; where the peer's top-1 agreement is below the
+# threshold, the package's may be TOP1_SLACK less (one sample in ten moves it by 0.1).
 PEER_SLACK = 2
 TOP1_SLACK = 0.15
 # Against the peer, the package may differ by this share of the peer's own error against fp32
@@ -205,8 +205,10 @@ def validate_accuracy(names: list[str], samples: list[Arrays],
         # the quantized model's own accuracy, which the package cannot exceed by much
         baseline = measure([name], _column(theirs, i), _column(expected, i), "", 0, None)[0]
         cosine, top1 = thresholds.fp32_cosine, thresholds.fp32_top1
-        if baseline.cosine < cosine:
-            cosine = 1 - PEER_SLACK * (1 - baseline.cosine)
+        # from PEER_SLACK times the peer's error on, the bound is continuous: a peer just above
+        # the threshold (DenseNet-121's bf16 emulation) leaves the package as much room as one
+        # just below it
+        cosine = min(cosine, 1 - PEER_SLACK * (1 - baseline.cosine))
         if baseline.top1 is not None and baseline.top1 < top1:
             top1 = baseline.top1 - TOP1_SLACK
         # the package differs from the peer by rounding steps (of the requantization, or of
