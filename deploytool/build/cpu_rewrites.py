@@ -48,6 +48,17 @@ def through_transpose(expr, bindings):
     return bound_value(source.args[0], bindings), True
 
 
+def padded(x, rank: int, extra: dict):
+    """``x`` (of ``rank`` axes) padded with ``extra[axis]`` zeros at the end of each axis whose
+    extra is not 0 (a product's operand padded to its tile); ``x`` itself when none is."""
+    from tvm import relax
+
+    widths = [0] * (2 * rank)
+    for axis, count in extra.items():
+        widths[2 * axis + 1] = count
+    return relax.op.nn.pad(x, widths) if any(widths) else x
+
+
 def cropped(out, ends: dict):
     """``out`` sliced to ``ends[axis]`` along each axis whose end is not None (a padded
     product's extra outputs); ``out`` itself when none is."""
@@ -199,13 +210,13 @@ def pad_output_channels(mod):
                         or not from_constants(weight, bindings)):
                     return call
                 channels = int(shape.values[3])
-                padded = -(-channels // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
-                if padded == channels:
+                wide = -(-channels // CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+                if wide == channels:
                     return call
-                weight = relax.op.nn.pad(weight, [0, 0, 0, 0, 0, 0, 0, padded - channels])
+                weight = padded(weight, 4, {3: wide - channels})
                 padded_conv = self.builder_.normalize(relax.Call(call.op, [call.args[0], weight],
                                                                  attrs))
-                return relax.op.strided_slice(padded_conv, axes=[3], begin=[0], end=[channels])
+                return cropped(padded_conv, {3: channels})
 
         mutator = Pad(mod)
         mod[gv] = mutator.visit_expr(func)

@@ -19,7 +19,7 @@ from ..schedules.dot_products import (
     tile_padding,
     whole_groups,
 )
-from .cpu_rewrites import cropped, rewrite_counted, through_transpose
+from .cpu_rewrites import cropped, padded, rewrite_counted, through_transpose
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,7 @@ def _conv2d(call, bindings, half: HalfProducts):
         extra = -weight.shape[1] % half.pair
     more = padded_channels - channels
     weight = np.pad(weight, [(0, more), (0, extra), (0, 0), (0, 0)])
-    data = relax.op.astype(call.args[0], half.dtype)
-    if extra:
-        data = relax.op.nn.pad(data, [0, 0, 0, extra, 0, 0, 0, 0])
+    data = padded(relax.op.astype(call.args[0], half.dtype), 4, {1: extra})
     top, left, bottom, right = (int(p) for p in attrs.padding)
     right += wider * int(attrs.strides[1])  # zeros the extra output columns read
     out = relax.op.nn.conv2d(data, _half_const(weight, half), strides=attrs.strides,
@@ -157,14 +155,8 @@ def _activation_matmul(call, half: HalfProducts):
     if None in (rows, reduction, columns) or not half.takes_activations(columns):
         return None
     rank, odd, more = len(a_shape), reduction % half.pair, extra_columns(call, columns)
-
-    def padded(x, axis: int, extra: int):
-        widths = [0] * (2 * rank)
-        widths[2 * axis + 1] = extra
-        return relax.op.nn.pad(x, widths) if extra else x
-
-    data = padded(relax.op.astype(a, half.dtype), rank - 1, odd)
-    weight = padded(padded(relax.op.astype(b, half.dtype), rank - 2, odd), rank - 1, more)
+    data = padded(relax.op.astype(a, half.dtype), rank, {rank - 1: odd})
+    weight = padded(relax.op.astype(b, half.dtype), rank, {rank - 2: odd, rank - 1: more})
     out = relax.op.matmul(data, weight, out_dtype="float32")
     return cropped(out, {rank - 1: columns if more else None})
 

@@ -146,12 +146,10 @@ entry:
   %q = icmp ne i32 %quad, 0
   %p6h = select i1 %has, i8 %p, i8 0
   %c7h = select i1 %has, i16 64, i16 0
-  %rbh = select i1 %has, i16 %rb, i16 0
-  %rph = select i1 %has, i8 %rp, i8 0
   %p45 = select i1 %q, i8 %p, i8 16
   %p6 = select i1 %q, i8 16, i8 %p6h
-  %c6 = select i1 %q, i16 64, i16 %rbh
-  %p7 = select i1 %q, i8 16, i8 %rph
+  %c6 = select i1 %q, i16 64, i16 %rb
+  %p7 = select i1 %q, i8 16, i8 %rp
   %c7 = select i1 %q, i16 64, i16 %c7h
 {_config_stores()}
   call void @llvm.x86.sttilecfg(ptr %have)
@@ -350,13 +348,13 @@ def _implementation(shape: ProductShape):
         a_at, b_at, words, rows = "0", "0", "b1", "a0"
     functions = o.intrinsic
 
-    # a quad tile's functions (_quad_ir) take the second input tile's offset in bytes too: a
-    # matrix product's 16 rows on, a convolution's next output row
-    suffix, half, zero, store = str(v), "", f"zero{v}", f"store{v}"
-    if shape.quad:
-        below = f"{shape.row_stride} * a0" if shape.conv else f"{ROWS} * a0"
-        suffix, half, zero, store = "", f', T.Cast("int64", {below} * {n})', "quadzero", \
-            "quadstore"
+    suffix, zero, store, half, down = str(v), f"zero{v}", f"store{v}", "", ""
+    configured = p * shape.rows
+    if shape.quad:  # its functions (_quad_ir) take its second half's offsets in bytes too
+        a_below, c_below, configured = _quad_halves(shape)
+        suffix, zero, store = "", "quadzero", "quadstore"
+        half = f', T.Cast("int64", {a_below} * {n})'
+        down = f', T.Cast("int64", {c_below} * 4)'
 
     def chunk(function: str, first: str) -> str:
         return (f'T.evaluate(T.call_extern("int32", "{functions}_{function}{suffix}", a.data, '
@@ -369,9 +367,6 @@ def _implementation(shape: ProductShape):
     reduction = (f"for y, x in T.grid({kh}, {kw}):\n{' ' * 12}for chunk in T.serial({chunks}):"
                  f"\n{' ' * 16}{chunk('quad' if shape.quad else 'step', 'chunk')}{last}")
     rest_bytes = rest * n
-    configured = p * shape.rows
-    if shape.quad:  # a matrix product's pixels are two tiles' rows
-        configured = p if shape.conv else ROWS
     if shape.folded:  # per kernel row, its kw x k values in one tile row
         reduction = f"for y, x in T.grid({kh}, 1):\n{' ' * 12}{chunk('rest', '0')}"
         rest_bytes = kw * k * n
@@ -379,11 +374,6 @@ def _implementation(shape: ProductShape):
     # a tile of several whole rows (ProductShape.rows) reads and stores them as one run of
     # pixels, a pixel's stride apart
     c_strides, c_row = ("c0, c1, 1", "c1") if shape.rows > 1 else ("c0, 1", "c0")
-    # a quad tile's second row of sums: a convolution's next output row, a matrix product's
-    # 16 rows on
-    down = ""
-    if shape.quad:
-        down = f', T.Cast("int64", {"c0" if shape.conv else f"{ROWS} * c0"} * 4)'
     strides = [n for n in f"{a_strides}, {b_strides}, {c_strides}".split(", ")
                if not n.isdigit()]
     declared = "\n    ".join(f"{n} = T.int32()" for n in strides)
@@ -407,6 +397,15 @@ def implementation(a_handle: T.handle, b_handle: T.handle, c_handle: T.handle) -
                                  T.Cast("int64", {c_row} * 4){down}))
 """
     return tvm.script.from_source(source)
+
+
+def _quad_halves(shape: ProductShape) -> tuple[str, str, int]:
+    """A quad tile's second half (a convolution's next output row, a matrix product's rows
+    16-31): its input's and its sums' offsets from the first, in elements, as expressions of
+    the implementation's strides; and the rows of each of its tiles."""
+    if shape.conv:
+        return f"{shape.row_stride} * a0", "c0", shape.pixels
+    return f"{ROWS} * a0", f"{ROWS} * c0", ROWS
 
 
 def _sums(shape: ProductShape) -> tuple[int, ...]:

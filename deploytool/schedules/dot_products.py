@@ -358,13 +358,13 @@ def weight_operand(sch, func, block, main: str, instruction: DotInstruction):
     constant = _constant_weight(sch, func, block, instruction.weight)
     if constant is not None:
         return constant, True
+    if main != "matmul" or instruction.weight != "bfloat16":
+        return None, False
     stmt = sch.get(block)
     written = {w.source.name for w in stmt.writes}
     operands = [i for i, r in enumerate(stmt.reads) if r.source.name not in written
                 and str(r.source.dtype) == instruction.weight]
-    if main != "matmul" or instruction.weight != "bfloat16" or len(operands) != 2:
-        return None, False
-    return operands[1], False
+    return (operands[1], False) if len(operands) == 2 else (None, False)
 
 
 def _inline_around(sch, names: list[str], main: str) -> None:
@@ -378,8 +378,7 @@ def _inline_around(sch, names: list[str], main: str) -> None:
     _inline_producers(sch, names, main)
 
 
-def _pack(sch, block, weight: int, main: str, group: int, lanes: int,
-          constant: bool = True) -> None:
+def _pack(sch, block, weight: int, main: str, group: int, lanes: int, constant: bool) -> None:
     """Pack the weight as the module's docstring says: a constant marked to be packed at compile
     time, an activation (a matrix product's, its leading batch axes kept) by the kernel
     (schedules/packing.py)."""

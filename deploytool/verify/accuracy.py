@@ -205,9 +205,9 @@ def validate_accuracy(names: list[str], samples: list[Arrays],
         # the quantized model's own accuracy, which the package cannot exceed by much
         baseline = measure([name], _column(theirs, i), _column(expected, i), "", 0, None)[0]
         cosine, top1 = thresholds.fp32_cosine, thresholds.fp32_top1
-        # from PEER_SLACK times the peer's error on, the bound is continuous: a peer just above
-        # the threshold (DenseNet-121's bf16 emulation) leaves the package as much room as one
-        # just below it
+        # the bound moves continuously from the threshold to PEER_SLACK times the peer's error:
+        # a peer just above the threshold (DenseNet-121's bf16 emulation) leaves the package as
+        # much room as one just below it
         cosine = min(cosine, 1 - PEER_SLACK * (1 - baseline.cosine))
         if baseline.top1 is not None and baseline.top1 < top1:
             top1 = baseline.top1 - TOP1_SLACK
