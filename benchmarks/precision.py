@@ -43,7 +43,8 @@ def _package(model: Path, output: Path, precision: str) -> Path:
     return output
 
 
-def _product_ms(packages: tuple[Path, ...], profiles: int) -> list[float]:
+def _product_ms(packages: tuple[Path, ...], profiles: int,
+                threads: int | None = None) -> list[float]:
     """Milliseconds of each package's convolution and matrix-product kernels, timed one by one:
     ``profiles`` profiles of each, the packages alternating, and each kernel's fastest. On the
     2-core guest a kernel's time moves with the process (MobileNetV2's depthwise ones took about
@@ -52,7 +53,8 @@ def _product_ms(packages: tuple[Path, ...], profiles: int) -> list[float]:
     for _ in range(profiles):
         for package, kernels in zip(packages, fastest, strict=True):
             result = bench_package(BenchOptions(package=package, rounds=1, per_kernel=True,
-                                                save=False, min_seconds=1), log=print)
+                                                save=False, min_seconds=1, threads=threads),
+                                   log=print)
             for k in result.kernels:
                 if any(p in k["kernel"] for p in PRODUCT_KERNELS):
                     kernels[k["kernel"]] = min(k["ms"], kernels.get(k["kernel"], math.inf))
