@@ -33,7 +33,7 @@ from deploytool.testing.coverage import source_commit  # noqa: E402
 # vfmadd231ps of the pairs read as floats: the pipes vdpbf16ps takes on Zen 4 and 5. A pair of a
 # zero and a value reads as a denormal, which costs a microcode assist: the packages' runners run
 # with denormals read and written as zeros (DAZ, FTZ, set by a preloaded library), else
-# ResNet-18's products (ReLU's zeros) ran 30x slower.
+# the products of ResNet-18 and SqueezeNet (ReLU's zeros) ran 25-50x slower.
 INSTEAD = """declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
 define internal <16 x float> @dp_instead(<16 x float> %acc, <32 x bfloat> %x,
                                         <32 x bfloat> %y) alwaysinline {
@@ -71,6 +71,17 @@ def _build(model: Path, output: Path, target: str, precision: str) -> Path:
     return output
 
 
+def _gain(name: str, work: Path, rounds: int, threads: int | None) -> tuple[float, float]:
+    """Milliseconds of the model's float32 and bf16 product kernels (see the module)."""
+    model = work / f"{name}.pt"
+    if not model.is_file():
+        sys.exit(f"{model} not found: run make bench first (it writes the models there)")
+    fp32 = _build(model, work / f"{name}-avx512", "x86_64-avx512", "fp32")
+    bf16 = _build(model, work / f"{name}-bf16-at-fma-rate", "x86_64-avx512-bf16", "bf16")
+    before, after = _product_ms((fp32, bf16), rounds, threads)
+    return before, after
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="comma-separated (default: make bench-bf16's)")
@@ -79,18 +90,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="of each package [default: every core]")
     args = parser.parse_args()
     _dot_instead()
-    scratch = Path(tempfile.mkdtemp(prefix="bf16-rate-"))
-    _denormals_as_zero(scratch)
     rows, ratios = [], []
-    for name in args.models.split(",") if args.models else MODELS["bf16"]:
-        model = args.work / f"{name}.pt"
-        if not model.is_file():
-            sys.exit(f"{model} not found: run make bench first (it writes the models there)")
-        fp32 = _build(model, args.work / f"{name}-avx512", "x86_64-avx512", "fp32")
-        bf16 = _build(model, args.work / f"{name}-bf16-at-fma-rate", "x86_64-avx512-bf16", "bf16")
-        before, after = _product_ms((fp32, bf16), args.rounds, args.threads)
-        ratios.append(before / after)
-        rows.append(f"| `{name}` | {before:.2f} ms | {after:.2f} ms | {before / after:.2f}x |")
+    with tempfile.TemporaryDirectory(prefix="bf16-rate-") as scratch:
+        _denormals_as_zero(Path(scratch))
+        for name in args.models.split(",") if args.models else MODELS["bf16"]:
+            before, after = _gain(name, args.work, args.rounds, args.threads)
+            ratios.append(before / after)
+            rows.append(f"| `{name}` | {before:.2f} ms | {after:.2f} ms | {before / after:.2f}x |")
     machine = machine_info()
     threads = args.threads or machine["cores"]
     print(f"\nMachine: {machine['cpu']}, {machine['cores']} cores, {threads} threads; "
