@@ -404,3 +404,28 @@ def test_openvino_bf16_runs_with_its_bf16_hint(mlp_copy):
     assert openvino.max_abs_diff < 0.05 * scale
     if "avx512_bf16" in machine_cpu_flags():
         assert openvino.max_abs_diff > 1e-5 * scale
+
+
+def test_bf16_rate_estimate_calls_vfmadd_where_the_tiles_call_vdpbf16ps(monkeypatch):
+    """benchmarks/bf16_rate.py's patch still applies to the bf16 tiles' LLVM function: the
+    function calls its vfmadd231ps stand-in, and vdpbf16ps is only declared."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from deploytool.schedules import dot_products
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bf16_rate.py"
+    spec = importlib.util.spec_from_file_location("bf16_rate", path)
+    estimate = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, estimate)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it
+    spec.loader.exec_module(estimate)
+    monkeypatch.setattr(dot_products, "BF16_LLVM_IR", dot_products.BF16_LLVM_IR)
+    estimate._dot_instead()
+    ir = dot_products.BF16_LLVM_IR
+    vdpbf16ps = f"@{dot_products.BF16.llvm}("
+    assert [line for line in ir.splitlines() if vdpbf16ps in line] == \
+        [line for line in ir.splitlines() if line.startswith("declare") and vdpbf16ps in line]
+    assert "call <16 x float> @dp_instead(<16 x float> %acc" in ir
+    assert "call <16 x float> @llvm.fma.v16f32(" in ir
