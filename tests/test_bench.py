@@ -344,17 +344,26 @@ def test_openvino_runs_as_a_peer_on_the_same_inputs(mlp_copy):
     assert openvino.max_abs_diff < 1e-4
 
 
-def test_bench_suite_geometric_means_skip_a_peer_that_could_not_run(monkeypatch):
+def _benchmark_script(name: str, monkeypatch):
+    """benchmarks/NAME imported as a module for the test's duration (registered, as its
+    dataclasses look themselves up; the changes it makes to sys.path undone)."""
     import importlib.util
     import sys
     from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / name
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_suite_geometric_means_skip_a_peer_that_could_not_run(monkeypatch):
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_suite", path)
-    suite = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, suite)  # its dataclasses look themselves up
-    spec.loader.exec_module(suite)
+    suite = _benchmark_script("run.py", monkeypatch)
 
     def result(**ratios):
         backends = [SimpleNamespace(name=n) for n in ("package", *ratios)]
@@ -409,18 +418,9 @@ def test_openvino_bf16_runs_with_its_bf16_hint(mlp_copy):
 def test_bf16_rate_estimate_calls_vfmadd_where_the_tiles_call_vdpbf16ps(monkeypatch):
     """benchmarks/bf16_rate.py's patch still applies to the bf16 tiles' LLVM function: the
     function calls its vfmadd231ps stand-in, and vdpbf16ps is only declared."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from deploytool.schedules import dot_products
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bf16_rate.py"
-    spec = importlib.util.spec_from_file_location("bf16_rate", path)
-    estimate = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, estimate)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it
-    spec.loader.exec_module(estimate)
+    estimate = _benchmark_script("bf16_rate.py", monkeypatch)
     monkeypatch.setattr(dot_products, "BF16_LLVM_IR", dot_products.BF16_LLVM_IR)
     estimate._dot_instead()
     ir = dot_products.BF16_LLVM_IR
