@@ -12,6 +12,7 @@ import pytest
 from conftest import relax_module
 
 from deploytool.build import lowering
+from deploytool.targets import load_target
 from deploytool.tensors import TensorSpec
 from deploytool.testing.examples import save_torchscript
 from deploytool.tuning.settings import TuneSettings
@@ -88,6 +89,42 @@ def test_only_kernels_worth_two_threads_launch_them(monkeypatch):
     assert PARALLEL_LAUNCH in _linear_layer_ir(512, 256)
     monkeypatch.setattr(lowering, "SINGLE_THREAD_FLOPS", 0)
     assert PARALLEL_LAUNCH in _linear_layer_ir(64, 512)
+
+
+def _dot_product_layer_ir(target: str, data: str, weight: str, accumulator: str) -> str:
+    """The LLVM IR of a 128 x 256 x 256 matrix product by a constant weight (a BERT-medium's
+    query projection) in a dot-product instruction's tile: 16.8 MFLOP, 320 KiB of arguments at
+    most."""
+    import tvm
+    from tvm import te
+
+    from deploytool.schedules.metaschedule import tuning_target
+    from deploytool.schedules.products import schedule_dot_product, target_instructions
+
+    target = tuning_target(load_target(target))
+    rows, columns = (tvm.tirx.const(n, "int64") for n in (128, 256))  # as Relax's shapes
+    x = te.placeholder((rows, columns), data, name="x")
+    w = te.placeholder((columns, columns), weight, name="w")
+    k = te.reduce_axis((0, columns), name="k")
+    y = te.compute((rows, columns), lambda i, j: te.sum(
+        x[i, k].astype(accumulator) * w[k, j].astype(accumulator), axis=k), name="matmul")
+    func = te.create_prim_func([x, w, y]).with_attr("layout_free_buffers", [1])
+    scheduled, instruction = schedule_dot_product(func, target_instructions(target))
+    assert instruction is not None and instruction.data == data
+    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
+                         target=target, pipeline=lowering.tir_pipeline())
+    return lib.inspect_source("ll")
+
+
+@pytest.mark.parametrize("target", ["x86_64-avx512-bf16", "x86_64-amx"])
+@pytest.mark.parametrize("data, weight, accumulator", [("bfloat16", "bfloat16", "float32"),
+                                                       ("uint8", "int8", "int32")])
+def test_kernels_of_dot_product_instructions_count_their_products(target, data, weight,
+                                                                  accumulator):
+    """An estimate of the tiled kernel sees no operations in the calls of vdpbf16ps's and AMX's
+    tiles: such a kernel ran on one thread, as fast on two cores as on one."""
+    assert lowering.SINGLE_THREAD_FLOPS < 2 * 128 * 256 * 256
+    assert PARALLEL_LAUNCH in _dot_product_layer_ir(target, data, weight, accumulator)
 
 
 def _concatenation_ir(channels: int) -> str:

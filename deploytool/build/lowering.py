@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from ..schedules.products import FLOPS
 from .clamps import ROUND, merged_clamps
 
 TIR_PIPELINE = "deploytool-cpu"
@@ -199,9 +200,9 @@ _POLYNOMIALS: dict = {}
 
 
 def single_thread_when_small():
-    """A pass making the parallel loops of a kernel of under SINGLE_THREAD_FLOPS and
-    SINGLE_THREAD_BYTES serial, and marking the kernel SINGLE_THREAD (for
-    :func:`scratch_on_stack`)."""
+    """A pass making the parallel loops of a kernel of under SINGLE_THREAD_FLOPS (as estimated,
+    or as its tiles' schedule counted them: products.FLOPS) and SINGLE_THREAD_BYTES serial, and
+    marking the kernel SINGLE_THREAD (for :func:`scratch_on_stack`)."""
     import tvm
     import tvm_ffi
     from tvm.s_tir.analysis import estimate_tir_flops
@@ -219,6 +220,7 @@ def single_thread_when_small():
             flops = estimate_tir_flops(tvm.IRModule({"main": func}))
         except Exception:  # a kernel the estimate cannot analyse keeps its threads
             return func
+        flops = max(flops, int(func.attrs.get(FLOPS, 0)) if func.attrs else 0)
         if flops >= SINGLE_THREAD_FLOPS or _argument_bytes(func) >= SINGLE_THREAD_BYTES:
             return func
         return tvm_ffi.structural_map(func, [(stmt.For, serial)]).with_attr(SINGLE_THREAD, True)

@@ -10,6 +10,10 @@ from .cpu import _block_names
 from .dot_products import AMX_BF16, AMX_INT8, BF16, SDOT, VNNI, VNNI_8, DotInstruction, _tile
 
 DOT_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc", "matmul")
+# The attribute of a tiled kernel holding its floating-point operations, counted before the
+# tiles: an estimate of the scheduled kernel sees none in a dot-product instruction's call
+# (build/lowering.py runs a kernel it thinks small on one thread).
+FLOPS = "deploytool.flops"
 INSTRUCTIONS = (AMX_INT8, VNNI, VNNI_8, AMX_BF16, BF16, SDOT)
 
 
@@ -35,6 +39,7 @@ def schedule_dot_product(func, instructions=INSTRUCTIONS):
     or (None, None) when it is not one (or its channels do not split into 16s and groups)."""
     import tvm
     from tvm import s_tir
+    from tvm.s_tir.analysis import estimate_tir_flops
 
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     names = _block_names(sch)
@@ -46,7 +51,9 @@ def schedule_dot_product(func, instructions=INSTRUCTIONS):
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         try:
             if _tile_with(instruction)(sch, func, names, main, instruction):
-                return sch.mod["main"].with_attr("tirx.is_scheduled", True), instruction
+                flops = int(estimate_tir_flops(tvm.IRModule({"main": func})))
+                return (sch.mod["main"].with_attrs({"tirx.is_scheduled": True, FLOPS: flops}),
+                        instruction)
         except Exception:  # a form this schedule does not cover (tests check the forms it does)
             continue
     return None, None
