@@ -91,21 +91,22 @@ def test_only_kernels_worth_two_threads_launch_them(monkeypatch):
     assert PARALLEL_LAUNCH in _linear_layer_ir(64, 512)
 
 
-def _dot_product_layer_ir(target: str, data: str, weight: str, accumulator: str) -> str:
-    """The LLVM IR of a 128 x 256 x 256 matrix product by a constant weight (a BERT-medium's
-    query projection) in a dot-product instruction's tile: 16.8 MFLOP, 320 KiB of arguments at
-    most."""
+def _dot_product_layer_ir(target: str, dtypes: tuple[str, str, str], rows: int, columns: int,
+                          depth: int) -> str:
+    """The LLVM IR of a ``rows x depth`` by ``depth x columns`` matrix product by a constant
+    weight in a dot-product instruction's tile (``dtypes``: input, weight, sums)."""
     import tvm
     from tvm import te
 
     from deploytool.schedules.metaschedule import tuning_target
     from deploytool.schedules.products import schedule_dot_product, target_instructions
 
+    data, weight, accumulator = dtypes
     target = tuning_target(load_target(target))
-    rows, columns = (tvm.tirx.const(n, "int64") for n in (128, 256))  # as Relax's shapes
-    x = te.placeholder((rows, columns), data, name="x")
-    w = te.placeholder((columns, columns), weight, name="w")
-    k = te.reduce_axis((0, columns), name="k")
+    rows, columns, depth = (tvm.tirx.const(n, "int64") for n in (rows, columns, depth))
+    x = te.placeholder((rows, depth), data, name="x")
+    w = te.placeholder((depth, columns), weight, name="w")
+    k = te.reduce_axis((0, depth), name="k")
     y = te.compute((rows, columns), lambda i, j: te.sum(
         x[i, k].astype(accumulator) * w[k, j].astype(accumulator), axis=k), name="matmul")
     func = te.create_prim_func([x, w, y]).with_attr("layout_free_buffers", [1])
@@ -116,15 +117,25 @@ def _dot_product_layer_ir(target: str, data: str, weight: str, accumulator: str)
     return lib.inspect_source("ll")
 
 
+BF16_TILE = ("bfloat16", "bfloat16", "float32")
+
+
 @pytest.mark.parametrize("target", ["x86_64-avx512-bf16", "x86_64-amx"])
-@pytest.mark.parametrize("data, weight, accumulator", [("bfloat16", "bfloat16", "float32"),
-                                                       ("uint8", "int8", "int32")])
-def test_kernels_of_dot_product_instructions_count_their_products(target, data, weight,
-                                                                  accumulator):
+@pytest.mark.parametrize("dtypes", [BF16_TILE, ("uint8", "int8", "int32")])
+def test_kernels_of_dot_product_instructions_count_their_products(target, dtypes):
     """An estimate of the tiled kernel sees no operations in the calls of vdpbf16ps's and AMX's
-    tiles: such a kernel ran on one thread, as fast on two cores as on one."""
+    tiles: such a kernel ran on one thread, as fast on two cores as on one. A BERT-medium's
+    query projection (128 x 256 x 256, 320 KiB of arguments at most) takes both."""
     assert lowering.SINGLE_THREAD_FLOPS < 2 * 128 * 256 * 256
-    assert PARALLEL_LAUNCH in _dot_product_layer_ir(target, data, weight, accumulator)
+    assert PARALLEL_LAUNCH in _dot_product_layer_ir(target, dtypes, 128, 256, 256)
+
+
+def test_dot_product_kernels_count_operations_in_float32_multiply_adds():
+    """vdpbf16ps sums two products a lane where vfmadd231ps sums one: a bf16 product of
+    SINGLE_THREAD_FLOPS operations is worth half as many float32 ones, and runs on one thread."""
+    assert 2 * 8 * 64 * 128 == lowering.SINGLE_THREAD_FLOPS
+    assert PARALLEL_LAUNCH not in _dot_product_layer_ir("x86_64-avx512-bf16", BF16_TILE, 8, 64,
+                                                        128)
 
 
 def _concatenation_ir(channels: int) -> str:
