@@ -13,8 +13,9 @@ DOT_BLOCKS = ("conv2d_nhwc", "group_conv2d_nhwc", "matmul")
 # The attribute of a tiled kernel holding its operations, counted before the tiles (an estimate
 # of the scheduled kernel sees none in an instruction's call) in float32 multiply-adds' worth:
 # divided by the instruction's group, the products a lane sums where vfmadd231ps sums one.
-# build/lowering.py runs a kernel of few on one thread: SqueezeNet's bf16 1x1 convolutions at
-# 16x16 took 1.5-4.2 us there, 2.2-8.8 us on two threads (vdpbf16ps at vfmadd's rate).
+# build/lowering.py runs a kernel of few on one thread: the three smallest bf16 convolutions of
+# SqueezeNet at 64x64 took 1.1-2.2 us there, 2.8-5.6 us on two threads (vdpbf16ps at vfmadd's
+# rate, each kernel's fastest of 4 profiles).
 FLOPS = "deploytool.flops"
 INSTRUCTIONS = (AMX_INT8, VNNI, VNNI_8, AMX_BF16, BF16, SDOT)
 
