@@ -53,12 +53,13 @@ def schedule_dot_product(func, instructions=INSTRUCTIONS):
     for instruction in computed:
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         try:
-            if _tile_with(instruction)(sch, func, names, main, instruction):
-                flops = int(estimate_tir_flops(tvm.IRModule({"main": func}))) // instruction.group
-                return (sch.mod["main"].with_attrs({"tirx.is_scheduled": True, FLOPS: flops}),
-                        instruction)
+            tiled = _tile_with(instruction)(sch, func, names, main, instruction)
         except Exception:  # a form this schedule does not cover (tests check the forms it does)
             continue
+        if tiled:
+            flops = int(estimate_tir_flops(tvm.IRModule({"main": func}))) // instruction.group
+            return (sch.mod["main"].with_attrs({"tirx.is_scheduled": True, FLOPS: flops}),
+                    instruction)
     return None, None
 
 
