@@ -44,7 +44,6 @@ def _workspace_calls(path, tir_pipeline: str) -> int:
 
     from deploytool.build.cpu_pipeline import build_pipeline
     from deploytool.schedules.metaschedule import tuning_target
-    from deploytool.targets import load_target
 
     target = load_target("cpu")
     executable = tvm.compile(relax_module(path), target=tuning_target(target),
@@ -62,14 +61,23 @@ def test_scratch_of_a_single_threaded_kernel_is_on_the_stack(grouped_path, monke
     assert _workspace_calls(grouped_path, lowering.tir_pipeline()) == 0
 
 
+def _kernel_ir(func, target: str = "cpu") -> str:
+    """The LLVM IR of the scheduled kernel ``func``, lowered by the CPU pipeline for ``target``."""
+    import tvm
+
+    from deploytool.schedules.metaschedule import tuning_target
+
+    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=tuning_target(load_target(target)),
+                         pipeline=lowering.tir_pipeline())
+    return lib.inspect_source("ll")
+
+
 def _linear_layer_ir(inputs: int, outputs: int) -> str:
     """The LLVM IR of one matrix-vector product (a Linear layer at batch 1), register-tiled."""
-    import tvm
     from tvm import te
 
     from deploytool.schedules.cpu import schedule_kernel
-    from deploytool.schedules.metaschedule import tuning_target
-    from deploytool.targets import load_target
 
     x = te.placeholder((1, inputs), name="x")
     w = te.placeholder((inputs, outputs), name="w")
@@ -77,10 +85,7 @@ def _linear_layer_ir(inputs: int, outputs: int) -> str:
     y = te.compute((1, outputs), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="matmul")
     func = schedule_kernel(te.create_prim_func([x, w, y]))
     assert func is not None
-    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                         target=tuning_target(load_target("cpu")),
-                         pipeline=lowering.tir_pipeline())
-    return lib.inspect_source("ll")
+    return _kernel_ir(func)
 
 
 def test_only_kernels_worth_two_threads_launch_them(monkeypatch):
@@ -102,7 +107,6 @@ def _dot_product_layer_ir(target: str, dtypes: tuple[str, str, str], rows: int, 
     from deploytool.schedules.products import schedule_dot_product, target_instructions
 
     data, weight, accumulator = dtypes
-    target = tuning_target(load_target(target))
     rows, columns, depth = (tvm.tirx.const(n, "int64") for n in (rows, columns, depth))
     x = te.placeholder((rows, depth), data, name="x")
     w = te.placeholder((depth, columns), weight, name="w")
@@ -110,11 +114,10 @@ def _dot_product_layer_ir(target: str, dtypes: tuple[str, str, str], rows: int, 
     y = te.compute((rows, columns), lambda i, j: te.sum(
         x[i, k].astype(accumulator) * w[k, j].astype(accumulator), axis=k), name="matmul")
     func = te.create_prim_func([x, w, y]).with_attr("layout_free_buffers", [1])
-    scheduled, instruction = schedule_dot_product(func, target_instructions(target))
+    instructions = target_instructions(tuning_target(load_target(target)))
+    scheduled, instruction = schedule_dot_product(func, instructions)
     assert instruction is not None and instruction.data == data
-    lib = tvm.tirx.build(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
-                         target=target, pipeline=lowering.tir_pipeline())
-    return lib.inspect_source("ll")
+    return _kernel_ir(scheduled, target)
 
 
 BF16_TILE = ("bfloat16", "bfloat16", "float32")
@@ -140,19 +143,13 @@ def test_dot_product_kernels_count_operations_in_float32_multiply_adds():
 
 def _concatenation_ir(channels: int) -> str:
     """The LLVM IR of a channels-last concatenation of two 56x56 inputs of ``channels``."""
-    import tvm
     from tvm import te, topi
 
     from deploytool.schedules.copies import schedule_concat
-    from deploytool.schedules.metaschedule import tuning_target
-    from deploytool.targets import load_target
 
     inputs = [te.placeholder((1, 56, 56, channels), name=f"x{i}") for i in range(2)]
     func = schedule_concat(te.create_prim_func([*inputs, topi.concatenate(inputs, 3)]))
-    lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                         target=tuning_target(load_target("cpu")),
-                         pipeline=lowering.tir_pipeline())
-    return lib.inspect_source("ll")
+    return _kernel_ir(func)
 
 
 def test_copies_without_arithmetic_take_the_threads_only_when_large():
